@@ -1,0 +1,312 @@
+"""fetch_delta: read the 24 hours before run.date from every source table, in canonical form.
+
+Outputs
+    data/delta/events.parquet      canonical events (stages.schema.EVENT_SCHEMA), deduplicated
+    data/delta/quarantine.parquet  rows that could not be used, with the field, value and reason
+    metrics/fetch.json             counts per table and per quarantine reason
+
+Each table is read with one SELECT built by SQLAlchemy from reflected metadata: table and column
+names are checked against the database and quoted by the dialect, the window bounds are bound
+parameters, and rows stream in chunks of source.chunk_rows so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from stages import params as P
+from stages import schema as S
+
+DELTA_DIR = Path("data/delta")
+EVENTS_FILE = DELTA_DIR / "events.parquet"
+QUARANTINE_FILE = DELTA_DIR / "quarantine.parquet"
+METRICS_FILE = Path("metrics/fetch.json")
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+WINDOW_FORMATS = ("epoch_s", "epoch_ms", "datetime")
+REQUIRED_SOURCE_FIELDS = ("user_id", "item_id", "event_type", "ts")
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    name: str
+    window_column: str
+    window_format: str
+    lookback_days: int = 0
+    columns: dict[str, str] = field(default_factory=dict)
+    event_types: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: dt.datetime  # inclusive, UTC
+    end: dt.datetime  # exclusive, UTC
+    max_future: dt.datetime  # events after this are ts:future
+    min_ts: dt.datetime  # events before this are ts:too_old (outside the kept history)
+
+
+def _identifier(value: object, where: str) -> str:
+    if not isinstance(value, str) or not IDENTIFIER.match(value):
+        raise P.ConfigError(f"{where}: {value!r} is not a plain SQL identifier "
+                            "(letters, digits and _ only, not starting with a digit)")
+    return value
+
+
+def table_configs(params: dict) -> list[TableConfig]:
+    tables = P.section(params, "source").get("tables")
+    if not isinstance(tables, dict) or not tables:
+        raise P.ConfigError("params.yaml: source.tables must name at least one table")
+    configs = []
+    for name, raw in tables.items():
+        where = f"params.yaml source.tables.{name}"
+        _identifier(name, where)
+        raw = raw or {}
+        unknown = set(raw) - {"window_column", "window_format", "lookback_days", "columns",
+                              "event_types"}
+        if unknown:
+            raise P.ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        fmt = raw.get("window_format")
+        if fmt not in WINDOW_FORMATS:
+            raise P.ConfigError(f"{where}.window_format: {fmt!r} is not one of {WINDOW_FORMATS}")
+        columns = raw.get("columns") or {}
+        bad_fields = set(columns) - set(S.SOURCE_FIELDS)
+        if bad_fields:
+            raise P.ConfigError(f"{where}.columns: {sorted(bad_fields)} are not canonical fields "
+                                f"(expected some of {S.SOURCE_FIELDS})")
+        lookback = raw.get("lookback_days", 0)
+        if not isinstance(lookback, int) or lookback < 0:
+            raise P.ConfigError(f"{where}.lookback_days: expected a whole number >= 0, got "
+                                f"{lookback!r}")
+        configs.append(TableConfig(
+            name=name,
+            window_column=_identifier(raw.get("window_column"), f"{where}.window_column"),
+            window_format=fmt,
+            lookback_days=lookback,
+            columns={f: _identifier(c, f"{where}.columns.{f}") for f, c in columns.items()},
+            event_types={str(k): str(v) for k, v in (raw.get("event_types") or {}).items()},
+        ))
+    for cfg in configs:
+        for spelling, target in cfg.event_types.items():
+            if target not in S.EVENT_TYPES:
+                raise P.ConfigError(f"params.yaml source.tables.{cfg.name}.event_types.{spelling}: "
+                                    f"{target!r} is not one of {S.EVENT_TYPES}")
+    return configs
+
+
+def resolve_columns(cfg: TableConfig, actual: list[str]) -> dict[str, str]:
+    """Canonical field -> source column: the configured mapping first, then aliases."""
+    mapping: dict[str, str] = {}
+    for fld in S.SOURCE_FIELDS:
+        if fld in cfg.columns:
+            if cfg.columns[fld] not in actual:
+                raise P.ConfigError(
+                    f"table '{cfg.name}': column '{cfg.columns[fld]}' (mapped to {fld} in "
+                    f"params.yaml) does not exist; the table has {actual}")
+            mapping[fld] = cfg.columns[fld]
+            continue
+        taken = set(mapping.values())
+        by_fold = {S.fold_name(c): c for c in actual if c not in taken}
+        for alias in (S.fold_name(fld), *S.FIELD_ALIASES[fld]):
+            if alias in by_fold:
+                mapping[fld] = by_fold[alias]
+                break
+    missing = [f for f in REQUIRED_SOURCE_FIELDS if f not in mapping]
+    if missing:
+        raise P.ConfigError(
+            f"table '{cfg.name}': no column found for {missing}; the table has {actual}. "
+            f"Map them under source.tables.{cfg.name}.columns in params.yaml")
+    return mapping
+
+
+def _bound(moment: dt.datetime, fmt: str, column_type: sa.types.TypeEngine):
+    if fmt == "epoch_s":
+        return int(moment.timestamp())
+    if fmt == "epoch_ms":
+        return int(moment.timestamp() * 1000)
+    aware = getattr(column_type, "timezone", False)
+    return moment if aware else moment.replace(tzinfo=None)
+
+
+def read_table(engine: sa.Engine, cfg: TableConfig, window: Window, chunk_rows: int
+               ) -> tuple[dict[str, str], Iterator[pd.DataFrame]]:
+    """Reflect the table, resolve its columns and stream the window's rows in chunks."""
+    try:
+        table = sa.Table(cfg.name, sa.MetaData(), autoload_with=engine)
+    except sa.exc.NoSuchTableError:
+        raise P.ConfigError(f"source table '{cfg.name}' does not exist in the source database "
+                            f"(configured in params.yaml source.tables)") from None
+    actual = [c.name for c in table.columns]
+    if cfg.window_column not in actual:
+        raise P.ConfigError(f"table '{cfg.name}': window column '{cfg.window_column}' does not "
+                            f"exist; the table has {actual}")
+    mapping = resolve_columns(cfg, actual)
+    wanted = list(dict.fromkeys(mapping.values()))
+    wcol = table.c[cfg.window_column]
+    start = window.start - dt.timedelta(days=cfg.lookback_days)
+    stmt = (sa.select(*[table.c[c] for c in wanted])
+            .where(wcol >= sa.bindparam("lo", _bound(start, cfg.window_format, wcol.type)),
+                   wcol < sa.bindparam("hi", _bound(window.end, cfg.window_format, wcol.type))))
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        with engine.connect().execution_options(stream_results=True, yield_per=chunk_rows) as conn:
+            result = conn.execute(stmt)
+            for rows in result.partitions(chunk_rows):
+                yield pd.DataFrame.from_records(rows, columns=wanted)
+
+    return mapping, chunks()
+
+
+def normalise(raw: pd.DataFrame, cfg: TableConfig, mapping: dict[str, str], window: Window
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Source rows -> (canonical events, quarantined rows). Vectorised; no loop over rows."""
+    user, user_problem = S.canonical_ids(raw[mapping["user_id"]])
+    item, item_problem = S.canonical_ids(raw[mapping["item_id"]])
+    etype = S.canonical_event_types(raw[mapping["event_type"]], cfg.event_types)
+    raw_ts = raw[mapping["ts"]]
+    ts = S.canonical_timestamps(raw_ts)
+    checks = [
+        ("user_id", "missing", user_problem == "missing"),
+        ("user_id", "invalid", user_problem == "invalid"),
+        ("item_id", "missing", item_problem == "missing"),
+        ("item_id", "invalid", item_problem == "invalid"),
+        ("event_type", "missing", raw[mapping["event_type"]].isna()),
+        ("event_type", "unknown", etype.isna()),
+        ("ts", "missing", raw_ts.isna()),
+        ("ts", "unparseable", ts.isna()),
+        ("ts", "future", ts > window.max_future),
+        ("ts", "too_old", ts < window.min_ts),
+    ]
+    conditions = [np.asarray(c.fillna(False) if hasattr(c, "fillna") else c, dtype=bool)
+                  for _, _, c in checks]
+    reason = np.select(conditions, [f"{f}:{r}" for f, r, _ in checks], default="")
+    bad = reason != ""
+    quarantine = _quarantine_rows(raw.loc[bad], reason[bad], mapping, cfg.name)
+
+    good = ~bad
+    events = pd.DataFrame({
+        "user_id": user[good], "item_id": item[good], "event_type": etype[good], "ts": ts[good],
+        "source": cfg.name,
+        "user_agent": _optional_text(raw, mapping.get("user_agent"))[good],
+        "ip": _optional_text(raw, mapping.get("ip"))[good],
+    })
+    derived = S.derive_event_ids(events)
+    if "event_id" in mapping:
+        own = _optional_text(raw, mapping["event_id"])[good]
+        events.insert(0, "event_id", (cfg.name + ":" + own).fillna(derived))
+    else:
+        events.insert(0, "event_id", derived)
+    return events.reset_index(drop=True), quarantine
+
+
+def _optional_text(raw: pd.DataFrame, column: str | None) -> pd.Series:
+    if column is None:
+        return pd.Series(pd.NA, index=raw.index, dtype="str")
+    text = raw[column].astype("str").str.strip()
+    return text.where(text != "")
+
+
+def _quarantine_rows(bad: pd.DataFrame, reason: np.ndarray, mapping: dict[str, str],
+                     source: str) -> pd.DataFrame:
+    if bad.empty:
+        return S.empty_quarantine()
+    fields = pd.Series(reason, index=bad.index).str.split(":").str[0]
+    values = pd.Series(pd.NA, index=bad.index, dtype="str")
+    for fld in fields.unique():  # a handful of fields, not rows
+        rows = fields == fld
+        values[rows] = bad.loc[rows, mapping[fld]].astype("str")
+    raw_json = bad.to_json(orient="records", lines=True, date_format="iso", default_handler=str)
+    return pd.DataFrame({"source": source, "reason": reason, "field": fields.to_numpy(),
+                         "value": values.to_numpy(), "raw": raw_json.splitlines()})
+
+
+def make_window(params: dict) -> Window:
+    day = P.run_date(params)
+    start, end = P.day_window(day)
+    skew = float(params.get("fetch", {}).get("max_clock_skew_minutes", 10))
+    days = int(P.section(params, "history").get("days", 365))
+    return Window(start=start, end=end, max_future=end + dt.timedelta(minutes=skew),
+                  min_ts=end - dt.timedelta(days=days))
+
+
+def fetch(params: dict, url: str, out_dir: Path = DELTA_DIR) -> dict:
+    """Fetch every table into out_dir; returns the metrics it also writes to metrics/fetch.json."""
+    window = make_window(params)
+    configs = table_configs(params)
+    chunk_rows = int(P.section(params, "source").get("chunk_rows", 200_000))
+    engine = sa.create_engine(url)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_events = out_dir / "events.parquet.tmp"
+    seen = np.empty(0, dtype=np.uint64)
+    per_table: dict[str, dict[str, int]] = {}
+    reasons: Counter[str] = Counter()
+    quarantined: list[pd.DataFrame] = []
+    try:
+        with pq.ParquetWriter(tmp_events, S.EVENT_SCHEMA) as writer:
+            for cfg in configs:
+                mapping, chunks = read_table(engine, cfg, window, chunk_rows)
+                counts = Counter(fetched=0, kept=0, quarantined=0, duplicates=0)
+                for raw in chunks:
+                    events, bad = normalise(raw, cfg, mapping, window)
+                    hashes = pd.util.hash_array(events["event_id"].to_numpy(dtype=object))
+                    fresh = ~pd.Series(hashes).duplicated().to_numpy() & ~np.isin(hashes, seen)
+                    seen = np.concatenate([seen, hashes[fresh]])
+                    writer.write_table(S.to_table(events[fresh]))
+                    counts.update(fetched=len(raw), kept=int(fresh.sum()), quarantined=len(bad),
+                                  duplicates=int((~fresh).sum()))
+                    reasons.update(bad["reason"].value_counts().to_dict())
+                    quarantined.append(bad)
+                per_table[cfg.name] = {**{k: 0 for k in ("fetched", "kept", "quarantined",
+                                                          "duplicates")}, **dict(counts)}
+                per_table[cfg.name]["columns"] = mapping
+    finally:
+        engine.dispose()
+    tmp_events.replace(out_dir / "events.parquet")
+    q = pd.concat(quarantined, ignore_index=True) if quarantined else S.empty_quarantine()
+    pq.write_table(pa.Table.from_pandas(q, schema=S.QUARANTINE_SCHEMA, preserve_index=False),
+                   out_dir / "quarantine.parquet")
+    totals = {k: sum(t[k] for t in per_table.values())
+              for k in ("fetched", "kept", "quarantined", "duplicates")}
+    return {
+        "run_date": P.run_date(params).isoformat(),
+        "window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
+        **totals,
+        "quarantined_by_reason": dict(sorted(reasons.items())),
+        "tables": per_table,
+    }
+
+
+def _main(argv: list[str] | None) -> int:
+    ap = argparse.ArgumentParser(description="Fetch the day's events into data/delta/.")
+    ap.add_argument("--params", default=str(P.PARAMS_FILE))
+    args = ap.parse_args(argv)
+    params = P.load(args.params)
+    try:
+        metrics = fetch(params, P.source_url())
+    except sa.exc.OperationalError as err:
+        raise P.ConfigError(f"cannot read the source database ({P.SOURCE_URL_ENV}): "
+                            f"{str(err.orig).strip()}") from None
+    P.write_json(METRICS_FILE, metrics)
+    print(f"fetch_delta {metrics['run_date']}: fetched {metrics['fetched']}, kept {metrics['kept']}, "
+          f"quarantined {metrics['quarantined']}, duplicates {metrics['duplicates']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return P.run_stage("fetch_delta", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Real servers for the tests, started from the installed binaries on loopback, on free ports.
+
+No mocks: PostgreSQL, Redis (and, in their own tests, SMTP and the cloud emulators) are the real
+programs. Each helper returns an object with the URL and a stop() that cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:]
+    if not found:
+        raise RuntimeError(f"PostgreSQL binary {name} not found")
+    return found if isinstance(found, str) else found[0]
+
+
+@dataclass
+class Postgres:
+    port: int
+    datadir: Path
+    _as_user: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        subprocess.run([*self._as_user, _pg_bin("pg_ctl"), "-D", str(self.datadir), "-m",
+                        "immediate", "stop"], capture_output=True)
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+
+def start_postgres() -> Postgres:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl). As root, it runs as the postgres user."""
+    base = Path(tempfile.mkdtemp(prefix="dailyrec-pg-"))
+    datadir = base / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        os.chmod(base, 0o755)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(datadir), "-U", "postgres",
+                    "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(datadir), "-w", "-l",
+                    str(base / "log"), "-o", f"-p {port} -h 127.0.0.1 -k {base} -F", "start"],
+                   check=True, capture_output=True)
+    return Postgres(port=port, datadir=datadir, _as_user=as_user)
+
+
+@dataclass
+class Redis:
+    port: int
+    proc: subprocess.Popen | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> "Redis":
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def start_redis(password: str | None = None) -> Redis:
+    return Redis(port=free_port(), password=password).start()
