@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test clean-demo reproduce
 
 install: $(STAMP)
 
@@ -18,10 +18,65 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 demo: install
-	python -m tools.demo --target merge_history
+	python -m tools.demo
+	@$(MAKE) --no-print-directory stop >/dev/null
+	@$(MAKE) --no-print-directory serve-bg
 
-test: install
+# Azurite (the Azure Blob emulator the azure:// remote tests start), installed into the project,
+# never committed (node_modules/ is ignored).
+AZURITE := node_modules/.bin/azurite-blob
+$(AZURITE):
+	npm install --prefix . --no-save --no-package-lock --no-audit --no-fund azurite@3.37.0
+
+test: install $(AZURITE)
 	python -m pytest -q
+
+# Rebuild a past model from its commit and check it is byte-identical (docs/reproducibility.md).
+reproduce: install
+	@test -n "$(COMMIT)$(RUN)" || { echo "usage: make reproduce COMMIT=<sha> (or RUN=<mlflow run id>)" >&2; exit 2; }
+	python -m tools.reproduce $(if $(RUN),--run-id $(RUN),$(COMMIT))
 
 clean-demo:
 	rm -rf data/delta data/history data/quarantine data/clean models metrics reports source.db
+
+# The recommendations API (docs/serving.md): gunicorn on BIND, reading Redis at REDIS_URL.
+# `serve` runs in the foreground; `serve-bg` starts it in the background (pid in .serve.pid,
+# log in logs/serve.log), prints one curl call and its answer, and returns; `stop` stops it.
+BIND ?= 127.0.0.1:8000
+SERVE_PID := .serve.pid
+GUNICORN := gunicorn -c serving/gunicorn.conf.py --bind $(BIND) 'serving.app:create_app()'
+
+.PHONY: serve serve-bg stop
+
+serve: install
+	$(GUNICORN)
+
+serve-bg: install
+	@if [ -f $(SERVE_PID) ] && kill -0 $$(cat $(SERVE_PID)) 2>/dev/null; then \
+		echo "the API is already running (pid $$(cat $(SERVE_PID))); make stop first" >&2; exit 1; fi
+	@mkdir -p logs
+	@$(GUNICORN) --daemon --pid $(SERVE_PID) --error-logfile logs/serve.log
+	@user=$$(python -m serving.example http://$(BIND)) && \
+		echo "API running on http://$(BIND) (pid $$(cat $(SERVE_PID)); make stop to stop it)" && \
+		echo "\$$ curl -s 'http://$(BIND)/recommendations/$$user?n=5'" && \
+		curl -s "http://$(BIND)/recommendations/$$user?n=5" && echo
+
+stop:
+	@if [ ! -f $(SERVE_PID) ]; then echo "the API is not running (no $(SERVE_PID))"; exit 0; fi; \
+	pid=$$(cat $(SERVE_PID)); kill $$pid 2>/dev/null || true; \
+	for i in $$(seq 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.2; done; \
+	rm -f $(SERVE_PID); echo "the API stopped (pid $$pid)"
+
+# The MLflow UI over MLFLOW_TRACKING_URI (default sqlite:///mlflow.db), on 127.0.0.1:MLFLOW_PORT;
+# docs/modeling.md shows how to compare the daily runs. Ctrl-C stops it.
+MLFLOW_PORT ?= 5000
+.PHONY: mlflow-ui
+mlflow-ui: install
+	mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# The scheduler's command (docs/operations.md): one day (DATE, default today UTC) or a backfill
+# (FROM, TO); COMMIT=1 commits params.yaml + dvc.lock after each good day.
+.PHONY: daily
+daily: install
+	python -m stages.daily $(if $(FROM),--from $(FROM) $(if $(TO),--to $(TO)),$(if $(DATE),--date $(DATE))) $(if $(COMMIT),--commit)

@@ -1,16 +1,424 @@
 """Email: alerts on failures and the business owner's daily report.
 
-Interface used by the rest of the project (the alerts issue implements it fully):
-
     alert(subject, error=None, context=None, log_tail=None) -> bool
-        Send an alert email (throttled, secrets scrubbed). Never raises; returns True if a mail
-        went out.
+        Mail the exception, its traceback, the context and a log tail to the alert recipients.
+        Secrets are scrubbed; the same error is mailed at most once per alerts.throttle_minutes
+        (shared by every process on the machine), and the next mail says how many were held back.
+        Never raises: a mail failure is logged. Returns True if a mail went out.
+
+    send_report(report) -> bool
+        Mail a stages.report.Report (HTML + plain text + inline chart) to the report recipients.
+
+SMTP settings come from the environment (never from a committed file); without DAILYREC_SMTP_HOST
+mail is off and alerts are only logged.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
+import hashlib
+import logging
+import os
+import re
+import smtplib
+import socket
+import sqlite3
+import ssl
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import unquote
+
+from stages import params as P
+
+log = logging.getLogger("dailyrec.notify")
+
+# Environment variables.
+SMTP_HOST_ENV = "DAILYREC_SMTP_HOST"
+SMTP_PORT_ENV = "DAILYREC_SMTP_PORT"
+SMTP_TLS_ENV = "DAILYREC_SMTP_TLS"  # none | starttls | ssl
+SMTP_USER_ENV = "DAILYREC_SMTP_USER"
+SMTP_PASSWORD_ENV = "DAILYREC_SMTP_PASSWORD"
+SMTP_FROM_ENV = "DAILYREC_SMTP_FROM"
+SMTP_TIMEOUT_ENV = "DAILYREC_SMTP_TIMEOUT"
+ALERT_TO_ENV = "DAILYREC_ALERT_TO"  # comma-separated addresses
+REPORT_TO_ENV = "DAILYREC_REPORT_TO"  # comma-separated addresses
+STATE_DIR_ENV = "DAILYREC_STATE_DIR"  # where the alert throttle keeps its state
+DEFAULT_STATE_DIR = ".state"
+
+TLS_MODES = {"none": 25, "starttls": 587, "ssl": 465}
+DEFAULT_THROTTLE_MINUTES = 60.0
+SUBJECT_PREFIX = "[dailyrec]"
+
+
+# --------------------------------------------------------------------------- settings and sending
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    tls: str
+    user: str | None
+    password: str | None
+    sender: str
+    alert_to: tuple[str, ...]
+    report_to: tuple[str, ...]
+    timeout: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "SmtpSettings | None":
+        """The SMTP settings, or None when mail is off (no host). Bad values raise ConfigError."""
+        env = os.environ if env is None else env
+        host = env.get(SMTP_HOST_ENV, "").strip()
+        if not host:
+            return None
+        tls = env.get(SMTP_TLS_ENV, "starttls").strip().lower()
+        if tls not in TLS_MODES:
+            raise P.ConfigError(f"{SMTP_TLS_ENV}={tls!r}: expected one of {sorted(TLS_MODES)}")
+        port_raw = env.get(SMTP_PORT_ENV, "").strip() or str(TLS_MODES[tls])
+        timeout_raw = env.get(SMTP_TIMEOUT_ENV, "").strip() or "10"
+        try:
+            port, timeout = int(port_raw), float(timeout_raw)
+        except ValueError:
+            raise P.ConfigError(f"{SMTP_PORT_ENV}={port_raw!r} / {SMTP_TIMEOUT_ENV}="
+                                f"{timeout_raw!r}: expected numbers") from None
+        return cls(
+            host=host, port=port, tls=tls,
+            user=env.get(SMTP_USER_ENV) or None,
+            password=env.get(SMTP_PASSWORD_ENV) or None,
+            sender=env.get(SMTP_FROM_ENV) or f"dailyrec@{socket.getfqdn()}",
+            alert_to=_addresses(env.get(ALERT_TO_ENV, "")),
+            report_to=_addresses(env.get(REPORT_TO_ENV, "")),
+            timeout=timeout,
+        )
+
+
+def _addresses(raw: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in raw.replace(";", ",").split(",") if a.strip())
+
+
+def deliver(msg: EmailMessage, settings: SmtpSettings, recipients: tuple[str, ...]) -> bool:
+    """Send one message. Never raises: a failure is logged (scrubbed) and returns False."""
+    msg["From"] = settings.sender
+    msg["To"] = ", ".join(recipients)
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid(domain="dailyrec")
+    try:
+        if settings.tls == "ssl":
+            smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout,
+                                    context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
+        with smtp:
+            if settings.tls == "starttls":
+                smtp.starttls(context=ssl.create_default_context())
+            if settings.user:
+                smtp.login(settings.user, settings.password or "")
+            smtp.send_message(msg, to_addrs=list(recipients))
+        return True
+    except Exception as err:  # noqa: BLE001 - mail must never break the caller
+        log.error("could not send mail %r via %s:%s (%s): %s", msg["Subject"], settings.host,
+                  settings.port, settings.tls, scrub(f"{type(err).__name__}: {err}"))
+        return False
+
+
+# --------------------------------------------------------------------------- scrubbing secrets
+
+# Environment variables whose values are secrets (PWD and OLDPWD are directories, not passwords).
+_SECRET_NAME = re.compile(
+    r"(?i)(password|passwd|passphrase|secret|token|api_?key|access_?key|account_?key|"
+    r"private_?key|credential|connection_?string|sas_?token|(^|_)(key|pwd|dsn)$)")
+_NOT_SECRET_NAMES = {"PWD", "OLDPWD"}
+_SECRET_KEY = (r"(?:[\w.\-]*(?:pass(?:word|wd|phrase)|pwd|secret|token|api[_-]?key|"
+               r"access[_-]?key|account[_-]?key|private[_-]?key|credentials?|client[_-]?secret|"
+               r"sessionid|session[_-]?key|cookie)[\w.\-]*|\bsig\b)")
+# key=value, key: value, "key": "value", 'key': 'value'
+_KEY_VALUE = re.compile(
+    rf"(?i)(?P<key>{_SECRET_KEY})(?P<sep>[\"']?\s*[:=]\s*)"
+    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"',;&)}\]]+)")
+# scheme://user:password@host -> scheme://user:***@host; scheme://token@host -> scheme://***@host
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/\s?#]*)@")
+_AUTH_HEADER = re.compile(r"(?i)\b(?P<key>(?:proxy-)?authorization)(?P<sep>\s*[:=]\s*)"
+                          r"(?P<value>(?:basic|bearer|digest|token)\s+\S+|\S+)")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[\w\-.~+/=]{8,}")
+MASK = "***"
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """Values that must never appear in a mail: secret-named env vars and passwords inside URLs."""
+    env = os.environ if env is None else env
+    found: set[str] = set()
+    for name, value in env.items():
+        if not value:
+            continue
+        if _SECRET_NAME.search(name) and name not in _NOT_SECRET_NAMES and len(value) >= 4:
+            found.add(value)
+        for match in _URL_USERINFO.finditer(value):
+            _, _, password = match["userinfo"].partition(":")
+            for candidate in (password, unquote(password)):
+                if len(candidate) >= 4:
+                    found.add(candidate)
+    return sorted(found, key=len, reverse=True)
+
+
+def _mask_userinfo(match: re.Match) -> str:
+    user, colon, _ = match["userinfo"].partition(":")
+    return f"{match['scheme']}{user}:{MASK}@" if colon else f"{match['scheme']}{MASK}@"
+
+
+def _mask_value(match: re.Match) -> str:
+    value = match["value"]
+    quote = value[0] if value[:1] in "\"'" else ""
+    return f"{match['key']}{match['sep']}{quote}{MASK}{quote}"
+
+
+def scrub(text: str, secrets: list[str] | None = None) -> str:
+    """Remove passwords, tokens, credentials in URLs and secret env values from text."""
+    if not text:
+        return text
+    for value in secret_values() if secrets is None else secrets:
+        text = text.replace(value, MASK)
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    text = _AUTH_HEADER.sub(_mask_value, text)
+    text = _BEARER.sub(lambda m: f"{m[1]} {MASK}", text)
+    return _KEY_VALUE.sub(_mask_value, text)
+
+
+# --------------------------------------------------------------------------- throttling
+
+class Throttle:
+    """At most one mail per key per window, across processes (SQLite in the state directory).
+
+    admit() answers whether to send now, and how many occurrences were held back since the last
+    mail, so that mail can say so. If the state file cannot be used, an in-process table stands in.
+    """
+
+    _fallback: dict[str, tuple[float, int]] = {}
+    _fallback_lock = threading.Lock()
+
+    def __init__(self, path: Path, minutes: float):
+        self.path = Path(path)
+        self.window = max(0.0, float(minutes)) * 60.0
+
+    def admit(self, key: str, now: float | None = None) -> tuple[bool, int, float | None]:
+        now = time.time() if now is None else now
+        try:
+            return self._admit_sqlite(key, now)
+        except (sqlite3.Error, OSError) as err:
+            log.warning("alert throttle state %s unusable (%s); throttling in this process only",
+                        self.path, err)
+            with self._fallback_lock:
+                last, held = self._fallback.get(key, (None, 0))
+                if last is not None and now - last < self.window:
+                    self._fallback[key] = (last, held + 1)
+                    return False, held + 1, last
+                self._fallback[key] = (now, 0)
+                return True, held, last
+
+    _local = threading.local()  # one connection per thread and process, kept open
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection to the state file, opened once per thread (and again after a fork).
+        Closing a WAL database checkpoints it, which costs more than the whole check."""
+        key = (os.getpid(), str(self.path.resolve()))
+        cache = self._local.__dict__.setdefault("connections", {})
+        if key in cache:
+            return cache[key]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                              check_same_thread=False)
+        # WAL + synchronous=NORMAL: a held-back alert costs a fraction of a millisecond, which
+        # matters when every request of an error storm comes through here.
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute("CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, "
+                    "last_sent REAL NOT NULL, held INTEGER NOT NULL DEFAULT 0)")
+        cache[key] = con
+        return con
+
+    def _forget_connection(self) -> None:
+        cache = self._local.__dict__.get("connections", {})
+        con = cache.pop((os.getpid(), str(self.path.resolve())), None)
+        if con is not None:
+            try:
+                con.close()
+            except sqlite3.Error:
+                pass
+
+    def _admit_sqlite(self, key: str, now: float) -> tuple[bool, int, float | None]:
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")  # one writer at a time: check-and-set is atomic
+            row = con.execute("SELECT last_sent, held FROM alerts WHERE key = ?", (key,)).fetchone()
+            last, held = row if row else (None, 0)
+            if last is not None and now - last < self.window:
+                con.execute("UPDATE alerts SET held = held + 1 WHERE key = ?", (key,))
+                con.execute("COMMIT")
+                return False, held + 1, last
+            con.execute("INSERT INTO alerts (key, last_sent, held) VALUES (?, ?, 0) "
+                        "ON CONFLICT(key) DO UPDATE SET last_sent = excluded.last_sent, held = 0",
+                        (key, now))
+            # Forget keys quiet for a week, so the table stays small.
+            con.execute("DELETE FROM alerts WHERE last_sent < ? AND held = 0", (now - 7 * 86400,))
+            con.execute("COMMIT")
+            return True, held, last
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            self._forget_connection()
+            raise
+
+    def hold_back(self, key: str, count: int) -> None:
+        """A mail that could not be sent: count its occurrences as held back for the next one."""
+        try:
+            self._connect().execute("UPDATE alerts SET held = held + ? WHERE key = ?",
+                                    (count, key))
+        except (sqlite3.Error, OSError):
+            self._forget_connection()
+            with self._fallback_lock:
+                last, held = self._fallback.get(key, (time.time(), 0))
+                self._fallback[key] = (last, held + count)
+
+
+_minutes_cache: dict[tuple[str, int, int], float] = {}
+
+
+def throttle_minutes(params_path: Path | str | None = None) -> float:
+    """alerts.throttle_minutes from params.yaml; the default when the file or key is absent.
+    Parsed again only when the file changes (a storm calls this once per request)."""
+    path = Path(params_path or P.PARAMS_FILE)
+    try:
+        info = path.stat()
+        stamp = (str(path.resolve()), info.st_mtime_ns, info.st_size)
+        if stamp not in _minutes_cache:
+            section = P.load(path).get("alerts") or {}
+            _minutes_cache.clear()
+            _minutes_cache[stamp] = float(section.get("throttle_minutes",
+                                                      DEFAULT_THROTTLE_MINUTES))
+        return _minutes_cache[stamp]
+    except (P.ConfigError, OSError, ValueError, TypeError, AttributeError) as err:
+        log.debug("alerts.throttle_minutes unavailable (%s); using %s", err,
+                  DEFAULT_THROTTLE_MINUTES)
+        return DEFAULT_THROTTLE_MINUTES
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+_VARIABLE_PARTS = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|0x[0-9a-fA-F]+|[0-9a-fA-F]{8,}|\d+")
+
+
+def fingerprint(subject: str, error: BaseException | None) -> str:
+    """What makes two alerts 'the same error': the subject and, for an exception, its type and
+    where it was raised (numbers, ids and addresses normalised, so a storm over many users or
+    requests counts as one)."""
+    parts = [_VARIABLE_PARTS.sub("#", subject)]
+    if error is not None:
+        parts.append(f"{type(error).__module__}.{type(error).__qualname__}")
+        frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+        if frames:
+            parts += [f"{f.filename}:{f.name}:{f.lineno}" for f in frames]
+        else:
+            parts.append(_VARIABLE_PARTS.sub("#", str(error)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------- alerts
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def alert_body(subject: str, error: BaseException | None, context: Mapping[str, Any] | None,
+               log_tail: str | None, held: int = 0, held_since: float | None = None,
+               minutes: float = DEFAULT_THROTTLE_MINUTES, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    lines = [subject, ""]
+    if held:
+        lines += [f"Note: {held} more occurrence(s) of this alert since {_utc(held_since or now)} "
+                  f"were not mailed (at most one mail per {minutes:g} minutes).", ""]
+    lines += [f"When:  {_utc(now)}", f"Host:  {socket.gethostname()} (pid {os.getpid()})"]
+    if error is not None:
+        lines.append(f"Error: {type(error).__name__}: {error}")
+    if context:
+        lines += ["", "Context"] + [f"  {k}: {v}" for k, v in context.items()]
+    if error is not None and error.__traceback__ is not None:
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        lines += ["", trace.rstrip()]
+    if log_tail:
+        tail = log_tail.rstrip("\n").splitlines()
+        lines += ["", f"Last {len(tail)} lines of output", *tail]
+    return "\n".join(lines) + "\n"
+
 
 def alert(subject: str, error: BaseException | None = None, context: dict | None = None,
           log_tail: str | None = None) -> bool:
-    """Not built yet: no mail is sent. Never raises."""
+    """Mail an alert (throttled, secrets scrubbed). Never raises; True if a mail went out."""
+    try:
+        return _alert(subject, error, context, log_tail)
+    except Exception:  # noqa: BLE001 - an alert must never hide the error it reports
+        log.exception("alert %r could not be prepared", subject)
+        return False
+
+
+def _alert(subject: str, error: BaseException | None, context: dict | None,
+           log_tail: str | None) -> bool:
+    secrets = secret_values()
+    settings = SmtpSettings.from_env()
+    if settings is None or not settings.alert_to:
+        log.warning("alert not mailed (%s or %s not set): %s", SMTP_HOST_ENV, ALERT_TO_ENV,
+                    scrub(subject, secrets))
+        return False
+    if settings.password and settings.password not in secrets:
+        secrets = sorted([*secrets, settings.password], key=len, reverse=True)
+    minutes = throttle_minutes()
+    throttle = Throttle(state_dir() / "alerts.sqlite", minutes)
+    key = fingerprint(subject, error)
+    send, held, since = throttle.admit(key)
+    if not send:
+        log.info("alert throttled (%d held back): %s", held, scrub(subject, secrets))
+        return False
+    body = alert_body(subject, error, context, log_tail, held, since, minutes)
+    msg = EmailMessage()
+    msg["Subject"] = scrub(f"{SUBJECT_PREFIX} ALERT: {subject}", secrets).replace("\n", " ")
+    msg.set_content(scrub(body, secrets))
+    if deliver(msg, settings, settings.alert_to):
+        return True
+    throttle.hold_back(key, held + 1)
     return False
+
+
+# --------------------------------------------------------------------------- the daily report
+
+def report_message(report) -> EmailMessage:
+    """multipart/alternative: plain text, and HTML with the chart as an inline (cid:) PNG."""
+    msg = EmailMessage()
+    msg["Subject"] = f"{SUBJECT_PREFIX} {report.subject}"
+    msg.set_content(report.text)
+    msg.add_alternative(report.html(image_src=f"cid:{report.chart_cid}"), subtype="html")
+    if report.chart_png:
+        msg.get_payload()[1].add_related(report.chart_png, maintype="image", subtype="png",
+                                         cid=f"<{report.chart_cid}>",
+                                         filename=f"{report.chart_cid.split('@')[0]}.png")
+    return msg
+
+
+def send_report(report) -> bool:
+    """Mail the daily report to the report recipients. Never raises; True if it went out."""
+    try:
+        settings = SmtpSettings.from_env()
+        if settings is None or not settings.report_to:
+            log.warning("daily report not mailed (%s or %s not set)", SMTP_HOST_ENV, REPORT_TO_ENV)
+            return False
+        return deliver(report_message(report), settings, settings.report_to)
+    except Exception:  # noqa: BLE001
+        log.exception("daily report could not be mailed")
+        return False

@@ -91,17 +91,19 @@ def run_stage(name: str, body, argv=None) -> int:
 
 
 def set_run_date(day: dt.date, path: Path | str | None = None) -> None:
-    """Set run.date in params.yaml, keeping its comments and layout (the scheduler's one edit)."""
-    from ruamel.yaml import YAML
+    """Set run.date in params.yaml, changing that one line and nothing else (comments, layout and
+    every other byte stay), so the scheduler's daily commit shows a one-line diff."""
+    import re
 
     path = Path(path or PARAMS_FILE)
-    yaml_rt = YAML()
-    yaml_rt.preserve_quotes = True
-    yaml_rt.width = 100
-    with path.open() as fh:
-        doc = yaml_rt.load(fh)
-    doc["run"]["date"] = day.isoformat()
+    text = path.read_text()
+    # The `date:` key indented under the top-level `run:` section (comment lines may sit between).
+    pattern = re.compile(r"^(run:[ \t]*(?:#.*)?\n(?:(?:[ \t]+#.*|[ \t]*)\n|[ \t]+\S.*\n)*?"
+                         r"[ \t]+date:[ \t]*)(\S+?)([ \t]*(?:#.*)?)$", re.M)
+    new, count = pattern.subn(lambda m: f"{m.group(1)}'{day.isoformat()}'{m.group(3)}", text,
+                              count=1)
+    if count != 1:
+        raise ConfigError(f"{path}: no run.date line to set (expected `run:` with `date:` under it)")
     tmp = path.with_suffix(".yaml.tmp")
-    with tmp.open("w") as fh:
-        yaml_rt.dump(doc, fh)
+    tmp.write_text(new)
     tmp.replace(path)

@@ -22,6 +22,7 @@ import re
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 
@@ -104,7 +105,18 @@ def to_table(events: pd.DataFrame) -> pa.Table:
     missing = [c for c in COLUMNS if c not in events.columns]
     if missing:
         raise ValueError(f"events are missing canonical columns {missing}")
-    return pa.Table.from_pandas(events[list(COLUMNS)], schema=EVENT_SCHEMA, preserve_index=False)
+    return pa.Table.from_arrays([arrow_column(events[f.name], f.type) for f in EVENT_SCHEMA],
+                                schema=EVENT_SCHEMA)
+
+
+def arrow_column(values: pd.Series, to: pa.DataType) -> pa.Array:
+    """One pandas column as an Arrow array of type `to` (zoned times as the same instants)."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        # pyarrow reads zoned pandas columns through Series.values, deprecated in pandas 3.1;
+        # hand it the UTC wall times instead (the same instants).
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    return pa.array(values.to_numpy() if values.dtype.kind == "M" else values.array, type=to,
+                    from_pandas=True)
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
@@ -123,20 +135,32 @@ def canonical_ids(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Normalise ids of any source type into canonical text.
 
     Works on the distinct values only (ids repeat a lot), so the cost follows the number of distinct
-    ids, not rows. Returns (ids, problem) where problem is "" for a good id, "missing" or "invalid".
+    ids, not rows. Returns (ids, problem) where problem is "" for a good id, "missing" or "invalid"
+    (a categorical: compare it with those strings).
     """
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     text = _ids_as_text(pd.Series(uniques))
     folded = text.str.lower()
     missing = text.isna() | folded.isin(_NULL_TOKENS)
     valid = ~missing & text.str.fullmatch(_ID_PATTERN).fillna(False).astype(bool)
-    problem_u = np.where(missing, "missing", np.where(valid, "", "invalid"))
-    ids_u = text.where(valid)
-    # Sentinel -1 (a null in the source) -> "missing".
-    ids = pd.Series(np.append(ids_u.to_numpy(dtype=object), None)[codes], index=values.index,
-                    dtype="str")
-    problem = pd.Series(np.append(problem_u, "missing")[codes], index=values.index)
+    problem_u = np.where(missing, 1, np.where(valid, 0, 2)).astype(np.int8)
+    # Sentinel -1 (a null in the source) -> the appended last slot: no id, "missing".
+    slots = np.where(codes < 0, len(uniques), codes)
+    ids_u = pa.array(text.where(valid).to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+    ids = _str_series(pa.concat_arrays([ids_u, pa.nulls(1, pa.string())]).take(slots),
+                      values.index)
+    problem = pd.Series(pd.Categorical.from_codes(np.append(problem_u, 1)[slots],
+                                                  categories=_ID_PROBLEMS),
+                        index=values.index)
     return ids, problem
+
+
+_ID_PROBLEMS = ("", "missing", "invalid")
+
+
+def _str_series(array: pa.Array | pa.ChunkedArray, index: pd.Index) -> pd.Series:
+    """Arrow strings -> a pandas "str" Series without a round trip through Python objects."""
+    return pd.Series(array, index=index, dtype="str")
 
 
 def _ids_as_text(uniques: pd.Series) -> pd.Series:
@@ -159,8 +183,19 @@ def canonical_event_types(values: pd.Series, table_aliases: dict[str, str] | Non
     folded = (pd.Series(uniques, dtype="str").str.strip().str.lower()
               .str.replace(r"[\s\-]+", "_", regex=True))
     aliases = {**EVENT_TYPE_ALIASES, **{k.lower(): v for k, v in (table_aliases or {}).items()}}
-    mapped = folded.map(aliases).to_numpy(dtype=object)
-    return pd.Series(np.append(mapped, None)[codes], index=values.index, dtype="str")
+    mapped = pa.array(folded.map(aliases).to_numpy(dtype=object), type=pa.string(),
+                      from_pandas=True)
+    slots = np.where(codes < 0, len(uniques), codes)
+    return _str_series(pa.concat_arrays([mapped, pa.nulls(1, pa.string())]).take(slots),
+                       values.index)
+
+
+# Well-formed ISO 8601 date-times that Arrow's strict parser reads exactly as pandas does (Arrow
+# refuses Feb 30, hour 24, second 60, offset +24:00 like pandas); anything else goes to pandas.
+_ISO_ZONED = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d(:?\d\d)?)$"
+_ISO_NAIVE = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?$"
+_EPOCH_TEXT = r"^-?\d+(\.\d+)?$"
+_NAT = np.iinfo(np.int64).min
 
 
 def canonical_timestamps(values: pd.Series) -> pd.Series:
@@ -173,23 +208,92 @@ def canonical_timestamps(values: pd.Series) -> pd.Series:
         return values.dt.tz_localize("UTC").astype("datetime64[us, UTC]")
     if pd.api.types.is_numeric_dtype(values.dtype):
         return _from_epoch(values.astype("float64"))
-    text = values.astype("str").str.strip()
-    numeric = pd.to_numeric(text.where(text.str.fullmatch(r"-?\d+(\.\d+)?").fillna(False)),
-                            errors="coerce")
-    out = _from_epoch(numeric)
-    iso = numeric.isna() & text.notna()
-    if iso.any():
-        out[iso] = pd.to_datetime(text[iso], format="ISO8601", utc=True, errors="coerce"
-                                  ).astype("datetime64[us, UTC]")
-    return out
+    text = trimmed_text(values)
+    micros = np.full(len(text), _NAT, dtype=np.int64)
+    # The common forms go through Arrow's vectorised parsers; each step sees only the rows the
+    # ones before it left, so a clean column costs one regex and one cast.
+    rows = np.flatnonzero(np.asarray(text.is_valid()))
+    rest = text if len(rows) == len(text) else text.take(pa.array(rows))
+    for pattern, parse in ((_ISO_ZONED, _parse_iso_zoned), (_EPOCH_TEXT, _parse_epoch_text),
+                           (_ISO_NAIVE, _parse_iso_naive), (None, _parse_iso_pandas)):
+        if not len(rows):
+            break
+        if pattern is None:
+            micros[rows] = parse(rest)
+            break
+        match = pc.match_substring_regex(rest, pattern)
+        if not pc.any(match).as_py():
+            continue
+        # Parse the matches in place (the others masked to null, so no copy of the column);
+        # only the few rows left over are taken out for the next form.
+        parsed = parse(pc.if_else(match, rest, pa.scalar(None, rest.type)))
+        match = np.asarray(match)
+        micros[rows[match]] = parsed[match]
+        left = np.flatnonzero(~match)
+        rows, rest = rows[left], rest.take(pa.array(left))
+    return _micros_series(micros, values.index)
+
+
+def trimmed_text(values: pd.Series) -> pa.Array:
+    """Any source column as Arrow text with surrounding whitespace removed (nulls stay null)."""
+    text = values if values.dtype == "str" else values.astype("str")
+    arrow = pa.array(text.array)
+    arrow = arrow.combine_chunks() if isinstance(arrow, pa.ChunkedArray) else arrow
+    return pc.utf8_trim_whitespace(arrow.cast(pa.large_string()))
+
+
+def _parse_iso_zoned(text: pa.Array) -> np.ndarray:
+    return _cast_micros(text, pa.timestamp("us", tz="UTC"))
+
+
+def _parse_iso_naive(text: pa.Array) -> np.ndarray:
+    return _cast_micros(text, pa.timestamp("us"))  # no zone: UTC
+
+
+def _cast_micros(text: pa.Array, to: pa.DataType) -> np.ndarray:
+    """Arrow's strict ISO cast; it refuses a whole array for one impossible date (2026-02-30),
+    so on refusal split in halves and let pandas decide the few small pieces that hold one."""
+    try:
+        return _arrow_micros(pc.cast(text, to))
+    except pa.ArrowInvalid:
+        if len(text) <= 256:
+            return _parse_iso_pandas(text)
+        half = len(text) // 2
+        return np.concatenate([_cast_micros(text.slice(0, half), to),
+                               _cast_micros(text.slice(half), to)])
+
+
+def _parse_epoch_text(text: pa.Array) -> np.ndarray:
+    return _epoch_micros(np.asarray(pc.cast(text, pa.float64())))
+
+
+def _parse_iso_pandas(text: pa.Array) -> np.ndarray:
+    parsed = pd.to_datetime(pd.Series(text, dtype="str"), format="ISO8601", utc=True,
+                            errors="coerce").astype("datetime64[us, UTC]")
+    return pd.DatetimeIndex(parsed).asi8
+
+
+def _arrow_micros(stamps: pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(stamps.cast(pa.int64()), _NAT))
+
+
+def _micros_series(micros: np.ndarray, index: pd.Index) -> pd.Series:
+    """int64 microseconds since the epoch (_NAT for none) -> datetime64[us, UTC] Series."""
+    stamps = pd.DatetimeIndex(micros.view("datetime64[us]")).tz_localize("UTC")
+    return pd.Series(stamps, index=index)
+
+
+def _epoch_micros(numbers: np.ndarray) -> np.ndarray:
+    # Epoch seconds stay below 1e11 until the year 5138; epoch milliseconds are above it after 1973.
+    with np.errstate(invalid="ignore", over="ignore"):
+        micros = np.where(np.abs(numbers) >= 1e11, numbers * 1_000, numbers * 1_000_000)
+        usable = np.isfinite(micros) & (np.abs(micros) < 2**62)
+        return np.where(usable, np.round(np.where(usable, micros, 0)), _NAT).astype(np.int64)
 
 
 def _from_epoch(numbers: pd.Series) -> pd.Series:
-    # Epoch seconds stay below 1e11 until the year 5138; epoch milliseconds are above it after 1973.
-    micros = np.where(numbers.abs() >= 1e11, numbers * 1_000, numbers * 1_000_000)
-    micros = np.where(np.isfinite(micros) & (np.abs(micros) < 2**62), micros, np.nan)
-    out = pd.Series(pd.array(micros, dtype="Float64").round().astype("Int64"), index=numbers.index)
-    return pd.to_datetime(out, unit="us", utc=True).astype("datetime64[us, UTC]")
+    return _micros_series(_epoch_micros(numbers.to_numpy(dtype="float64", na_value=np.nan)),
+                          numbers.index)
 
 
 def derive_event_ids(events: pd.DataFrame) -> pd.Series:
@@ -197,4 +301,21 @@ def derive_event_ids(events: pd.DataFrame) -> pd.Series:
     key = events[["user_id", "item_id", "event_type"]].copy()
     key["ts"] = events["ts"].astype("int64")
     hashed = pd.util.hash_pandas_object(key, index=False).to_numpy()
-    return pd.Series(np.char.mod("h%016x", hashed), index=events.index, dtype="str")
+    return _str_series(_hex_ids(hashed, prefix=b"h"), events.index)
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex_ids(hashed: np.ndarray, prefix: bytes) -> pa.Array:
+    """uint64 -> prefix + 16 lower-case hex digits (as "h%016x"), built as one Arrow buffer."""
+    width = len(prefix) + 16
+    digits = np.ascontiguousarray(hashed, dtype=np.uint64).astype(">u8").view(np.uint8)
+    digits = digits.reshape(-1, 8)
+    chars = np.empty((len(hashed), width), dtype=np.uint8)
+    chars[:, :len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+    chars[:, len(prefix)::2] = _HEX_DIGITS[digits >> 4]
+    chars[:, len(prefix) + 1::2] = _HEX_DIGITS[digits & 0x0F]
+    offsets = np.arange(0, width * (len(hashed) + 1), width, dtype=np.int64)
+    return pa.LargeStringArray.from_buffers(len(hashed), pa.py_buffer(offsets),
+                                            pa.py_buffer(chars))

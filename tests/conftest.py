@@ -34,3 +34,23 @@ def redis_client(redis_server):
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """gcp-storage-emulator with the bucket of the committed gcs remote (gs://dailyrec-dvc)."""
+    from tests import emulators
+
+    server = emulators.start_gcs()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """Azurite's blob service with the container of the committed azure remote."""
+    from tests import emulators
+
+    server = emulators.start_azurite()
+    yield server
+    server.stop()

@@ -1,0 +1,58 @@
+"""The serving API: a Flask application factory.
+
+    create_app(config=None) -> Flask
+
+Configuration, later sources winning:
+  1. defaults below;
+  2. Redis connection settings from the environment (serving/connection.py: REDIS_URL,
+     REDIS_PASSWORD, rediss:// TLS...) and REDIS_KEY_PREFIX;
+  3. any DAILYREC_API_<KEY> environment variable (Flask's from_prefixed_env; values parsed as JSON),
+     e.g. DAILYREC_API_REDIS_TIMEOUT=0.2, DAILYREC_API_RETRY_AFTER=10 (a prefix of its own, so
+     the mail password and other DAILYREC_* secrets never land in the app config);
+  4. the `config` dict.
+
+Run it with gunicorn (serving/gunicorn.conf.py, `make serve`), or `flask --app serving.app run`
+while developing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+
+from serving import api, connection, errors, ops
+from serving import keys as K
+from serving.store import RecommendationStore
+from serving.telemetry import Telemetry
+
+DEFAULTS = {
+    "REDIS_TIMEOUT": 0.5,        # seconds per Redis call before answering 503
+    "REDIS_MAX_CONNECTIONS": 64,
+    "RETRY_AFTER": 5,            # seconds, in the Retry-After header of a 503
+    "USER_ID_MAX_LENGTH": 128,
+    "USER_ID_PATTERN": r"[A-Za-z0-9._:@+-]+",
+    "JSON_SORT_KEYS": False,
+}
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.update(connection.settings_from_env())
+    app.config["REDIS_KEY_PREFIX"] = K.Layout.from_env().prefix
+    app.config.from_prefixed_env("DAILYREC_API")
+    app.config.update(config or {})
+    app.json.sort_keys = False
+    pattern = app.config["USER_ID_PATTERN"]
+    app.config["USER_ID_PATTERN"] = re.compile(pattern) if isinstance(pattern, str) else pattern
+
+    client = connection.client(app.config, timeout=float(app.config["REDIS_TIMEOUT"]),
+                               max_connections=app.config["REDIS_MAX_CONNECTIONS"])
+    app.extensions["dailyrec.store"] = RecommendationStore(
+        client, K.Layout(app.config["REDIS_KEY_PREFIX"]))
+    Telemetry().init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
+    errors.init_app(app)
+    return app

@@ -1,0 +1,67 @@
+"""The one place errors become responses: every error is JSON with the request id.
+
+    4xx (bad input, unknown route, wrong method)  -> that status, {"error", "message"}
+    Redis down / nothing published                -> 503 with Retry-After; the process carries on
+                                                     and answers again as soon as Redis does
+    anything else                                 -> 500, logged with its traceback and sent to
+                                                     stages.notify.alert; the client gets only the
+                                                     request id to quote
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from serving.store import NotPublished, RedisUnavailable
+from serving.telemetry import request_id
+from stages import notify
+
+_last_unavailable_log = [0.0]
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(Exception, handle_error)
+
+
+def _answer(status: int, error: str, message: str, **headers):
+    body = jsonify(error=error, message=message, request_id=request_id())
+    return body, status, headers
+
+
+def _count(kind: str) -> None:
+    telemetry = current_app.extensions.get("dailyrec.telemetry")
+    if telemetry is not None:
+        telemetry.errors.labels(kind).inc()
+
+
+def handle_error(err: Exception):
+    if isinstance(err, HTTPException):
+        kind = (err.name or "error").lower().replace(" ", "_").replace("'", "")
+        _count(kind)
+        return _answer(err.code or 500, kind, err.description or err.name)
+    if isinstance(err, (RedisUnavailable, NotPublished)):
+        kind = "redis_unavailable" if isinstance(err, RedisUnavailable) else "not_published"
+        _count(kind)
+        now = time.monotonic()
+        if now - _last_unavailable_log[0] > 10:  # one line per 10 s, not one per request
+            _last_unavailable_log[0] = now
+            current_app.logger.warning("answering 503 (%s): %s", kind, err)
+        message = ("recommendations are temporarily unavailable; retry later"
+                   if kind == "redis_unavailable" else "no recommendations are published yet")
+        retry_after = str(current_app.config["RETRY_AFTER"])
+        return _answer(503, kind, message, **{"Retry-After": retry_after})
+    rid = request_id()
+    _count("internal")
+    current_app.logger.error("request %s %s %s failed", rid, request.method, request.path,
+                             exc_info=err)
+    try:
+        notify.alert(f"dailyrec API: {type(err).__name__} on {request.method} {request.path}",
+                     error=err, context={"request_id": rid, "method": request.method,
+                                         "path": request.path})
+    except Exception:  # alert() promises not to raise; a broken alert must not hide the 500
+        current_app.logger.exception("notify.alert failed")
+    return _answer(500, "internal_error",
+                   f"unexpected error; quote request id {rid} when reporting it")

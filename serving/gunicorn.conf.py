@@ -1,0 +1,44 @@
+"""gunicorn settings for the API: `gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'`.
+
+Environment overrides: DAILYREC_BIND (127.0.0.1:8000), WEB_CONCURRENCY (worker processes, default
+the CPU count), DAILYREC_THREADS (threads per worker, 4), DAILYREC_WORKER_CLASS (gthread),
+DAILYREC_ACCESS_LOG (a path or "-"; off by default: at thousands of requests a second it costs
+more than the request), DAILYREC_LOG_LEVEL (info).
+"""
+
+import glob
+import os
+import tempfile
+
+bind = os.environ.get("DAILYREC_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 2)
+# Threads, not one sync process per request: keep-alive connections, and a worker waiting on Redis
+# still answers others. The work per request is short, so a few threads per process suffice.
+worker_class = os.environ.get("DAILYREC_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("DAILYREC_THREADS", "4"))
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+max_requests = 200_000  # recycle workers now and then; the jitter keeps them from doing it at once
+max_requests_jitter = 20_000
+accesslog = os.environ.get("DAILYREC_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("DAILYREC_LOG_LEVEL", "info")
+proc_name = "dailyrec-api"
+control_socket_disable = True  # not used; several instances (tests, bench) would share its path
+
+# Prometheus metrics from every worker: prometheus_client reads this variable when first imported,
+# which happens in the workers after this file has run.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dailyrec-metrics-")
+
+
+def on_starting(server):
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)  # counters from an earlier run would otherwise add up
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

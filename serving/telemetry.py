@@ -1,0 +1,105 @@
+"""Request ids and Prometheus metrics for the API.
+
+    dailyrec_http_requests_total{endpoint,method,status}    requests answered
+    dailyrec_http_request_duration_seconds{endpoint}        latency histogram (0.5 ms .. 2.5 s)
+    dailyrec_recommendations_total{source}                  lists served: personalized | fallback
+    dailyrec_fallback_share                                 fallback / all lists served, so far
+    dailyrec_errors_total{kind}                             redis_unavailable, not_published,
+                                                            bad_request, not_found, internal, ...
+
+Under gunicorn (several worker processes) the values live in PROMETHEUS_MULTIPROC_DIR, which
+serving/gunicorn.conf.py sets up, and /metrics adds up every worker's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+
+from flask import Flask, g, request
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               disable_created_metrics, generate_latest)
+from prometheus_client.core import GaugeMetricFamily
+
+disable_created_metrics()  # the *_created series only double the scrape
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0, 2.5)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("dailyrec_http_requests", "HTTP requests answered",
+                                ["endpoint", "method", "status"], registry=self.registry)
+        self.latency = Histogram("dailyrec_http_request_duration_seconds",
+                                 "Time from request to response", ["endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.recommendations = Counter("dailyrec_recommendations",
+                                       "Recommendation lists served, by source", ["source"],
+                                       registry=self.registry)
+        self.errors = Counter("dailyrec_errors", "Requests that ended in an error, by kind",
+                              ["kind"], registry=self.registry)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["dailyrec.telemetry"] = self
+        app.before_request(self._start)
+        app.after_request(self._finish)
+
+    @staticmethod
+    def _start() -> None:
+        g.started = time.perf_counter()
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+    def _finish(self, response):
+        endpoint = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        self.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            self.latency.labels(endpoint).observe(time.perf_counter() - started)
+        response.headers["X-Request-ID"] = request_id()
+        return response
+
+    def render(self) -> tuple[bytes, str]:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            source = CollectorRegistry()
+            multiprocess.MultiProcessCollector(source)
+        else:
+            source = self.registry
+        share = CollectorRegistry()
+        share.register(_FallbackShare(source))
+        return generate_latest(source) + generate_latest(share), CONTENT_TYPE_LATEST
+
+
+class _FallbackShare:
+    """dailyrec_fallback_share, computed at scrape time from the recommendations counter."""
+
+    def __init__(self, source: CollectorRegistry):
+        self.source = source
+
+    def collect(self):
+        counts = {"fallback": 0.0, "personalized": 0.0}
+        for family in self.source.collect():
+            if family.name == "dailyrec_recommendations":
+                for sample in family.samples:
+                    if sample.name == "dailyrec_recommendations_total":
+                        source = sample.labels.get("source")
+                        counts[source] = counts.get(source, 0.0) + sample.value
+        total = sum(counts.values())
+        gauge = GaugeMetricFamily("dailyrec_fallback_share",
+                                  "Share of recommendation lists served from the fallback")
+        gauge.add_metric([], counts["fallback"] / total if total else 0.0)
+        yield gauge
+
+
+def request_id() -> str:
+    rid = g.get("request_id")
+    if rid is None:
+        rid = g.request_id = uuid.uuid4().hex
+    return rid

@@ -1,0 +1,169 @@
+"""Events -> the users x items confidence matrix that ALS is fitted on (Hu, Koren & Volinsky 2008).
+
+    r_ui = sum over u's events on i of  weight[event_type] * 0.5 ** (age_days / half_life_days)
+    c_ui = 1 + alpha * r_ui                   (transform "linear")
+    c_ui = 1 + alpha * log(1 + r_ui / eps)    (transform "log")
+
+age_days is measured from `now` (the end of the data window), so the same events and settings always
+give the same matrix. Events of a type weighted 0 are left out entirely: a user or item that has only
+such events gets no row or column. Ids are sorted (byte order), so the id maps do not depend on the
+order of the events.
+
+implicit's own `alpha` multiplies the values it is given (c = alpha * value, and its GPU fit ignores
+alpha altogether), so the confidence is computed here and implicit is always given alpha=1.
+Everything is vectorised over Arrow and NumPy arrays: no Python loop over events, users or items.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from stages import schema as S
+from stages.params import ConfigError
+
+TRANSFORMS = ("linear", "log")
+MATRIX_COLUMNS = ["user_id", "item_id", "event_type", "ts"]
+
+
+@dataclass(frozen=True)
+class ConfidenceConfig:
+    event_weights: dict[str, float]
+    decay_half_life_days: float  # 0: no decay
+    transform: str  # one of TRANSFORMS
+    alpha: float
+    eps: float
+
+    @classmethod
+    def from_section(cls, train: dict[str, Any]) -> "ConfidenceConfig":
+        weights = train.get("event_weights")
+        if not isinstance(weights, dict):
+            raise ConfigError("params.yaml: train.event_weights must map each event type to a "
+                              f"weight, got {weights!r}")
+        unknown = sorted(set(map(str, weights)) - set(S.EVENT_TYPES))
+        missing = [t for t in S.EVENT_TYPES if t not in weights]
+        if unknown or missing:
+            raise ConfigError(f"params.yaml: train.event_weights must list exactly the event types "
+                              f"{list(S.EVENT_TYPES)}; unknown {unknown}, missing {missing}")
+        clean = {t: _number(weights[t], f"train.event_weights.{t}", minimum=0.0)
+                 for t in S.EVENT_TYPES}
+        if not any(clean.values()):
+            raise ConfigError("params.yaml: train.event_weights are all 0: nothing would be learnt")
+        transform = train.get("confidence", "linear")
+        if transform not in TRANSFORMS:
+            raise ConfigError(f"params.yaml: train.confidence must be one of {list(TRANSFORMS)}, "
+                              f"got {transform!r}")
+        return cls(
+            event_weights=clean,
+            decay_half_life_days=_number(train.get("decay_half_life_days", 0),
+                                         "train.decay_half_life_days", minimum=0.0),
+            transform=transform,
+            alpha=_number(train.get("alpha", 1.0), "train.alpha", minimum=0.0, strict=True),
+            eps=_number(train.get("eps", 1.0), "train.eps", minimum=0.0, strict=True),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _number(value: Any, name: str, minimum: float, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"params.yaml: {name} must be a number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        raise ConfigError(f"params.yaml: {name} must be {'>' if strict else '>='} {minimum}, "
+                          f"got {value!r}")
+    return float(value)
+
+
+@dataclass
+class Interactions:
+    """Aggregated strength r_ui per (user, item), with the id maps of its rows and columns."""
+
+    user_ids: np.ndarray  # str, sorted; row i is user_ids[i]
+    item_ids: np.ndarray  # str, sorted; column j is item_ids[j]
+    strength: sp.csr_matrix  # float64 r_ui, sorted indices, no explicit zeros
+    events: int  # events that contributed (weight > 0)
+    events_ignored: int  # events of a type weighted 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.strength.shape
+
+
+def encode_ids(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Text ids -> (int32 codes, sorted unique ids). Hashes once, then sorts only the distinct ids."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    encoded = pc.dictionary_encode(array)
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    uniques = encoded.dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
+    return codes, uniques.astype(str)
+
+
+def event_weights(events: pa.Table, config: ConfidenceConfig, now: dt.datetime) -> np.ndarray:
+    """Per event: weight[event_type] * 0.5 ** (age_days / half_life) (float64)."""
+    types = pc.dictionary_encode(events["event_type"].combine_chunks())
+    known = np.array([config.event_weights.get(t, np.nan)
+                      for t in types.dictionary.to_pylist()], dtype=np.float64)  # a few types
+    if np.isnan(known).any():
+        bad = [t for t, w in zip(types.dictionary.to_pylist(), known) if np.isnan(w)]
+        raise ConfigError(f"events have event types {bad} that are not canonical "
+                          f"{list(S.EVENT_TYPES)}: the input is not clean data")
+    weights = known[types.indices.to_numpy(zero_copy_only=False)]
+    if config.decay_half_life_days > 0:
+        now_us = int(now.timestamp() * 1_000_000)
+        ts_us = pc.cast(events["ts"], pa.int64()).to_numpy()
+        age_days = np.maximum(now_us - ts_us, 0) / 86_400e6
+        weights = weights * np.exp2(-age_days / config.decay_half_life_days)
+    return weights
+
+
+def aggregate(events: pa.Table, config: ConfidenceConfig, now: dt.datetime) -> Interactions:
+    """Sum the weighted events per (user, item) into a sparse users x items strength matrix."""
+    missing = [c for c in MATRIX_COLUMNS if c not in events.column_names]
+    if missing:
+        raise ConfigError(f"events are missing columns {missing}")
+    nulls = {c: events[c].null_count for c in MATRIX_COLUMNS if events[c].null_count}
+    if nulls:
+        raise ConfigError(f"events have nulls in {nulls}: the input is not clean data")
+    weights = event_weights(events, config, now)
+    used = weights > 0
+    n_ignored = int((~used).sum())
+    if n_ignored:
+        events = events.filter(pa.array(used))
+        weights = weights[used]
+    users, user_ids = encode_ids(events["user_id"])
+    items, item_ids = encode_ids(events["item_id"])
+    strength = sp.coo_matrix((weights, (users, items)),
+                             shape=(len(user_ids), len(item_ids))).tocsr()  # sums duplicates
+    strength.sort_indices()
+    strength.eliminate_zeros()  # decay can underflow to 0: an explicit 0 would mean "dislike"
+    return Interactions(user_ids=user_ids, item_ids=item_ids, strength=strength,
+                        events=int(len(weights)), events_ignored=n_ignored)
+
+
+def transform(strength: sp.csr_matrix, kind: str, alpha: float, eps: float) -> sp.csr_matrix:
+    """r -> c, as float32 (what implicit fits on). The sparsity pattern is kept as is."""
+    if kind == "linear":
+        values = 1.0 + alpha * strength.data
+    elif kind == "log":
+        values = 1.0 + alpha * np.log1p(strength.data / eps)
+    else:
+        raise ConfigError(f"unknown confidence transform {kind!r}; use one of {list(TRANSFORMS)}")
+    out = sp.csr_matrix((values.astype(np.float32), strength.indices.copy(), strength.indptr.copy()),
+                        shape=strength.shape)
+    out.has_sorted_indices = strength.has_sorted_indices
+    return out
+
+
+def confidence(interactions: Interactions, config: ConfidenceConfig) -> sp.csr_matrix:
+    return transform(interactions.strength, config.transform, config.alpha, config.eps)

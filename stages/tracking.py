@@ -1,0 +1,350 @@
+"""MLflow: one run per daily train + evaluate, and the model registry.
+
+    tracking URI   env MLFLOW_TRACKING_URI, default sqlite:///mlflow.db (artifacts under ./mlruns)
+    switch off     env DAILYREC_MLFLOW=off (metrics/mlflow.json is then written with nulls)
+    params.yaml    mlflow.experiment, mlflow.model_name, mlflow.alias
+
+train opens the run: every train.* param and run.date, the loss per iteration as the stepped metric
+`train_loss`, durations and counts, the device; tags with the git commit (and whether the tree was
+dirty) and the DVC md5 of each of the stage's inputs (as DVC computes them, so they can be matched
+with dvc.lock); the model bundle registered as a new version of mlflow.model_name, a pyfunc that
+returns top-N for user ids (stages.pyfunc_model). It writes metrics/mlflow.json:
+{"run_id", "experiment", "model_name", "model_version", "alias"}. evaluate adds its metrics and the gate
+verdict to the same run, so one run holds a day's model and how good it was. publish moves
+mlflow.alias to the version it serves; evaluate reads that version as the "published" baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages import params as P
+
+RECORD_FILE = Path("metrics/mlflow.json")
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SWITCH_ENV = "DAILYREC_MLFLOW"
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+STAGES_DIR = Path(__file__).parent
+BUNDLE_ARTIFACT = "bundle"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}$")
+_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    experiment: str
+    model_name: str
+    alias: str
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "Settings":
+        section = params.get("mlflow") or {}
+        if not isinstance(section, dict):
+            raise P.ConfigError("params.yaml: section 'mlflow' must be a mapping")
+        values = {"experiment": section.get("experiment", "dailyrec"),
+                  "model_name": section.get("model_name", "dailyrec-als"),
+                  "alias": section.get("alias", "published")}
+        for key in ("experiment", "model_name"):
+            if not isinstance(values[key], str) or not _NAME.match(values[key]):
+                raise P.ConfigError(f"params.yaml: mlflow.{key} must be a name of letters, digits, "
+                                    f"'_', '-', '.', got {values[key]!r}")
+        alias = values["alias"]
+        if not isinstance(alias, str) or not _ALIAS.match(alias) or re.fullmatch(r"v\d+", alias) \
+                or alias == "latest":
+            raise P.ConfigError(f"params.yaml: mlflow.alias must be a name like 'published' "
+                                f"(not 'latest' or v<number>), got {alias!r}")
+        return cls(**values)
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def tracking_uri() -> str:
+    return os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
+
+
+def disabled_record(settings: Settings) -> dict[str, Any]:
+    return {"run_id": None, "experiment": settings.experiment, "model_name": settings.model_name,
+            "model_version": None, "alias": settings.alias}
+
+
+def read_record(path: Path = RECORD_FILE) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise P.ConfigError(f"{path}: not JSON ({err})") from None
+    return record if isinstance(record, dict) else None
+
+
+# --- lineage: git commit and DVC hashes -------------------------------------------------------
+
+def git_info(cwd: Path | str = ".") -> dict[str, str]:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                                  timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git.commit": "unknown"}
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"git.commit": commit, "mlflow.source.git.commit": commit,
+            "git.dirty": "unknown" if dirty is None else str(bool(dirty)).lower()}
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dvc_md5(path: Path | str) -> str | None:
+    """The md5 DVC 3 records in dvc.lock for a file or a directory (directories end in ".dir").
+
+    A directory's hash is the md5 of the JSON list of its files' {"md5", "relpath"}, sorted by path,
+    as dvc_data's Tree.digest computes it.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _file_md5(path)
+    if not path.is_dir():
+        return None
+    entries = sorted(({"md5": _file_md5(f), "relpath": f.relative_to(path).as_posix()}
+                      for f in path.rglob("*") if f.is_file()), key=lambda e: e["relpath"])
+    blob = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return hashlib.md5(blob).hexdigest() + ".dir"
+
+
+def stage_deps(stage: str, dvc_file: Path = Path("dvc.yaml")) -> list[str]:
+    """The deps dvc.yaml lists for a stage (empty when there is no dvc.yaml)."""
+    import yaml
+
+    if not dvc_file.exists():
+        return []
+    spec = yaml.safe_load(dvc_file.read_text()) or {}
+    deps = ((spec.get("stages") or {}).get(stage) or {}).get("deps") or []
+    return [d if isinstance(d, str) else next(iter(d)) for d in deps]
+
+
+def lineage_tags(stage: str, extra_paths: list[str] = (), git: bool = True) -> dict[str, str]:
+    tags = git_info() if git else {}
+    for dep in dict.fromkeys([*stage_deps(stage), *extra_paths]):
+        if dep == str(RECORD_FILE):
+            continue  # the run's own record, not an input
+        digest = dvc_md5(dep)
+        if digest:
+            tags[f"dvc.dep.{dep}"] = digest
+    return tags
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+def _connect(settings: Settings):
+    import logging
+    import warnings
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # predict takes a DataFrame or a list: MLflow's type-hint validation does not apply.
+    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
+    warnings.filterwarnings("ignore", message=r".*An input example was not provided")
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.set_experiment(settings.experiment)
+    return mlflow, experiment
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "user_id")]),
+        outputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "rank"),
+                        ColSpec("string", "item_id"), ColSpec("float", "score"),
+                        ColSpec("string", "source")]),
+        params=ParamSchema([ParamSpec("n", "long", 20)]))
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in
+            ("implicit", "numpy", "scipy", "pandas", "pyarrow", "mlflow")]
+
+
+def log_training(settings: Settings, params: dict[str, Any], metrics: dict[str, Any], result,
+                 meta: dict[str, Any], models_dir: Path = Path("models"),
+                 data_path: Path = Path("data/clean/events.parquet")) -> dict[str, Any]:
+    """One MLflow run for a train: params, stepped loss, metrics, lineage tags, registered model."""
+    mlflow, experiment = _connect(settings)
+    from mlflow.entities import Metric
+
+    run_date = meta["run_date"]
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_name=f"train {run_date}") as run:
+        run_id = run.info.run_id
+        mlflow.log_params({**flatten("train", meta["params"]), "run.date": run_date})
+        tags = {**lineage_tags("train", [str(data_path.parent)]),
+                "dailyrec.stage": "train", "dailyrec.run_date": run_date,
+                "device": result.device, "dvc.models.md5": dvc_md5(models_dir) or "",
+                "data.md5": meta["data"]["md5"]}
+        mlflow.set_tags(tags)
+        now_ms = int(time.time() * 1000)
+        stepped = [Metric("train_loss", loss, now_ms, step) for step, loss in
+                   enumerate(result.losses)]
+        stepped += [Metric("train_iteration_s", s, now_ms, step) for step, s in
+                    enumerate(result.iteration_seconds)]
+        for start in range(0, len(stepped), 900):  # log_batch takes at most 1000 metrics
+            client.log_batch(run_id, metrics=stepped[start:start + 900])
+        flat = flatten("", {k: v for k, v in metrics.items() if k != "run_date"})
+        mlflow.log_metrics({k.replace("durations_s.", "duration_s_"): v
+                            for k, v in _numeric(flat).items()})
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_FILE),
+            artifacts={BUNDLE_ARTIFACT: str(models_dir)}, code_paths=[str(STAGES_DIR)],
+            registered_model_name=settings.model_name, pip_requirements=_requirements(),
+            signature=_signature())
+        version = int(info.registered_model_version)
+        client.set_model_version_tag(settings.model_name, str(version), "run_date", run_date)
+        client.set_model_version_tag(settings.model_name, str(version), "device", result.device)
+        client.set_model_version_tag(settings.model_name, str(version), "git.commit",
+                                     tags["git.commit"])
+    return {"run_id": run_id, "experiment": experiment.name, "model_name": settings.model_name,
+            "model_version": version, "alias": settings.alias}
+
+
+def log_evaluation(settings: Settings, params: dict[str, Any], report: dict[str, Any],
+                   gate: dict[str, Any], curves: dict[str, list[float]], fit_losses: list[float],
+                   record: dict[str, Any] | None) -> str:
+    """Add the evaluation to the train run of metrics/mlflow.json (or a run of its own when there
+    is none, or when that run already holds different eval.* params: MLflow params are immutable).
+    """
+    mlflow, _ = _connect(settings)
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    eval_params = {**flatten("eval", params.get("eval") or {}), "run.date": report["run_date"]}
+    eval_params = {k: str(v) for k, v in eval_params.items()}
+    run_id = (record or {}).get("run_id")
+    if run_id:
+        try:
+            existing = client.get_run(run_id).data.params
+        except MlflowException:
+            run_id = None
+        else:
+            if any(k in existing and existing[k] != v for k, v in eval_params.items()):
+                run_id = None
+    run_kwargs = {"run_id": run_id} if run_id else {"run_name": f"evaluate {report['run_date']}"}
+    with mlflow.start_run(**run_kwargs) as run:
+        mlflow.log_params({k: v for k, v in eval_params.items()
+                           if k not in client.get_run(run.info.run_id).data.params})
+        metrics = {k: v for k, v in report.items() if not isinstance(v, dict)}
+        for name, block in (report.get("baselines") or {}).items():
+            if isinstance(block, dict):
+                metrics.update({f"{name}_{k}": v for k, v in block.items()})
+        metrics["gate_passed"] = 1.0 if gate["passed"] else 0.0
+        for key in ("lift", "drop"):
+            if isinstance(gate.get(key), (int, float)):
+                metrics[f"gate_{key}"] = gate[key]
+        mlflow.log_metrics(_numeric(metrics))
+        now_ms = int(time.time() * 1000)
+        stepped = [Metric(f"{name}_at_k", v, now_ms, k) for name, values in curves.items()
+                   for k, v in enumerate(values, start=1)]
+        stepped += [Metric("eval_fit_loss", v, now_ms, i) for i, v in enumerate(fit_losses)]
+        for start in range(0, len(stepped), 900):
+            client.log_batch(run.info.run_id, metrics=stepped[start:start + 900])
+        # In train's run, git tags stay train's: they are what rebuilds the model.
+        tags = {**lineage_tags("evaluate", git=run_id is None),
+                "gate.passed": str(gate["passed"]).lower(),
+                "gate.reason": gate["reason"][:4000]}
+        published = (report.get("baselines") or {}).get("published")
+        if isinstance(published, dict):
+            tags["published.version"] = str(published.get("model_version"))
+            tags["published.mode"] = str(published.get("mode"))
+        if run_id is None and record and record.get("run_id"):
+            tags["dailyrec.train_run_id"] = record["run_id"]
+        mlflow.set_tags(tags)
+        version = (record or {}).get("model_version")
+        if version and record.get("model_name") == settings.model_name:
+            try:
+                client.set_model_version_tag(settings.model_name, str(version), "gate",
+                                             "passed" if gate["passed"] else "failed")
+            except MlflowException:
+                pass  # the version was deleted from the registry: the run still has the verdict
+        return run.info.run_id
+
+
+def published_version(settings: Settings) -> Any | None:
+    """The registry's model version carrying mlflow.alias, or None when nothing is published."""
+    mlflow, _ = _connect(settings)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(settings.model_name,
+                                                                settings.alias)
+    except MlflowException as err:
+        if getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE",
+                                              "NOT_FOUND"):
+            return None
+        raise
+
+
+def bundle_path(model_dir: Path) -> str:
+    """Where the logged model keeps the models/ bundle, as its MLmodel file records it."""
+    import yaml
+
+    spec = yaml.safe_load((model_dir / "MLmodel").read_text())
+    return spec["flavors"]["python_function"]["artifacts"][BUNDLE_ARTIFACT]["path"]
+
+
+def load_published(settings: Settings):
+    """(ModelBundle, {"model_version", "run_id"}) of the published model, or None."""
+    from stages import artifacts
+
+    version = published_version(settings)
+    if version is None:
+        return None
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(
+        f"models:/{settings.model_name}/{version.version}"))
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):  # implicit warns about a threaded BLAS when loading
+        bundle = artifacts.load(local / bundle_path(local))
+    return bundle, {"model_version": int(version.version), "run_id": version.run_id}

@@ -1,0 +1,95 @@
+"""The confidence matrix: weights, recency decay, aggregation, transforms, id maps, bad settings."""
+
+import datetime as dt
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from stages import confidence as C
+from stages import schema as S
+from stages.params import ConfigError
+from tests.clean_events import frame
+
+NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
+WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 0.0, "purchase": 8.0}
+
+
+def table(rows):
+    return S.to_table(frame(rows))
+
+
+def config(**changes):
+    base = dict(event_weights=WEIGHTS, decay_half_life_days=1.0, transform="linear", alpha=2.0,
+                eps=0.5)
+    return C.ConfidenceConfig(**{**base, **changes})
+
+
+EVENTS = [
+    ("u1", "i1", "view", "2026-11-14T00:00:00Z"),      # 1 * 0.5 ** 1   = 0.5
+    ("u1", "i1", "purchase", "2026-11-15T00:00:00Z"),  # 8 * 0.5 ** 0   = 8   -> r = 8.5
+    ("u2", "i2", "click", "2026-11-13T00:00:00Z"),     # 2 * 0.5 ** 2   = 0.5
+    ("u1", "i2", "view", "2026-11-15T06:00:00Z"),      # after `now`: age 0 -> 1
+    ("u3", "i1", "add_to_cart", "2026-11-14T12:00:00Z"),  # weight 0: left out, u3 gets no row
+]
+
+
+def test_weights_decay_and_sum_per_user_item():
+    got = C.aggregate(table(EVENTS), config(), NOW)
+    assert got.user_ids.tolist() == ["u1", "u2"] and got.item_ids.tolist() == ["i1", "i2"]
+    assert got.strength.toarray().tolist() == [[8.5, 1.0], [0.0, 0.5]]
+    assert got.strength.nnz == 3  # no explicit zeros
+    assert (got.events, got.events_ignored) == (4, 1)
+
+
+def test_no_decay_when_half_life_is_zero():
+    got = C.aggregate(table(EVENTS), config(decay_half_life_days=0.0), NOW)
+    assert got.strength.toarray().tolist() == [[9.0, 1.0], [0.0, 2.0]]
+
+
+def test_linear_and_log_transforms_follow_hu_koren_volinsky():
+    got = C.aggregate(table(EVENTS), config(), NOW)
+    linear = C.confidence(got, config(transform="linear"))
+    assert linear.dtype == np.float32
+    assert linear.toarray().tolist() == [[18.0, 3.0], [0.0, 2.0]]  # 1 + 2r
+    log = C.confidence(got, config(transform="log")).toarray()
+    assert log[0, 0] == pytest.approx(1 + 2 * math.log(1 + 8.5 / 0.5), rel=1e-6)
+    assert log[1, 1] == pytest.approx(1 + 2 * math.log(1 + 0.5 / 0.5), rel=1e-6)
+    assert log[1, 0] == 0.0  # the sparsity pattern is r's
+
+
+def test_ids_are_sorted_whatever_the_event_order():
+    rows = [("9", "b", "view", "2026-11-14T00:00:00Z"), ("10", "a", "click", "2026-11-14T01:00:00Z"),
+            ("9", "a", "view", "2026-11-14T02:00:00Z")]
+    one = C.aggregate(table(rows), config(), NOW)
+    two = C.aggregate(table(rows[::-1]), config(), NOW)
+    assert one.user_ids.tolist() == ["10", "9"] and one.item_ids.tolist() == ["a", "b"]
+    assert (one.strength != two.strength).nnz == 0
+
+
+def test_a_non_canonical_event_type_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="hover"):
+        C.aggregate(table([("u", "i", "hover", "2026-11-14T00:00:00Z")]), config(), NOW)
+
+
+def test_null_ids_are_an_error():
+    t = table([("u", "i", "view", "2026-11-14T00:00:00Z")])
+    t = t.set_column(1, pa.field("user_id", pa.string()), pa.array([None], pa.string()))
+    with pytest.raises(ConfigError, match="nulls in {'user_id': 1}"):
+        C.aggregate(t, config(), NOW)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"event_weights": {"view": 1}}, "missing \\['click', 'add_to_cart', 'purchase'\\]"),
+    ({"event_weights": {**WEIGHTS, "hover": 1}}, "unknown \\['hover'\\]"),
+    ({"event_weights": {**WEIGHTS, "view": -1}}, "train.event_weights.view must be >= 0"),
+    ({"event_weights": dict.fromkeys(WEIGHTS, 0)}, "all 0"),
+    ({"event_weights": WEIGHTS, "confidence": "sqrt"}, "train.confidence must be one of"),
+    ({"event_weights": WEIGHTS, "alpha": 0}, "train.alpha must be > 0"),
+    ({"event_weights": WEIGHTS, "eps": "x"}, "train.eps must be a number"),
+    ({"event_weights": WEIGHTS, "decay_half_life_days": -3}, "decay_half_life_days must be >= 0"),
+])
+def test_bad_settings_name_the_key(section, message):
+    with pytest.raises(ConfigError, match=message):
+        C.ConfidenceConfig.from_section(section)

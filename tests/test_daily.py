@@ -1,0 +1,306 @@
+"""The daily runner (stages.daily) on a small, real git + DVC repository with a local remote, mail
+going to a real SMTP server on loopback.
+
+The pipeline here is a stand-in (tests/daily_toy.py, five stages named like the real ones, writing
+metrics files in the real stages' formats), so the runner's own behaviour -- lock, pull, repro,
+push, commit, progress, alerts, report, backfill -- is tested in seconds and whatever state the
+real stages are in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.mailbox import Mailbox, text_of
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+TOY = Path(__file__).with_name("daily_toy.py")
+SECRET = "hunter2-stage-secret"
+
+TOY_DVC_YAML = """
+stages:
+  fetch_delta:
+    cmd: python toy.py fetch_delta
+    deps: [toy.py]
+    params: [run.date]
+    outs: [data/delta]
+    metrics: [{metrics/fetch.json: {cache: false}}]
+  filter_noise:
+    cmd: python toy.py filter_noise
+    deps: [data/delta]
+    outs: [data/clean]
+    metrics: [{metrics/filter.json: {cache: false}}]
+  train:
+    cmd: python toy.py train
+    deps: [data/clean]
+    outs: [models]
+    metrics: [{metrics/train.json: {cache: false}}, {metrics/mlflow.json: {cache: false}}]
+  evaluate:
+    cmd: python toy.py evaluate
+    deps: [models]
+    metrics: [{metrics/eval.json: {cache: false}}, {metrics/gate.json: {cache: false}}]
+  publish:
+    cmd: python toy.py publish
+    deps: [models, metrics/gate.json]
+    metrics: [{metrics/publish.json: {cache: false}}]
+"""
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git + DVC repo holding the toy pipeline, with an empty local DVC remote as its default."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),  # `python -m stages.daily` is the project's runner
+        "DVC_NO_ANALYTICS": "1",
+        "DAILYREC_STATE_DIR": str(tmp_path / "state"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'no-mlflow.db'}",  # absent: no history
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.test",
+        "TOY_SECRET": SECRET,
+    }
+    for name in list(env):
+        if name.startswith("DAILYREC_SMTP") or name in ("DAILYREC_PARAMS", "DAILYREC_ALERT_TO",
+                                                        "DAILYREC_REPORT_TO"):
+            env.pop(name)
+
+    def run(*args, check=True):
+        proc = subprocess.run(args, cwd=path, env=env, capture_output=True, text=True)
+        assert not check or proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    run("git", "init", "-q", "-b", "main")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    shutil.copy(TOY, path / "toy.py")
+    shutil.copy(ROOT / "params.yaml", path / "params.yaml")
+    (path / "dvc.yaml").write_text(TOY_DVC_YAML)
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "toy pipeline")
+    (tmp_path / "remote").mkdir()
+    run(sys.executable, "-m", "dvc", "remote", "add", "-d", "--local", "store",
+        str(tmp_path / "remote"))
+
+    class Repo:
+        def __init__(self):
+            self.path, self.env, self.run = path, env, run
+            self.remote = tmp_path / "remote"
+
+        def daily(self, *args, extra_env=None):
+            return subprocess.run([sys.executable, "-m", "stages.daily", *args], cwd=path,
+                                  env={**env, **(extra_env or {})}, capture_output=True,
+                                  text=True, timeout=300)
+
+        def fail(self, stage, day):
+            (path / f"fail-{stage}-{day}").touch()
+
+        def run_date(self):
+            return yaml.safe_load((path / "params.yaml").read_text())["run"]["date"]
+
+    return Repo()
+
+
+@pytest.fixture
+def mailbox():
+    with Mailbox() as box:
+        yield box
+
+
+def toy_numbers(day: dt.date) -> dict:
+    """What tests/daily_toy.py writes for a day (kept in step with it)."""
+    d = day.day
+    return {"fetched": 10_000 + d, "ts_future": 3, "user_id_null": d, "bots": 400 + d,
+            "internal": 250, "ndcg": round(0.1 + d / 1000, 6), "popular_ndcg": 0.05,
+            "version": f"{day}.1", "users": 2_000 + d, "fit_s": 1.5}
+
+
+def test_a_good_day_pulls_reproduces_pushes_commits_and_mails_the_report(repo, mailbox):
+    day1, day2 = dt.date(2026, 11, 20), dt.date(2026, 11, 21)
+    first = repo.daily("--date", str(day1), "--commit", extra_env=mailbox.env())
+    assert first.returncode == 0, first.stdout + first.stderr
+    # One progress line per step and per stage, with its duration.
+    for step in ("dvc pull", "fetch_delta", "filter_noise", "train", "evaluate", "publish",
+                 "dvc push", "git commit"):
+        assert any(line.startswith(f"[{day1}] {step} ") and " in " in line
+                   for line in first.stdout.splitlines()), (step, first.stdout)
+    assert repo.run_date() == str(day1)
+    assert any(repo.remote.rglob("*")), "dvc push sent nothing to the remote"
+    log = repo.run("git", "log", "-1", "--name-only", "--format=%s").stdout.split()
+    assert log[:3] == ["daily", "run", str(day1)]
+    assert {"params.yaml", "dvc.lock", "metrics/eval.json"} <= set(log)
+
+    second = repo.daily("--date", str(day2), "--commit", extra_env=mailbox.env())
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert repo.run("git", "show", "HEAD:params.yaml").stdout.count(f"date: '{day2}'") == 1
+    assert repo.run("git", "status", "--porcelain", "--", "dvc.lock").stdout == ""
+
+    reports = [m for m in mailbox.messages if "ALERT" not in m["Subject"]]
+    assert len(reports) == 2 and len(mailbox.messages) == 2
+    msg = reports[1]
+    n1, n2 = toy_numbers(day1), toy_numbers(day2)
+    assert msg["Subject"] == (f"[dailyrec] Daily recommendations {day2}: new recommendations "
+                              f"for {n2['users']:,} users · NDCG@20 {n2['ndcg']:.4f} "
+                              f"(+{n2['ndcg'] - n1['ndcg']:.4f})")
+    assert mailbox.envelopes[1][1] == ["owner@example.test"]
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    for body in (text, html):
+        assert f"{n2['fetched']:,}" in body
+        assert "ts:future" in body and "user_id:null" in body
+        assert f"{n2['bots']:,}" in body and f"{n2['internal']:,}" in body
+        assert f"{n2['ndcg']:.4f}" in body and f"+{n2['ndcg'] - n1['ndcg']:.4f}" in body
+        lift = (n2["ndcg"] - n2["popular_ndcg"]) / n2["popular_ndcg"]
+        assert f"{lift:+.1%}" in body  # against most-popular
+        assert "1.5 s on cpu" in body
+        assert f"{n2['users']:,}" in body and f"version {n2['version']}" in body
+    # The chart: an inline PNG the HTML points at by Content-ID.
+    [image] = [p for p in msg.walk() if p.get_content_type() == "image/png"]
+    assert image.get_content()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f'src="cid:{image["Content-ID"].strip("<>")}"' in html
+    saved = repo.path / "reports" / "daily"
+    assert {p.name for p in saved.iterdir()} >= {f"{day2}.html", f"{day2}.txt", f"{day2}.png",
+                                                 f"{day2}.json"}
+    assert json.loads((saved / f"{day2}.json").read_text())["eval"]["previous_day"] == str(day1)
+
+
+def test_a_failing_stage_alerts_with_its_name_and_output_and_stops_the_backfill(repo, mailbox):
+    days = [dt.date(2026, 11, 20) + dt.timedelta(days=i) for i in range(3)]
+    repo.fail("train", days[1])
+    proc = repo.daily("--from", str(days[0]), "--to", str(days[2]), extra_env=mailbox.env())
+    assert proc.returncode == 1
+    assert f"[{days[1]}] train" in proc.stdout and "FAILED" in proc.stdout
+    assert f"backfill stopped at {days[1]}; not run: {days[2]}..{days[2]}" in proc.stderr
+    assert repo.run_date() == str(days[1])  # the third day never started
+    saved = repo.path / "reports" / "daily"
+    assert (saved / f"{days[0]}.html").exists() and not (saved / f"{days[2]}.html").exists()
+
+    # Only the alert is mailed: a backfill mails the report of its last day, which never came.
+    [msg] = mailbox.messages
+    assert msg["Subject"] == f"[dailyrec] ALERT: daily run {days[1]} failed at stage train"
+    assert mailbox.envelopes[0][1] == ["oncall@example.test"]
+    body = text_of(msg)
+    assert "stage: train" in body and "command: python toy.py train" in body
+    assert "Last 50 lines of output" in body
+    lines = body.splitlines()
+    # The last 50 lines of the stage's output, not its beginning.
+    assert "train line 59" in lines and "train line 30" in lines and "train line 0" not in lines
+    assert "RuntimeError: the toy train stage failed" in body
+    assert SECRET not in body
+
+
+def test_a_failed_quality_gate_is_alerted_and_reported_and_the_backfill_goes_on(repo, mailbox):
+    repo.run("touch", "gate-fails-2026-11-20")
+    proc = repo.daily("--from", "2026-11-20", "--to", "2026-11-21", "--commit",
+                      extra_env=mailbox.env())
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "[2026-11-20] publish            refused: the quality gate failed" in proc.stdout
+    assert "nothing published for 2026-11-20: the quality gate failed" in proc.stderr
+    # The refused day is still recorded: its data pushed, its dvc.lock committed.
+    subjects = repo.run("git", "log", "--format=%s").stdout.splitlines()
+    assert subjects[:2] == ["daily run 2026-11-21", "daily run 2026-11-20"]
+    alert, report = mailbox.messages  # the backfill mails its last day's report only
+    assert alert["Subject"] == ("[dailyrec] ALERT: daily run 2026-11-20: quality gate failed, "
+                                "nothing published")
+    assert "gate: below most-popular" in text_of(alert) and "refusing to publish" in text_of(alert)
+    assert report["Subject"].startswith("[dailyrec] Daily recommendations 2026-11-21: new ")
+    refused = (repo.path / "reports" / "daily" / "2026-11-20.txt").read_text()
+    assert refused.startswith("Daily recommendations 2026-11-20: model NOT published")
+    assert "Quality gate: FAILED (below most-popular)" in refused
+    assert "Nothing published today" in refused
+
+
+def test_smtp_down_does_not_break_the_runner(repo):
+    dead = {"DAILYREC_SMTP_HOST": "127.0.0.1", "DAILYREC_SMTP_PORT": str(free_port()),
+            "DAILYREC_SMTP_TLS": "none", "DAILYREC_ALERT_TO": "oncall@example.test",
+            "DAILYREC_REPORT_TO": "owner@example.test"}
+    good = repo.daily("--date", "2026-11-20", extra_env=dead)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "could not send mail" in good.stderr and "(not mailed)" in good.stdout
+    assert (repo.path / "reports" / "daily" / "2026-11-20.html").exists()
+
+    repo.fail("evaluate", "2026-11-21")
+    bad = repo.daily("--date", "2026-11-21", extra_env=dead)
+    assert bad.returncode == 1
+    assert "[2026-11-21] evaluate" in bad.stdout and "FAILED" in bad.stdout
+    assert "could not send mail" in bad.stderr
+
+
+def test_a_second_concurrent_runner_refuses(repo):
+    (repo.path / "hold").touch()  # the toy fetch_delta waits while this file exists
+    first = subprocess.Popen([sys.executable, "-m", "stages.daily", "--date", "2026-11-20"],
+                             cwd=repo.path, env=repo.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (repo.path / "holding").exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first run never reached its stage"
+            time.sleep(0.05)
+        second = repo.daily("--date", "2026-11-21")
+        assert second.returncode == 75
+        assert "another daily run is in progress" in second.stderr
+        assert f"pid {first.pid}" in second.stderr and "2026-11-20" in second.stderr
+        assert second.stdout == ""
+        assert repo.run_date() == "2026-11-20"  # the second run changed nothing
+    finally:
+        (repo.path / "hold").unlink()
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, out + err
+    # The lock goes with its holder: the next run can take it.
+    from stages.daily import LOCK_PATH, RunLock
+
+    RunLock(repo.path / LOCK_PATH).acquire({"pid": os.getpid()}).release()
+
+
+def test_a_stopped_run_alerts_naming_the_stage_it_was_in(repo, mailbox):
+    (repo.path / "hold").touch()
+    runner = subprocess.Popen([sys.executable, "-m", "stages.daily", "--date", "2026-11-20"],
+                              cwd=repo.path, env={**repo.env, **mailbox.env()},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (repo.path / "holding").exists():
+        assert runner.poll() is None, runner.communicate()
+        assert time.monotonic() < deadline, "the run never reached its stage"
+        time.sleep(0.05)
+    runner.terminate()  # what systemd does at TimeoutStartSec or `systemctl stop`
+    deadline = time.monotonic() + 60
+    out, err = runner.communicate(timeout=120)
+    assert runner.returncode == 1, out + err
+    assert "[2026-11-20] fetch_delta" in out and "stopped by SIGTERM" in out
+    [msg] = mailbox.messages
+    assert msg["Subject"] == "[dailyrec] ALERT: daily run 2026-11-20 failed at stage fetch_delta"
+    assert "fetch_delta failed (stopped by SIGTERM)" in text_of(msg)
+    # The stop reached the stage's own process too: nothing is left running.
+    stage_pid = int((repo.path / "holding").read_text())
+    while (state := process_state(stage_pid)) not in (None, "Z"):
+        assert time.monotonic() < deadline, f"the stage (pid {stage_pid}) is still running"
+        time.sleep(0.05)
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state from /proc/PID/stat (Z: zombie), or None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def test_bad_arguments_are_refused_with_a_clear_message(repo):
+    proc = repo.daily("--from", "2026-11-22", "--to", "2026-11-20")
+    assert proc.returncode == 2 and "--from 2026-11-22 is after --to 2026-11-20" in proc.stderr
+    proc = repo.daily("--date", "2026-13-01")
+    assert proc.returncode == 2 and "'2026-13-01' is not a date" in proc.stderr

@@ -1,0 +1,293 @@
+"""fetch_delta against real databases: SQLite files and a PostgreSQL server started by the tests.
+
+The hand-written source (tests/mini_source.py) pins every row's fate; the simulator's output checks
+that both dialects read a realistic messy log identically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from stages import fetch_delta as F
+from stages import params as P
+from stages import schema as S
+from stages import simulate
+from tests import mini_source as M
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def source_url(request, tmp_path):
+    """The mini production database, in a SQLite file or in the test PostgreSQL server."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'source.db'}"
+    else:
+        url = request.getfixturevalue("postgres").url
+    M.write(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    M.write(url)
+    return url
+
+
+def read_delta(out_dir):
+    return pq.read_table(out_dir / "events.parquet"), pq.read_table(out_dir / "quarantine.parquet")
+
+
+def comparable(events: pd.DataFrame) -> list[tuple]:
+    """(event_id or None when derived, user, item, type, ts, source), in EXPECTED_DAY2's form."""
+    own = [None if derived else e for e, derived in
+           zip(events["event_id"], events["event_id"].str.fullmatch(r"h[0-9a-f]{16}"))]
+    rows = zip(own, events["user_id"], events["item_id"], events["event_type"],
+               [t.to_pydatetime() for t in events["ts"]], events["source"])
+    return sorted(rows, key=repr)
+
+
+def test_fetch_normalises_every_table_into_the_canonical_schema(source_url, tmp_path):
+    metrics = F.fetch(M.params(M.RUN2), source_url, out_dir=tmp_path / "delta")
+    events, quarantine = read_delta(tmp_path / "delta")
+
+    assert events.schema == S.EVENT_SCHEMA
+    frame = S.to_frame(events)
+    assert comparable(frame) == sorted(M.EXPECTED_DAY2, key=repr)
+    assert frame["event_id"].is_unique
+    web = frame[frame["event_id"] == "web_events:w-z"].iloc[0]
+    assert (web.user_agent, web.ip) == (M.UA, "81.2.3.4")
+    no_ua = frame[frame["user_id"] == "108"].iloc[0]
+    assert pd.isna(no_ua.user_agent) and pd.isna(no_ua.ip)  # blank and NULL optionals -> null
+    assert frame.loc[frame["source"] == "legacy_clicks", "user_agent"].isna().all()
+
+    assert quarantine.schema.names == S.QUARANTINE_SCHEMA.names
+    assert metrics["quarantined_by_reason"] == M.QUARANTINE_DAY2
+    assert (metrics["fetched"], metrics["kept"], metrics["quarantined"], metrics["duplicates"]) == (
+        30, 14, 14, 2)
+    tables = metrics["tables"]
+    assert {name: (t["fetched"], t["kept"], t["quarantined"], t["duplicates"])
+            for name, t in tables.items()} == {
+        "web_events": (20, 8, 11, 1), "app_events": (6, 3, 3, 0), "legacy_clicks": (4, 3, 0, 1)}
+    assert tables["web_events"]["columns"]["user_id"] == "userId"
+    assert metrics["window"] == {"start": "2026-11-15T00:00:00+00:00",
+                                 "end": "2026-11-16T00:00:00+00:00"}
+
+
+def test_quarantine_records_field_value_and_raw_row_and_metrics_count_them(
+        sqlite_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(P.SOURCE_URL_ENV, sqlite_url)
+    (tmp_path / "params.yaml").write_text(json.dumps(M.params(M.RUN2)))  # JSON is YAML
+    assert F.main(["--params", "params.yaml"]) == 0
+
+    metrics = json.loads((tmp_path / "metrics/fetch.json").read_text())
+    assert metrics["quarantined_by_reason"] == M.QUARANTINE_DAY2
+    quarantine = pq.read_table(tmp_path / "data/delta/quarantine.parquet").to_pandas()
+    assert quarantine["reason"].value_counts().to_dict() == M.QUARANTINE_DAY2
+    assert (quarantine["reason"].str.split(":").str[0] == quarantine["field"]).all()
+
+    def one(reason, source="web_events"):
+        rows = quarantine[(quarantine["reason"] == reason) & (quarantine["source"] == source)]
+        return rows.iloc[0]
+
+    assert one("user_id:invalid").value == "<script>alert(1)</script>"
+    assert one("user_id:invalid", "app_events").value == "-1"
+    assert one("event_type:unknown").value == "hover"
+    assert one("ts:unparseable").value == "not a date"
+    assert one("ts:future").value == "2056-11-15T14:00:00Z"
+    assert one("ts:too_old").value == "2001-01-01T00:00:00Z"
+    assert pd.isna(one("ts:missing").value)
+    raw = json.loads(one("item_id:invalid").raw)
+    assert raw["event_uuid"] == "q-item-bad" and raw["productId"] == "item 1"
+    assert (tmp_path / "data/delta/events.parquet").exists()
+
+
+def test_write_time_window_fetches_a_late_event_once_with_its_own_event_time(sqlite_url,
+                                                                           tmp_path):
+    first = S.to_frame(pq.read_table(_fetch(sqlite_url, M.RUN1, tmp_path / "d1")))
+    second = S.to_frame(pq.read_table(_fetch(sqlite_url, M.RUN2, tmp_path / "d2")))
+
+    web_ids = lambda frame: set(frame.loc[frame["source"] == "web_events", "event_id"])  # noqa
+    assert web_ids(first) == {"web_events:w-day1"}
+    assert "web_events:w-late" in web_ids(second)
+    late = second[second["event_id"] == "web_events:w-late"].iloc[0]
+    assert late.ts.to_pydatetime() == M.at(M.DAY1, 23, 30)  # its own time, not the write time
+    # app_events also windows on write time: each event in exactly one day's delta.
+    app = lambda frame: set(frame.loc[frame["source"] == "app_events", "user_id"])  # noqa
+    assert app(first) == {"201"} and app(second) == {"202", "203", "204"}
+
+
+def test_event_time_lookback_reads_recent_days_again(sqlite_url, tmp_path):
+    first = S.to_frame(pq.read_table(_fetch(sqlite_url, M.RUN1, tmp_path / "d1")))
+    second = S.to_frame(pq.read_table(_fetch(sqlite_url, M.RUN2, tmp_path / "d2")))
+    legacy = lambda frame: frame[frame["source"] == "legacy_clicks"]  # noqa
+    assert set(legacy(first)["user_id"]) == {"301"}
+    assert set(legacy(second)["user_id"]) == {"301", "302", "303"}  # 301 again; 304 too old
+    overlap = set(legacy(first)["event_id"]) & set(legacy(second)["event_id"])
+    assert len(overlap) == 1  # the same derived id both times: merge deduplicates it
+
+    no_lookback = M.params(M.RUN2, **{"source.tables.legacy_clicks.lookback_days": 0})
+    F.fetch(no_lookback, sqlite_url, out_dir=tmp_path / "d3")
+    third = S.to_frame(pq.read_table(tmp_path / "d3/events.parquet"))
+    assert set(legacy(third)["user_id"]) == {"302", "303"}
+
+
+def test_small_chunks_give_the_same_delta(sqlite_url, tmp_path):
+    whole = pq.read_table(_fetch(sqlite_url, M.RUN2, tmp_path / "whole"))
+    small = M.params(M.RUN2, **{"source.chunk_rows": 3})
+    metrics = F.fetch(small, sqlite_url, out_dir=tmp_path / "small")
+    assert pq.read_table(tmp_path / "small/events.parquet").equals(whole)
+    assert metrics["duplicates"] == 2  # duplicates found across chunk boundaries too
+
+
+def test_an_empty_day_gives_an_empty_delta(source_url, tmp_path):
+    metrics = F.fetch(M.params(dt.date(2026, 12, 24)), source_url, out_dir=tmp_path / "delta")
+    events, quarantine = read_delta(tmp_path / "delta")
+    assert events.num_rows == 0 and events.schema == S.EVENT_SCHEMA
+    assert quarantine.num_rows == 0 and quarantine.schema.names == S.QUARANTINE_SCHEMA.names
+    assert (metrics["fetched"], metrics["kept"], metrics["quarantined"]) == (0, 0, 0)
+    assert metrics["quarantined_by_reason"] == {}
+    assert set(metrics["tables"]) == set(M.TABLES)
+
+
+def test_reserved_words_as_table_and_column_names_are_quoted(source_url, tmp_path):
+    # A table called "order" with columns "user", "item", "type", "time": SQL keywords, found
+    # by alias and quoted by the dialect, never pasted into the SQL text.
+    engine = sa.create_engine(source_url)
+    written = M.at(M.DAY2, 10)
+    with engine.begin() as conn:
+        pd.DataFrame({"user": ["u1", "u2"], "item": ["i1", "i2"], "type": ["view", "click"],
+                      "time": ["2026-11-15T10:00:00Z", "2026-11-15T11:00:00Z"],
+                      "written": [M.ms(written), M.ms(written - dt.timedelta(days=3))]}
+                     ).to_sql("order", conn, if_exists="replace", index=False)
+    engine.dispose()
+    params = M.params(M.RUN2, **{"source.tables": {
+        "order": {"window_column": "written", "window_format": "epoch_ms"}}})
+    metrics = F.fetch(params, source_url, out_dir=tmp_path / "delta")
+    events = S.to_frame(pq.read_table(tmp_path / "delta/events.parquet"))
+    assert list(events["user_id"]) == ["u1"] and list(events["source"]) == ["order"]
+    assert metrics["tables"]["order"]["columns"] == {
+        "user_id": "user", "item_id": "item", "event_type": "type", "ts": "time"}
+
+
+def test_postgres_and_sqlite_read_the_simulated_log_identically(postgres, tmp_path):
+    """A realistic messy log (the simulator, tiny) through both dialects: same delta, same
+    counts, and every kind of mess the simulator writes is caught."""
+    sqlite_url = f"sqlite:///{tmp_path / 'sim.db'}"
+    for url in (sqlite_url, postgres.url):
+        simulate.write(url, start=dt.date(2026, 11, 14), days=2, seed=3, users=200, items=80,
+                       events_per_day=300)
+    params = M.params(M.RUN2)
+    from_sqlite = F.fetch(params, sqlite_url, out_dir=tmp_path / "lite")
+    from_postgres = F.fetch(params, postgres.url, out_dir=tmp_path / "pg")
+
+    def key(metrics):
+        return {k: v for k, v in metrics.items() if k != "tables"}
+
+    assert key(from_postgres) == key(from_sqlite)
+    lite, pg = (S.to_frame(pq.read_table(tmp_path / d / "events.parquet")).sort_values(
+        "event_id", ignore_index=True) for d in ("lite", "pg"))
+    pd.testing.assert_frame_equal(pg, lite)
+    assert from_sqlite["kept"] > 1000
+    assert {"user_id:missing", "user_id:invalid", "item_id:missing", "event_type:unknown",
+            "ts:future", "ts:unparseable"} <= set(from_sqlite["quarantined_by_reason"])
+    assert from_sqlite["duplicates"] > 0
+    assert lite["event_type"].isin(S.EVENT_TYPES).all()
+    assert lite["ts"].min() >= pd.Timestamp("2026-11-14", tz="UTC")  # late events included
+    assert lite["ts"].max() < pd.Timestamp("2026-11-16 00:10", tz="UTC")
+
+
+# --- errors: clear, naming the table and column ------------------------------------------------
+
+def test_a_missing_table_is_a_clear_error(sqlite_url, tmp_path):
+    params = M.params(M.RUN2, **{"source.tables.clickstream": {
+        "window_column": "written", "window_format": "epoch_ms"}})
+    with pytest.raises(P.ConfigError, match="source table 'clickstream' does not exist"):
+        F.fetch(params, sqlite_url, out_dir=tmp_path / "delta")
+
+
+def test_an_unmappable_or_misnamed_column_is_a_clear_error(sqlite_url, tmp_path):
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        pd.DataFrame({"visitor": ["u"], "product": ["i"], "verb": ["view"], "ts": [1],
+                      "written": [1]}).to_sql("partner", conn, index=False)
+    engine.dispose()
+    table = {"window_column": "written", "window_format": "epoch_s"}
+    with pytest.raises(P.ConfigError) as err:
+        F.fetch(M.params(M.RUN2, **{"source.tables": {"partner": table}}), sqlite_url,
+                out_dir=tmp_path / "delta")
+    assert "table 'partner'" in str(err.value) and "event_type" in str(err.value)
+    assert "verb" in str(err.value)  # lists the columns it has
+
+    wrong = {**table, "columns": {"event_type": "action"}}
+    with pytest.raises(P.ConfigError, match="column 'action'.*does not exist"):
+        F.fetch(M.params(M.RUN2, **{"source.tables": {"partner": wrong}}), sqlite_url,
+                out_dir=tmp_path / "delta")
+    no_window = {**table, "window_column": "ingested"}
+    with pytest.raises(P.ConfigError, match="window column 'ingested' does not exist"):
+        F.fetch(M.params(M.RUN2, **{"source.tables": {"partner": no_window}}), sqlite_url,
+                out_dir=tmp_path / "delta")
+
+
+WEB = {"window_column": "ingested_at", "window_format": "epoch_ms"}
+BAD_CONFIG = {
+    "hostile table": ({"events; DROP TABLE x": WEB},
+                      "'events; DROP TABLE x' is not a plain SQL identifier"),
+    "hostile column": ({"web_events": {**WEB, "columns": {"user_id": 'a"b'}}},
+                       "'a\"b' is not a plain SQL identifier"),
+    "unknown window format": ({"web_events": {**WEB, "window_format": "iso"}},
+                              "source.tables.web_events.window_format: 'iso' is not one of"),
+    "missing table": ({"nowhere": WEB}, "source table 'nowhere' does not exist"),
+    "unmappable column": ({"sim_truth": {"window_column": "seed", "window_format": "epoch_s"}},
+                          "table 'sim_truth': no column found for ['item_id', 'event_type', 'ts']"),
+    "unreachable database": ({"web_events": WEB}, "cannot read the source database"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIG))
+def test_the_stage_reports_bad_config_in_one_line_with_exit_status_2(sqlite_url, tmp_path,
+                                                                    monkeypatch, capsys, case):
+    tables, expected = BAD_CONFIG[case]
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:  # a real table that lacks most canonical fields
+        pd.DataFrame({"user_id": ["1"], "seed": [1]}).to_sql("sim_truth", conn, index=False)
+    engine.dispose()
+    url = (f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}" if case == "unreachable database"
+           else sqlite_url)
+    (tmp_path / "params.yaml").write_text(json.dumps(M.params(M.RUN2, **{"source.tables": tables})))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(P.SOURCE_URL_ENV, url)
+    assert F.main(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fetch_delta: error: "), err
+    assert expected in lines[0]
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_the_cli_exits_2_with_one_line_and_no_traceback(sqlite_url, tmp_path):
+    params = M.params(M.RUN2, **{"source.tables": {"events; DROP TABLE x": WEB}})
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    env = {**os.environ, P.SOURCE_URL_ENV: sqlite_url, "PYTHONPATH": str(M.ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "stages.fetch_delta"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("fetch_delta: error: params.yaml source.tables."
+                                  "events; DROP TABLE x: 'events; DROP TABLE x' is not a plain")
+    tables = sa.inspect(sa.create_engine(sqlite_url)).get_table_names()
+    assert set(M.TABLES) <= set(tables)
+
+
+def _fetch(url, run_date, out_dir):
+    F.fetch(M.params(run_date), url, out_dir=out_dir)
+    return out_dir / "events.parquet"

@@ -1,0 +1,321 @@
+"""filter_noise: each rule removes what it should and keeps a heavy but human user; counters,
+output schema, rejected days, and the vectorised rules against plain pandas references."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stages import filter_noise as FN
+from stages import params as P
+from stages import rejections as R
+from stages import schema as S
+from tests import dq_factory as F
+
+RUN = "2026-11-21"
+DAY1 = pd.Timestamp("2026-11-19", tz="UTC")
+DAY2 = pd.Timestamp("2026-11-20", tz="UTC")
+SEC = pd.Timedelta(seconds=1)
+
+
+def crafted_window() -> dict[str, pd.DataFrame]:
+    """Who is who: one frame per actor, so tests can say what each rule must remove."""
+    k = np.arange
+    actors = {
+        # Heavy but human: 3,000 events a day, one every 28.8 s, cycling through 600 items (so
+        # never the same item twice within 30 s): under every limit, must keep every event.
+        "heavy": F.events("777", (k(3000) % 600).astype(str), DAY1 + k(3000) * 28.8 * SEC),
+        "heavy2": F.events("777", (k(3000) % 600 + 1000).astype(str), DAY2 + k(3000) * 28.8 * SEC),
+        # A known crawler by its user agent.
+        "crawler": F.events("5001", k(50).astype(str), DAY1 + k(50) * 60 * SEC,
+                            user_agent=F.GOOGLEBOT),
+        # A human whose one link-preview event carries a crawler agent: only that event goes.
+        "preview_human": F.events("42", ["1", "2", "3"], DAY1 + k(3) * 600 * SEC,
+                                  user_agent=["facebookexternalhit/1.1", F.BROWSER, F.BROWSER]),
+        # Behaviour: 80 events in 40 s (over 60 a minute); its quiet day goes too.
+        "fast_bot": F.events("6001", k(80).astype(str), DAY1 + k(80) * 0.5 * SEC),
+        "fast_bot_quiet_day": F.events("6001", ["1", "2"], DAY2 + k(2) * 3600 * SEC),
+        # 60 events a second apart: 60 in any 60 s, at the limit, not over it.
+        "calm": F.events("43", k(60).astype(str), DAY1 + 3600 * SEC + k(60) * SEC),
+        # 10,200 events in a day, 8.4 s apart, over 500 items: only the per-day limit.
+        "busy_bot": F.events("6002", (k(10200) % 500).astype(str), DAY2 + k(10200) * 8.4 * SEC),
+        # 1,100 distinct items in a day, 78 s apart: only the distinct-items limit.
+        "walker": F.events("6003", (k(1100) + 2000).astype(str), DAY1 + k(1100) * 78 * SEC),
+        # Internal: an admin id in the configured range, an id from the list, office IPs.
+        "admin": F.events("9000001", ["1", "2", "3"], DAY1 + k(3) * 3600 * SEC, ip="10.20.7.9"),
+        "listed": F.events("qa-robot", ["1", "2"], DAY2 + k(2) * 3600 * SEC),
+        "office": F.events("44", ["1", "2"], DAY1 + k(2) * 3600 * SEC, ip="10.20.3.4"),
+        "home": F.events("44", ["3", "4", "5"], DAY2 + k(3) * 3600 * SEC, ip="81.2.69.1"),
+        # Repeats: view 5 at t, t+5 (repeat), t+40 (35 s after the last: kept); click 5 and view 6
+        # in between are different events; a reload chain 20 s apart keeps only its first.
+        "repeats": F.events("45", ["5", "5", "5", "5", "6"],
+                            DAY1 + 7200 * SEC + np.array([0, 5, 40, 1, 2]) * SEC,
+                            event_type=["view", "view", "view", "click", "view"]),
+        "reloads": F.events("45", ["7"] * 4, DAY1 + 9000 * SEC + np.array([0, 20, 40, 60]) * SEC),
+        # A user with one event (min support).
+        "single": F.events("46", ["4000"], DAY2 + 100 * SEC),
+    }
+    for name, frame in actors.items():  # unique event ids per actor
+        frame["event_id"] = name + ":" + pd.Series(np.arange(len(frame))).astype(str)
+    return actors
+
+
+EXPECTED = {  # rule -> actors whose every event it removes (plus partial removals below)
+    "crawler_ua": {"crawler"},
+    "behaviour": {"fast_bot", "fast_bot_quiet_day", "busy_bot", "walker"},
+    "internal": {"admin", "listed", "office"},
+}
+
+
+def settings(**overrides) -> FN.Settings:
+    params = F.default_params(RUN)
+    params["filter"]["internal"]["user_ids"] = ["qa-robot"]
+    for path, value in overrides.items():
+        section, key = path.split(".")
+        params["filter"][section][key] = value
+    return FN.settings(params)
+
+
+@pytest.fixture(scope="module")
+def window(tmp_path_factory):
+    actors = crafted_window()
+    history = tmp_path_factory.mktemp("history")
+    frame = pd.concat([f.assign(actor=name) for name, f in actors.items()], ignore_index=True)
+    F.write_history(history, frame.drop(columns="actor"))
+    cfg = settings()
+    used, _ = FN.window_days(cfg, history, {"days": {}})
+    w = FN.read_window(history, used)
+    actor_of = dict(zip(frame["event_id"], frame["actor"]))
+    return w, np.array([actor_of[e] for e in w.table.column("event_id").to_pylist()])
+
+
+@pytest.fixture(scope="module")
+def result(window):
+    return FN.apply_rules(window[0], settings())
+
+
+def removed_actors(actor, mask) -> dict[str, int]:
+    names, counts = np.unique(actor[mask], return_counts=True)
+    return dict(zip(names.tolist(), counts.tolist()))
+
+
+def test_heavy_human_keeps_every_event(window, result):
+    w, actor = window
+    heavy = np.isin(actor, ["heavy", "heavy2"])
+    assert heavy.sum() == 6000 and result.keep[heavy].all()
+    assert result.keep[np.isin(actor, ["calm", "home"])].all()
+
+
+@pytest.mark.parametrize("rule", sorted(EXPECTED))
+def test_bot_rule_removes_its_actors_entirely(window, result, rule):
+    w, actor = window
+    removed = removed_actors(actor, result.removed_by[rule])
+    whole = {a for a in EXPECTED[rule]}
+    for name in whole:
+        assert removed.get(name) == (actor == name).sum(), (rule, name, removed)
+    partial = {"crawler_ua": {"preview_human": 1}}.get(rule, {})
+    assert removed == {**{a: int((actor == a).sum()) for a in whole}, **partial}
+
+
+def test_crawler_rule_is_per_event(window, result):
+    w, actor = window
+    preview = actor == "preview_human"
+    assert result.removed_by["crawler_ua"][preview].sum() == 1 and result.keep[preview].sum() == 2
+
+
+def test_behaviour_names_the_limit_each_bot_broke(result):
+    by_limit = result.details["behaviour"]["users_by_limit"]
+    assert by_limit == {"max_events_per_day": 1, "max_events_per_minute": 1,
+                        "max_distinct_items_per_day": 1}
+    top = {t["user_id"]: t for t in result.details["behaviour"]["top_users"]}
+    assert top["6001"]["peak_events_per_minute"] == 80 and top["6002"]["max_events_per_day"] == 10200
+
+
+def test_internal_rule_by_id_range_list_and_network(window, result):
+    w, actor = window
+    assert result.details["internal"]["rows_by_marker"] == {"user_id": 5, "ip_cidr": 2}
+    assert result.keep[actor == "home"].all()  # the same employee at home is a customer
+
+
+def test_repeated_rule_keeps_the_first_of_each_burst(window, result):
+    w, actor = window
+    removed = result.removed_by["repeated"]
+    assert removed_actors(actor, removed) == {"repeats": 1, "reloads": 3}
+    ids = set(w.table.column("event_id").filter(pa.array(removed)).to_pylist())
+    assert ids == {"repeats:1", "reloads:1", "reloads:2", "reloads:3"}
+
+
+def test_min_support_is_off_by_default_and_works_when_set(window, result):
+    w, actor = window
+    assert not result.removed_by["min_support"].any()
+    assert result.details["min_support"]["enabled"] is False
+    on = FN.apply_rules(w, settings(**{"min_support.min_user_events": 2}))
+    assert removed_actors(actor, on.removed_by["min_support"]) == {"single": 1}
+    on = FN.apply_rules(w, settings(**{"min_support.min_item_events": 2}))
+    removed = on.removed_by["min_support"]
+    assert "single" in removed_actors(actor, removed) and not removed[np.isin(actor, ["heavy"])].any()
+
+
+def test_disabled_rules_remove_nothing(window):
+    w, _ = window
+    off = FN.apply_rules(w, settings(**{"crawler_ua.enabled": False, "behaviour.enabled": False,
+                                        "internal.enabled": False, "repeated.enabled": False}))
+    assert off.keep.all()
+
+
+def test_rules_remove_each_row_once(window, result):
+    total = sum(m.astype(int) for m in result.removed_by.values())
+    assert total.max() == 1 and (total == 0).sum() == result.keep.sum()
+
+
+def test_extra_crawler_patterns(window):
+    w, actor = window
+    res = FN.apply_rules(w, settings(**{"crawler_ua.extra_patterns": ["Chrome/131"]}))
+    assert res.removed_by["crawler_ua"][actor == "heavy"].all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage.
+
+def _stage_dir(tmp_path, monkeypatch, status="passed", run_date=RUN):
+    monkeypatch.chdir(tmp_path)
+    frame = pd.concat(crafted_window().values(), ignore_index=True)
+    F.write_history(tmp_path / "data/history", frame)
+    params = F.default_params(RUN)
+    params["filter"]["internal"]["user_ids"] = ["qa-robot"]
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    P.write_json(tmp_path / "metrics/validation.json", {"run_date": run_date, "status": status})
+    return frame
+
+
+def test_stage_writes_canonical_clean_events_and_counters(tmp_path, monkeypatch, capsys):
+    frame = _stage_dir(tmp_path, monkeypatch)
+    assert FN.main([]) == 0
+    table = pq.read_table(tmp_path / "data/clean/events.parquet")
+    assert table.schema.equals(S.EVENT_SCHEMA, check_metadata=False)
+    clean = S.to_frame(table)
+    assert str(clean["user_id"].dtype) == "str"
+    assert clean["ts"].is_monotonic_increasing
+    assert (clean["user_id"] == "777").sum() == 6000
+    assert not clean["user_id"].isin(["5001", "6001", "6002", "6003", "9000001", "qa-robot"]).any()
+    metrics = json.loads((tmp_path / "metrics/filter.json").read_text())
+    rules = metrics["rules"]
+    assert {r: (rules[r]["rows"], rules[r]["users"]) for r in FN.RULES} == {
+        "crawler_ua": (51, 2), "behaviour": (10200 + 1100 + 82, 3), "internal": (7, 3),
+        "repeated": (4, 1), "min_support": (0, 0)}
+    assert metrics["input"]["rows"] == len(frame)
+    assert metrics["output"]["rows"] == len(clean) == len(frame) - metrics["removed"]["rows"]
+    assert rules["crawler_ua"]["top_user_agents"][0]["user_agent"] == F.GOOGLEBOT
+    assert rules["behaviour"]["top_users"][0] == {"user_id": "6002", "rows": 10200,
+                                                  "peak_events_per_minute": 8,
+                                                  "max_events_per_day": 10200}
+    assert metrics["window"]["days"] == 2 and metrics["window"]["rejected_days_left_out"] == []
+    assert "filter_noise 2026-11-21" in capsys.readouterr().out
+
+
+def test_stage_leaves_rejected_days_out(tmp_path, monkeypatch):
+    _stage_dir(tmp_path, monkeypatch)
+    ledger = R.load(tmp_path / "data/rejections.json")
+    R.record_rejection(ledger, dt.date(2026, 11, 20), dt.date(2026, 11, 21), ["x"], "r.html")
+    R.save(ledger, tmp_path / "data/rejections.json")
+    assert FN.main([]) == 0
+    clean = S.to_frame(pq.read_table(tmp_path / "data/clean/events.parquet"))
+    assert (clean["ts"] < DAY2).all()
+    metrics = json.loads((tmp_path / "metrics/filter.json").read_text())
+    assert metrics["window"]["rejected_days_left_out"] == ["2026-11-20"]
+    # Admitted: the day is back.
+    R.admit(ledger, dt.date(2026, 11, 20), "alice", "looked, fine")
+    R.save(ledger, tmp_path / "data/rejections.json")
+    assert FN.main([]) == 0
+    clean = S.to_frame(pq.read_table(tmp_path / "data/clean/events.parquet"))
+    assert (clean["ts"] >= DAY2).any()
+
+
+@pytest.mark.parametrize("status,run_date,message", [
+    ("failed", RUN, "validate failed for run.date 2026-11-21"),
+    ("passed", "2026-11-20", "is for run.date 2026-11-20, not 2026-11-21"),
+])
+def test_stage_refuses_without_a_passing_validation(tmp_path, monkeypatch, capsys, status,
+                                                    run_date, message):
+    _stage_dir(tmp_path, monkeypatch, status=status, run_date=run_date)
+    assert FN.main([]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "data/clean").exists()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("internal.ip_cidrs", ["10.20.0.0/33"], "filter.internal.ip_cidrs[0]"),
+    ("internal.user_id_ranges", [[5, 1]], "filter.internal.user_id_ranges[0]"),
+    ("behaviour.max_events_per_minute", 0, "filter.behaviour.max_events_per_minute"),
+    ("crawler_ua.extra_patterns", ["(unclosed"], "filter.crawler_ua.extra_patterns"),
+])
+def test_bad_settings_are_named(key, value, message):
+    with pytest.raises(P.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        settings(**{key: value})
+
+
+def test_ips_in_networks_v4_v6_and_junk():
+    values = pa.array(["10.20.0.1", "10.21.0.1", "10.20.255.255", "999.20.0.1", "2001:db8::5",
+                       "2001:db9::1", "not an ip", None])
+    nets = (ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("2001:db8::/32"))
+    assert FN.ips_in_networks(values, nets).tolist() == [True, False, True, False, True, False,
+                                                        False, False]
+
+
+# ---------------------------------------------------------------------------------------------
+# The vectorised rules agree with plain pandas on random data with tight limits.
+
+@pytest.fixture(scope="module")
+def random_window(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    n = 20_000
+    users = rng.integers(0, 150, n)
+    # Some users act in bursts (seconds apart), others spread over two days.
+    fast = users < 20
+    seconds = np.where(fast, rng.integers(0, 3000, n), rng.integers(0, 2 * 86_400, n))
+    frame = F.events(users.astype(str), rng.integers(0, 60, n).astype(str),
+                     DAY1 + seconds * SEC, event_type=rng.choice(["view", "click"], n))
+    frame["event_id"] = "e" + pd.Series(np.arange(n)).astype(str)
+    history = tmp_path_factory.mktemp("random")
+    F.write_history(history, frame)
+    cfg = settings()
+    w = FN.read_window(history, FN.window_days(cfg, history, {"days": {}})[0])
+    return w, S.to_frame(w.table.cast(S.EVENT_SCHEMA))
+
+
+def test_behaviour_matches_pandas_reference(random_window):
+    w, frame = random_window
+    limits = {"behaviour.max_events_per_minute": 6, "behaviour.max_events_per_day": 170,
+              "behaviour.max_distinct_items_per_day": 52}
+    cfg = settings(**limits)
+    removed, _ = FN.rule_behaviour(w, np.ones(len(w), dtype=bool), cfg)
+    got = set(frame.loc[removed, "user_id"])
+    sec = frame["ts"].astype("int64") // 1_000_000
+    frame = frame.assign(sec=sec, day=sec // 86_400)
+    expected = set()
+    for user, g in frame.groupby("user_id"):  # the reference: plain, slow, obviously right
+        s = np.sort(g["sec"].to_numpy())
+        if (np.searchsorted(s, s + 60) - np.arange(len(s))).max() > 6:
+            expected.add(user)
+        if g.groupby("day").size().max() > 170 or g.groupby("day")["item_id"].nunique().max() > 52:
+            expected.add(user)
+    assert got == expected and 5 < len(expected) < 100
+
+
+def test_repeated_matches_pandas_reference(random_window):
+    w, frame = random_window
+    cfg = settings(**{"repeated.dedupe_seconds": 120})
+    removed, _ = FN.rule_repeated(w, np.ones(len(w), dtype=bool), cfg)
+    ordered = frame.assign(row=np.arange(len(frame))).sort_values(
+        ["user_id", "item_id", "event_type", "ts", "row"], kind="stable")
+    gap = ordered.groupby(["user_id", "item_id", "event_type"])["ts"].diff()
+    expected = np.zeros(len(frame), dtype=bool)
+    expected[ordered["row"].to_numpy()[(gap < pd.Timedelta(seconds=120)).to_numpy()]] = True
+    assert (removed == expected).all() and 100 < expected.sum() < len(frame) / 2

@@ -1,0 +1,190 @@
+"""merge_history: the rolling, day-partitioned history (fetch + merge on a real SQLite source)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stages import fetch_delta as F
+from stages import merge_history as H
+from stages import params as P
+from stages import schema as S
+from tests import mini_source as M
+
+
+@pytest.fixture
+def lake(tmp_path):
+    """A source database and the places fetch and merge write to."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    M.write(url)
+
+    class Lake:
+        source = url
+        delta = tmp_path / "delta"
+        history = tmp_path / "history"
+        archive = tmp_path / "quarantine"
+
+        def run(self, run_date: dt.date, **changes) -> dict:
+            """One day of the pipeline: fetch_delta then merge_history."""
+            params = M.params(run_date, **changes)
+            F.fetch(params, self.source, out_dir=self.delta)
+            metrics = H.merge(params, delta=self.delta / "events.parquet", history=self.history)
+            metrics["quarantined"] = H.archive_quarantine(
+                params, source=self.delta / "quarantine.parquet", archive=self.archive)
+            return metrics
+
+        def snapshot(self) -> dict[str, str]:
+            """Every file of the history and the quarantine archive, by content hash."""
+            return {str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest()
+                    for root in (self.history, self.archive) for p in sorted(root.rglob("*"))
+                    if p.is_file()}
+
+        def events(self) -> pd.DataFrame:
+            return S.to_frame(H.read_window(self.history, dt.date(2000, 1, 1),
+                                            dt.date(2100, 1, 1)))
+
+    return Lake()
+
+
+def test_late_events_land_once_in_their_own_day(lake):
+    first = lake.run(M.RUN1)
+    second = lake.run(M.RUN2)
+    assert (first["days"], second["days"]) == (1, 2)
+    # DAY1 gets the late web event (legacy 301, read again, is already there)
+    assert second["added_by_day"] == {"2026-11-14": 1, "2026-11-15": 12}
+    day1 = S.to_frame(pq.read_table(H.partition_path(lake.history, M.DAY1)))
+    assert "web_events:w-late" in set(day1["event_id"])
+    events = lake.events()
+    assert events["event_id"].is_unique
+    assert (events["event_id"] == "web_events:w-late").sum() == 1
+    assert len(events) == second["rows"] == 3 + 14 - 1  # DAY1's 3, DAY2's 14, one overlap
+    # every partition holds its own day only, sorted by (ts, event_id)
+    for day in H.partition_days(lake.history):
+        part = S.to_frame(pq.read_table(H.partition_path(lake.history, day)))
+        assert (part["ts"].dt.date == day).all()
+        assert part.equals(part.sort_values(["ts", "event_id"], ignore_index=True))
+
+
+def test_the_lookback_overlap_is_absorbed_by_dedup(lake):
+    lake.run(M.RUN1)
+    second = lake.run(M.RUN2)
+    assert second["duplicates_skipped"] == 1  # legacy_clicks' DAY1 event, read by both runs
+    legacy = lake.events().query("source == 'legacy_clicks'")
+    assert sorted(legacy["user_id"]) == ["301", "302", "303"]
+
+
+def test_rerunning_a_day_changes_nothing_byte_for_byte(lake):
+    lake.run(M.RUN1)
+    lake.run(M.RUN2)
+    before = lake.snapshot()
+    again = lake.run(M.RUN2)
+    assert (again["added"], again["duplicates_skipped"]) == (0, 14)
+    older = lake.run(M.RUN1)  # an older day re-run after a newer one
+    assert older["added"] == 0
+    assert lake.snapshot() == before
+    assert len(before) == 4  # two partitions and two quarantine files
+
+
+def test_an_empty_day_adds_nothing(lake):
+    lake.run(M.RUN2)
+    before = lake.snapshot()
+    metrics = lake.run(dt.date(2026, 11, 25))  # no source rows within the window or lookback
+    assert (metrics["added"], metrics["quarantined"], metrics["days"]) == (0, 0, 2)
+    assert pq.read_table(lake.delta / "events.parquet").num_rows == 0
+    after = lake.snapshot()
+    assert after.pop("quarantine/date=2026-11-25.parquet")  # the (empty) day is on record
+    assert after == before
+
+
+def test_an_empty_first_day_gives_an_empty_history(lake):
+    metrics = lake.run(dt.date(2026, 12, 24))
+    assert (metrics["days"], metrics["rows"], metrics["first_day"]) == (0, 0, None)
+    empty = H.read_window(lake.history, M.DAY1, M.DAY2)
+    assert empty.num_rows == 0 and empty.schema == S.EVENT_SCHEMA
+    assert H.read_window(lake.history, M.DAY1, M.DAY2, columns=["user_id"]).column_names == [
+        "user_id"]
+
+
+def canonical_day(day: dt.date, n: int, prefix: str = "e") -> pa.Table:
+    ts = pd.Timestamp(day, tz="UTC") + pd.to_timedelta(range(n), unit="min")
+    frame = pd.DataFrame({
+        "event_id": [f"{prefix}{day:%m%d}-{i}" for i in range(n)], "user_id": "1", "item_id": "2",
+        "event_type": "view", "ts": ts.astype("datetime64[us, UTC]"), "source": "test",
+        "user_agent": None, "ip": None})
+    return S.to_table(frame)
+
+
+def test_partitions_older_than_history_days_are_removed(lake):
+    for offset in range(1, 15):  # 2026-11-01 .. 2026-11-14
+        H.merge_day(lake.history, dt.date(2026, 11, offset), canonical_day(
+            dt.date(2026, 11, offset), 3))
+    lake.archive.mkdir()
+    for day in ("2026-11-01", "2026-11-12", "2026-11-13"):
+        pq.write_table(S.QUARANTINE_SCHEMA.empty_table(), lake.archive / f"date={day}.parquet")
+
+    metrics = lake.run(M.RUN2, **{"history.days": 3})
+    # run 2026-11-16 keeps the 3 days before it: 11-13, 11-14, 11-15
+    assert H.partition_days(lake.history) == [dt.date(2026, 11, 13), dt.date(2026, 11, 14),
+                                              dt.date(2026, 11, 15)]
+    assert metrics["partitions_removed"] == [f"2026-11-{d:02d}" for d in range(1, 13)]
+    assert (metrics["days"], metrics["first_day"], metrics["last_day"]) == (
+        3, "2026-11-13", "2026-11-15")
+    assert sorted(p.name for p in lake.archive.iterdir()) == [
+        "date=2026-11-13.parquet", "date=2026-11-16.parquet"]
+    assert metrics["rows"] == sum(pq.ParquetFile(H.partition_path(lake.history, d)).metadata
+                                  .num_rows for d in H.partition_days(lake.history))
+
+
+def test_ancient_events_are_quarantined_and_never_resurrected(lake):
+    # legacy 301 (2026-11-14 08:00) is older than a 1-day history for run 2026-11-16.
+    metrics = lake.run(M.RUN2, **{"history.days": 1})
+    quarantine = pq.read_table(lake.delta / "quarantine.parquet").to_pandas()
+    too_old = quarantine[quarantine["reason"] == "ts:too_old"]
+    assert set(too_old["source"]) == {"web_events", "legacy_clicks"}
+    assert H.partition_days(lake.history) == [M.DAY2]
+    assert metrics["added_by_day"] == {"2026-11-15": 12}
+
+    # A delta that still holds an old event (written by an older version, say): merge skips it.
+    stale = pa.concat_tables([canonical_day(dt.date(2026, 11, 1), 2, "old"),
+                              canonical_day(M.DAY2, 2, "new")])
+    pq.write_table(stale, lake.delta / "events.parquet")
+    metrics = H.merge(M.params(M.RUN2, **{"history.days": 1}), delta=lake.delta / "events.parquet",
+                      history=lake.history)
+    assert metrics["added_by_day"] == {"2026-11-15": 2}
+    assert H.partition_days(lake.history) == [M.DAY2]
+
+
+def test_existing_rows_win_over_a_changed_copy_of_the_same_event(tmp_path):
+    day = dt.date(2026, 11, 15)
+    original = canonical_day(day, 2)
+    H.merge_day(tmp_path, day, original)
+    changed = S.to_frame(original).assign(item_id="changed")
+    added, skipped = H.merge_day(tmp_path, day, S.to_table(changed))
+    assert (added, skipped) == (0, 2)
+    assert pq.read_table(H.partition_path(tmp_path, day)).equals(original)
+
+
+def test_a_stray_folder_in_the_history_is_a_clear_error(tmp_path):
+    (tmp_path / "day=yesterday").mkdir()
+    with pytest.raises(P.ConfigError, match="day=yesterday.*not a day partition"):
+        H.partition_days(tmp_path)
+
+
+def test_the_stage_writes_its_metrics_and_needs_a_delta(lake, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(json.dumps(M.params(M.RUN2)))
+    assert H.main(["--params", "params.yaml"]) == 2
+    assert "data/delta/events.parquet not found: run fetch_delta first" in capsys.readouterr().err
+
+    monkeypatch.setenv(P.SOURCE_URL_ENV, lake.source)
+    assert F.main(["--params", "params.yaml"]) == 0
+    assert H.main(["--params", "params.yaml"]) == 0
+    metrics = json.loads((tmp_path / "metrics/history.json").read_text())
+    assert (metrics["days"], metrics["rows"], metrics["quarantined"]) == (2, 14, 14)
+    assert (tmp_path / "data/quarantine/date=2026-11-16.parquet").exists()

@@ -1,0 +1,231 @@
+"""Alert mails against a real SMTP server (aiosmtpd on loopback): content, scrubbing, throttling
+across processes, and a dead SMTP server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stages import notify
+from tests.mailbox import Mailbox, text_of
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+DB_PASSWORD = "s3cr3t-db-pass"
+REDIS_PASSWORD = "r3dis-pw-77"
+SMTP_PASSWORD = "smtp-pass-9911"
+API_TOKEN = "tok_live_4f9a8b7c6d5e"
+HEADER_TOKEN = "eyJhbGciOiJIUzI1NiJ9.payload.sig"
+SECRETS = (DB_PASSWORD, REDIS_PASSWORD, SMTP_PASSWORD, API_TOKEN, HEADER_TOKEN, "hunter2hunter")
+
+
+def write_params(directory: Path, throttle_minutes: float) -> None:
+    (directory / "params.yaml").write_text(
+        f"run:\n  date: '2026-11-21'\nalerts:\n  throttle_minutes: {throttle_minutes}\n")
+
+
+@pytest.fixture
+def mailbox():
+    with Mailbox(user="alerts", password=SMTP_PASSWORD) as box:
+        yield box
+
+
+@pytest.fixture
+def alert_env(tmp_path, monkeypatch, mailbox):
+    """The process as a deployment would have it: SMTP settings and secrets in the environment,
+    params.yaml in the working directory, throttle state in a private directory."""
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, 60)
+    env = {
+        **mailbox.env(),
+        "DAILYREC_STATE_DIR": str(tmp_path / "state"),
+        "DAILYREC_SOURCE_URL": f"postgresql+psycopg://app:{DB_PASSWORD}@db.internal:5432/prod",
+        "REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0",
+        "PAYMENTS_API_TOKEN": API_TOKEN,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def fail_to_connect(url: str) -> None:
+    raise ConnectionError(f"could not connect to {url}: server rejected {DB_PASSWORD!r}")
+
+
+def test_alert_mails_exception_traceback_and_context_without_secrets(alert_env, mailbox):
+    try:
+        fail_to_connect(alert_env["DAILYREC_SOURCE_URL"])
+    except ConnectionError as err:
+        sent = notify.alert("fetch_delta cannot reach the source database", error=err,
+                            context={"request_id": "req-42", "path": "/recommendations/7",
+                                     "authorization": f"Bearer {HEADER_TOKEN}",
+                                     "env_token": API_TOKEN},
+                            log_tail=f"charging with {API_TOKEN}\npassword=hunter2hunter\nfailed")
+    assert sent is True
+    [msg] = mailbox.messages
+    body = text_of(msg)
+    assert msg["Subject"] == "[dailyrec] ALERT: fetch_delta cannot reach the source database"
+    assert mailbox.envelopes[0][1] == ["oncall@example.test"]
+    assert "Traceback (most recent call last)" in body
+    assert "in fail_to_connect" in body  # the frame that raised
+    assert "ConnectionError: could not connect to" in body
+    assert "request_id: req-42" in body and "path: /recommendations/7" in body
+    assert "Last 3 lines of output" in body and "failed" in body
+    assert "db.internal:5432/prod" in body  # the URL stays useful, minus its password
+    for secret in SECRETS:
+        assert secret not in body, f"secret {secret!r} leaked into the alert"
+
+
+@pytest.mark.parametrize("text, secret, kept", [
+    ("postgresql://app:pw-123456@db/prod", "pw-123456", "postgresql://app:***@db/prod"),
+    ("https://ghp_abcdef123456@github.com/x.git", "ghp_abcdef123456", "https://***@github.com"),
+    ('{"password": "p@ss w0rd!", "user": "bob"}', "p@ss w0rd!", '"user": "bob"'),
+    ("client_secret=abcdef&grant=x", "abcdef", "grant=x"),
+    ("Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz", "Authorization: ***"),
+    ("AccountName=dev;AccountKey=Eby8vdM02xNO==;EndpointSuffix=x", "Eby8vdM02xNO",
+     "AccountName=dev"),
+    ("?sv=2024&sig=AbCdEf%2B123&se=2026", "AbCdEf%2B123", "sv=2024"),
+])
+def test_scrub_removes_credentials_and_keeps_the_rest(text, secret, kept):
+    cleaned = notify.scrub(text, secrets=[])
+    assert secret not in cleaned
+    assert kept in cleaned
+
+
+def test_scrub_removes_values_of_secret_environment_variables():
+    secrets = notify.secret_values({
+        "SMTP_PASSWORD": "plainvalue-1", "BROKER_URL": "amqp://u:brokerpw%21@mq/",
+        "STRIPE_KEY": "sk_live_123456", "DB_PWD": "dbpw-7788",
+        # not secrets, and common enough that scrubbing them would wreck every mail
+        "HOME": "/root", "PWD": "/srv/dailyrec", "XDG_SESSION_CLASS": "user"})
+    cleaned = notify.scrub("got plainvalue-1, brokerpw!, sk_live_123456 and dbpw-7788 from user "
+                           "/root in /srv/dailyrec/stages/train.py", secrets)
+    for secret in ("plainvalue-1", "brokerpw!", "sk_live_123456", "dbpw-7788"):
+        assert secret not in cleaned
+    assert "from user /root in /srv/dailyrec/stages/train.py" in cleaned
+
+
+STORM = textwrap.dedent("""
+    import sys
+    from stages import notify
+
+    def recommend(user):
+        raise KeyError(f"user {user} has no factors")
+
+    first, count = int(sys.argv[1]), int(sys.argv[2])
+    for user in range(first, first + count):
+        try:
+            recommend(user)
+        except KeyError as err:
+            notify.alert(f"GET /recommendations/{user} failed", error=err,
+                         context={"request_id": f"req-{user}"})
+""")
+
+
+def test_a_storm_of_one_error_across_processes_sends_one_mail_then_counts_it(
+        alert_env, mailbox, tmp_path):
+    script = tmp_path / "storm.py"
+    script.write_text(STORM)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(1000 * p), "5"], env=env,
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True) for p in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert len(mailbox.messages) == 1, [m["Subject"] for m in mailbox.messages]
+
+    # A different error in the same window is not held back by the first one's throttle.
+    try:
+        fail_to_connect("sqlite:///x.db")
+    except ConnectionError as err:
+        assert notify.alert("another problem", error=err) is True
+    assert len(mailbox.messages) == 2
+
+    # Once the window has passed (here: throttling off), the next mail says what was held back.
+    write_params(tmp_path, 0)
+    subprocess.run([sys.executable, str(script), "9000", "1"], env=env, cwd=tmp_path, check=True)
+    assert len(mailbox.messages) == 3
+    assert "19 more occurrence(s) of this alert" in text_of(mailbox.messages[2])
+
+
+def test_smtp_down_is_logged_never_raised_and_the_lost_mail_is_counted(
+        alert_env, monkeypatch, tmp_path, caplog):
+    port = free_port()  # nothing listens here
+    monkeypatch.setenv("DAILYREC_SMTP_PORT", str(port))
+    write_params(tmp_path, 0)
+    caplog.set_level(logging.ERROR, logger="dailyrec.notify")
+    try:
+        fail_to_connect("sqlite:///x.db")
+    except ConnectionError as err:
+        assert notify.alert("source down", error=err) is False
+        assert "could not send mail" in caplog.text
+        assert SMTP_PASSWORD not in caplog.text
+        with Mailbox(port=port) as box:  # the SMTP server is back
+            monkeypatch.delenv("DAILYREC_SMTP_USER")
+            assert notify.alert("source down", error=err) is True
+            assert "1 more occurrence(s) of this alert" in text_of(box.messages[0])
+
+
+def test_without_smtp_settings_alerts_are_only_logged(alert_env, monkeypatch, caplog):
+    monkeypatch.delenv("DAILYREC_SMTP_HOST")
+    caplog.set_level(logging.WARNING, logger="dailyrec.notify")
+    assert notify.alert("nobody to tell") is False
+    assert "alert not mailed" in caplog.text
+
+
+def test_bad_tls_mode_is_a_clear_config_error():
+    from stages.params import ConfigError
+
+    with pytest.raises(ConfigError, match="DAILYREC_SMTP_TLS='tls13'"):
+        notify.SmtpSettings.from_env({"DAILYREC_SMTP_HOST": "mail", "DAILYREC_SMTP_TLS": "tls13"})
+
+
+# --- the API's global error handler (serving/errors.py) -----------------------------------------
+
+def api_with_a_failing_route():
+    from serving.app import create_app
+
+    app = create_app()
+
+    @app.get("/boom/<int:user>")
+    def boom(user):
+        raise RuntimeError(f"lost connection to redis://:{REDIS_PASSWORD}@cache:6379 for {user}")
+
+    return app.test_client()
+
+
+def test_an_exception_in_a_route_mails_one_alert_with_traceback_and_no_secret(alert_env, mailbox):
+    client = api_with_a_failing_route()
+    response = client.get("/boom/7", headers={"Authorization": f"Bearer {HEADER_TOKEN}"})
+    assert response.status_code == 500
+    rid = response.get_json()["request_id"]
+    [msg] = mailbox.messages
+    body = text_of(msg)
+    assert "RuntimeError on GET /boom/7" in msg["Subject"]
+    assert "Traceback (most recent call last)" in body and "in boom" in body
+    assert f"request_id: {rid}" in body and "path: /boom/7" in body
+    for secret in SECRETS:
+        assert secret not in body
+
+    # A storm of the same error: every request still gets its 500, no more mail.
+    for user in range(8, 40):
+        assert client.get(f"/boom/{user}").status_code == 500
+    assert len(mailbox.messages) == 1
+
+
+def test_smtp_down_does_not_break_the_api(alert_env, monkeypatch):
+    monkeypatch.setenv("DAILYREC_SMTP_PORT", str(free_port()))  # nothing listens there
+    client = api_with_a_failing_route()
+    response = client.get("/boom/1")
+    assert response.status_code == 500
+    assert response.get_json()["error"] == "internal_error"
+    # And the API goes on answering.
+    assert client.get("/boom/2").status_code == 500

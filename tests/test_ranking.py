@@ -1,0 +1,71 @@
+"""The evaluation metrics against values computed by hand (definitions: stages/ranking.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from stages import ranking as R
+
+# Two users, a catalogue of 6 items, K = 3.
+#   user 0: truth {1, 4}, recommended [1, 2, 4]  -> hits [1, 0, 1]
+#   user 1: truth {5},    recommended [0, 3, -]  -> no hits (the third slot is empty)
+RECOMMENDED = np.array([[1, 2, 4], [0, 3, -1]])
+TRUTH = sp.csr_matrix((np.ones(3), ([0, 0, 1], [1, 4, 5])), shape=(2, 6))
+L2, L3, L4 = math.log2(2), math.log2(3), math.log2(4)
+
+
+def test_hits_marks_truth_items_and_never_empty_slots():
+    assert R.hits(RECOMMENDED, TRUTH).tolist() == [[True, False, True], [False, False, False]]
+
+
+def test_metrics_at_every_k_match_hand_computation():
+    c = R.curves(R.hits(RECOMMENDED, TRUTH), np.diff(TRUTH.indptr))
+    # user 0 per k; user 1 is 0 everywhere, so each mean is user 0's value / 2.
+    precision = [1 / 1, 1 / 2, 2 / 3]
+    recall = [1 / 2, 1 / 2, 2 / 2]
+    ap = [1 / 1, 1 / 2, (1 / 1 + 2 / 3) / 2]  # / min(k, |T|): 1, 2, 2
+    idcg = [1 / L2, 1 / L2 + 1 / L3, 1 / L2 + 1 / L3]
+    ndcg = [(1 / L2) / idcg[0], (1 / L2) / idcg[1], (1 / L2 + 1 / L4) / idcg[2]]
+    assert c["precision"] == pytest.approx([p / 2 for p in precision])
+    assert c["recall"] == pytest.approx([r / 2 for r in recall])
+    assert c["map"] == pytest.approx([a / 2 for a in ap])
+    assert c["ndcg"] == pytest.approx([n / 2 for n in ndcg])
+    assert c["ndcg"][2] == pytest.approx(1.5 / (1 + 1 / L3) / 2)  # 0.45986
+    assert c["hit_rate"] == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_precision_divides_by_k_and_recall_by_truth_size():
+    # One user, 5 truth items, 2 slots both hits: precision 1, recall 2/5, NDCG 1 (ideal is 2 hits).
+    truth = sp.csr_matrix(np.array([[1, 1, 1, 1, 1, 0]]))
+    c = R.curves(R.hits(np.array([[0, 1]]), truth), np.array([5]))
+    assert c["precision"][1] == 1.0 and c["recall"][1] == pytest.approx(0.4)
+    assert c["ndcg"][1] == pytest.approx(1.0) and c["map"][1] == pytest.approx(1.0)
+
+
+def test_coverage_counts_distinct_items_over_the_catalogue():
+    assert R.coverage(RECOMMENDED, 3, 6) == pytest.approx(5 / 6)
+    assert R.coverage(RECOMMENDED, 1, 6) == pytest.approx(2 / 6)
+
+
+def test_top_k_skips_excluded_and_unknown_items_and_breaks_ties_by_index():
+    scores = np.array([[0.5, np.nan, 0.9, 0.5, -np.inf],
+                       [0.1, 0.2, 0.3, 0.4, 0.5]])
+    assert R.top_k(scores, 4).tolist() == [[2, 0, 3, -1], [4, 3, 2, 1]]
+    assert R.top_k(scores, 7).tolist() == [[2, 0, 3, -1, -1, -1, -1], [4, 3, 2, 1, 0, -1, -1]]
+
+
+def test_percentile_ranks_and_expected_percentile_rank():
+    scores = np.array([[0.9, 0.5, np.nan, 0.5, 0.1]])  # 4 candidates (NaN = already had)
+    ranks = R.percentile_ranks(scores, np.array([0, 0, 0]), np.array([0, 1, 4]))
+    # item 0: first -> 0; item 1: one higher, one tie -> (1 + 0.5) / 3; item 4: last -> 1.
+    assert ranks.tolist() == pytest.approx([0.0, 0.5, 1.0])
+    assert R.expected_percentile_rank(ranks, np.array([2.0, 1.0, 1.0])) == pytest.approx(1.5 / 4)
+
+
+def test_an_item_the_model_does_not_know_ranks_after_every_known_item():
+    scores = np.array([[0.3, -np.inf, 0.2, -np.inf]])
+    # item 1: two candidates higher, tied with item 3 -> (2 + 0.5) / 3
+    assert R.percentile_ranks(scores, np.array([0]), np.array([1])).tolist() == \
+        pytest.approx([2.5 / 3])

@@ -1,0 +1,285 @@
+"""The Flask API against a real Redis: answers, every bad input, errors as JSON, metrics, password
+and TLS connections, and Redis stopped and restarted under a running gunicorn."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import json
+from pathlib import Path
+
+import pytest
+
+from serving import connection
+from serving.app import create_app
+from stages import publish as pub
+from tests import servers
+from tests import tiny_models as tm
+
+DAY = dt.date(2026, 11, 21)
+SETTINGS = pub.Settings(top_n=10, batch_size=200)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tm.bundle(seed=11)
+
+
+@pytest.fixture
+def app(redis_server, redis_client, model):
+    pub.publish(model, redis_client, SETTINGS, run_date=DAY, progress=False)
+    return create_app({"REDIS_URL": redis_server.url})
+
+
+def expected_items(model, user: int, n: int) -> list[str]:
+    positions, _ = pub.recommend(model, [user], SETTINGS.top_n, True)
+    return [model.item_ids[p] for p in positions[0][:n]]
+
+
+def test_known_user_gets_personal_list_unknown_the_fallback(app, model, redis_client):
+    client = app.test_client()
+    version = redis_client.get("dailyrec:current").decode()
+
+    known = client.get("/recommendations/user-3?n=5")
+    assert known.status_code == 200 and known.mimetype == "application/json"
+    body = known.get_json()
+    assert list(body) == ["user_id", "items", "model_version", "source"]
+    assert body["user_id"] == "user-3" and body["source"] == "personalized"
+    assert body["model_version"] == version
+    assert [i["id"] for i in body["items"]] == expected_items(model, 3, 5)
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert len(known.headers["X-Request-ID"]) == 32
+
+    everything = client.get("/recommendations/user-3").get_json()  # n defaults to top_n
+    assert [i["id"] for i in everything["items"]] == expected_items(model, 3, 10)
+
+    unknown = client.get("/recommendations/somebody-new?n=3")
+    assert unknown.status_code == 200
+    body = unknown.get_json()
+    assert body["source"] == "fallback" and body["model_version"] == version
+    fallback, _ = pub.popular_items(model.user_items, 3)
+    assert [i["id"] for i in body["items"]] == [model.item_ids[p] for p in fallback[0]]
+
+    assert client.get("/recommendations/" + "u" * 128).status_code == 200  # longest allowed
+    assert client.get("/healthz").get_json() == {"status": "alive"}
+    assert client.get("/readyz").get_json() == {"status": "ready", "model_version": version}
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/recommendations/" + "u" * 129, "user_id is 129 characters long; at most 128 are allowed"),
+    ("/recommendations/user%203", "user_id may contain only"),
+    ("/recommendations/user%00", "user_id may contain only"),
+    ("/recommendations/us%C3%A9r", "user_id may contain only"),
+    ("/recommendations/user;drop", "user_id may contain only"),
+    ("/recommendations/user-3?n=0", "n must be between 1 and 10, got 0"),
+    ("/recommendations/user-3?n=11", "n must be between 1 and 10, got 11"),
+    ("/recommendations/user-3?n=-1", "n must be a whole number, got '-1'"),
+    ("/recommendations/user-3?n=abc", "n must be a whole number, got 'abc'"),
+    ("/recommendations/user-3?n=2.5", "n must be a whole number"),
+    ("/recommendations/user-3?n=", "n must be a whole number, got ''"),
+    ("/recommendations/user-3?n=99999999999", "n must be a whole number"),
+])
+def test_bad_input_is_a_400_saying_what_is_wrong(app, path, message):
+    answer = app.test_client().get(path)
+    assert answer.status_code == 400
+    body = answer.get_json()
+    assert body["error"] == "bad_request" and message in body["message"]
+    assert body["request_id"] == answer.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize("method, path, status, error", [
+    ("GET", "/nothing-here", 404, "not_found"),
+    ("GET", "/recommendations/", 404, "not_found"),
+    ("GET", "/recommendations/a/b", 404, "not_found"),
+    ("POST", "/recommendations/user-3", 405, "method_not_allowed"),
+    ("DELETE", "/healthz", 405, "method_not_allowed"),
+])
+def test_unknown_routes_and_methods_answer_json(app, method, path, status, error):
+    answer = app.test_client().open(path, method=method)
+    assert answer.status_code == status and answer.get_json()["error"] == error
+
+
+def test_nothing_published_is_a_503_with_retry_after(redis_server, redis_client):
+    client = create_app({"REDIS_URL": redis_server.url, "RETRY_AFTER": 7}).test_client()
+    for path in ("/recommendations/user-3", "/readyz"):
+        answer = client.get(path)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "7"
+        assert answer.get_json()["error"] == "not_published"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_unexpected_error_is_a_500_with_request_id_and_an_alert(app, monkeypatch):
+    from stages import notify
+
+    alerts = []
+    monkeypatch.setattr(notify, "alert", lambda subject, **kw: alerts.append((subject, kw)) or True)
+
+    @app.get("/explode")
+    def explode():
+        raise RuntimeError("secret detail from deep inside")
+
+    answer = app.test_client().get("/explode", headers={"X-Request-ID": "req-42"})
+    assert answer.status_code == 500
+    body = answer.get_json()
+    assert body == {"error": "internal_error", "request_id": "req-42",
+                    "message": "unexpected error; quote request id req-42 when reporting it"}
+    assert "secret" not in answer.get_data(as_text=True)
+    assert len(alerts) == 1
+    subject, kw = alerts[0]
+    assert subject == "dailyrec API: RuntimeError on GET /explode"
+    assert isinstance(kw["error"], RuntimeError) and kw["context"]["request_id"] == "req-42"
+
+
+def test_metrics_count_requests_latency_fallbacks_and_errors(app):
+    client = app.test_client()
+    client.get("/recommendations/user-3")
+    client.get("/recommendations/user-4")
+    client.get("/recommendations/nobody")
+    client.get("/recommendations/user-3?n=0")
+    client.get("/missing")
+    text = client.get("/metrics").get_data(as_text=True)
+    lines = set(text.splitlines())
+    assert ('dailyrec_http_requests_total{endpoint="/recommendations/<user_id>",method="GET",'
+            'status="200"} 3.0') in lines
+    assert ('dailyrec_http_requests_total{endpoint="/recommendations/<user_id>",method="GET",'
+            'status="400"} 1.0') in lines
+    assert ('dailyrec_http_request_duration_seconds_count{endpoint="/recommendations/<user_id>"}'
+            ' 4.0') in lines
+    assert 'dailyrec_recommendations_total{source="personalized"} 2.0' in lines
+    assert 'dailyrec_recommendations_total{source="fallback"} 1.0' in lines
+    assert f"dailyrec_fallback_share {1 / 3}" in lines
+    assert 'dailyrec_errors_total{kind="bad_request"} 1.0' in lines
+    assert 'dailyrec_errors_total{kind="not_found"} 1.0' in lines
+
+
+def test_password_protected_redis(model):
+    server = servers.start_redis(password="s3cret")
+    try:
+        plain_url = f"redis://127.0.0.1:{server.port}/0"
+        writer = connection.client({"REDIS_URL": plain_url, "REDIS_PASSWORD": "s3cret"})
+        pub.publish(model, writer, SETTINGS, run_date=DAY, progress=False)
+        good = create_app({"REDIS_URL": plain_url, "REDIS_PASSWORD": "s3cret"}).test_client()
+        assert good.get("/recommendations/user-3").status_code == 200
+        wrong = create_app({"REDIS_URL": plain_url, "REDIS_PASSWORD": "nope"}).test_client()
+        answer = wrong.get("/recommendations/user-3")
+        assert answer.status_code == 503 and "nope" not in answer.get_data(as_text=True)
+    finally:
+        server.stop()
+
+
+def test_tls_redis_with_rediss_url(model, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    port = servers.free_port()
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind",
+                             "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                             "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+                             "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        servers.wait_for_port(port, proc=proc)
+        settings = {"REDIS_URL": f"rediss://127.0.0.1:{port}/0", "REDIS_TLS_CA_CERTS": str(cert)}
+        writer = connection.client(settings)
+        assert type(writer.connection_pool.get_connection()).__name__ == "SSLConnection"
+        pub.publish(model, writer, SETTINGS, run_date=DAY, progress=False)
+        answer = create_app(settings).test_client().get("/recommendations/user-3?n=2")
+        assert answer.status_code == 200 and answer.get_json()["source"] == "personalized"
+        # without the CA the server's certificate is refused: 503, not a hang or a 500
+        untrusted = create_app({"REDIS_URL": settings["REDIS_URL"]}).test_client()
+        assert untrusted.get("/recommendations/user-3").status_code == 503
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _get(url: str) -> tuple[int, dict, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, json.loads(answer.read()), dict(answer.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), dict(err.headers)
+
+
+def test_redis_stopped_and_restarted_under_running_gunicorn(model, tmp_path):
+    redis_server = servers.start_redis()
+    port = servers.free_port()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "REDIS_URL": redis_server.url, "DAILYREC_BIND": f"127.0.0.1:{port}",
+           "WEB_CONCURRENCY": "1", "DAILYREC_THREADS": "2",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    gunicorn = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "serving/gunicorn.conf.py",
+         "serving.app:create_app()"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        pub.publish(model, connection.client({"REDIS_URL": redis_server.url}), SETTINGS,
+                    run_date=DAY, progress=False)
+        servers.wait_for_port(port, proc=gunicorn)
+        status, body, _ = _get(f"{base}/recommendations/user-3?n=3")
+        assert status == 200 and body["source"] == "personalized"
+
+        redis_server.stop()
+        for _ in range(3):  # every request while Redis is down: a quick 503, never a hang
+            status, body, headers = _get(f"{base}/recommendations/user-3?n=3")
+            assert status == 503 and body["error"] == "redis_unavailable"
+            assert headers["Retry-After"] == "5" and "Traceback" not in json.dumps(body)
+        assert _get(f"{base}/readyz")[0] == 503
+        assert _get(f"{base}/healthz")[0] == 200
+        assert gunicorn.poll() is None
+
+        redis_server.start()  # same port, empty: publish again, as a scheduler rerun would
+        assert _get(f"{base}/recommendations/user-3")[1]["error"] == "not_published"
+        pub.publish(model, connection.client({"REDIS_URL": redis_server.url}), SETTINGS,
+                    run_date=DAY, progress=False)
+        status, body, _ = _get(f"{base}/recommendations/user-3?n=3")
+        assert status == 200 and body["source"] == "personalized"
+        assert _get(f"{base}/readyz")[0] == 200
+
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        assert 'dailyrec_errors_total{kind="redis_unavailable"} 4.0' in metrics
+        assert 'dailyrec_recommendations_total{source="personalized"} 2.0' in metrics
+    finally:
+        gunicorn.send_signal(signal.SIGTERM)
+        try:
+            gunicorn.wait(15)
+        except subprocess.TimeoutExpired:
+            gunicorn.kill()
+        redis_server.stop()
+
+
+def test_make_serve_bg_prints_a_curl_call_and_make_stop_stops_it(model, redis_server,
+                                                                 redis_client, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    for name in ("Makefile", "serving", "stages", ".venv"):  # the project, seen from a scratch dir
+        (tmp_path / name).symlink_to(root / name)
+    pub.publish(model, redis_client, SETTINGS, run_date=DAY, progress=False)
+    bind = f"127.0.0.1:{servers.free_port()}"
+    env = {**os.environ, "REDIS_URL": redis_server.url}
+    make = ["make", "--no-print-directory", "-o", "install", f"BIND={bind}"]
+    try:
+        started = subprocess.run([*make, "serve-bg"], cwd=tmp_path, env=env, capture_output=True,
+                                 text=True, timeout=120)
+        assert started.returncode == 0, started.stderr
+        lines = started.stdout.strip().splitlines()
+        assert lines[-2].startswith(f"$ curl -s 'http://{bind}/recommendations/user-")
+        answer = json.loads(lines[-1])
+        assert answer["source"] == "personalized" and len(answer["items"]) == 5
+        pid = int((tmp_path / ".serve.pid").read_text())
+        os.kill(pid, 0)  # running in the background after make returned
+    finally:
+        stopped = subprocess.run([*make, "stop"], cwd=tmp_path, env=env, capture_output=True,
+                                 text=True, timeout=60)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not (tmp_path / ".serve.pid").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
