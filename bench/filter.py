@@ -8,7 +8,8 @@ Measured in one run:
 - filter_noise: reading the window, the five rules, writing data/clean, and each rule on its own;
   events per second of the rules and of the whole stage (target: >= 2M events/s);
 - the same rules written in plain pandas (groupby, sort_values), on a smaller window, as the
-  baseline, with our code on that same window: the ratio, and a check that both remove the same rows;
+  baseline, with our code on that same window: the ratio, and a check that both remove the same
+  rows;
 - validate: importing Great Expectations, the delta suites (one day), the window suites (the
   whole window), and the stage end to end in a fresh process;
 - precision and recall of the removed users against the simulator's truth.

@@ -190,40 +190,36 @@ def normalise(raw: pd.DataFrame, cfg: TableConfig, mapping: dict[str, str], wind
 def normalise_table(raw: pd.DataFrame, cfg: TableConfig, mapping: dict[str, str], window: Window
                     ) -> tuple[pa.Table, pd.DataFrame]:
     """normalise, with the events as an Arrow table in EVENT_SCHEMA (what fetch writes)."""
-    user, user_problem = S.canonical_ids(raw[mapping["user_id"]])
-    item, item_problem = S.canonical_ids(raw[mapping["item_id"]])
+    # Ids and event types as distinct values + positions, times as int64 microseconds: the
+    # checks run on those, and each output column is taken once, for the kept rows only.
+    user = S.encode_ids(raw[mapping["user_id"]])
+    item = S.encode_ids(raw[mapping["item_id"]])
     raw_type = raw[mapping["event_type"]]
-    etype = S.canonical_event_types(raw_type, cfg.event_types)
+    etype = S.encode_event_types(raw_type, cfg.event_types)
     raw_ts = raw[mapping["ts"]]
-    ts = S.canonical_timestamps(raw_ts)
-    checks = (
-        user_problem == "missing", user_problem == "invalid",
-        item_problem == "missing", item_problem == "invalid",
-        raw_type.isna(), etype.isna(),
-        raw_ts.isna(), ts.isna(), ts > window.max_future, ts < window.min_ts,
-    )
-    conditions = [np.asarray(c.fillna(False), dtype=bool) for c in checks]
+    ts = S.timestamp_micros(raw_ts)
+    user_problem, item_problem = user.problems(), item.problems()
+    conditions = [
+        user_problem == 1, user_problem == 2, item_problem == 1, item_problem == 2,
+        np.asarray(raw_type.isna()), np.asarray(etype.take().is_null()),
+        np.asarray(raw_ts.isna()), ts == S.NAT, ts > _micros(window.max_future),
+        (ts != S.NAT) & (ts < _micros(window.min_ts)),
+    ]  # in QUARANTINE_REASONS' order
     # 0 = good, k = the k-th reason (small ints: no per-row strings for the good rows).
     code = np.select(conditions, np.arange(1, len(conditions) + 1, dtype=np.int8), default=0)
     bad = code > 0
     quarantine = _quarantine_rows(raw.take(np.flatnonzero(bad)), code[bad], mapping, cfg.name)
 
-    columns = {
-        "user_id": pa.array(user.array), "item_id": pa.array(item.array),
-        "event_type": pa.array(etype.array),
-        "ts": S.arrow_column(ts, S.EVENT_SCHEMA.field("ts").type),
-        "user_agent": _optional_text(raw, mapping.get("user_agent")),
-        "ip": _optional_text(raw, mapping.get("ip")),
-    }
+    keep = np.flatnonzero(~bad)
+    kept = pa.array(keep)
+    table = pa.table({
+        "user_id": user.take(keep), "item_id": item.take(keep), "event_type": etype.take(keep),
+        "ts": pa.array(ts[keep], type=S.EVENT_SCHEMA.field("ts").type),
+    })
     if "event_id" in mapping:
-        columns["own_id"] = _optional_text(raw, mapping["event_id"])
-    table = pa.table(columns)
-    if bad.any():
-        table = take_rows(table, ~bad)
-    if "event_id" in mapping:
-        own = pc.binary_join_element_wise(pa.scalar(cfg.name + ":", pa.large_string()),
-                                          table["own_id"].cast(pa.large_string()),
-                                          pa.scalar("", pa.large_string()))
+        own = pc.binary_join_element_wise(
+            pa.scalar(cfg.name + ":", pa.large_string()),
+            _optional_text(raw, mapping["event_id"]).take(kept), pa.scalar("", pa.large_string()))
         lacking = np.asarray(own.is_null())
         if lacking.any():  # derive ids only for the rows without their own
             derived = np.full(len(lacking), None, dtype=object)
@@ -232,11 +228,19 @@ def normalise_table(raw: pd.DataFrame, cfg: TableConfig, mapping: dict[str, str]
         event_id = own
     else:
         event_id = pa.array(S.derive_event_ids(_key_frame(table)).array)
-    source = pa.repeat(pa.scalar(cfg.name, pa.string()), table.num_rows)
-    events = pa.table({"event_id": event_id, **{c: table[c] for c in
-                                                ("user_id", "item_id", "event_type", "ts")},
-                       "source": source, "user_agent": table["user_agent"], "ip": table["ip"]})
+    events = pa.table({
+        "event_id": event_id, **{c: table[c] for c in ("user_id", "item_id", "event_type", "ts")},
+        "source": pa.repeat(pa.scalar(cfg.name, pa.string()), len(keep)),
+        "user_agent": _optional_text(raw, mapping.get("user_agent")).take(kept),
+        "ip": _optional_text(raw, mapping.get("ip")).take(kept),
+    })
     return events.cast(S.EVENT_SCHEMA), quarantine
+
+
+def _micros(moment: dt.datetime) -> int:
+    """A UTC moment in timestamp_micros' unit."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (moment - epoch) // dt.timedelta(microseconds=1)
 
 
 def take_rows(data: pa.Table | pa.Array, mask: np.ndarray) -> pa.Table | pa.Array:
@@ -253,7 +257,8 @@ def _optional_text(raw: pd.DataFrame, column: str | None) -> pa.Array:
     if column is None:
         return pa.nulls(len(raw), pa.large_string())
     text = S.trimmed_text(raw[column])
-    return pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
+    blank = pc.equal(text, "")
+    return pc.if_else(blank, pa.scalar(None, text.type), text) if pc.any(blank).as_py() else text
 
 
 _REASON_FIELDS = np.array([f for f, _ in QUARANTINE_REASONS], dtype=object)

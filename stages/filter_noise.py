@@ -106,13 +106,14 @@ def settings(params: dict) -> Settings:
 
     def whole(value, where, minimum=0):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise P.ConfigError(f"params.yaml filter.{where}: expected a whole number >= {minimum}, "
-                                f"got {value!r}")
+            raise P.ConfigError(f"params.yaml filter.{where}: expected a whole number >= "
+                                f"{minimum}, got {value!r}")
         return value
 
     def flag(value, where):
         if not isinstance(value, bool):
-            raise P.ConfigError(f"params.yaml filter.{where}: expected true or false, got {value!r}")
+            raise P.ConfigError(f"params.yaml filter.{where}: expected true or false, got "
+                                f"{value!r}")
         return value
 
     b, i, r, m, c = (merged[k] for k in ("behaviour", "internal", "repeated", "min_support",
@@ -132,8 +133,9 @@ def settings(params: dict) -> Settings:
         raise P.ConfigError("params.yaml filter.internal.user_ids: expected a list of user ids")
     ranges = []
     for k, pair in enumerate(i["user_id_ranges"] or []):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in pair) and pair[0] <= pair[1]):
+        whole_numbers = isinstance(pair, list) and len(pair) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in pair)
+        if not (whole_numbers and pair[0] <= pair[1]):
             raise P.ConfigError(f"params.yaml filter.internal.user_id_ranges[{k}]: expected "
                                 f"[first, last] whole numbers, got {pair!r}")
         ranges.append((pair[0], pair[1]))
@@ -154,7 +156,8 @@ def settings(params: dict) -> Settings:
         crawler_enabled=flag(c["enabled"], "crawler_ua.enabled"),
         extra_patterns=tuple(extra),
         behaviour_enabled=flag(b["enabled"], "behaviour.enabled"),
-        max_events_per_minute=whole(b["max_events_per_minute"], "behaviour.max_events_per_minute", 1),
+        max_events_per_minute=whole(b["max_events_per_minute"],
+                                    "behaviour.max_events_per_minute", 1),
         max_events_per_day=whole(b["max_events_per_day"], "behaviour.max_events_per_day", 1),
         max_distinct_items_per_day=whole(b["max_distinct_items_per_day"],
                                          "behaviour.max_distinct_items_per_day", 1),
@@ -481,7 +484,8 @@ class Result:
         for rule in rules:
             if rule in self.removed_by:
                 mask |= self.removed_by[rule]
-        codes = np.unique(window.user.codes[mask])
+        codes = np.flatnonzero(np.bincount(window.user.codes[mask],
+                                           minlength=len(window.user.values)))
         return set(window.user.values.take(pa.array(codes, pa.int32())).to_pylist())
 
 
@@ -514,13 +518,13 @@ def rule_metrics(w: Window, result: Result, cfg: Settings) -> dict:
     rules = {}
     for rule in RULES:
         removed = result.removed_by[rule]
-        users = np.unique(w.user.codes[removed])
-        entry = {"rows": int(removed.sum()), "users": len(users), **result.details[rule]}
+        entry = {"rows": int(removed.sum()), "users": _distinct(w.user.codes[removed]),
+                 **result.details[rule]}
         if rule in ("crawler_ua", "internal") and "top_users" not in entry:
             entry["top_users"] = _top(w.user.codes[removed], w.user.values, cfg.top_offenders,
                                       "user_id")
         if rule == "min_support":
-            entry["items"] = len(np.unique(w.item.codes[removed]))
+            entry["items"] = _distinct(w.item.codes[removed])
         rules[rule] = entry
     return rules
 
@@ -566,8 +570,9 @@ def run(params: dict, history: Path = HISTORY_DIR, ledger_path: Path = R.LEDGER_
         "removed": {"rows": n - kept, "share": round((n - kept) / n, 6) if n else 0.0,
                     "bot_or_internal_users": len(bot_users)},
         "rules": rule_metrics(w, result, cfg),
-        "seconds": {"read": round(read_s, 3), "rules": round(rules_s, 3), "write": round(write_s, 3),
-                    "total": round(total, 3), "by_rule": result.seconds},
+        "seconds": {"read": round(read_s, 3), "rules": round(rules_s, 3),
+                    "write": round(write_s, 3), "total": round(total, 3),
+                    "by_rule": result.seconds},
         "events_per_second": round(n / rules_s) if rules_s > 0 else None,
     }
 

@@ -107,3 +107,14 @@ def set_run_date(day: dt.date, path: Path | str | None = None) -> None:
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(new)
     tmp.replace(path)
+
+
+def file_md5(path: Path | str) -> str:
+    """MD5 of a file's bytes, read in blocks: the hash DVC records for a file output."""
+    import hashlib
+
+    digest = hashlib.md5()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

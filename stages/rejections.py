@@ -9,10 +9,10 @@ looked at the report re-admits it:
 
     python -m stages.validate admit 2026-11-20 --by alice --note "feed outage, data complete"
 
-Why a git-tracked file and not an ordinary DVC output: DVC records a stage's outputs in dvc.lock only
-when the stage succeeds, and deletes ordinary outputs before the next run. A rejection is written
-precisely when validate fails, so the ledger is declared `persist: true` (DVC never deletes it) and
-`cache: false` (it is a small text file committed to git beside dvc.lock, like the metrics). The
+Why a git-tracked file and not an ordinary DVC output: DVC records a stage's outputs in dvc.lock
+only when the stage succeeds, and deletes ordinary outputs before the next run. A rejection is
+written precisely when validate fails, so the ledger is declared `persist: true` (DVC never deletes
+it) and `cache: false` (a small text file committed to git beside dvc.lock, like the metrics). The
 failing run leaves it in the workspace; the next successful run records it in dvc.lock; the commit
 that follows keeps the decision, with its history, for good.
 """
@@ -57,7 +57,8 @@ def save(ledger: dict[str, Any], path: Path | str = LEDGER_FILE) -> None:
 
 def rejected_days(ledger: dict[str, Any]) -> set[dt.date]:
     """Days to leave out of training: rejected and not (yet) admitted."""
-    return {dt.date.fromisoformat(d) for d, e in ledger["days"].items() if e["status"] == "rejected"}
+    return {dt.date.fromisoformat(d) for d, e in ledger["days"].items()
+            if e["status"] == "rejected"}
 
 
 def is_admitted(ledger: dict[str, Any], day: dt.date) -> bool:

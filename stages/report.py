@@ -575,7 +575,7 @@ def render_html(summary: dict, rows: list[dict], subject: str, prev_day: str | N
     def missing(name: str) -> str:
         return f"<p><i>{e(_absent(summary, name))}</i></p>"
 
-    parts = [f'<div style="font-family:Arial,Helvetica,sans-serif;color:#222">',
+    parts = ['<div style="font-family:Arial,Helvetica,sans-serif;color:#222">',
              f"<h2 style=\"font-size:18px\">{e(subject)}</h2>", "<h3>Data received</h3>"]
     fetch = summary["fetch"]
     if fetch is None:

@@ -18,6 +18,7 @@ project spells out these columns or their types; import them from here.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -138,24 +139,53 @@ def canonical_ids(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     ids, not rows. Returns (ids, problem) where problem is "" for a good id, "missing" or "invalid"
     (a categorical: compare it with those strings).
     """
+    ids = encode_ids(values)
+    problem = pd.Series(pd.Categorical.from_codes(ids.problems(), categories=ID_PROBLEMS),
+                        index=values.index)
+    return _str_series(ids.take(), values.index), problem
+
+
+ID_PROBLEMS = ("", "missing", "invalid")  # the codes of Encoded.problem
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A column as its distinct canonical values and each row's position among them:
+    values.take(slots) is the column. Callers that keep only some rows take once, at the end."""
+
+    values: pa.Array  # canonical text of each distinct value, null where unusable, then one null
+    slots: np.ndarray  # per row: its position in values (source nulls: the last one)
+    problem: np.ndarray | None = None  # ids: per distinct value, an index into ID_PROBLEMS
+
+    def take(self, rows: np.ndarray | None = None) -> pa.Array:
+        return self.values.take(self.slots if rows is None else self.slots[rows])
+
+    def problems(self) -> np.ndarray:
+        """Per row: an index into ID_PROBLEMS."""
+        return self.problem[self.slots]
+
+
+def encode_ids(values: pd.Series) -> Encoded:
+    """canonical_ids, encoded (see Encoded)."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     text = _ids_as_text(pd.Series(uniques))
     folded = text.str.lower()
     missing = text.isna() | folded.isin(_NULL_TOKENS)
     valid = ~missing & text.str.fullmatch(_ID_PATTERN).fillna(False).astype(bool)
-    problem_u = np.where(missing, 1, np.where(valid, 0, 2)).astype(np.int8)
-    # Sentinel -1 (a null in the source) -> the appended last slot: no id, "missing".
-    slots = np.where(codes < 0, len(uniques), codes)
-    ids_u = pa.array(text.where(valid).to_numpy(dtype=object), type=pa.string(), from_pandas=True)
-    ids = _str_series(pa.concat_arrays([ids_u, pa.nulls(1, pa.string())]).take(slots),
-                      values.index)
-    problem = pd.Series(pd.Categorical.from_codes(np.append(problem_u, 1)[slots],
-                                                  categories=_ID_PROBLEMS),
-                        index=values.index)
-    return ids, problem
+    problem = np.where(missing, 1, np.where(valid, 0, 2)).astype(np.int8)
+    return Encoded(values=_with_null(pa.array(text.where(valid).array, type=pa.string())),
+                   slots=_slots(codes, len(uniques)), problem=np.append(problem, np.int8(1)))
 
 
-_ID_PROBLEMS = ("", "missing", "invalid")
+def _slots(codes: np.ndarray, n_uniques: int) -> np.ndarray:
+    # pandas' null sentinel -1 -> the null appended after the distinct values.
+    return np.where(codes < 0, n_uniques, codes)
+
+
+def _with_null(distinct: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(distinct, pa.ChunkedArray):
+        distinct = distinct.combine_chunks()
+    return pa.concat_arrays([distinct, pa.nulls(1, distinct.type)])
 
 
 def _str_series(array: pa.Array | pa.ChunkedArray, index: pd.Index) -> pd.Series:
@@ -179,15 +209,19 @@ def _ids_as_text(uniques: pd.Series) -> pd.Series:
 def canonical_event_types(values: pd.Series, table_aliases: dict[str, str] | None = None
                           ) -> pd.Series:
     """Map source spellings to EVENT_TYPES; unknown spellings become NA. Works on distinct values."""
+    return _str_series(encode_event_types(values, table_aliases).take(), values.index)
+
+
+def encode_event_types(values: pd.Series, table_aliases: dict[str, str] | None = None
+                       ) -> Encoded:
+    """canonical_event_types, encoded (see Encoded)."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     folded = (pd.Series(uniques, dtype="str").str.strip().str.lower()
               .str.replace(r"[\s\-]+", "_", regex=True))
     aliases = {**EVENT_TYPE_ALIASES, **{k.lower(): v for k, v in (table_aliases or {}).items()}}
     mapped = pa.array(folded.map(aliases).to_numpy(dtype=object), type=pa.string(),
                       from_pandas=True)
-    slots = np.where(codes < 0, len(uniques), codes)
-    return _str_series(pa.concat_arrays([mapped, pa.nulls(1, pa.string())]).take(slots),
-                       values.index)
+    return Encoded(values=_with_null(mapped), slots=_slots(codes, len(uniques)))
 
 
 # Well-formed ISO 8601 date-times that Arrow's strict parser reads exactly as pandas does (Arrow
@@ -195,21 +229,26 @@ def canonical_event_types(values: pd.Series, table_aliases: dict[str, str] | Non
 _ISO_ZONED = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d(:?\d\d)?)$"
 _ISO_NAIVE = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?$"
 _EPOCH_TEXT = r"^-?\d+(\.\d+)?$"
-_NAT = np.iinfo(np.int64).min
+NAT = np.iinfo(np.int64).min  # "no time" in timestamp_micros
 
 
 def canonical_timestamps(values: pd.Series) -> pd.Series:
     """Parse event times of mixed forms into UTC: epoch seconds, epoch milliseconds (numbers or
     numeric text; told apart by magnitude), ISO 8601 strings with or without a zone (no zone
     means UTC), and native datetimes. Unparseable values become NaT."""
+    return _micros_series(timestamp_micros(values), values.index)
+
+
+def timestamp_micros(values: pd.Series) -> np.ndarray:
+    """canonical_timestamps as int64 microseconds since the epoch, NAT (int64 min) for none."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(values.dtype):
-        return values.dt.tz_localize("UTC").astype("datetime64[us, UTC]")
+        return pd.DatetimeIndex(values.astype("datetime64[us]")).asi8
     if pd.api.types.is_numeric_dtype(values.dtype):
-        return _from_epoch(values.astype("float64"))
+        return _epoch_micros(values.to_numpy(dtype="float64", na_value=np.nan))
     text = trimmed_text(values)
-    micros = np.full(len(text), _NAT, dtype=np.int64)
+    micros = np.full(len(text), NAT, dtype=np.int64)
     # The common forms go through Arrow's vectorised parsers; each step sees only the rows the
     # ones before it left, so a clean column costs one regex and one cast.
     rows = np.flatnonzero(np.asarray(text.is_valid()))
@@ -231,7 +270,7 @@ def canonical_timestamps(values: pd.Series) -> pd.Series:
         micros[rows[match]] = parsed[match]
         left = np.flatnonzero(~match)
         rows, rest = rows[left], rest.take(pa.array(left))
-    return _micros_series(micros, values.index)
+    return micros
 
 
 def trimmed_text(values: pd.Series) -> pa.Array:
@@ -239,7 +278,30 @@ def trimmed_text(values: pd.Series) -> pa.Array:
     text = values if values.dtype == "str" else values.astype("str")
     arrow = pa.array(text.array)
     arrow = arrow.combine_chunks() if isinstance(arrow, pa.ChunkedArray) else arrow
-    return pc.utf8_trim_whitespace(arrow.cast(pa.large_string()))
+    arrow = arrow.cast(pa.large_string())
+    # Trimming copies every string (user agents are long); most columns need none.
+    return pc.utf8_trim_whitespace(arrow) if _may_need_trim(arrow) else arrow
+
+
+# Bytes that may start or end whitespace: ASCII controls and space, and any byte of a multi-byte
+# character (some are Unicode spaces). A string edged by none of them needs no trim.
+_EDGE_BYTES = np.zeros(256, dtype=bool)
+_EDGE_BYTES[:0x21] = True
+_EDGE_BYTES[0x80:] = True
+
+
+def _may_need_trim(text: pa.LargeStringArray) -> bool:
+    """Whether any string starts or ends with a possible whitespace byte: a look at two bytes
+    per string in Arrow's buffers, instead of a trimmed copy of the column."""
+    _, offsets, data = text.buffers()
+    if data is None or len(text) == 0:
+        return False
+    offsets = np.frombuffer(offsets, dtype=np.int64)[text.offset:text.offset + len(text) + 1]
+    starts, ends = offsets[:-1], offsets[1:]
+    filled = ends > starts
+    data = np.frombuffer(data, dtype=np.uint8)
+    first, last = data[starts[filled]], data[ends[filled] - 1]
+    return bool(_EDGE_BYTES[first].any() or _EDGE_BYTES[last].any())
 
 
 def _parse_iso_zoned(text: pa.Array) -> np.ndarray:
@@ -274,11 +336,11 @@ def _parse_iso_pandas(text: pa.Array) -> np.ndarray:
 
 
 def _arrow_micros(stamps: pa.Array) -> np.ndarray:
-    return np.asarray(pc.fill_null(stamps.cast(pa.int64()), _NAT))
+    return np.asarray(pc.fill_null(stamps.cast(pa.int64()), NAT))
 
 
 def _micros_series(micros: np.ndarray, index: pd.Index) -> pd.Series:
-    """int64 microseconds since the epoch (_NAT for none) -> datetime64[us, UTC] Series."""
+    """int64 microseconds since the epoch (NAT for none) -> datetime64[us, UTC] Series."""
     stamps = pd.DatetimeIndex(micros.view("datetime64[us]")).tz_localize("UTC")
     return pd.Series(stamps, index=index)
 
@@ -288,12 +350,7 @@ def _epoch_micros(numbers: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         micros = np.where(np.abs(numbers) >= 1e11, numbers * 1_000, numbers * 1_000_000)
         usable = np.isfinite(micros) & (np.abs(micros) < 2**62)
-        return np.where(usable, np.round(np.where(usable, micros, 0)), _NAT).astype(np.int64)
-
-
-def _from_epoch(numbers: pd.Series) -> pd.Series:
-    return _micros_series(_epoch_micros(numbers.to_numpy(dtype="float64", na_value=np.nan)),
-                          numbers.index)
+        return np.where(usable, np.round(np.where(usable, micros, 0)), NAT).astype(np.int64)
 
 
 def derive_event_ids(events: pd.DataFrame) -> pd.Series:

@@ -107,14 +107,6 @@ def git_info(cwd: Path | str = ".") -> dict[str, str]:
             "git.dirty": "unknown" if dirty is None else str(bool(dirty)).lower()}
 
 
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dvc_md5(path: Path | str) -> str | None:
     """The md5 DVC 3 records in dvc.lock for a file or a directory (directories end in ".dir").
 
@@ -123,10 +115,10 @@ def dvc_md5(path: Path | str) -> str | None:
     """
     path = Path(path)
     if path.is_file():
-        return _file_md5(path)
+        return P.file_md5(path)
     if not path.is_dir():
         return None
-    entries = sorted(({"md5": _file_md5(f), "relpath": f.relative_to(path).as_posix()}
+    entries = sorted(({"md5": P.file_md5(f), "relpath": f.relative_to(path).as_posix()}
                       for f in path.rglob("*") if f.is_file()), key=lambda e: e["relpath"])
     blob = json.dumps(entries, sort_keys=True).encode("utf-8")
     return hashlib.md5(blob).hexdigest() + ".dir"

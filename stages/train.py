@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import scipy.sparse as sp
 from stages import artifacts
 from stages import confidence as C
 from stages import params as P
+from stages.params import file_md5  # noqa: F401  (re-exported: callers use it from here)
 from stages import schema as S
 
 CLEAN_FILE = Path("data/clean/events.parquet")
@@ -187,14 +187,6 @@ def read_events(path: Path = CLEAN_FILE, columns: list[str] | None = None) -> pa
         return table.cast(pa.schema([S.EVENT_SCHEMA.field(n) for n in columns]))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
         raise P.ConfigError(f"{path}: not canonical events ({err})") from None
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def window_end(params: dict[str, Any]) -> dt.datetime:

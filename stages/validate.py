@@ -7,7 +7,7 @@
 
 Outputs
     metrics/validation.json            every expectation: pass/fail, severity, observed, expected
-    reports/validation/DATE.html       the run's report (self-contained, no CDN), index.html = latest
+    reports/validation/DATE.html       the run's report (self-contained, no CDN); index.html: latest
     data/rejections.json               the rejection ledger (see stages/rejections.py)
 
 Suites (written in code below, thresholds and severities from params.yaml `validate:`):
@@ -23,7 +23,8 @@ Suites (written in code below, thresholds and severities from params.yaml `valid
 A failing expectation of severity `fail` on the delta rejects the day (run.date - 1) in the ledger
 and the stage exits 1 with a short summary, so `dvc repro` stops here: nothing downstream runs and
 yesterday's published lists stay served. A failing `fail` expectation on the window also exits 1
-(the history itself is damaged; no day is rejected automatically). `warn` failures are reported only.
+(the history itself is damaged; no day is rejected automatically). `warn` failures are only
+reported.
 
 Great Expectations takes seconds to import, so it is imported inside run_suites() only.
 """
@@ -34,7 +35,6 @@ import argparse
 import datetime as dt
 import getpass
 import html
-import json
 import logging
 import math
 import sys
@@ -47,7 +47,6 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stages import params as P
@@ -207,7 +206,8 @@ def delta_suites(cfg: Settings, delta: pd.DataFrame, quarantine_reasons: pd.Seri
     c = cfg.checks
     plan: list[Planned] = [
         Planned("delta.columns", "columns",
-                lambda x: x.ExpectTableColumnsToMatchSet(column_set=list(S.COLUMNS), exact_match=True),
+                lambda x: x.ExpectTableColumnsToMatchSet(column_set=list(S.COLUMNS),
+                                                         exact_match=True),
                 f"exactly {list(S.COLUMNS)}"),
     ]
     for f in S.EVENT_SCHEMA:
@@ -276,7 +276,8 @@ def delta_suites(cfg: Settings, delta: pd.DataFrame, quarantine_reasons: pd.Seri
     fetched = pd.DataFrame({"quarantine_reason": pd.concat(
         [pd.Series("", index=range(len(delta)), dtype="str"), quarantine_reasons.astype("str")],
         ignore_index=True)})
-    return [Suite("delta", delta, plan), Suite("delta_day", in_day.reset_index(drop=True), day_plan),
+    return [Suite("delta", delta, plan),
+            Suite("delta_day", in_day.reset_index(drop=True), day_plan),
             Suite("fetch", fetched, fetch_plan)]
 
 
@@ -355,10 +356,10 @@ def _outcome(suite: Suite, p: Planned, r, cfg: Settings) -> Outcome:
     out = Outcome(suite=suite.name, name=p.name, check=p.check, severity=cfg.severity(p.check),
                   success=bool(r.success), observed=None, expected=p.expected, note=p.skipped)
     if r.exception_info and not res:
-        errors = [v.get("exception_message") for v in r.exception_info.values()
-                  if isinstance(v, dict)] if isinstance(r.exception_info, dict) else []
-        message = next((e for e in errors if e), None) or \
-            (r.exception_info.get("exception_message") if isinstance(r.exception_info, dict) else "")
+        info = r.exception_info if isinstance(r.exception_info, dict) else {}
+        # Keyed by metric for a failed metric, or flat: the first message either way.
+        errors = [v.get("exception_message") for v in info.values() if isinstance(v, dict)]
+        message = next((e for e in errors if e), None) or info.get("exception_message", "")
         out.success, out.observed = False, f"could not evaluate: {_short(message)}"
         return out
     if "observed_value" in res:
@@ -580,7 +581,7 @@ td.mono,code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;fo
 def render_html(cfg: Settings, v: Verdict, others: list[str]) -> str:
     e = html.escape
     rows = []
-    for o in v.outcomes:
+    for o in sorted(v.outcomes, key=lambda o: o.success):  # failures first, else in suite order
         cls = "" if o.success else ("fail" if o.severity == "fail" else "warn")
         result = "pass" if o.success else ("FAIL" if o.severity == "fail" else "warn")
         note = f"<br><span class=muted>{e(o.note)}</span>" if o.note else ""
@@ -609,13 +610,14 @@ def render_html(cfg: Settings, v: Verdict, others: list[str]) -> str:
                    f"python -m stages.validate admit {cfg.day} --by NAME --note \"why it is fine\""
                    f"\ndvc repro</code></pre>")
     links = " &middot; ".join(f"<a href='{e(n)}.html'>{e(n)}</a>" for n in others) or "none"
+    left_out = e(", ".join(v.excluded_days)) or "none"
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>validation {cfg.run_date}</title>
 <style>{CSS}</style></head><body>
 <h1>Data validation, run.date {cfg.run_date} <span class='badge {v.status}'>{v.status}</span></h1>
-<p class=muted>Delta: {v.delta_events:,} events (day {cfg.day}). Training window: {len(v.window_days)}
-trusted days, {v.window_events:,} events. Left out (rejected): {e(', '.join(v.excluded_days)) or
-'none'}. Took {v.seconds:.1f} s.</p>
+<p class=muted>Delta: {v.delta_events:,} events (day {cfg.day}). Training window:
+{len(v.window_days)} trusted days, {v.window_events:,} events. Left out (rejected): {left_out}.
+Took {v.seconds:.1f} s.</p>
 {actions}
 <h2>Expectations</h2>
 <table><tr><th>expectation</th><th>severity</th><th>result</th><th>observed</th><th>expected</th>

@@ -135,7 +135,8 @@ def test_behaviour_names_the_limit_each_bot_broke(result):
     assert by_limit == {"max_events_per_day": 1, "max_events_per_minute": 1,
                         "max_distinct_items_per_day": 1}
     top = {t["user_id"]: t for t in result.details["behaviour"]["top_users"]}
-    assert top["6001"]["peak_events_per_minute"] == 80 and top["6002"]["max_events_per_day"] == 10200
+    assert top["6001"]["peak_events_per_minute"] == 80
+    assert top["6002"]["max_events_per_day"] == 10200
 
 
 def test_internal_rule_by_id_range_list_and_network(window, result):
@@ -160,7 +161,8 @@ def test_min_support_is_off_by_default_and_works_when_set(window, result):
     assert removed_actors(actor, on.removed_by["min_support"]) == {"single": 1}
     on = FN.apply_rules(w, settings(**{"min_support.min_item_events": 2}))
     removed = on.removed_by["min_support"]
-    assert "single" in removed_actors(actor, removed) and not removed[np.isin(actor, ["heavy"])].any()
+    assert "single" in removed_actors(actor, removed)
+    assert not removed[np.isin(actor, ["heavy"])].any()
 
 
 def test_disabled_rules_remove_nothing(window):

@@ -157,6 +157,25 @@ def test_non_finite_and_out_of_range_epochs_are_nat():
     assert as_list(ts) == [None, None, None, NOON]
 
 
+# --- text --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values, expected", [
+    (["a", "b c", None, ""], ["a", "b c", None, ""]),  # nothing to trim: returned as is
+    ([" a", "b\t", "\nc\r"], ["a", "b", "c"]),
+    (["a\u00a0", "\u3000b", "é ", " ü"], ["a", "b", "é", "ü"]),  # Unicode spaces, accents
+    (["x\ty", "\u00e9t\u00e9"], ["x\ty", "\u00e9t\u00e9"]),  # inner whitespace and non-ASCII kept
+])
+def test_text_is_trimmed_at_both_ends_only(values, expected):
+    assert S.trimmed_text(pd.Series(values, dtype="str")).to_pylist() == expected
+    assert S.trimmed_text(pd.Series(values, dtype=object)).to_pylist() == expected
+
+
+def test_trimming_a_slice_of_a_column_sees_only_the_slice():
+    column = pd.Series([" a ", "b", "c ", "d"], dtype="str")
+    assert S.trimmed_text(column.iloc[1:3]).to_pylist() == ["b", "c"]
+    assert S.trimmed_text(column.iloc[3:]).to_pylist() == ["d"]
+
+
 # --- event types -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spelling, canonical", [

@@ -159,8 +159,9 @@ def test_each_window_expectation_fails_on_its_bad_batch(cfg, good_window, name):
 def _setup(tmp_path, monkeypatch, delta, params=None, history_days=7):
     monkeypatch.chdir(tmp_path)
     days = [RUN - dt.timedelta(days=k) for k in range(history_days + 1, 1, -1)]
-    F.write_history(tmp_path / "data/history",
-                    pd.concat([F.day_events(d, n=400) for d in days], ignore_index=True))
+    if days:
+        F.write_history(tmp_path / "data/history",
+                        pd.concat([F.day_events(d, n=400) for d in days], ignore_index=True))
     # merge_history has already added the delta's day to the history when validate runs.
     F.write_history(tmp_path / "data/history", delta[delta["ts"] >= pd.Timestamp(DAY, tz="UTC")])
     F.write_delta(tmp_path / "data/delta", delta)
@@ -236,7 +237,8 @@ def test_admit_refuses_a_day_that_is_not_rejected(tmp_path, monkeypatch, capsys)
     assert V.main(["admit", "20-11-2026", "--note", "x"]) == 2
 
 
-def test_rerun_that_passes_lifts_validates_own_rejection_only(tmp_path, monkeypatch, good_delta):
+def test_rerun_that_passes_lifts_validates_own_rejection_only(tmp_path, monkeypatch, good_delta,
+                                                             capsys):
     bad = good_delta[good_delta["ts"] < pd.Timestamp("2026-11-20T06:00Z")]
     _setup(tmp_path, monkeypatch, bad)
     assert V.main([]) == 1
@@ -245,7 +247,11 @@ def test_rerun_that_passes_lifts_validates_own_rejection_only(tmp_path, monkeypa
     assert V.main([]) == 0
     assert "2026-11-20" not in R.load(tmp_path / "data/rejections.json")["days"]
     # A person's rejection is not lifted by a passing run.
+    capsys.readouterr()
     assert V.main(["reject", "2026-11-20", "--by", "bob", "--note", "bot storm seen later"]) == 0
+    assert "2026-11-20 rejected by bob" in capsys.readouterr().out
+    assert V.main(["status"]) == 0
+    assert "2026-11-20  rejected  bob  bot storm seen later" in capsys.readouterr().out
     assert V.main([]) == 0
     report = json.loads((tmp_path / "metrics/validation.json").read_text())
     assert report["rejected_days"] == ["2026-11-20"]
@@ -276,6 +282,15 @@ def test_window_failure_fails_without_rejecting_a_day(tmp_path, monkeypatch, goo
     err = capsys.readouterr().err
     assert "the training window itself fails" in err and "window.event_id_unique" in err
     assert R.load(tmp_path / "data/rejections.json")["days"] == {}
+
+
+def test_first_day_rejected_leaves_an_empty_window(tmp_path, monkeypatch, good_delta, capsys):
+    bad = good_delta[good_delta["ts"] < pd.Timestamp("2026-11-20T06:00Z")]
+    _setup(tmp_path, monkeypatch, bad, history_days=0)  # the very first run: no history before
+    assert V.main([]) == 1
+    err = capsys.readouterr().err
+    assert "day 2026-11-20 is REJECTED" in err
+    assert "the training window holds no trusted event" in err and "[FAIL] window.events" in err
 
 
 def test_report_reads_offline(tmp_path, monkeypatch, good_delta):

@@ -20,7 +20,6 @@ failed).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from stages.params import file_md5  # noqa: F401  (also used by the remote tests)
 
 IDENTICAL, DIFFERENT, FAILED = 0, 1, 2
 # Tags the train stage puts on its MLflow run (see docs/reproducibility.md); the first is the
@@ -113,14 +114,6 @@ def recorded_hash(lock: dict, stage: str, path: str) -> str:
         if out["path"] == path:
             return out["md5"]
     raise ReproduceError(f"dvc.lock: stage {stage!r} records no output {path!r}")
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dir_manifest(cache: Path, dir_hash: str) -> dict[str, str] | None:
