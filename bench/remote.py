@@ -6,7 +6,9 @@ A throwaway copy of the project simulates the demo's traffic, runs fetch_delta -
 day at a time and pushes after each day to the three remotes: the local folder, GCS
 (gcp-storage-emulator) and Azure (Azurite). Bytes pushed are measured on the remote itself: the
 objects that appeared there, by size. The history is partitioned by day and DVC hashes a directory
-file by file, so a push should carry the partitions the day's run rewrote, not the whole history.
+file by file, and merge_history never rewrites a file an earlier run wrote (late events go to a
+small arrived-<run>.parquet beside their day's file), so a push should carry the new day's file and
+the late arrivals, not the whole history.
 """
 
 from __future__ import annotations
@@ -64,15 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             "objects.\n\n"
             + markdown_table(header, rows) + "\n\n"
             f"On the last day the push carried {last[6]:.2f} MB of history out of {last[2]:.2f} MB "
-            f"({last[7]}), against {last[8]:.2f} MB for the new day's file alone: it carries the "
-            "partitions that day's run rewrote, not the whole history. A run rewrites the new "
-            "day's partition and also the one or two days before it, because events written up "
-            "to ~30 hours late land in their own event day and merge_history rewrites that day's "
-            f"file whole ({last[5]:,} late rows on the last day). So the upload is two to three "
-            "days' files: bounded by the lateness window, independent of history.days (365), but "
-            "not one day's file. Writing late arrivals to a separate small file per run inside "
-            "the old day's partition would keep old files immutable and cut the push to the new "
-            "day's file plus a few KB. \"all MB pushed\" adds the day's delta and quarantine.\n")
+            f"({last[7]}), against {last[8]:.2f} MB for the new day's file alone. The "
+            f"{last[5]:,} late rows that reached older days on the last day went to small "
+            "arrived-<run.date>.parquet files beside those days' files, which stay untouched and "
+            f"are not pushed again: the upload is one day's file plus {last[6] - last[8]:.2f} MB of "
+            "late arrivals, whatever history.days (365) is. \"all MB pushed\" adds the day's delta and quarantine.\n")
     publish("remote", "DVC push after a daily run: bytes pushed vs history size", body)
     return 0
 

@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from stages import params as P
 from stages import rejections as R
 from stages import schema as S
-from stages.merge_history import HISTORY_DIR, partition_days, partition_path
+from stages.merge_history import HISTORY_DIR, partition_days, partition_files
 
 CLEAN_DIR = Path("data/clean")
 CLEAN_FILE = CLEAN_DIR / "events.parquet"
@@ -231,8 +231,7 @@ def read_window(history: Path, days: list[dt.date]) -> Window:
     dict_schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
                              if f.name in DICTIONARY_COLUMNS else f for f in S.EVENT_SCHEMA])
     tables = []
-    for d in days:  # a loop over days, not events
-        path = partition_path(history, d)
+    for path in (p for d in days for p in partition_files(history, d)):  # files, not events
         try:
             t = pq.read_table(path, read_dictionary=DICTIONARY_COLUMNS)
             tables.append(t.select(list(S.COLUMNS)).cast(dict_schema))

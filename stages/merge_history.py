@@ -1,14 +1,19 @@
 """merge_history: add the day's delta to the rolling, day-partitioned history.
 
     data/history/day=YYYY-MM-DD/events.parquet   canonical events of that event day, sorted by
-                                                 (ts, event_id), unique on event_id
+                                                 (ts, event_id), as the day's own run wrote them
+    data/history/day=YYYY-MM-DD/arrived-R.parquet  events of that day fetched by another run, the
+                                                 one for run.date R (late writes, lookback re-reads,
+                                                 a few minutes early by clock skew)
     data/quarantine/date=YYYY-MM-DD.parquet      each run's quarantined rows, kept beside history
     metrics/history.json                         days, rows, and what this run added
 
-Only the partitions of the days the delta touches are read and rewritten (usually one, plus a few
-late events' days), so the cost follows the day's size, not the history's. Re-running a day adds
-nothing: events deduplicate on event_id, existing rows first. Partitions older than history.days
-before run.date are removed. Writes go to a temp file and are renamed into place.
+Only the partitions of the days the delta touches are read (usually one, plus a few late events'
+days), so the cost follows the day's size, not the history's. A day's files are never rewritten
+by another run: late events go to a small file of their own beside them, so `dvc push` uploads
+the new day's file and about a hundred KB of late arrivals, not every day late events touched.
+Events are unique on event_id across a day's files; re-running a day adds nothing (existing rows
+win). Partitions older than history.days before run.date are removed. Writes go to a temp file and are renamed into place.
 """
 
 from __future__ import annotations
@@ -31,10 +36,24 @@ HISTORY_DIR = Path("data/history")
 QUARANTINE_DIR = Path("data/quarantine")
 METRICS_FILE = Path("metrics/history.json")
 PARTITION_FILE = "events.parquet"
+ARRIVED_PREFIX = "arrived-"
 
 
 def partition_path(history: Path, day: dt.date) -> Path:
+    """The day's own file, written by the run for the day after it."""
     return history / f"day={day.isoformat()}" / PARTITION_FILE
+
+
+def partition_files(history: Path, day: dt.date) -> list[Path]:
+    """Every file of a day's partition: its own file first, then other runs' arrivals by run date."""
+    folder = history / f"day={day.isoformat()}"
+    own = folder / PARTITION_FILE
+    return ([own] if own.exists() else []) + sorted(folder.glob(f"{ARRIVED_PREFIX}*.parquet"))
+
+
+def partition_rows(history: Path, day: dt.date) -> int:
+    """Events in a day's partition, from the Parquet footers only."""
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in partition_files(history, day))
 
 
 def partition_days(history: Path) -> list[dt.date]:
@@ -49,7 +68,8 @@ def partition_days(history: Path) -> list[dt.date]:
 
 def read_window(history: Path, first: dt.date, last: dt.date, columns=None) -> pa.Table:
     """Events of the days first..last (inclusive) as one canonical Arrow table."""
-    paths = [partition_path(history, d) for d in partition_days(history) if first <= d <= last]
+    paths = [p for d in partition_days(history) if first <= d <= last
+             for p in partition_files(history, d)]
     if not paths:
         return S.EVENT_SCHEMA.empty_table() if columns is None else \
             S.EVENT_SCHEMA.empty_table().select(columns)
@@ -58,21 +78,30 @@ def read_window(history: Path, first: dt.date, last: dt.date, columns=None) -> p
     return table if columns is None else table.select(columns)
 
 
-def merge_day(history: Path, day: dt.date, new: pa.Table) -> tuple[int, int]:
-    """Merge new events into one day's partition; returns (rows added, duplicates skipped)."""
-    path = partition_path(history, day)
-    old = S.conform(pq.read_table(path)) if path.exists() else S.EVENT_SCHEMA.empty_table()
-    both = pa.concat_tables([old, new]).to_pandas()
-    merged = both.drop_duplicates("event_id", keep="first")  # existing rows win
-    added = len(merged) - old.num_rows
-    if added == 0 and path.exists():
-        return 0, len(new)
+def merge_day(history: Path, day: dt.date, new: pa.Table, run_day: dt.date) -> tuple[int, int]:
+    """Merge new events into one day's partition; returns (rows added, duplicates skipped).
+
+    Each run writes only its own file: the run for the day after `day` writes the day's own file,
+    any other run writes arrived-<run.date>.parquet beside it. Files written by other runs stay
+    untouched, so they are not pushed again; re-running a run.date rewrites only its own file."""
+    files = partition_files(history, day)
+    known = pa.concat_tables([pq.read_table(p, columns=["event_id"]) for p in files]) \
+        if files else pa.table({"event_id": pa.array([], pa.string())})
+    target = partition_path(history, day) if run_day == day + dt.timedelta(days=1) \
+        else history / f"day={day.isoformat()}" / f"{ARRIVED_PREFIX}{run_day.isoformat()}.parquet"
+    fresh = new.filter(pc.invert(pc.is_in(new["event_id"], value_set=known["event_id"])))
+    if fresh.num_rows == 0:
+        return 0, new.num_rows
+    existing = S.conform(pq.read_table(target)) if target.exists() else S.EVENT_SCHEMA.empty_table()
+    merged = pa.concat_tables([existing, fresh]).to_pandas()
+    merged = merged.drop_duplicates("event_id", keep="first")
+    added = len(merged) - existing.num_rows
     merged = merged.sort_values(["ts", "event_id"], kind="stable")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".parquet.tmp")
     pq.write_table(S.to_table(merged), tmp)
-    tmp.replace(path)
-    return added, len(new) - added
+    tmp.replace(target)
+    return added, new.num_rows - added
 
 
 def merge(params: dict, delta: Path = EVENTS_FILE, history: Path = HISTORY_DIR) -> dict:
@@ -86,14 +115,14 @@ def merge(params: dict, delta: Path = EVENTS_FILE, history: Path = HISTORY_DIR) 
     for d in pc.unique(event_day).to_pylist():  # a loop over days, not rows
         if d < oldest:
             continue  # fetch quarantines these as ts:too_old; never resurrect them
-        rows, dups = merge_day(history, d, events.filter(pc.equal(event_day, pa.scalar(d))))
+        rows, dups = merge_day(history, d, events.filter(pc.equal(event_day, pa.scalar(d))), day)
         added[d.isoformat()] = rows
         duplicates += dups
     removed = [d.isoformat() for d in partition_days(history) if d < oldest]
     for d in removed:
         shutil.rmtree(history / f"day={d}")
     days = partition_days(history)
-    rows = sum(pq.ParquetFile(partition_path(history, d)).metadata.num_rows for d in days)
+    rows = sum(partition_rows(history, d) for d in days)
     return {
         "run_date": day.isoformat(),
         "days": len(days),

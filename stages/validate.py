@@ -53,7 +53,7 @@ from stages import params as P
 from stages import rejections as R
 from stages import schema as S
 from stages.fetch_delta import EVENTS_FILE, QUARANTINE_FILE
-from stages.merge_history import HISTORY_DIR, partition_days, partition_path
+from stages.merge_history import HISTORY_DIR, partition_days, partition_files, partition_rows
 
 METRICS_FILE = Path("metrics/validation.json")
 REPORT_DIR = Path("reports/validation")
@@ -408,7 +408,7 @@ def trailing_volumes(cfg: Settings, history: Path, excluded: set[dt.date]) -> li
     n = cfg.checks["volume"]["trailing_days"]
     first = cfg.day - dt.timedelta(days=n)
     days = [d for d in partition_days(history) if first <= d < cfg.day and d not in excluded]
-    return [pq.ParquetFile(partition_path(history, d)).metadata.num_rows for d in days]
+    return [partition_rows(history, d) for d in days]
 
 
 def read_window(history: Path, days: list[dt.date]) -> pd.DataFrame:
@@ -416,8 +416,7 @@ def read_window(history: Path, days: list[dt.date]) -> pd.DataFrame:
     cols = ["event_id", "user_id", "item_id", "event_type", "ts"]
     schema = pa.schema([S.EVENT_SCHEMA.field(c) for c in cols])
     tables = []
-    for d in days:  # a loop over days, not rows
-        path = partition_path(history, d)
+    for path in (p for d in days for p in partition_files(history, d)):  # files, not rows
         try:
             tables.append(pq.read_table(path, columns=cols).cast(schema))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:

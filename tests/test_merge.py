@@ -54,21 +54,26 @@ def lake(tmp_path):
 
 def test_late_events_land_once_in_their_own_day(lake):
     first = lake.run(M.RUN1)
+    own_file = H.partition_path(lake.history, M.DAY1).read_bytes()
     second = lake.run(M.RUN2)
     assert (first["days"], second["days"]) == (1, 2)
     # DAY1 gets the late web event (legacy 301, read again, is already there)
     assert second["added_by_day"] == {"2026-11-14": 1, "2026-11-15": 12}
-    day1 = S.to_frame(pq.read_table(H.partition_path(lake.history, M.DAY1)))
-    assert "web_events:w-late" in set(day1["event_id"])
+    # ... in a file of its own: the file run 1 wrote is untouched (so it is not pushed again)
+    assert H.partition_path(lake.history, M.DAY1).read_bytes() == own_file
+    arrived = H.partition_files(lake.history, M.DAY1)[1:]
+    assert [p.name for p in arrived] == [f"arrived-{M.RUN2.isoformat()}.parquet"]
+    assert set(S.to_frame(pq.read_table(arrived[0]))["event_id"]) == {"web_events:w-late"}
     events = lake.events()
     assert events["event_id"].is_unique
     assert (events["event_id"] == "web_events:w-late").sum() == 1
     assert len(events) == second["rows"] == 3 + 14 - 1  # DAY1's 3, DAY2's 14, one overlap
-    # every partition holds its own day only, sorted by (ts, event_id)
+    # every partition holds its own day only, each file sorted by (ts, event_id)
     for day in H.partition_days(lake.history):
-        part = S.to_frame(pq.read_table(H.partition_path(lake.history, day)))
-        assert (part["ts"].dt.date == day).all()
-        assert part.equals(part.sort_values(["ts", "event_id"], ignore_index=True))
+        for path in H.partition_files(lake.history, day):
+            part = S.to_frame(pq.read_table(path))
+            assert (part["ts"].dt.date == day).all()
+            assert part.equals(part.sort_values(["ts", "event_id"], ignore_index=True))
 
 
 def test_the_lookback_overlap_is_absorbed_by_dedup(lake):
@@ -88,7 +93,7 @@ def test_rerunning_a_day_changes_nothing_byte_for_byte(lake):
     older = lake.run(M.RUN1)  # an older day re-run after a newer one
     assert older["added"] == 0
     assert lake.snapshot() == before
-    assert len(before) == 4  # two partitions and two quarantine files
+    assert len(before) == 5  # two days (one with a late arrival) and two quarantine files
 
 
 def test_an_empty_day_adds_nothing(lake):
@@ -122,8 +127,8 @@ def canonical_day(day: dt.date, n: int, prefix: str = "e") -> pa.Table:
 
 def test_partitions_older_than_history_days_are_removed(lake):
     for offset in range(1, 15):  # 2026-11-01 .. 2026-11-14
-        H.merge_day(lake.history, dt.date(2026, 11, offset), canonical_day(
-            dt.date(2026, 11, offset), 3))
+        day = dt.date(2026, 11, offset)
+        H.merge_day(lake.history, day, canonical_day(day, 3), day + dt.timedelta(days=1))
     lake.archive.mkdir()
     for day in ("2026-11-01", "2026-11-12", "2026-11-13"):
         pq.write_table(S.QUARANTINE_SCHEMA.empty_table(), lake.archive / f"date={day}.parquet")
@@ -137,8 +142,9 @@ def test_partitions_older_than_history_days_are_removed(lake):
         3, "2026-11-13", "2026-11-15")
     assert sorted(p.name for p in lake.archive.iterdir()) == [
         "date=2026-11-13.parquet", "date=2026-11-16.parquet"]
-    assert metrics["rows"] == sum(pq.ParquetFile(H.partition_path(lake.history, d)).metadata
-                                  .num_rows for d in H.partition_days(lake.history))
+    assert metrics["rows"] == sum(pq.ParquetFile(p).metadata.num_rows
+                                  for d in H.partition_days(lake.history)
+                                  for p in H.partition_files(lake.history, d))
 
 
 def test_ancient_events_are_quarantined_and_never_resurrected(lake):
@@ -163,9 +169,12 @@ def test_ancient_events_are_quarantined_and_never_resurrected(lake):
 def test_existing_rows_win_over_a_changed_copy_of_the_same_event(tmp_path):
     day = dt.date(2026, 11, 15)
     original = canonical_day(day, 2)
-    H.merge_day(tmp_path, day, original)
+    run = day + dt.timedelta(days=1)
+    H.merge_day(tmp_path, day, original, run)
     changed = S.to_frame(original).assign(item_id="changed")
-    added, skipped = H.merge_day(tmp_path, day, S.to_table(changed))
+    added, skipped = H.merge_day(tmp_path, day, S.to_table(changed), run)
+    assert (added, skipped) == (0, 2)
+    added, skipped = H.merge_day(tmp_path, day, S.to_table(changed), run + dt.timedelta(days=1))
     assert (added, skipped) == (0, 2)
     assert pq.read_table(H.partition_path(tmp_path, day)).equals(original)
 

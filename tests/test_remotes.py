@@ -111,11 +111,17 @@ def test_day_partitioned_history_uploads_only_the_days_it_touched(pushed):
                                                      "data/history"))
     sizes = {rel: (ws.path / "data" / "history" / rel).stat().st_size for rel in history}
     uploaded = {rel for rel, md5 in history.items() if md5 in last["added"]["gcs"]}
-    touched = {f"day={d}/events.parquet"
+    run = dt.date.fromisoformat(str(last["run_date"]))
+    new_day = f"day={run - dt.timedelta(days=1)}/events.parquet"
+    # Each run writes only files of its own: the new day's file, and a small arrived-<run> file
+    # beside each older day that late events reached. Those, and only those, are uploaded; files
+    # written by earlier runs never are.
+    touched = {new_day if d == str(run - dt.timedelta(days=1)) else f"day={d}/arrived-{run}.parquet"
                for d, rows in json.loads(last["history"])["added_by_day"].items() if rows > 0}
-    # A run rewrites the partitions its delta touched: the new day's, plus the one or two days
-    # before when events arrive late. Those, and only those, are uploaded.
     assert uploaded == touched
+    late_files = uploaded - {new_day}
+    assert late_files, "the simulator writes late events: some should reach older days"
+    assert all(sizes[rel] < sizes[new_day] / 10 for rel in late_files)
     untouched = set(history) - touched
     assert f"day={FIRST_EVENT_DAY}/events.parquet" in untouched
     assert sum(sizes[rel] for rel in uploaded) < sum(sizes.values())
