@@ -81,24 +81,21 @@ class EvalConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "EvalConfig":
         section = P.section(params, "eval")
-        holdout = T._positive_int(section.get("holdout_days", 1), "eval.holdout_days")
-        k = T._positive_int(section.get("k", 10), "eval.k")
+        holdout = P.positive_int(section.get("holdout_days", 1), "eval.holdout_days")
+        k = P.positive_int(section.get("k", 10), "eval.k")
         relevant = section.get("relevant_event_types", list(S.EVENT_TYPES))
         if not isinstance(relevant, list) or not relevant or \
                 any(t not in S.EVENT_TYPES for t in relevant):
             raise P.ConfigError(f"params.yaml: eval.relevant_event_types must be a non-empty list "
                                 f"of {list(S.EVENT_TYPES)}, got {relevant!r}")
-        min_users = T._positive_int(section.get("min_test_users", 50), "eval.min_test_users")
+        min_users = P.positive_int(section.get("min_test_users", 50), "eval.min_test_users")
         cutoffs = sorted({REPORT_K, k})
         allowed = [f"{m}_at_{c}" for m in GATE_METRICS for c in cutoffs]
         metric = section.get("gate_metric", f"ndcg_at_{REPORT_K}")
         if metric not in allowed:
             raise P.ConfigError(f"params.yaml: eval.gate_metric must be one of {allowed}, "
                                 f"got {metric!r}")
-        compare = section.get("compare_published", True)
-        if not isinstance(compare, bool):
-            raise P.ConfigError(f"params.yaml: eval.compare_published must be true or false, "
-                                f"got {compare!r}")
+        compare = P.flag(section.get("compare_published", True), "eval.compare_published")
         return cls(holdout_days=holdout, k=k, relevant_event_types=tuple(relevant),
                    min_test_users=min_users, gate_metric=metric,
                    min_lift=C._number(section.get("min_lift", 0.0), "eval.min_lift", minimum=-1.0),

@@ -56,6 +56,26 @@ def run_date(params: dict[str, Any]) -> dt.date:
         raise ConfigError(f"params.yaml: run.date must be YYYY-MM-DD, got {raw!r}") from None
 
 
+def integer(value: Any, name: str) -> int:
+    """A whole-number setting (a bool is not one); the error names the params.yaml key."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"params.yaml: {name} must be an integer, got {value!r}")
+    return value
+
+
+def positive_int(value: Any, name: str) -> int:
+    if integer(value, name) < 1:
+        raise ConfigError(f"params.yaml: {name} must be >= 1, got {value!r}")
+    return value
+
+
+def flag(value: Any, name: str) -> bool:
+    """A true/false setting; anything else (a 'yes' string, 0/1) is an error naming the key."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"params.yaml: {name} must be true or false, got {value!r}")
+    return value
+
+
 def day_window(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     """[start, end) in UTC of the 24 hours before `day`."""
     end = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)

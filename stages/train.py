@@ -63,17 +63,14 @@ class TrainConfig:
         if device not in DEVICES:
             raise P.ConfigError(f"params.yaml: train.device must be one of {list(DEVICES)}, "
                                 f"got {device!r}")
-        track_loss = train.get("track_loss", True)
-        if not isinstance(track_loss, bool):
-            raise P.ConfigError(f"params.yaml: train.track_loss must be true or false, "
-                                f"got {track_loss!r}")
+        track_loss = P.flag(train.get("track_loss", True), "train.track_loss")
         return cls(
             confidence=C.ConfidenceConfig.from_section(train),
-            factors=_positive_int(train.get("factors", 64), "train.factors"),
+            factors=P.positive_int(train.get("factors", 64), "train.factors"),
             regularization=C._number(train.get("regularization", 0.01), "train.regularization",
                                      minimum=0.0),
-            iterations=_positive_int(train.get("iterations", 15), "train.iterations"),
-            random_state=_int(train.get("random_state", 42), "train.random_state"),
+            iterations=P.positive_int(train.get("iterations", 15), "train.iterations"),
+            random_state=P.integer(train.get("random_state", 42), "train.random_state"),
             device=device,
             track_loss=track_loss,
         )
@@ -90,18 +87,6 @@ class TrainConfig:
         conf = self.confidence.as_dict()
         conf["confidence"] = conf.pop("transform")
         return {**out, **conf}
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise P.ConfigError(f"params.yaml: {name} must be an integer, got {value!r}")
-    return value
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if _int(value, name) < 1:
-        raise P.ConfigError(f"params.yaml: {name} must be >= 1, got {value!r}")
-    return value
 
 
 def has_cuda() -> bool:
