@@ -50,6 +50,7 @@ from serving import connection
 from serving import keys as K
 from stages import artifacts
 from stages import params as P
+from stages.recommend import popular_items, recommend
 
 GATE_FILE = Path("metrics/gate.json")
 MLFLOW_FILE = Path("metrics/mlflow.json")
@@ -84,10 +85,8 @@ def settings(params: dict) -> Settings:
         return value
 
     top_n = integer("top_n", 1, 1000)
-    filter_liked = raw.get("filter_already_liked", Settings.filter_already_liked)
-    if not isinstance(filter_liked, bool):
-        raise P.ConfigError("params.yaml: publish.filter_already_liked must be true or false, "
-                            f"got {filter_liked!r}")
+    filter_liked = P.flag(raw.get("filter_already_liked", Settings.filter_already_liked),
+                          "publish.filter_already_liked")
     batch_size = integer("batch_size", 1, 10_000_000)
     if batch_size * (K.record_width(top_n) + 300) > MAX_BATCH_BYTES:
         raise P.ConfigError(f"params.yaml: publish.batch_size {batch_size} x top_n {top_n} makes "
@@ -215,82 +214,6 @@ class PublishLock:
 
 
 # --- recommendations ----------------------------------------------------------------------------
-
-def popular_items(user_items, top_n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fallback list: items by how many users have them (ties by position), score = share."""
-    n_users, n_items = user_items.shape
-    users_per_item = np.bincount(user_items.indices, minlength=n_items)
-    order = np.argsort(-users_per_item, kind="stable")[:top_n]
-    order = order[users_per_item[order] > 0]
-    positions = np.full((1, top_n), -1, dtype=np.int64)
-    scores = np.zeros((1, top_n), dtype=np.float32)
-    positions[0, : len(order)] = order
-    scores[0, : len(order)] = users_per_item[order] / max(n_users, 1)
-    return positions, scores
-
-
-# Users are scored in tiers by how many items they have: a tier asks implicit for top_n + its cap.
-# Users with more items than the last cap go through implicit's own (per-user) filter.
-OVERFETCH_TIERS = (8, 32, 128)
-
-
-def recommend(bundle: artifacts.ModelBundle, rows: np.ndarray, top_n: int,
-              filter_liked: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(len(rows), top_n) item positions (-1 where there is no candidate) and scores.
-
-    implicit's batch recommend filters what users have with a Python loop over users (one
-    sparse-row slice each), which caps it near 10k users/s. So users with up to 128 items are
-    scored unfiltered, asking for top_n + (their tier's cap) items, and their own items are then
-    dropped with one vectorised membership test; only heavier users take implicit's filter.
-    Either way the lists are the same.
-    """
-    n_items = len(bundle.item_ids)
-    rows = np.asarray(rows)
-    ids = np.full((len(rows), top_n), -1, dtype=np.int64)
-    scores = np.zeros((len(rows), top_n), dtype=np.float32)
-    if len(rows) == 0:
-        return ids, scores
-    liked = bundle.user_items[rows]
-    liked.sort_indices()
-    counts = np.diff(liked.indptr)
-    if filter_liked:
-        tier = np.searchsorted(OVERFETCH_TIERS, counts)  # len(OVERFETCH_TIERS): too many items
-        caps = list(OVERFETCH_TIERS) + [None]
-    else:
-        tier, caps = np.zeros(len(rows), dtype=np.int64), [0]
-    for t, cap in enumerate(caps):
-        part = np.flatnonzero(tier == t)
-        if len(part) == 0:
-            continue
-        part_liked = liked[part]
-        n = min(top_n + (cap or 0), n_items)
-        got_ids, got_scores = bundle.model.recommend(
-            rows[part], part_liked, N=n, filter_already_liked_items=filter_liked and cap is None)
-        got_ids = np.asarray(got_ids, dtype=np.int64).reshape(len(part), n)
-        got_scores = np.asarray(got_scores, dtype=np.float32).reshape(len(part), n)
-        # implicit pads with the filtered items, scored -FLT_MAX, when too few candidates remain
-        keep = got_scores > np.finfo(np.float32).min
-        if cap:
-            keep &= ~_has(part_liked, got_ids, n_items)
-        # the first top_n kept candidates of each row, in score order
-        first = np.argsort(~keep, axis=1, kind="stable")[:, :top_n]
-        got_ids = np.take_along_axis(got_ids, first, axis=1)
-        got_scores = np.take_along_axis(got_scores, first, axis=1)
-        got_ids[~np.take_along_axis(keep, first, axis=1)] = -1
-        width = got_ids.shape[1]
-        ids[part, :width] = got_ids
-        scores[part, :width] = np.where(got_ids >= 0, got_scores, 0)
-    return ids, scores
-
-
-def _has(user_items, candidates: np.ndarray, n_items: int) -> np.ndarray:
-    """candidates[i, j] in row i of user_items (CSR, sorted indices), for every i, j at once."""
-    row_of = np.repeat(np.arange(user_items.shape[0], dtype=np.int64), np.diff(user_items.indptr))
-    owned = row_of * n_items + user_items.indices  # sorted: rows ascending, indices sorted in rows
-    wanted = np.arange(len(candidates), dtype=np.int64)[:, None] * n_items + candidates
-    at = np.minimum(np.searchsorted(owned, wanted), max(len(owned) - 1, 0))
-    return (owned[at] == wanted) if len(owned) else np.zeros(wanted.shape, dtype=bool)
-
 
 # --- writing a version --------------------------------------------------------------------------
 
