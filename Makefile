@@ -75,6 +75,13 @@ mlflow-ui: install
 	mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
+# Hyperparameter search with Optuna, scored like evaluate (docs/modeling.md); APPLY=1 writes the
+# best values into params.yaml's train section.
+TRIALS ?= 30
+.PHONY: tune
+tune: install
+	python -m tools.tune --trials $(TRIALS) $(if $(APPLY),--apply)
+
 # The scheduler's command (docs/operations.md): one day (DATE, default today UTC) or a backfill
 # (FROM, TO); COMMIT=1 commits params.yaml + dvc.lock after each good day.
 .PHONY: daily

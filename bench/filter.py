@@ -33,16 +33,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import markdown_table, publish  # noqa: E402
-from stages import filter_noise as FN  # noqa: E402
-from stages import params as P  # noqa: E402
-from stages import schema as S  # noqa: E402
-from stages import simulate as SIM  # noqa: E402
-from stages.merge_history import partition_path  # noqa: E402
+from dailyrec import history as H  # noqa: E402
+from dailyrec import paths  # noqa: E402
+from dailyrec import schema as S  # noqa: E402
+from dailyrec import settings  # noqa: E402
+from dailyrec.history import partition_path  # noqa: E402
+from dailyrec.quality import rules as FN  # noqa: E402
+from dailyrec.settings import quality  # noqa: E402
+from dailyrec.settings.quality import FilterSettings  # noqa: E402
+from tools import simulate as SIM  # noqa: E402
 
 RUN_DATE = dt.date(2026, 11, 21)
 WINDOW_DAYS = 60
@@ -110,17 +115,28 @@ def build(data: Path, target_events: int) -> tuple[Path, pd.DataFrame]:
     return history, truth
 
 
-def bench_params(window_days: int = WINDOW_DAYS) -> dict:
-    params = P.load(ROOT / "params.yaml")
-    params["run"]["date"] = RUN_DATE.isoformat()
-    params["filter"]["window_days"] = window_days
-    return params
+def raw_params(window_days: int = WINDOW_DAYS) -> dict:
+    """The shipped params.yaml as a plain dict, with run.date and filter.window_days set."""
+    with open(ROOT / "params.yaml") as fh:
+        raw = yaml.safe_load(fh)
+    raw["run"]["date"] = RUN_DATE.isoformat()
+    raw["filter"]["window_days"] = window_days
+    return raw
+
+
+def bench_params(window_days: int = WINDOW_DAYS) -> settings.Params:
+    return settings.of(raw_params(window_days))
+
+
+def window_days(cfg: FilterSettings, history: Path) -> list[dt.date]:
+    """The window's days (no rejected days)."""
+    return H.select_window(history, cfg.run_date, cfg.window_days, set())[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # The baseline: the same rules in plain pandas, written the obvious way.
 
-def pandas_rules(frame: pd.DataFrame, cfg: FN.Settings) -> np.ndarray:
+def pandas_rules(frame: pd.DataFrame, cfg: FilterSettings) -> np.ndarray:
     """Rows kept. crawler UA per distinct agent with the package's own is_crawler; the rest with
     groupby / sort_values."""
     import ipaddress
@@ -169,15 +185,15 @@ def pandas_rules(frame: pd.DataFrame, cfg: FN.Settings) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 
-def time_filter(history: Path, params: dict, out: Path) -> dict:
+def time_filter(history: Path, params: settings.Params, out: Path) -> dict:
+    cfg = quality.filter_rules(params)
     started = time.perf_counter()
-    metrics = FN.run(params, history=history, ledger_path=out / "rejections.json",
-                     out=out / "clean" / "events.parquet")
+    metrics = FN.run(cfg, history, set(), out / "clean" / "events.parquet")
     metrics["wall"] = time.perf_counter() - started
     return metrics
 
 
-def time_validate(history: Path, data: Path, params: dict) -> dict:
+def time_validate(history: Path, data: Path, raw: dict) -> dict:
     """validate in this process (with a breakdown) and as the stage in a fresh process."""
     work = data / "validate"
     shutil.rmtree(work, ignore_errors=True)
@@ -186,7 +202,7 @@ def time_validate(history: Path, data: Path, params: dict) -> dict:
     shutil.copyfile(last, work / "data" / "delta" / "events.parquet")
     pq.write_table(S.QUARANTINE_SCHEMA.empty_table(), work / "data/delta/quarantine.parquet")
     (work / "data" / "history").symlink_to(history)
-    (work / "params.yaml").write_text(json.dumps(params))
+    (work / "params.yaml").write_text(json.dumps(raw))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_NO_ANALYTICS": "1"}
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "stages.validate"], cwd=work, env=env,
@@ -199,15 +215,16 @@ def time_validate(history: Path, data: Path, params: dict) -> dict:
     cwd = Path.cwd()
     os.chdir(work)
     try:
-        from stages import validate as V
+        from dailyrec.quality import expectations as V
 
-        cfg = V.settings(params)
+        cfg = quality.validate(settings.of(raw))
         t = time.perf_counter()
         import great_expectations  # noqa: F401
         import_s = time.perf_counter() - t
-        delta = V.read_delta()
+        delta = V.read_delta(paths.DELTA_EVENTS)
         t = time.perf_counter()
-        V.run_suites(V.delta_suites(cfg, delta, V.read_quarantine_reasons(), [1] * 7), cfg)
+        V.run_suites(V.delta_suites(cfg, delta, V.read_quarantine_reasons(paths.DELTA_QUARANTINE),
+                                    [1] * 7), cfg)
         delta_s = time.perf_counter() - t
         days = [RUN_DATE - dt.timedelta(days=k) for k in range(cfg.window_days, 0, -1)]
         t = time.perf_counter()
@@ -246,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     rules_s, total_s = m["seconds"]["rules"], m["wall"]
 
     # Quality against the simulator's truth (same settings).
-    cfg = FN.settings(params)
-    days = FN.window_days(cfg, history, {"days": {}})[0]
+    cfg = quality.filter_rules(params)
+    days = window_days(cfg, history)
     w = FN.read_window(history, days)
     result = FN.apply_rules(w, cfg)
     removed = result.removed_users(w)
@@ -257,9 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     del w, result
 
     # Baseline vs ours on the same smaller window.
-    small_params = bench_params(args.baseline_days)
-    small_cfg = FN.settings(small_params)
-    small_days = FN.window_days(small_cfg, history, {"days": {}})[0]
+    small_cfg = quality.filter_rules(bench_params(args.baseline_days))
+    small_days = window_days(small_cfg, history)
     sw = FN.read_window(history, small_days)
     t = time.perf_counter()
     ours = FN.apply_rules(sw, small_cfg)
@@ -272,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     small_n = len(sw)
     del sw, frame
 
-    v = time_validate(history, args.data, params)
+    v = time_validate(history, args.data, raw_params())
 
     per_rule = m["seconds"]["by_rule"]
     totals = ", ".join(f"{r['wall']:.1f}" for r in runs)

@@ -5,8 +5,8 @@
 
 Simulated human traffic (users with tastes) over --days days; the last day is held out exactly as
 evaluate does it. The same train configuration (params.yaml, with --factors/--iterations) is fitted on
-the days before on the CPU and on the GPU (stages.train.fit, same seed), and each model is scored with
-stages.evaluate on the held-out users. Expect different factors for one seed (implicit's GPU and CPU
+the days before on the CPU and on the GPU (dailyrec.model.als.fit, same seed), and each model is
+scored with dailyrec.model.evaluation on the held-out users. Expect different factors for one seed (implicit's GPU and CPU
 initialise differently) but quality within noise, and the GPU several times faster. Writes
 docs/benchmarks.md (section "gpu_check"). Without CUDA in implicit it says so and exits 2.
 """
@@ -25,9 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench import report  # noqa: E402
 from bench import synthetic  # noqa: E402
-from stages import evaluate as E  # noqa: E402
-from stages import params as P  # noqa: E402
-from stages import train as T  # noqa: E402
+from dailyrec import settings  # noqa: E402
+from dailyrec.model import als  # noqa: E402
+from dailyrec.model import evaluation as E  # noqa: E402
+from dailyrec.model.recommender import ALSRecommender  # noqa: E402
+from dailyrec.settings import evaluation as eval_settings  # noqa: E402
+from dailyrec.settings import model as model_settings  # noqa: E402
 
 FIRST_DAY = dt.date(2026, 10, 1)
 
@@ -54,15 +57,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="devices to compare (cpu,cpu checks the script itself without a GPU)")
     args = ap.parse_args(argv)
     devices = args.devices.split(",")
-    if "gpu" in devices and not T.has_cuda():
+    if "gpu" in devices and not als.has_cuda():
         print("gpu_check: implicit has no CUDA support here (implicit.gpu.HAS_CUDA is false). "
               "Install the GPU build on a machine with an NVIDIA GPU: pip install '.[gpu]' "
               "(implicit[gpu] with rmm-cu13, and the CUDA 13 runtime libraries).", file=sys.stderr)
         return 2
-    params = P.load(ROOT / "params.yaml")
-    config = T.TrainConfig.from_params(params).replace(factors=args.factors,
-                                                       iterations=args.iterations)
-    eval_config = E.EvalConfig.from_params(params)
+    params = settings.load(ROOT / "params.yaml")
+    config = model_settings.train(params).replace(factors=args.factors,
+                                                  iterations=args.iterations)
+    eval_config = eval_settings.evaluation(params)
     t = time.perf_counter()
     events = synthetic.simulated(FIRST_DAY, args.days, args.users, args.items,
                                  args.events_per_day)
@@ -74,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
           f", {split.train.strength.nnz:,} nonzeros before the holdout; "
           f"{len(split.users):,} held-out users ({time.perf_counter() - t:.1f}s)", flush=True)
     if "gpu" in devices:  # CUDA start-up is not fit time
-        T.fit(split.train.strength[:1000].astype("float32"), config.replace(iterations=1), "gpu")
+        als.fit(split.train.strength[:1000].astype("float32"), config.replace(iterations=1),
+                "gpu")
     rows, results = [], []
     for device in devices:
         _, fitted = E.fit_on_split(split, config, device)
-        scored = E.score(E.als_scorer(fitted.model), split, eval_config.cutoffs)
+        scored = E.score(ALSRecommender(fitted.model), split, eval_config.cutoffs)
         results.append((fitted, scored))
         m = scored.metrics
         rows.append([device, fitted.seconds, fitted.seconds / config.iterations,

@@ -40,13 +40,15 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+import yaml  # noqa: E402
 
 from bench.report import markdown_table, publish  # noqa: E402
-from stages import fetch_delta as F  # noqa: E402
-from stages import merge_history as H  # noqa: E402
-from stages import params as P  # noqa: E402
-from stages import schema as S  # noqa: E402
-from stages import simulate  # noqa: E402
+from dailyrec import history as H  # noqa: E402
+from dailyrec import schema as S  # noqa: E402
+from dailyrec import settings  # noqa: E402
+from dailyrec import source as F  # noqa: E402
+from dailyrec.settings import ingest  # noqa: E402
+from tools import simulate  # noqa: E402
 
 DAY = dt.date(2026, 11, 20)  # the simulated day; run.date is the day after
 RUN_DATE = DAY + dt.timedelta(days=1)
@@ -56,10 +58,12 @@ REPEATS = 3  # timed steps run this many times; the best counts (the median is s
 TARGET_NORMALISE = 1_000_000  # events/s
 
 
-def bench_params() -> dict:
-    params = P.load(ROOT / "params.yaml")
-    params["run"]["date"] = RUN_DATE.isoformat()
-    return params
+def bench_params() -> settings.Params:
+    """The shipped params.yaml with run.date set to RUN_DATE."""
+    with open(ROOT / "params.yaml") as fh:
+        raw = yaml.safe_load(fh)
+    raw["run"]["date"] = RUN_DATE.isoformat()
+    return settings.of(raw)
 
 
 def peak_memory() -> dict:
@@ -80,11 +84,12 @@ def phase_simulate(work: Path, args) -> dict:
 def phase_fetch_parts(work: Path, args) -> dict:
     """fetch()'s loop, with each part timed on its own."""
     params = bench_params()
-    window = F.make_window(params)
-    chunk_rows = int(params["source"]["chunk_rows"])
+    window = ingest.fetch_window(params)
+    source = ingest.source(params)
+    chunk_rows = source.chunk_rows
     engine = sa.create_engine(f"sqlite:///{work / 'source.db'}")
     read_s, tables = 0.0, {}
-    for cfg in F.table_configs(params):
+    for cfg in source.tables:
         start = time.perf_counter()
         mapping, chunks = F.read_table(engine, cfg, window, chunk_rows)
         raw = list(chunks)
@@ -140,8 +145,10 @@ def phase_fetch_parts(work: Path, args) -> dict:
 
 
 def phase_fetch(work: Path, args) -> dict:
+    params = bench_params()
+    source, window = ingest.source(params), ingest.fetch_window(params)
     start = time.perf_counter()
-    metrics = F.fetch(bench_params(), f"sqlite:///{work / 'source.db'}", out_dir=work / "delta")
+    metrics = F.fetch(source, window, f"sqlite:///{work / 'source.db'}", work / "delta")
     seconds = time.perf_counter() - start
     # The 100k-row day for the merges: a slice of the real delta.
     delta = pq.read_table(work / "delta" / "events.parquet")
@@ -187,8 +194,10 @@ def timed_merge(history: Path, delta: Path, undo: bool) -> tuple[float, dict]:
     """One merge_history run; with undo, DAY's new partition is dropped again afterwards."""
     history.mkdir(exist_ok=True)
     before = H.partition_days(history)
+    params = bench_params()
+    run_day, keep_days = settings.run_date(params), ingest.history_days(params)
     start = time.perf_counter()
-    metrics = H.merge(bench_params(), delta=delta, history=history)
+    metrics = H.merge(delta, history, run_day, keep_days)
     seconds = time.perf_counter() - start
     if undo:
         assert DAY not in before and H.partition_days(history) == sorted([*before, DAY])

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(tmp: Path, gcs, azure, args) -> list[list]:
     ws = workspace.create(tmp / "project")
     print(f"simulating {args.days} days into {ws.path} ...", flush=True)
-    ws.python("-m", "stages.simulate", "--url", ws.env["DAILYREC_SOURCE_URL"], "--start",
+    ws.python("-m", "tools.simulate", "--url", ws.env["DAILYREC_SOURCE_URL"], "--start",
               FIRST_EVENT_DAY.isoformat(), "--days", str(args.days), "--users", str(args.users),
               "--items", str(args.items), "--events-per-day", str(args.events_per_day),
               "--seed", "7")

@@ -39,10 +39,12 @@ import scipy.sparse as sp  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench.report import markdown_table, publish  # noqa: E402
-from serving import connection  # noqa: E402
-from serving import keys as K  # noqa: E402
-from stages import artifacts  # noqa: E402
-from stages import publish as pub  # noqa: E402
+from dailyrec.model import artifacts  # noqa: E402
+from dailyrec.model.recommender import ALSRecommender  # noqa: E402
+from dailyrec.settings.serving import PublishSettings  # noqa: E402
+from dailyrec.store import connection  # noqa: E402
+from dailyrec.store import keys as K  # noqa: E402
+from dailyrec.store import writer as pub  # noqa: E402
 from tests import servers  # noqa: E402
 
 DAY = dt.date(2026, 11, 21)
@@ -82,7 +84,7 @@ def bench_scoring(bundle, n: int) -> list:
     rows = np.arange(min(n, len(bundle.user_ids)))
     with threadpool_limits(1, "blas"):
         t = time.perf_counter()
-        ours, _ = pub.recommend(bundle, rows, 20, True)
+        ours, _ = ALSRecommender.from_bundle(bundle).recommend(rows, None, 20, True)
         t_ours = time.perf_counter() - t
         t = time.perf_counter()
         ids, scores = bundle.model.recommend(rows, bundle.user_items[rows], N=20,
@@ -158,9 +160,9 @@ def bench_write_path(client, bundle, batch: int) -> list[list]:
 
 def bench_publish(client, bundle) -> dict:
     base = flush(client)
-    summary = pub.publish(bundle, client, pub.Settings(top_n=20, batch_size=100_000,
-                                                       keep_versions=1),
-                          run_date=DAY, progress=False)
+    settings = PublishSettings(top_n=20, filter_already_liked=True, batch_size=100_000,
+                               keep_versions=1)
+    summary = pub.publish(bundle, client, settings, run_date=DAY, progress=False)
     summary["memory_per_user"] = (used_memory(client) - base) / len(bundle.user_ids)
     return summary
 

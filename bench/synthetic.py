@@ -2,7 +2,7 @@
 
 `window` is for timing (Pareto user activity, Zipf item popularity, the funnel's event mix, uniform
 times over the window: realistic shapes, no taste structure). For quality, use the production
-simulator (stages.simulate), whose users have tastes.
+simulator (tools.simulate), whose users have tastes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-from stages import schema as S
+from dailyrec import schema as S
 
 FUNNEL = np.array([0.70, 0.20, 0.07, 0.03])
 
@@ -60,7 +60,7 @@ def simulated(first_day: dt.date, days: int, users: int, items: int, events_per_
     """Human events from the production simulator (users with tastes), as canonical events."""
     import pandas as pd
 
-    from stages import simulate
+    from tools import simulate
 
     pop = simulate.Population(seed, users, items)
     frames = []

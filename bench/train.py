@@ -3,13 +3,15 @@
     flock /tmp/dailyrec-bench.lock .venv/bin/python bench/train.py [--events 20000000]
 
 1. MovieLens 100K (../shared/datasets/ml-100k), split in time: the last 20% of ratings (by timestamp)
-   are held out, models are fitted on the first 80% and scored with stages.evaluate on the held-out
-   ratings of users seen before (new items only). Ratings become events (5 purchase, 4 add_to_cart,
-   3 click, 1-2 view) so our event weights apply. Compared: our pipeline with params.yaml's train
-   settings, most-popular, and plain implicit with its default settings on the binary matrix.
+   are held out, models are fitted on the first 80% and scored with dailyrec.model.evaluation on
+   the held-out ratings of users seen before (new items only). Ratings become events (5 purchase,
+   4 add_to_cart, 3 click, 1-2 view) so our event weights apply. Compared: our pipeline with
+   params.yaml's train settings, most-popular, and plain implicit with its default settings on the
+   binary matrix.
 2. A synthetic 60-day window of N events (bench/synthetic.py): read time, confidence-matrix build
-   time, fit time, and our fit wrapper (stages.train.fit) against a bare implicit fit with the same
-   settings on the same matrix, alternated and repeated; the overhead is min(ours) / min(bare) - 1.
+   time, fit time, and our fit wrapper (dailyrec.model.als.fit) against a bare implicit fit with
+   the same settings on the same matrix, alternated and repeated; the overhead is
+   min(ours) / min(bare) - 1.
 Results go to docs/benchmarks.md (section "train").
 """
 
@@ -33,12 +35,16 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench import report  # noqa: E402
 from bench import synthetic  # noqa: E402
-from stages import artifacts  # noqa: E402
-from stages import confidence as C  # noqa: E402
-from stages import evaluate as E  # noqa: E402
-from stages import params as P  # noqa: E402
-from stages import schema as S  # noqa: E402
-from stages import train as T  # noqa: E402
+from dailyrec import schema as S  # noqa: E402
+from dailyrec import settings  # noqa: E402
+from dailyrec.model import als  # noqa: E402
+from dailyrec.model import artifacts  # noqa: E402
+from dailyrec.model import confidence as C  # noqa: E402
+from dailyrec.model import evaluation as E  # noqa: E402
+from dailyrec.model.recommender import ALSRecommender, PopularRecommender  # noqa: E402
+from dailyrec.model.training import read_events  # noqa: E402
+from dailyrec.settings import model as model_settings  # noqa: E402
+from dailyrec.settings.model import TrainConfig  # noqa: E402
 
 MOVIELENS = ROOT.parent / "shared" / "datasets" / "ml-100k" / "u.data"
 RATING_EVENT = {1: "view", 2: "view", 3: "click", 4: "add_to_cart", 5: "purchase"}
@@ -58,7 +64,7 @@ def movielens_events(path: Path) -> pa.Table:
     }).cast(S.EVENT_SCHEMA)
 
 
-def bench_movielens(config: T.TrainConfig) -> tuple[str, dict]:
+def bench_movielens(config: TrainConfig) -> tuple[str, dict]:
     events = movielens_events(MOVIELENS)
     seconds = events["ts"].cast(pa.int64()).to_numpy() // 1_000_000
     cut = float(np.quantile(seconds, 0.8))
@@ -71,8 +77,9 @@ def bench_movielens(config: T.TrainConfig) -> tuple[str, dict]:
     t = time.perf_counter()
     _, ours = E.fit_on_split(split, config, "cpu")
     fit_ours = time.perf_counter() - t
-    results["ours"] = (E.score(E.als_scorer(ours.model), split, cutoffs).metrics, fit_ours)
-    results["most-popular"] = (E.score(E.popular_scorer(split), split, cutoffs).metrics, 0.0)
+    results["ours"] = (E.score(ALSRecommender(ours.model), split, cutoffs).metrics, fit_ours)
+    results["most-popular"] = (E.score(PopularRecommender(split.train.strength), split,
+                                       cutoffs).metrics, 0.0)
 
     from implicit.cpu.als import AlternatingLeastSquares
 
@@ -83,7 +90,7 @@ def bench_movielens(config: T.TrainConfig) -> tuple[str, dict]:
     with threadpool_limits(1, "blas"):
         plain = AlternatingLeastSquares(random_state=config.random_state)  # implicit's defaults
         plain.fit(binary, show_progress=False)
-    results["implicit defaults"] = (E.score(E.als_scorer(plain), split, cutoffs).metrics,
+    results["implicit defaults"] = (E.score(ALSRecommender(plain), split, cutoffs).metrics,
                                     time.perf_counter() - t)
     for name, (m, fit_s) in results.items():
         rows.append([name, m["ndcg_at_20"], m["recall_at_20"], m["precision_at_20"],
@@ -109,7 +116,7 @@ def bench_movielens(config: T.TrainConfig) -> tuple[str, dict]:
     return body, summary
 
 
-def bench_synthetic(config: T.TrainConfig, n_events: int, n_users: int, n_items: int,
+def bench_synthetic(config: TrainConfig, n_events: int, n_users: int, n_items: int,
                     rounds: int) -> str:
     end = dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)
     t = time.perf_counter()
@@ -121,7 +128,7 @@ def bench_synthetic(config: T.TrainConfig, n_events: int, n_users: int, n_items:
         del table
         size_mb = path.stat().st_size / 2**20
         t = time.perf_counter()
-        events = T.read_events(path)
+        events = read_events(path)
         read_s = time.perf_counter() - t
         t = time.perf_counter()
         interactions = C.aggregate(events, config.confidence, end)
@@ -141,9 +148,9 @@ def bench_synthetic(config: T.TrainConfig, n_events: int, n_users: int, n_items:
                 model.fit(matrix, show_progress=False)
             return time.perf_counter() - wall, time.process_time() - cpu
 
-        def ours() -> tuple[tuple[float, float], T.FitResult]:
+        def ours() -> tuple[tuple[float, float], als.FitResult]:
             wall, cpu = time.perf_counter(), time.process_time()
-            result = T.fit(matrix, config, "cpu")
+            result = als.fit(matrix, config, "cpu")
             return (time.perf_counter() - wall, time.process_time() - cpu), result
 
         bare_s, ours_s = [], []
@@ -166,7 +173,7 @@ def bench_synthetic(config: T.TrainConfig, n_events: int, n_users: int, n_items:
         ["build the confidence matrix", build_s, f"{n_events / build_s / 1e6:,.1f}M events/s"],
         ["fit, bare implicit (same settings)", bare_wall, "wall min of " + ", ".join(
             f"{w:.1f}" for w, _ in bare_s) + f"; CPU {bare_cpu:.1f} s"],
-        ["fit, ours (stages.train.fit)", ours_wall, "wall min of " + ", ".join(
+        ["fit, ours (dailyrec.model.als.fit)", ours_wall, "wall min of " + ", ".join(
             f"{w:.1f}" for w, _ in ours_s) + f"; CPU {ours_cpu:.1f} s"],
         ["save models/ (deterministic .npz)", save_s, ""],
     ]
@@ -194,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="factors for the synthetic fit (a production-sized model)")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
-    params = P.load(ROOT / "params.yaml")
-    config = T.TrainConfig.from_params(params).replace(device="cpu")
+    params = settings.load(ROOT / "params.yaml")
+    config = model_settings.train(params).replace(device="cpu")
     print("MovieLens 100K ...", flush=True)
     ml_body, _ = bench_movielens(config)
     print(ml_body, flush=True)

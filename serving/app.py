@@ -4,7 +4,7 @@
 
 Configuration, later sources winning:
   1. defaults below;
-  2. Redis connection settings from the environment (serving/connection.py: REDIS_URL,
+  2. Redis connection settings from the environment (dailyrec/store/connection.py: REDIS_URL,
      REDIS_PASSWORD, rediss:// TLS...) and REDIS_KEY_PREFIX;
   3. any DAILYREC_API_<KEY> environment variable (Flask's from_prefixed_env; values parsed as JSON),
      e.g. DAILYREC_API_REDIS_TIMEOUT=0.2, DAILYREC_API_RETRY_AFTER=10 (a prefix of its own, so
@@ -21,9 +21,10 @@ import re
 
 from flask import Flask
 
-from serving import api, connection, errors, ops
-from serving import keys as K
-from serving.store import RecommendationStore
+from dailyrec.store import connection
+from dailyrec.store import keys as K
+from dailyrec.store.reader import RecommendationStore
+from serving import api, errors, ops
 from serving.telemetry import Telemetry
 
 DEFAULTS = {
@@ -33,6 +34,9 @@ DEFAULTS = {
     "USER_ID_MAX_LENGTH": 128,
     "USER_ID_PATTERN": r"[A-Za-z0-9._:@+-]+",
     "JSON_SORT_KEYS": False,
+    # The same error is mailed at most once per this many minutes (the app never reads
+    # params.yaml: set DAILYREC_API_ALERT_THROTTLE_MINUTES).
+    "ALERT_THROTTLE_MINUTES": 60,
 }
 
 

@@ -4,7 +4,7 @@
     Redis down / nothing published                -> 503 with Retry-After; the process carries on
                                                      and answers again as soon as Redis does
     anything else                                 -> 500, logged with its traceback and sent to
-                                                     stages.notify.alert; the client gets only the
+                                                     dailyrec.notify.alert; the client gets only the
                                                      request id to quote
 """
 
@@ -15,9 +15,9 @@ import time
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from serving.store import NotPublished, RedisUnavailable
+from dailyrec import notify
+from dailyrec.store.reader import NotPublished, RedisUnavailable
 from serving.telemetry import request_id
-from stages import notify
 
 _last_unavailable_log = [0.0]
 
@@ -60,7 +60,8 @@ def handle_error(err: Exception):
     try:
         notify.alert(f"dailyrec API: {type(err).__name__} on {request.method} {request.path}",
                      error=err, context={"request_id": rid, "method": request.method,
-                                         "path": request.path})
+                                         "path": request.path},
+                     throttle_minutes=float(current_app.config["ALERT_THROTTLE_MINUTES"]))
     except Exception:  # alert() promises not to raise; a broken alert must not hide the 500
         current_app.logger.exception("notify.alert failed")
     return _answer(500, "internal_error",

@@ -4,531 +4,91 @@
     python -m stages.publish rollback [--to V]  serve the previous complete version (or version V)
     python -m stages.publish versions           list the versions kept in Redis
 
-A publish:
-  1. obeys the quality gate: metrics/gate.json must say passed=true, unless --force (logged loudly);
-  2. takes the publish lock (one publish or rollback at a time), removes what a killed one left;
-  3. numbers a new version (run.date + a Redis sequence) and registers it as `writing`;
-  4. writes the most-popular list (users per item) as the fallback for unknown users;
-  5. scores users with implicit's batch recommend, publish.batch_size users at a time, leaving out
-     items they already have (publish.filter_already_liked), and writes each batch with pipelined
-     HSETs (raw RESP built with Arrow: no Python loop per user) while the next batch is scored,
-     with a progress bar;
-  6. checks the counts in Redis against what it wrote, then, in ONE atomic Lua script, checks it
-     still holds the lock, marks the version complete and points `current` at it: readers go from
-     one whole version to the other at once;
-  7. keeps the newest publish.keep_versions complete versions (and the served one) for rollback and
-     removes the rest with UNLINK (freed off Redis's main thread);
-  8. writes metrics/publish.json and moves the MLflow alias (mlflow.alias) to the model version in
-     metrics/mlflow.json, when that file exists.
+Inputs   models/, metrics/gate.json (must say passed, unless --force), metrics/mlflow.json
+Outputs  Redis at REDIS_URL (a new complete version; readers see whole versions only)
+         metrics/publish.json   the version, its users, how long it took
 
-The key layout is serving/keys.py; connection settings (REDIS_URL, password, TLS) are in
-serving/connection.py.
+Then the MLflow alias (mlflow.alias) moves to the served model version. How a version is written,
+switched to and rolled back: dailyrec.store.writer. Exit 3 when the gate kept the model back.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import socket
 import sys
-import threading
-import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-from threadpoolctl import threadpool_limits
-from tqdm import tqdm
-
-from serving import connection
-from serving import keys as K
-from stages import artifacts
-from stages import params as P
-from stages.recommend import popular_items, recommend
-
-GATE_FILE = Path("metrics/gate.json")
-MLFLOW_FILE = Path("metrics/mlflow.json")
-METRICS_FILE = Path("metrics/publish.json")
-MLFLOW_TRACKING_ENV = "MLFLOW_TRACKING_URI"
-DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
-LOCK_TTL_S = 60  # renewed every LOCK_TTL_S/4 by a heartbeat thread while publish runs
-COMMANDS_PER_ROUND_TRIP = 1024
-MAX_BATCH_BYTES = 1 << 30  # Arrow binary offsets are 32-bit: keep one batch's payload well below
+from dailyrec import cli, env, metrics, paths, settings, tracking
+from dailyrec.errors import NotPublished, ServiceUnavailable
+from dailyrec.model import artifacts
+from dailyrec.settings import ops
+from dailyrec.settings import serving as publish_settings
+from dailyrec.store import connection, writer
+from dailyrec.store import keys as K
 
 
-class Refused(Exception):
-    """publish declined to run (a failed quality gate, a lock held): exit 1, nothing changed."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    top_n: int = 20
-    filter_already_liked: bool = True
-    batch_size: int = 100_000
-    keep_versions: int = 3
-
-
-def settings(params: dict) -> Settings:
-    raw = P.section(params, "publish")
-
-    def integer(name: str, low: int, high: int) -> int:
-        value = raw.get(name, getattr(Settings, name))
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise P.ConfigError(f"params.yaml: publish.{name} must be an integer in {low}..{high}, "
-                                f"got {value!r}")
-        return value
-
-    top_n = integer("top_n", 1, 1000)
-    filter_liked = P.flag(raw.get("filter_already_liked", Settings.filter_already_liked),
-                          "publish.filter_already_liked")
-    batch_size = integer("batch_size", 1, 10_000_000)
-    if batch_size * (K.record_width(top_n) + 300) > MAX_BATCH_BYTES:
-        raise P.ConfigError(f"params.yaml: publish.batch_size {batch_size} x top_n {top_n} makes "
-                            "one Redis batch over 1 GiB; lower publish.batch_size")
-    return Settings(top_n=top_n, filter_already_liked=filter_liked, batch_size=batch_size,
-                    keep_versions=integer("keep_versions", 1, 100))
-
-
-# --- the quality gate ---------------------------------------------------------------------------
-
-def gate_decision(path: Path, force: bool) -> dict:
-    """{"passed", "forced", "reason"}; raises Refused unless the gate passed or force is set."""
-    passed, reason = None, None
-    if path.exists():
-        try:
-            gate = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise P.ConfigError(f"{path}: not valid JSON ({err})") from None
-        passed = gate.get("passed") if isinstance(gate, dict) else None
-        if not isinstance(passed, bool):
-            raise P.ConfigError(f"{path}: 'passed' must be true or false, got {passed!r}")
-        reason = gate.get("reason")
-        if passed:
-            return {"passed": True, "forced": False, "reason": reason}
-        why = f"the quality gate failed ({path}: {reason or 'no reason given'})"
-    else:
-        why = f"{path} does not exist (run evaluate first)"
+def gate_decision(force: bool) -> dict:
+    """{"passed", "forced", "reason"}; NotPublished unless the gate passed or force is set."""
+    gate = metrics.GATE.read()
+    if gate is not None and gate["passed"]:
+        return {"passed": True, "forced": False, "reason": gate["reason"]}
+    why = (f"the quality gate failed ({paths.GATE}: {gate['reason']})" if gate is not None else
+           f"{paths.GATE} is missing or unreadable (run evaluate first)")
     if not force:
-        raise Refused(f"refusing to publish: {why}. The served version is unchanged; "
-                      "`python -m stages.publish --force` publishes anyway.")
+        raise NotPublished(f"refusing to publish: {why}. The served version is unchanged; "
+                           "`python -m stages.publish --force` publishes anyway.")
     bar = "!" * 78
     print(f"{bar}\npublish: WARNING: --force: publishing although {why}\n{bar}",
           file=sys.stderr, flush=True)
-    return {"passed": passed, "forced": True, "reason": reason or why}
+    return {"passed": None if gate is None else gate["passed"], "forced": True,
+            "reason": why if gate is None else gate["reason"]}
 
 
-# --- the publish lock ---------------------------------------------------------------------------
-
-class PublishLock:
-    """One publish or rollback at a time, per Redis keyspace.
-
-    The lock is a key holding who took it (host, pid, token) with a TTL that a heartbeat thread
-    renews. A holder that died frees it when the TTL runs out; one that died on this host (a killed
-    publish) is noticed at once and taken over, so a rerun need not wait.
-    """
-
-    _RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-              "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
-    _RELEASE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                "return redis.call('DEL', KEYS[1]) else return 0 end")
-    _TAKEOVER = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                 "return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return nil end")
-
-    def __init__(self, client, key: str, purpose: str, ttl_s: float = LOCK_TTL_S):
-        self.client, self.key, self.ttl_ms = client, key, int(ttl_s * 1000)
-        self.value = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                 "token": uuid.uuid4().hex, "purpose": purpose, "since": _now()})
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "PublishLock":
-        if not self.client.set(self.key, self.value, nx=True, px=self.ttl_ms):
-            held = self.client.get(self.key)
-            if held is None or not self._take_over_from_dead(held):
-                raise Refused(f"{self.key} is held by {_text(held)}: another publish or rollback "
-                              f"is running (a dead holder's lock expires within "
-                              f"{self.ttl_ms // 1000} s); nothing changed")
-        self._thread = threading.Thread(target=self._heartbeat, name="publish-lock", daemon=True)
-        self._thread.start()
-        return self
-
-    def _take_over_from_dead(self, held: bytes) -> bool:
-        try:
-            holder = json.loads(held)
-            pid = int(holder["pid"])
-            if holder.get("host") != socket.gethostname():
-                return False
-            os.kill(pid, 0)
-            return False  # alive
-        except ProcessLookupError:
-            pass
-        except (ValueError, KeyError, TypeError, PermissionError):
-            return False
-        taken = self.client.eval(self._TAKEOVER, 1, self.key, held, self.value, self.ttl_ms)
-        if taken:
-            print(f"publish: took over {self.key} from pid {pid}, which is no longer running",
-                  file=sys.stderr)
-        return bool(taken)
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 4000):
-            try:
-                if not self.client.eval(self._RENEW, 1, self.key, self.value, self.ttl_ms):
-                    self.lost.set()
-                    return
-            except Exception:  # Redis unreachable for a moment: the next beat tries again
-                pass
-
-    _SWITCH = ("if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
-               "if #ARGV > 2 then redis.call('HSET', KEYS[3], unpack(ARGV, 3)) end "
-               "redis.call('SET', KEYS[2], ARGV[2]) return 1")
-
-    def switch(self, layout: K.Layout, version: str, meta: dict | None = None) -> None:
-        """THE switch: one atomic script checks we still hold the lock, marks the version
-        (complete), and points `current` at it. Readers go from one whole version to another."""
-        fields = [str(x) for kv in (meta or {}).items() for x in kv]
-        if not self.client.eval(self._SWITCH, 3, self.key, layout.current, layout.meta(version),
-                                self.value, version, *fields):
-            raise RuntimeError(f"lost {self.key} before switching to {version}; nothing switched")
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise RuntimeError(f"lost {self.key} (expired while Redis was unreachable?); "
-                               "stopping before serving anything")
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        try:
-            self.client.eval(self._RELEASE, 1, self.key, self.value)
-        except Exception:  # the TTL frees it anyway
-            pass
-
-
-# --- recommendations ----------------------------------------------------------------------------
-
-# --- writing a version --------------------------------------------------------------------------
-
-def hset_commands(layout: K.Layout, version: str, buckets: np.ndarray, user_ids,
-                  records: np.ndarray) -> list[tuple[bytes, memoryview]]:
-    """One raw RESP `HSET bucket user record ...` per run of equal buckets (buckets sorted).
-
-    Arrow builds every user's `$len\\r\\nid\\r\\n$width\\r\\nrecord\\r\\n` in one vectorised join,
-    so a bucket's fields are one contiguous slice of a buffer; only the bucket loop is Python.
-    """
-    n, width = records.shape
-    if n == 0:
-        return []
-    uid = user_ids.cast(pa.binary())
-    lengths = pc.cast(pc.binary_length(uid), pa.string()).cast(pa.binary())
-    values = pa.Array.from_buffers(pa.binary(width), n,
-                                   [None, pa.py_buffer(np.ascontiguousarray(records))])
-
-    def lit(b: bytes):
-        return pa.scalar(b, pa.binary())
-
-    pieces = pc.binary_join_element_wise(lit(b"$"), lengths, lit(b"\r\n"), uid,
-                                         lit(b"\r\n$%d\r\n" % width), values.cast(pa.binary()),
-                                         lit(b"\r\n"), lit(b""))
-    offsets = np.frombuffer(pieces.buffers()[1], dtype=np.int32, count=n + 1,
-                            offset=pieces.offset * 4)
-    data = memoryview(pieces.buffers()[2])
-    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
-    ends = np.r_[starts[1:], n]
-    commands = []
-    for bucket, s, e in zip(buckets[starts].tolist(), starts.tolist(), ends.tolist()):
-        key = layout.bucket(version, bucket).encode()
-        header = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * (e - s), len(key), key)
-        commands.append((header, data[offsets[s]:offsets[e]]))
-    return commands
-
-
-def send_commands(client, commands: list[tuple[bytes, memoryview]]) -> int:
-    """Pipeline raw commands on one connection; returns the sum of their integer replies."""
-    total = 0
-    conn = client.connection_pool.get_connection()
-    try:
-        for start in range(0, len(commands), COMMANDS_PER_ROUND_TRIP):
-            group = commands[start:start + COMMANDS_PER_ROUND_TRIP]
-            conn.send_packed_command([b"".join(part for command in group for part in command)],
-                                     check_health=False)
-            for _ in group:
-                total += conn.read_response()
-    except BaseException:
-        conn.disconnect()  # replies may be left unread: never hand this connection back as is
-        raise
-    finally:
-        client.connection_pool.release(conn)
-    return total
-
-
-def bucket_lengths(client, layout: K.Layout, version: str, n_buckets: int) -> int:
-    total = 0
-    for start in range(0, n_buckets, COMMANDS_PER_ROUND_TRIP):
-        pipe = client.pipeline(transaction=False)
-        for b in range(start, min(n_buckets, start + COMMANDS_PER_ROUND_TRIP)):
-            pipe.hlen(layout.bucket(version, b))
-        total += sum(pipe.execute())
-    return total
-
-
-def new_version(client, layout: K.Layout, run_date: dt.date, meta: dict) -> str:
-    """Number and register a version (status `writing`) in one transaction."""
-    seq = client.incr(layout.sequence)
-    version = f"{run_date.isoformat()}.{seq}"
-    pipe = client.pipeline(transaction=True)
-    pipe.zadd(layout.versions, {version: seq})
-    pipe.hset(layout.meta(version), mapping={**meta, "status": "writing", "seq": seq,
-                                             "format": K.FORMAT, "created_at": _now()})
-    pipe.execute()
-    return version
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _text(value) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def version_table(client, layout: K.Layout) -> list[dict]:
-    """Registered versions, oldest first, with their meta and whether they are served."""
-    current = _text(client.get(layout.current))
-    versions = [_text(v) for v in client.zrange(layout.versions, 0, -1)]
-    pipe = client.pipeline(transaction=False)
-    for v in versions:
-        pipe.hgetall(layout.meta(v))
-    rows = []
-    for v, meta in zip(versions, pipe.execute()):
-        meta = {_text(k): _text(x) for k, x in meta.items()}
-        rows.append({"version": v, "served": v == current, **meta})
-    return rows
-
-
-def remove_version(client, layout: K.Layout, version: str) -> None:
-    """UNLINK a version's keys (freed off Redis's main thread), then unregister it.
-    Never the served one."""
-    if _text(client.get(layout.current)) == version:
-        raise RuntimeError(f"refusing to remove the served version {version}")
-    buckets = client.hget(layout.meta(version), "buckets")
-    if buckets is not None:
-        names = layout.version_keys(version, int(buckets))
-        names = names[3:] + names[:3]  # meta last: a crash midway can still find the rest
-    else:  # killed before its meta was written: find its keys without blocking Redis
-        names = [k for k in client.scan_iter(match=layout.version_pattern(version), count=1000)]
-    for start in range(0, len(names), 1000):
-        client.unlink(*names[start:start + 1000])
-    client.zrem(layout.versions, version)
-
-
-def tidy(client, layout: K.Layout, keep: int) -> list[str]:
-    """Remove unfinished versions and complete ones beyond the newest keep.
-
-    Only called under the publish lock, so an unfinished version is one a killed publish left.
-    """
-    rows = version_table(client, layout)
-    complete = [r["version"] for r in rows if r.get("status") == "complete"]
-    served = next((r["version"] for r in rows if r["served"]), None)
-    kept = set(complete[-keep:]) | {served}
-    removed = []
+def print_versions(rows: list[dict]) -> None:
+    if not rows:
+        print("no versions in Redis")
     for r in rows:
-        if r["version"] not in kept:
-            remove_version(client, layout, r["version"])
-            removed.append(r["version"])
-    return removed
+        print(f"{'*' if r['served'] else ' '} {r['version']:<16} {r.get('status', '?'):<9} "
+              f"users={r.get('users_written', '-')} created={r.get('created_at', '-')} "
+              f"forced={r.get('forced', '0')}")
 
 
-def publish(bundle: artifacts.ModelBundle, client, cfg: Settings, *, run_date: dt.date,
-            layout: K.Layout | None = None, gate: dict | None = None, model_run: dict | None = None,
-            progress: bool | None = None) -> dict:
-    """Write the bundle's recommendations as a new version and serve it; returns the summary."""
-    layout = layout or K.Layout.from_env()
-    t0 = time.perf_counter()
-    n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
-    _check_bundle(bundle)
-    with PublishLock(client, layout.lock, "publish") as lock:
-        removed = tidy(client, layout, cfg.keep_versions)
-        previous = _text(client.get(layout.current))
-        n_buckets = K.bucket_count(n_users)
-        version = new_version(client, layout, run_date, {
-            "top_n": cfg.top_n, "buckets": n_buckets, "users": n_users, "items": n_items,
-            "filter_already_liked": int(cfg.filter_already_liked), "run_date": run_date.isoformat(),
-            "forced": int(bool(gate and gate.get("forced"))),
-            "model_run": json.dumps(model_run or {}, sort_keys=True, default=str)})
-        try:
-            written, empty, t_score, t_wait = _write_users(bundle, client, layout, version, cfg,
-                                                           n_buckets, lock, progress)
-            t_written = time.perf_counter()
-            _verify(client, layout, version, n_buckets, expected=n_users - empty, written=written)
-            lock.switch(layout, version, {"status": "complete", "completed_at": _now(),
-                                          "users_written": written})
-        except BaseException:
-            try:  # best effort; a killed publish is tidied by the next one
-                remove_version(client, layout, version)
-            except Exception:
-                pass
-            raise
-        removed += tidy(client, layout, cfg.keep_versions)
-        kept = [r["version"] for r in version_table(client, layout)]
-    done = time.perf_counter()
-    seconds = done - t0
-    return {
-        "version": version, "previous_version": previous, "users": n_users,
-        "users_written": written, "users_without_recommendations": empty, "items": n_items,
-        "top_n": cfg.top_n, "filter_already_liked": cfg.filter_already_liked,
-        "buckets": n_buckets, "kept_versions": kept, "removed_versions": removed,
-        "seconds": {"total": round(seconds, 3), "score_and_encode": round(t_score, 3),
-                    "waiting_for_redis": round(t_wait, 3),
-                    "verify_and_switch": round(done - t_written, 3)},
-        "users_per_second": round(written / seconds, 1) if seconds > 0 else None,
-    }
+def run(args, client, layout: K.Layout, where: str) -> int:
+    params = settings.load(args.params)
+    if args.command == "versions":
+        print_versions(writer.version_table(client, layout))
+        return 0
+    registry, throttle = ops.mlflow(params), ops.throttle_minutes(params)
+    if args.command == "rollback":
+        was, now = writer.rollback(client, layout, args.to)
+        print(f"rollback: now serving {now} (was {was}) from {where}")
+        run = json.loads(writer.version_meta(client, layout, now).get("model_run") or "{}")
+        if run.get("model_version") is not None and env.mlflow_enabled():
+            tracking.move_alias(registry, run["model_version"], throttle)
+        return 0
+    cfg, day = publish_settings.publish(params), settings.run_date(params)
+    gate = gate_decision(args.force)
+    run = metrics.MLFLOW.read() or {}
+    import implicit.cpu.als  # noqa: F401  (loads the BLAS that the limit below must reach)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):  # implicit warns (and slows) with a threaded BLAS
+        bundle = artifacts.load(args.models)
+    summary = writer.publish(bundle, client, cfg, run_date=day, layout=layout, gate=gate,
+                             model_run=run, progress=False if args.no_progress else None)
+    summary.update(run_date=day.isoformat(), redis=where, gate=gate, model_run=run,
+                   mlflow_alias=None)
+    if run.get("model_version") is not None and env.mlflow_enabled():
+        summary["mlflow_alias"] = tracking.move_alias(registry, run["model_version"], throttle)
+    metrics.PUBLISH.write(summary)
+    print(f"publish: serving {summary['version']} ({summary['users_written']:,} users, "
+          f"{summary['users_per_second']:,.0f} users/s) from {where}; previous "
+          f"{summary['previous_version']}; kept {', '.join(summary['kept_versions'])}")
+    return 0
 
 
-def _write_users(bundle, client, layout: K.Layout, version: str, cfg: Settings, n_buckets: int,
-                 lock, progress: bool | None) -> tuple[int, int, float, float]:
-    """Items table, fallback, then every user's record; returns (written, empty, t_score, t_wait).
-
-    Redis writes run on a second thread while the next batch is scored (both release the GIL).
-    """
-    user_ids, item_ids = bundle.user_ids, bundle.item_ids
-    n_users = len(user_ids)
-    fallback = K.encode_records(*popular_items(bundle.user_items, cfg.top_n))
-    pipe = client.pipeline(transaction=False)
-    pipe.set(layout.items(version), json.dumps(item_ids.tolist()))
-    pipe.set(layout.fallback(version), fallback[0].tobytes())
-    pipe.execute()
-
-    all_ids = pa.array(np.asarray(user_ids, dtype=str))
-    buckets = K.buckets_of(all_ids, n_buckets)
-    # scoring users in bucket order makes each batch fill whole buckets: ~one HSET per bucket
-    order = np.argsort(buckets, kind="stable")
-    written = empty = 0
-    t_score = t_wait = 0.0
-    bar = tqdm(total=n_users, unit="user", unit_scale=True, desc=f"publish {version}",
-               mininterval=1.0, disable=None if progress is None else not progress,
-               file=sys.stderr)
-    with ThreadPoolExecutor(max_workers=1) as writer, threadpool_limits(1, "blas"):
-        pending = None
-        for start in range(0, n_users, cfg.batch_size):
-            t = time.perf_counter()
-            rows = order[start:start + cfg.batch_size]
-            positions, scores = recommend(bundle, rows, cfg.top_n, cfg.filter_already_liked)
-            has_any = positions[:, 0] >= 0
-            empty += int((~has_any).sum())
-            rows = rows[has_any]
-            commands = hset_commands(layout, version, buckets[rows], all_ids.take(rows),
-                                     K.encode_records(positions[has_any], scores[has_any]))
-            t_score += time.perf_counter() - t
-            t = time.perf_counter()
-            if pending is not None:
-                written += pending.result()
-            t_wait += time.perf_counter() - t
-            pending = writer.submit(send_commands, client, commands)
-            lock.check()
-            bar.update(len(positions))
-        if pending is not None:
-            t = time.perf_counter()
-            written += pending.result()
-            t_wait += time.perf_counter() - t
-    bar.close()
-    return written, empty, t_score, t_wait
-
-
-def _verify(client, layout: K.Layout, version: str, n_buckets: int, *, expected: int,
-            written: int) -> None:
-    stored = bucket_lengths(client, layout, version, n_buckets)
-    if written != expected or stored != expected:
-        raise RuntimeError(f"Redis holds {stored} users for version {version} (HSET added "
-                           f"{written}), expected {expected}; the version is not served")
-    if client.exists(layout.items(version), layout.fallback(version)) != 2:
-        raise RuntimeError(f"version {version}: items or fallback key missing; not served")
-
-
-def _check_bundle(bundle: artifacts.ModelBundle) -> None:
-    n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
-    problems = []
-    if bundle.user_items.shape != (n_users, n_items):
-        problems.append(f"user_items is {bundle.user_items.shape}, ids give ({n_users}, {n_items})")
-    if bundle.model.user_factors.shape[0] != n_users:
-        problems.append(f"{bundle.model.user_factors.shape[0]} user factors for {n_users} users")
-    if bundle.model.item_factors.shape[0] != n_items:
-        problems.append(f"{bundle.model.item_factors.shape[0]} item factors for {n_items} items")
-    if problems:
-        raise P.ConfigError(f"{artifacts.MODELS_DIR}: inconsistent model files: "
-                            + "; ".join(problems))
-
-
-# --- rollback -----------------------------------------------------------------------------------
-
-def rollback(client, layout: K.Layout | None = None, to: str | None = None) -> tuple[str, str]:
-    """Point `current` at an older complete version; returns (was, now)."""
-    layout = layout or K.Layout.from_env()
-    with PublishLock(client, layout.lock, "rollback") as lock:
-        rows = version_table(client, layout)
-        complete = [r["version"] for r in rows if r.get("status") == "complete"]
-        current = next((r["version"] for r in rows if r["served"]), None)
-        if to is not None:
-            if to not in complete:
-                raise P.ConfigError(f"rollback: version {to!r} is not a complete version in Redis "
-                                    f"(kept: {', '.join(complete) or 'none'})")
-            target = to
-        else:
-            older = complete[: complete.index(current)] if current in complete else []
-            if not older:
-                raise P.ConfigError(f"rollback: no complete version older than {current} is kept "
-                                    f"(kept: {', '.join(complete) or 'none'})")
-            target = older[-1]
-        lock.switch(layout, target)
-        return current, target
-
-
-# --- MLflow -------------------------------------------------------------------------------------
-
-def move_mlflow_alias(params: dict, model_version, model_name: str | None = None) -> dict:
-    """Point the registered model's alias at model_version; never fails the publish."""
-    cfg = params.get("mlflow") or {}
-    name = cfg.get("model_name") or model_name or "dailyrec-als"
-    alias = cfg.get("alias") or "published"
-    result = {"model_name": name, "alias": alias, "model_version": str(model_version)}
-    try:
-        from mlflow import MlflowClient
-
-        uri = os.environ.get(MLFLOW_TRACKING_ENV) or DEFAULT_MLFLOW_URI
-        MlflowClient(tracking_uri=uri).set_registered_model_alias(name, alias, str(model_version))
-    except Exception as err:  # Redis already serves the new version; say so loudly, carry on
-        from stages import notify
-
-        result["error"] = f"{type(err).__name__}: {err}"
-        print(f"publish: WARNING: MLflow alias {name}@{alias} not moved to version "
-              f"{model_version}: {result['error']}", file=sys.stderr, flush=True)
-        notify.alert(f"publish: MLflow alias {name}@{alias} not moved", error=err, context=result)
-    return result
-
-
-def read_model_run(path: Path = MLFLOW_FILE) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        run = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise P.ConfigError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(run, dict):
-        raise P.ConfigError(f"{path}: expected an object with run_id, model_name, model_version")
-    return run
-
-
-# --- command line -------------------------------------------------------------------------------
-
-def _parser() -> argparse.ArgumentParser:
+def main_body(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.publish",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("command", nargs="?", default="publish",
@@ -536,77 +96,22 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--force", action="store_true",
                     help="publish even though the quality gate failed (logged loudly)")
     ap.add_argument("--to", metavar="VERSION", help="rollback: the version to serve")
-    ap.add_argument("--models", type=Path, default=artifacts.MODELS_DIR)
+    ap.add_argument("--models", type=Path, default=paths.MODELS_DIR)
     ap.add_argument("--no-progress", action="store_true")
-    return ap
+    ap.add_argument("--params", default=None, help="params file (default params.yaml)")
+    args = ap.parse_args(argv)
+    import redis
 
-
-def _main(argv: list[str] | None) -> int:
-    args = _parser().parse_args(argv)
-    params = P.load()
-    layout = K.Layout.from_env()
     client = connection.client(timeout=60.0, retries=3)
-    where = connection.redacted(P.redis_url())
+    where = connection.redacted(env.redis_url())
     try:
-        if args.command == "versions":
-            _print_versions(version_table(client, layout))
-            return 0
-        if args.command == "rollback":
-            was, now = rollback(client, layout, args.to)
-            print(f"rollback: now serving {now} (was {was}) from {where}")
-            meta = client.hgetall(layout.meta(now))
-            run = json.loads(_text(meta.get(b"model_run")) or "{}")
-            if run.get("model_version") is not None:
-                move_mlflow_alias(params, run["model_version"], run.get("model_name"))
-            return 0
-        cfg = settings(params)
-        gate = gate_decision(GATE_FILE, args.force)
-        run = read_model_run()
-        import implicit.cpu.als  # noqa: F401  (loads the BLAS that the limit below must reach)
-
-        with threadpool_limits(1, "blas"):  # implicit warns (and slows) with a threaded BLAS
-            bundle = artifacts.load(args.models)
-        summary = publish(bundle, client, cfg, run_date=P.run_date(params), layout=layout,
-                          gate=gate, model_run=run,
-                          progress=False if args.no_progress else None)
-    except Refused as err:
-        print(f"publish: {err}", file=sys.stderr)
-        return 1
-    except FileNotFoundError as err:
-        raise P.ConfigError(str(err)) from None
-    except Exception as err:
-        import redis
-
-        if isinstance(err, redis.exceptions.ConnectionError):
-            raise P.ConfigError(f"cannot reach Redis at {where}: {err}") from None
-        raise
-    summary["redis"] = where
-    summary["gate"] = gate
-    summary["model_run"] = run
-    summary["mlflow_alias"] = None
-    if run.get("model_version") is not None:
-        summary["mlflow_alias"] = move_mlflow_alias(params, run["model_version"],
-                                                    run.get("model_name"))
-    P.write_json(METRICS_FILE, summary)
-    print(f"publish: serving {summary['version']} ({summary['users_written']:,} users, "
-          f"{summary['users_per_second']:,.0f} users/s) from {where}; previous "
-          f"{summary['previous_version']}; kept {', '.join(summary['kept_versions'])}")
-    return 0
-
-
-def _print_versions(rows: list[dict]) -> None:
-    if not rows:
-        print("no versions in Redis")
-        return
-    for r in rows:
-        mark = "*" if r["served"] else " "
-        print(f"{mark} {r['version']:<16} {r.get('status', '?'):<9} "
-              f"users={r.get('users_written', '-')} created={r.get('created_at', '-')} "
-              f"forced={r.get('forced', '0')}")
+        return run(args, client, K.Layout.from_env(), where)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
+        raise ServiceUnavailable(f"cannot reach Redis at {where}: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    return P.run_stage("publish", _main, argv)
+    return cli.run_stage("publish", main_body, argv)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from stages import schema as S
-from stages import simulate
+from dailyrec import schema as S
+from tools import simulate
 
 
 def human_events(first_day: dt.date, days: int, users: int = 400, items: int = 150,

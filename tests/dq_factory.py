@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from stages import params as P
-from stages import schema as S
-from stages.merge_history import partition_path
+from dailyrec import schema as S
+from dailyrec.history import partition_path
+from tests.params import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -21,9 +21,7 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
 
 def default_params(run_date: str = "2026-11-21") -> dict:
     """The repository's params.yaml (the default settings) for a given run.date."""
-    params = P.load(ROOT / "params.yaml")
-    params["run"]["date"] = run_date
-    return params
+    return project_params(run_date)
 
 
 def day_events(day: dt.date, n: int = 400, seed: int = 0, users: int = 50, items: int = 100,

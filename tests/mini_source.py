@@ -12,14 +12,13 @@ QUARANTINE_DAY2 why each other row of DAY2 is refused.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 
-from stages import params as P
+from tests.params import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.timezone.utc
@@ -37,15 +36,7 @@ def ms(moment: dt.datetime) -> int:
 
 def params(run_date: dt.date, **changes) -> dict:
     """The shipped params.yaml with run.date set; changes as {"history.days": 3, ...}."""
-    result = copy.deepcopy(P.load(ROOT / "params.yaml"))
-    result["run"]["date"] = run_date.isoformat()
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = result
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return result
+    return project_params(run_date.isoformat(), **changes)
 
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
@@ -172,3 +163,13 @@ QUARANTINE_DAY2 = {
     "ts:future": 1, "ts:too_old": 1,
 }
 DUPLICATES_DAY2 = {"web_events": 1, "app_events": 0, "legacy_clicks": 1}
+
+
+def fetch(raw_params: dict, url: str, out_dir: Path) -> dict:
+    """fetch_delta's work on params given as a dict: counts, with the run_date fetch.json has."""
+    from dailyrec import settings, source
+    from dailyrec.settings import ingest
+
+    p = settings.of(raw_params)
+    counts = source.fetch(ingest.source(p), ingest.fetch_window(p), url, Path(out_dir))
+    return {"run_date": settings.run_date(p).isoformat(), **counts}

@@ -7,10 +7,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages import confidence as C
-from stages import schema as S
-from stages.params import ConfigError
+from dailyrec import schema as S
+from dailyrec.errors import ConfigError, DataError
+from dailyrec.model import confidence as C
+from dailyrec.settings import model
+from dailyrec.settings.model import ConfidenceConfig
 from tests.clean_events import frame
+from tests.params import of, project_params
 
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
 WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 0.0, "purchase": 8.0}
@@ -23,7 +26,7 @@ def table(rows):
 def config(**changes):
     base = dict(event_weights=WEIGHTS, decay_half_life_days=1.0, transform="linear", alpha=2.0,
                 eps=0.5)
-    return C.ConfidenceConfig(**{**base, **changes})
+    return ConfidenceConfig(**{**base, **changes})
 
 
 EVENTS = [
@@ -69,27 +72,27 @@ def test_ids_are_sorted_whatever_the_event_order():
 
 
 def test_a_non_canonical_event_type_is_an_error_naming_it():
-    with pytest.raises(ConfigError, match="hover"):
+    with pytest.raises(DataError, match="hover"):
         C.aggregate(table([("u", "i", "hover", "2026-11-14T00:00:00Z")]), config(), NOW)
 
 
 def test_null_ids_are_an_error():
     t = table([("u", "i", "view", "2026-11-14T00:00:00Z")])
     t = t.set_column(1, pa.field("user_id", pa.string()), pa.array([None], pa.string()))
-    with pytest.raises(ConfigError, match="nulls in {'user_id': 1}"):
+    with pytest.raises(DataError, match="nulls in {'user_id': 1}"):
         C.aggregate(t, config(), NOW)
 
 
 @pytest.mark.parametrize("section, message", [
     ({"event_weights": {"view": 1}}, "missing \\['click', 'add_to_cart', 'purchase'\\]"),
     ({"event_weights": {**WEIGHTS, "hover": 1}}, "unknown \\['hover'\\]"),
-    ({"event_weights": {**WEIGHTS, "view": -1}}, "train.event_weights.view must be >= 0"),
+    ({"event_weights": {**WEIGHTS, "view": -1}}, "train.event_weights.view must be a number >= 0"),
     ({"event_weights": dict.fromkeys(WEIGHTS, 0)}, "all 0"),
     ({"event_weights": WEIGHTS, "confidence": "sqrt"}, "train.confidence must be one of"),
-    ({"event_weights": WEIGHTS, "alpha": 0}, "train.alpha must be > 0"),
+    ({"event_weights": WEIGHTS, "alpha": 0}, "train.alpha must be a number > 0"),
     ({"event_weights": WEIGHTS, "eps": "x"}, "train.eps must be a number"),
-    ({"event_weights": WEIGHTS, "decay_half_life_days": -3}, "decay_half_life_days must be >= 0"),
+    ({"event_weights": WEIGHTS, "decay_half_life_days": -3}, "decay_half_life_days must be a number >= 0"),
 ])
 def test_bad_settings_name_the_key(section, message):
     with pytest.raises(ConfigError, match=message):
-        C.ConfidenceConfig.from_section(section)
+        model.train(of(project_params(**{f"train.{k}": v for k, v in section.items()})))

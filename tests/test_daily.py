@@ -1,8 +1,8 @@
 """The daily runner (stages.daily) on a small, real git + DVC repository with a local remote, mail
 going to a real SMTP server on loopback.
 
-The pipeline here is a stand-in (tests/daily_toy.py, five stages named like the real ones, writing
-metrics files in the real stages' formats), so the runner's own behaviour -- lock, pull, repro,
+The pipeline here is a stand-in (tests/daily_toy.py, five stages named like the real ones, keeping
+the stages' contract and writing metrics files in the real stages' shapes), so the runner's own behaviour -- lock, pull, repro,
 push, commit, progress, alerts, report, backfill -- is tested in seconds and whatever state the
 real stages are in.
 """
@@ -190,16 +190,31 @@ def test_a_failing_stage_alerts_with_its_name_and_output_and_stops_the_backfill(
 
     # Only the alert is mailed: a backfill mails the report of its last day, which never came.
     [msg] = mailbox.messages
-    assert msg["Subject"] == f"[dailyrec] ALERT: daily run {days[1]} failed at stage train"
+    assert msg["Subject"] == f"[dailyrec] ALERT: daily run {days[1]} failed at stage train (bug)"
     assert mailbox.envelopes[0][1] == ["oncall@example.test"]
     body = text_of(msg)
     assert "stage: train" in body and "command: python toy.py train" in body
+    assert "kind: bug" in body and "exit_status: 1" in body
     assert "Last 50 lines of output" in body
     lines = body.splitlines()
     # The last 50 lines of the stage's output, not its beginning.
     assert "train line 59" in lines and "train line 30" in lines and "train line 0" not in lines
     assert "RuntimeError: the toy train stage failed" in body
     assert SECRET not in body
+
+
+def test_each_error_kind_has_its_exit_status_and_is_named_in_the_alert(repo, mailbox):
+    """A stage that ends with bad data (validate rejecting the day) exits 65: the runner says so
+    from the stage's own status, exits 65, and names the kind in the alert."""
+    repo.run("touch", "reject-filter_noise-2026-11-20")
+    proc = repo.daily("--date", "2026-11-20", extra_env=mailbox.env())
+    assert proc.returncode == 65, proc.stdout + proc.stderr
+    assert ("[2026-11-20] filter_noise       FAILED after" in proc.stdout
+            and "(exit status 65, data): day 2026-11-19 is rejected" in proc.stdout)
+    [msg] = mailbox.messages
+    assert " ".join(msg["Subject"].split()) == ("[dailyrec] ALERT: daily run 2026-11-20 failed at "
+                                                "stage filter_noise (data)")
+    assert "kind: data" in text_of(msg) and "exit_status: 65" in text_of(msg)
 
 
 def test_a_failed_quality_gate_is_alerted_and_reported_and_the_backfill_goes_on(repo, mailbox):
@@ -261,9 +276,10 @@ def test_a_second_concurrent_runner_refuses(repo):
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, out + err
     # The lock goes with its holder: the next run can take it.
-    from stages.daily import LOCK_PATH, RunLock
+    from dailyrec.paths import RUN_LOCK
+    from dailyrec.runner import RunLock
 
-    RunLock(repo.path / LOCK_PATH).acquire({"pid": os.getpid()}).release()
+    RunLock(repo.path / RUN_LOCK).acquire({"pid": os.getpid()}).release()
 
 
 def test_a_stopped_run_alerts_naming_the_stage_it_was_in(repo, mailbox):
@@ -282,11 +298,12 @@ def test_a_stopped_run_alerts_naming_the_stage_it_was_in(repo, mailbox):
     assert runner.returncode == 1, out + err
     assert "[2026-11-20] fetch_delta" in out and "stopped by SIGTERM" in out
     [msg] = mailbox.messages
-    assert msg["Subject"] == "[dailyrec] ALERT: daily run 2026-11-20 failed at stage fetch_delta"
-    assert "fetch_delta failed (stopped by SIGTERM)" in text_of(msg)
+    assert " ".join(msg["Subject"].split()) == ("[dailyrec] ALERT: daily run 2026-11-20 failed at "
+                                                "stage fetch_delta (stopped)")
+    assert "fetch_delta failed (stopped by SIGTERM" in text_of(msg)
     # The stop reached the stage's own process too: nothing is left running.
     stage_pid = int((repo.path / "holding").read_text())
-    while (state := process_state(stage_pid)) not in (None, "Z"):
+    while process_state(stage_pid) not in (None, "Z"):
         assert time.monotonic() < deadline, f"the stage (pid {stage_pid}) is still running"
         time.sleep(0.05)
 

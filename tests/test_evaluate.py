@@ -10,19 +10,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from stages import artifacts
-from stages import confidence as C
-from stages import evaluate as E
-from stages import params as P
-from stages import schema as S
+from dailyrec import paths, settings
+from dailyrec import schema as S
+from dailyrec.errors import ConfigError
+from dailyrec.model import artifacts, training
+from dailyrec.model import evaluation as E
+from dailyrec.model.recommender import PopularRecommender
+from dailyrec.settings import evaluation as eval_settings
+from dailyrec.settings import model
+from dailyrec.settings.model import ConfidenceConfig
+from stages import evaluate as eval_stage
 from stages import train as T
 from tests.clean_events import frame
+from tests.params import of, project_params
 from tests.modeling_workspace import FIRST_DAY, make_params, make_workspace
 
 UTC = dt.timezone.utc
 HOLDOUT = dt.datetime(2026, 11, 14, tzinfo=UTC)
 END = dt.datetime(2026, 11, 15, tzinfo=UTC)
-CONF = C.ConfidenceConfig(event_weights={"view": 1.0, "click": 2.0, "add_to_cart": 4.0,
+CONF = ConfidenceConfig(event_weights={"view": 1.0, "click": 2.0, "add_to_cart": 4.0,
                                          "purchase": 8.0},
                           decay_half_life_days=0.0, transform="linear", alpha=1.0, eps=1.0)
 SPLIT_EVENTS = [
@@ -59,11 +65,19 @@ def test_only_relevant_event_types_make_the_truth():
     assert split.users.tolist() == [0] and split.truth.toarray().tolist() == [[0, 0, 1]]
 
 
+def evaluate(params: settings.Params, published=None) -> dict:
+    """evaluate's work on the workspace's data and params (what the stage does before writing)."""
+    return E.evaluate(model.train(params), eval_settings.evaluation(params),
+                      settings.run_date(params), settings.window_end(params),
+                      training.read_events(paths.CLEAN_EVENTS), published=published)
+
+
 def test_most_popular_scores_distinct_users_and_leaves_out_what_users_had():
     split = E.make_split(S.to_table(frame(SPLIT_EVENTS)), CONF, HOLDOUT, END, S.EVENT_TYPES)
     # i1 has 2 users, i2 and i3 one each (tie -> lower index first): order i1, i2, i3.
-    assert E.popularity_scores(split.train.strength).tolist() == [3.0, 2.0, 1.0]
-    scored = E.score(E.popular_scorer(split), split, [1, 2])
+    popular = PopularRecommender(split.train.strength)
+    assert popular.score(np.array([0])).tolist() == [[3.0, 2.0, 1.0]]
+    scored = E.score(popular, split, [1, 2])
     # u1 had i1, i2 -> gets [i3]: a hit. u2 had i1, i3 -> gets [i2]: a hit.
     assert scored.metrics["hit_rate_at_1"] == 1.0 and scored.metrics["precision_at_2"] == 0.5
     assert scored.metrics["mean_percentile_rank"] == 0.0
@@ -84,7 +98,7 @@ def read(path):
 
 
 def test_evaluate_writes_metrics_gate_and_plots(workspace, capsys):
-    assert E.main([]) == 0
+    assert eval_stage.main([]) == 0
     report, gate = read("metrics/eval.json"), read("metrics/gate.json")
     assert report["status"] == "ok" and report["holdout_start"] == "2026-11-14T00:00:00+00:00"
     for k in (10, 20):
@@ -110,14 +124,14 @@ def test_evaluate_writes_metrics_gate_and_plots(workspace, capsys):
 
 def test_gate_fails_when_the_lift_over_most_popular_is_too_small(workspace):
     make_params(workspace / "params.yaml", dt.date(2026, 11, 15), eval={"min_lift": 10.0})
-    assert E.main([]) == 0
+    assert eval_stage.main([]) == 0
     gate = read("metrics/gate.json")
     assert gate["passed"] is False and "below the required +1000.0%" in gate["reason"]
 
 
 def test_no_history_before_the_holdout_fails_the_gate_with_the_reason(workspace):
     make_params(workspace / "params.yaml", dt.date(2026, 11, 15), eval={"holdout_days": 14})
-    assert E.main([]) == 0
+    assert eval_stage.main([]) == 0
     report, gate = read("metrics/eval.json"), read("metrics/gate.json")
     assert report["status"] == "insufficient_data" and gate["passed"] is False
     assert "not enough history" in gate["reason"]
@@ -125,20 +139,21 @@ def test_no_history_before_the_holdout_fails_the_gate_with_the_reason(workspace)
 
 def test_models_of_another_configuration_are_refused(workspace, capsys):
     make_params(workspace / "params.yaml", dt.date(2026, 11, 15), train={"factors": 9})
-    assert E.main([]) == 2
+    assert eval_stage.main([]) == 2
     assert "other train params (['factors'])" in capsys.readouterr().err
 
 
 def test_published_artifact_that_never_saw_the_holdout_is_scored_as_is(workspace, tmp_path):
     """Yesterday's model (same config, data up to the holdout) is the candidate itself: equal scores."""
-    params = P.load()
+    params = settings.load()
     before = pq.read_table("data/clean/events.parquet")
     before = before.filter(pc.less(before["ts"], pa.scalar(HOLDOUT, before["ts"].type)))
     pq.write_table(before, tmp_path / "before.parquet")
-    yesterday = {**params, "run": {"date": "2026-11-14"}}
-    T.train(yesterday, tmp_path / "before.parquet", tmp_path / "published")
+    yesterday = dt.date(2026, 11, 14)
+    training.train(model.train(params), yesterday, settings.day_window(yesterday)[1],
+                   tmp_path / "before.parquet", tmp_path / "published")
     bundle = artifacts.load(tmp_path / "published")
-    out = E.evaluate(params, published=(bundle, {"model_version": 7, "run_id": "r"}))
+    out = evaluate(params, published=(bundle, {"model_version": 7, "run_id": "r"}))
     published = out["report"]["baselines"]["published"]
     assert published["mode"] == "artifact" and published["model_version"] == 7
     assert published["ndcg_at_20"] == pytest.approx(out["report"]["ndcg_at_20"])
@@ -147,22 +162,23 @@ def test_published_artifact_that_never_saw_the_holdout_is_scored_as_is(workspace
 
 
 def test_published_model_that_saw_the_holdout_is_refitted_on_the_split(workspace):
-    params = P.load()
+    params = settings.load()
     bundle = artifacts.load("models")  # trained through the held-out day: it knows the answers
     bundle.meta["params"]["factors"] = 4
-    out = E.evaluate(params, published=(bundle, {"model_version": 3, "run_id": "r"}))
+    out = evaluate(params, published=(bundle, {"model_version": 3, "run_id": "r"}))
     published = out["report"]["baselines"]["published"]
     assert published["mode"] == "refit"
     assert published["ndcg_at_20"] != out["report"]["ndcg_at_20"]
     # the same configuration refitted is the candidate itself
-    bundle.meta["params"]["factors"] = params["train"]["factors"]
-    same = E.evaluate(params, published=(bundle, {"model_version": 3, "run_id": "r"}))
+    bundle.meta["params"]["factors"] = model.train(params).factors
+    same = evaluate(params, published=(bundle, {"model_version": 3, "run_id": "r"}))
     assert same["report"]["baselines"]["published"]["ndcg_at_20"] == \
         same["report"]["ndcg_at_20"]
 
 
 def test_gate_drop_below_the_published_model():
-    config = E.EvalConfig.from_params({"eval": {"max_drop": 0.05, "min_lift": 0.1}})
+    config = eval_settings.evaluation(of(project_params(**{"eval.max_drop": 0.05,
+                                                           "eval.min_lift": 0.1})))
     model, popular = {"ndcg_at_20": 0.30}, {"ndcg_at_20": 0.20}
     ok = E.decide(model, popular, {"ndcg_at_20": 0.31, "model_version": 4, "mode": "artifact"},
                   config)
@@ -174,18 +190,19 @@ def test_gate_drop_below_the_published_model():
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"holdout_days": 0}, "eval.holdout_days must be >= 1"),
+    ({"holdout_days": 0}, "eval.holdout_days must be an integer >= 1"),
     ({"gate_metric": "mean_percentile_rank"}, "eval.gate_metric must be one of"),
     ({"relevant_event_types": ["hover"]}, "eval.relevant_event_types"),
-    ({"max_drop": -1}, "eval.max_drop must be >= 0"),
+    ({"max_drop": -1}, "eval.max_drop must be a number >= 0"),
 ])
 def test_bad_eval_params_name_the_key(section, message):
-    with pytest.raises(P.ConfigError, match=message):
-        E.EvalConfig.from_params({"eval": section})
+    with pytest.raises(ConfigError, match=message):
+        eval_settings.evaluation(of(project_params(**{f"eval.{k}": v
+                                                      for k, v in section.items()})))
 
 
 def test_recall_curve_is_monotone_and_matches_the_cutoffs(workspace):
-    out = E.evaluate(P.load())
+    out = evaluate(settings.load())
     recall = out["curves"]["als"]["recall"]
     assert np.all(np.diff(recall) >= 0) and recall[9] == out["report"]["recall_at_10"]
     assert FIRST_DAY.isoformat() == "2026-11-01"

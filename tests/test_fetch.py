@@ -17,11 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from stages import fetch_delta as F
-from stages import params as P
-from stages import schema as S
-from stages import simulate
+from dailyrec import env
+from dailyrec import schema as S
+from dailyrec.errors import ConfigError
+from stages import fetch_delta as stage
+from tools import simulate
 from tests import mini_source as M
+from tests.mini_source import fetch
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -56,7 +58,7 @@ def comparable(events: pd.DataFrame) -> list[tuple]:
 
 
 def test_fetch_normalises_every_table_into_the_canonical_schema(source_url, tmp_path):
-    metrics = F.fetch(M.params(M.RUN2), source_url, out_dir=tmp_path / "delta")
+    metrics = fetch(M.params(M.RUN2), source_url, tmp_path / "delta")
     events, quarantine = read_delta(tmp_path / "delta")
 
     assert events.schema == S.EVENT_SCHEMA
@@ -85,9 +87,9 @@ def test_fetch_normalises_every_table_into_the_canonical_schema(source_url, tmp_
 def test_quarantine_records_field_value_and_raw_row_and_metrics_count_them(
         sqlite_url, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(P.SOURCE_URL_ENV, sqlite_url)
+    monkeypatch.setenv(env.SOURCE_URL, sqlite_url)
     (tmp_path / "params.yaml").write_text(json.dumps(M.params(M.RUN2)))  # JSON is YAML
-    assert F.main(["--params", "params.yaml"]) == 0
+    assert stage.main(["--params", "params.yaml"]) == 0
 
     metrics = json.loads((tmp_path / "metrics/fetch.json").read_text())
     assert metrics["quarantined_by_reason"] == M.QUARANTINE_DAY2
@@ -136,7 +138,7 @@ def test_event_time_lookback_reads_recent_days_again(sqlite_url, tmp_path):
     assert len(overlap) == 1  # the same derived id both times: merge deduplicates it
 
     no_lookback = M.params(M.RUN2, **{"source.tables.legacy_clicks.lookback_days": 0})
-    F.fetch(no_lookback, sqlite_url, out_dir=tmp_path / "d3")
+    fetch(no_lookback, sqlite_url, tmp_path / "d3")
     third = S.to_frame(pq.read_table(tmp_path / "d3/events.parquet"))
     assert set(legacy(third)["user_id"]) == {"302", "303"}
 
@@ -144,13 +146,13 @@ def test_event_time_lookback_reads_recent_days_again(sqlite_url, tmp_path):
 def test_small_chunks_give_the_same_delta(sqlite_url, tmp_path):
     whole = pq.read_table(_fetch(sqlite_url, M.RUN2, tmp_path / "whole"))
     small = M.params(M.RUN2, **{"source.chunk_rows": 3})
-    metrics = F.fetch(small, sqlite_url, out_dir=tmp_path / "small")
+    metrics = fetch(small, sqlite_url, tmp_path / "small")
     assert pq.read_table(tmp_path / "small/events.parquet").equals(whole)
     assert metrics["duplicates"] == 2  # duplicates found across chunk boundaries too
 
 
 def test_an_empty_day_gives_an_empty_delta(source_url, tmp_path):
-    metrics = F.fetch(M.params(dt.date(2026, 12, 24)), source_url, out_dir=tmp_path / "delta")
+    metrics = fetch(M.params(dt.date(2026, 12, 24)), source_url, tmp_path / "delta")
     events, quarantine = read_delta(tmp_path / "delta")
     assert events.num_rows == 0 and events.schema == S.EVENT_SCHEMA
     assert quarantine.num_rows == 0 and quarantine.schema.names == S.QUARANTINE_SCHEMA.names
@@ -172,7 +174,7 @@ def test_reserved_words_as_table_and_column_names_are_quoted(source_url, tmp_pat
     engine.dispose()
     params = M.params(M.RUN2, **{"source.tables": {
         "order": {"window_column": "written", "window_format": "epoch_ms"}}})
-    metrics = F.fetch(params, source_url, out_dir=tmp_path / "delta")
+    metrics = fetch(params, source_url, tmp_path / "delta")
     events = S.to_frame(pq.read_table(tmp_path / "delta/events.parquet"))
     assert list(events["user_id"]) == ["u1"] and list(events["source"]) == ["order"]
     assert metrics["tables"]["order"]["columns"] == {
@@ -187,8 +189,8 @@ def test_postgres_and_sqlite_read_the_simulated_log_identically(postgres, tmp_pa
         simulate.write(url, start=dt.date(2026, 11, 14), days=2, seed=3, users=200, items=80,
                        events_per_day=300)
     params = M.params(M.RUN2)
-    from_sqlite = F.fetch(params, sqlite_url, out_dir=tmp_path / "lite")
-    from_postgres = F.fetch(params, postgres.url, out_dir=tmp_path / "pg")
+    from_sqlite = fetch(params, sqlite_url, tmp_path / "lite")
+    from_postgres = fetch(params, postgres.url, tmp_path / "pg")
 
     def key(metrics):
         return {k: v for k, v in metrics.items() if k != "tables"}
@@ -211,8 +213,8 @@ def test_postgres_and_sqlite_read_the_simulated_log_identically(postgres, tmp_pa
 def test_a_missing_table_is_a_clear_error(sqlite_url, tmp_path):
     params = M.params(M.RUN2, **{"source.tables.clickstream": {
         "window_column": "written", "window_format": "epoch_ms"}})
-    with pytest.raises(P.ConfigError, match="source table 'clickstream' does not exist"):
-        F.fetch(params, sqlite_url, out_dir=tmp_path / "delta")
+    with pytest.raises(ConfigError, match="source table 'clickstream' does not exist"):
+        fetch(params, sqlite_url, tmp_path / "delta")
 
 
 def test_an_unmappable_or_misnamed_column_is_a_clear_error(sqlite_url, tmp_path):
@@ -222,34 +224,34 @@ def test_an_unmappable_or_misnamed_column_is_a_clear_error(sqlite_url, tmp_path)
                       "written": [1]}).to_sql("partner", conn, index=False)
     engine.dispose()
     table = {"window_column": "written", "window_format": "epoch_s"}
-    with pytest.raises(P.ConfigError) as err:
-        F.fetch(M.params(M.RUN2, **{"source.tables": {"partner": table}}), sqlite_url,
-                out_dir=tmp_path / "delta")
+    with pytest.raises(ConfigError) as err:
+        fetch(M.params(M.RUN2, **{"source.tables": {"partner": table}}), sqlite_url,
+              tmp_path / "delta")
     assert "table 'partner'" in str(err.value) and "event_type" in str(err.value)
     assert "verb" in str(err.value)  # lists the columns it has
 
     wrong = {**table, "columns": {"event_type": "action"}}
-    with pytest.raises(P.ConfigError, match="column 'action'.*does not exist"):
-        F.fetch(M.params(M.RUN2, **{"source.tables": {"partner": wrong}}), sqlite_url,
-                out_dir=tmp_path / "delta")
+    with pytest.raises(ConfigError, match="column 'action'.*does not exist"):
+        fetch(M.params(M.RUN2, **{"source.tables": {"partner": wrong}}), sqlite_url,
+              tmp_path / "delta")
     no_window = {**table, "window_column": "ingested"}
-    with pytest.raises(P.ConfigError, match="window column 'ingested' does not exist"):
-        F.fetch(M.params(M.RUN2, **{"source.tables": {"partner": no_window}}), sqlite_url,
-                out_dir=tmp_path / "delta")
+    with pytest.raises(ConfigError, match="window column 'ingested' does not exist"):
+        fetch(M.params(M.RUN2, **{"source.tables": {"partner": no_window}}), sqlite_url,
+              tmp_path / "delta")
 
 
 WEB = {"window_column": "ingested_at", "window_format": "epoch_ms"}
 BAD_CONFIG = {
     "hostile table": ({"events; DROP TABLE x": WEB},
-                      "'events; DROP TABLE x' is not a plain SQL identifier"),
+                      "source.tables.events; DROP TABLE x must be a plain SQL identifier"),
     "hostile column": ({"web_events": {**WEB, "columns": {"user_id": 'a"b'}}},
-                       "'a\"b' is not a plain SQL identifier"),
+                       "must be a plain SQL identifier (letters, digits and _ only, not starting "
+                       "with a digit), got 'a\"b'"),
     "unknown window format": ({"web_events": {**WEB, "window_format": "iso"}},
-                              "source.tables.web_events.window_format: 'iso' is not one of"),
+                              "source.tables.web_events.window_format must be one of"),
     "missing table": ({"nowhere": WEB}, "source table 'nowhere' does not exist"),
     "unmappable column": ({"sim_truth": {"window_column": "seed", "window_format": "epoch_s"}},
                           "table 'sim_truth': no column found for ['item_id', 'event_type', 'ts']"),
-    "unreachable database": ({"web_events": WEB}, "cannot read the source database"),
 }
 
 
@@ -261,12 +263,11 @@ def test_the_stage_reports_bad_config_in_one_line_with_exit_status_2(sqlite_url,
     with engine.begin() as conn:  # a real table that lacks most canonical fields
         pd.DataFrame({"user_id": ["1"], "seed": [1]}).to_sql("sim_truth", conn, index=False)
     engine.dispose()
-    url = (f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}" if case == "unreachable database"
-           else sqlite_url)
+    url = sqlite_url
     (tmp_path / "params.yaml").write_text(json.dumps(M.params(M.RUN2, **{"source.tables": tables})))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(P.SOURCE_URL_ENV, url)
-    assert F.main(["--params", "params.yaml"]) == 2
+    monkeypatch.setenv(env.SOURCE_URL, url)
+    assert stage.main(["--params", "params.yaml"]) == 2
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fetch_delta: error: "), err
@@ -274,20 +275,33 @@ def test_the_stage_reports_bad_config_in_one_line_with_exit_status_2(sqlite_url,
     assert not (tmp_path / "metrics").exists()
 
 
+def test_an_unreachable_database_is_a_service_fault_with_exit_status_69(tmp_path, monkeypatch,
+                                                                      capsys):
+    """Worth retrying later, unlike bad configuration (docs/operations.md)."""
+    (tmp_path / "params.yaml").write_text(json.dumps(M.params(M.RUN2)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(env.SOURCE_URL, f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}")
+    assert stage.main(["--params", "params.yaml"]) == 69
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fetch_delta: error: cannot read the source "
+                                                   "database"), lines
+    assert not (tmp_path / "metrics").exists()
+
+
 def test_the_cli_exits_2_with_one_line_and_no_traceback(sqlite_url, tmp_path):
     params = M.params(M.RUN2, **{"source.tables": {"events; DROP TABLE x": WEB}})
     (tmp_path / "params.yaml").write_text(json.dumps(params))
-    env = {**os.environ, P.SOURCE_URL_ENV: sqlite_url, "PYTHONPATH": str(M.ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "stages.fetch_delta"], cwd=tmp_path, env=env,
+    child = {**os.environ, env.SOURCE_URL: sqlite_url, "PYTHONPATH": str(M.ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "stages.fetch_delta"], cwd=tmp_path, env=child,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert proc.stderr.startswith("fetch_delta: error: params.yaml source.tables."
-                                  "events; DROP TABLE x: 'events; DROP TABLE x' is not a plain")
+    assert proc.stderr.startswith("fetch_delta: error: params.yaml: source.tables."
+                                  "events; DROP TABLE x must be a plain SQL identifier")
     tables = sa.inspect(sa.create_engine(sqlite_url)).get_table_names()
     assert set(M.TABLES) <= set(tables)
 
 
 def _fetch(url, run_date, out_dir):
-    F.fetch(M.params(run_date), url, out_dir=out_dir)
+    fetch(M.params(run_date), url, out_dir)
     return out_dir / "events.parquet"

@@ -13,11 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages import filter_noise as FN
-from stages import params as P
-from stages import rejections as R
-from stages import schema as S
+from dailyrec import history, metrics
+from dailyrec import schema as S
+from dailyrec.errors import ConfigError
+from dailyrec.quality import rejections as R
+from dailyrec.quality import rules as FN
+from dailyrec.settings import quality
+from stages import filter_noise as stage
 from tests import dq_factory as F
+from tests.params import of
 
 RUN = "2026-11-21"
 DAY1 = pd.Timestamp("2026-11-19", tz="UTC")
@@ -74,24 +78,24 @@ EXPECTED = {  # rule -> actors whose every event it removes (plus partial remova
 }
 
 
-def settings(**overrides) -> FN.Settings:
+def settings(**overrides) -> quality.FilterSettings:
     params = F.default_params(RUN)
     params["filter"]["internal"]["user_ids"] = ["qa-robot"]
     for path, value in overrides.items():
         section, key = path.split(".")
         params["filter"][section][key] = value
-    return FN.settings(params)
+    return quality.filter_rules(of(params))
 
 
 @pytest.fixture(scope="module")
 def window(tmp_path_factory):
     actors = crafted_window()
-    history = tmp_path_factory.mktemp("history")
+    root = tmp_path_factory.mktemp("history")
     frame = pd.concat([f.assign(actor=name) for name, f in actors.items()], ignore_index=True)
-    F.write_history(history, frame.drop(columns="actor"))
+    F.write_history(root, frame.drop(columns="actor"))
     cfg = settings()
-    used, _ = FN.window_days(cfg, history, {"days": {}})
-    w = FN.read_window(history, used)
+    used, _ = history.select_window(root, cfg.run_date, cfg.window_days, set())
+    w = FN.read_window(root, used)
     actor_of = dict(zip(frame["event_id"], frame["actor"]))
     return w, np.array([actor_of[e] for e in w.table.column("event_id").to_pylist()])
 
@@ -186,6 +190,14 @@ def test_extra_crawler_patterns(window):
 # ---------------------------------------------------------------------------------------------
 # The stage.
 
+def validation_verdict(run_date: str, status: str) -> dict:
+    """metrics/validation.json as validate writes it, with only the verdict that matters here."""
+    return {"run_date": run_date, "day": run_date, "status": status,
+            "passed": status != "failed", "failed": int(status == "failed"), "warned": 0,
+            "day_rejected": status == "failed", "rejected_days": [], "delta_events": 0,
+            "window_days": 0, "window_events": 0, "expectations": {}}
+
+
 def _stage_dir(tmp_path, monkeypatch, status="passed", run_date=RUN):
     monkeypatch.chdir(tmp_path)
     frame = pd.concat(crafted_window().values(), ignore_index=True)
@@ -193,13 +205,14 @@ def _stage_dir(tmp_path, monkeypatch, status="passed", run_date=RUN):
     params = F.default_params(RUN)
     params["filter"]["internal"]["user_ids"] = ["qa-robot"]
     (tmp_path / "params.yaml").write_text(json.dumps(params))
-    P.write_json(tmp_path / "metrics/validation.json", {"run_date": run_date, "status": status})
+    metrics.VALIDATION.write(validation_verdict(str(run_date), status),
+                             tmp_path / "metrics/validation.json")
     return frame
 
 
 def test_stage_writes_canonical_clean_events_and_counters(tmp_path, monkeypatch, capsys):
     frame = _stage_dir(tmp_path, monkeypatch)
-    assert FN.main([]) == 0
+    assert stage.main([]) == 0
     table = pq.read_table(tmp_path / "data/clean/events.parquet")
     assert table.schema.equals(S.EVENT_SCHEMA, check_metadata=False)
     clean = S.to_frame(table)
@@ -227,7 +240,7 @@ def test_stage_leaves_rejected_days_out(tmp_path, monkeypatch):
     ledger = R.load(tmp_path / "data/rejections.json")
     R.record_rejection(ledger, dt.date(2026, 11, 20), dt.date(2026, 11, 21), ["x"], "r.html")
     R.save(ledger, tmp_path / "data/rejections.json")
-    assert FN.main([]) == 0
+    assert stage.main([]) == 0
     clean = S.to_frame(pq.read_table(tmp_path / "data/clean/events.parquet"))
     assert (clean["ts"] < DAY2).all()
     metrics = json.loads((tmp_path / "metrics/filter.json").read_text())
@@ -235,19 +248,19 @@ def test_stage_leaves_rejected_days_out(tmp_path, monkeypatch):
     # Admitted: the day is back.
     R.admit(ledger, dt.date(2026, 11, 20), "alice", "looked, fine")
     R.save(ledger, tmp_path / "data/rejections.json")
-    assert FN.main([]) == 0
+    assert stage.main([]) == 0
     clean = S.to_frame(pq.read_table(tmp_path / "data/clean/events.parquet"))
     assert (clean["ts"] >= DAY2).any()
 
 
-@pytest.mark.parametrize("status,run_date,message", [
-    ("failed", RUN, "validate failed for run.date 2026-11-21"),
-    ("passed", "2026-11-20", "is for run.date 2026-11-20, not 2026-11-21"),
+@pytest.mark.parametrize("status,run_date,message,exit_code", [
+    ("failed", RUN, "validate failed for run.date 2026-11-21", 65),
+    ("passed", "2026-11-20", "is for run.date 2026-11-20, not 2026-11-21", 2),
 ])
 def test_stage_refuses_without_a_passing_validation(tmp_path, monkeypatch, capsys, status,
-                                                    run_date, message):
+                                                    run_date, message, exit_code):
     _stage_dir(tmp_path, monkeypatch, status=status, run_date=run_date)
-    assert FN.main([]) == 2
+    assert stage.main([]) == exit_code
     assert message in capsys.readouterr().err
     assert not (tmp_path / "data/clean").exists()
 
@@ -259,7 +272,7 @@ def test_stage_refuses_without_a_passing_validation(tmp_path, monkeypatch, capsy
     ("crawler_ua.extra_patterns", ["(unclosed"], "filter.crawler_ua.extra_patterns"),
 ])
 def test_bad_settings_are_named(key, value, message):
-    with pytest.raises(P.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         settings(**{key: value})
 
 
@@ -285,10 +298,10 @@ def random_window(tmp_path_factory):
     frame = F.events(users.astype(str), rng.integers(0, 60, n).astype(str),
                      DAY1 + seconds * SEC, event_type=rng.choice(["view", "click"], n))
     frame["event_id"] = "e" + pd.Series(np.arange(n)).astype(str)
-    history = tmp_path_factory.mktemp("random")
-    F.write_history(history, frame)
+    root = tmp_path_factory.mktemp("random")
+    F.write_history(root, frame)
     cfg = settings()
-    w = FN.read_window(history, FN.window_days(cfg, history, {"days": {}})[0])
+    w = FN.read_window(root, history.select_window(root, cfg.run_date, cfg.window_days, set())[0])
     return w, S.to_frame(w.table.cast(S.EVENT_SCHEMA))
 
 

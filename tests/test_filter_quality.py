@@ -16,11 +16,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from stages import fetch_delta, merge_history
-from stages import filter_noise as FN
-from stages import simulate
-from stages import validate as V
+from dailyrec import history, paths
+from dailyrec.quality import expectations as V
+from dailyrec.quality import rules as FN
+from dailyrec.settings import quality
 from tests import dq_factory as F
+from tests.mini_source import fetch
+from tests.params import of
+from tools import simulate
 
 FIRST = dt.date(2026, 11, 14)
 DAYS = 4
@@ -39,18 +42,20 @@ def test_default_settings_find_the_bots_and_keep_the_humans(simulated, monkeypat
     root, url, truth = simulated
     monkeypatch.chdir(root)
     for offset in range(1, DAYS + 1):  # the scheduler's days, through the real stages
-        params = F.default_params((FIRST + dt.timedelta(days=offset)).isoformat())
-        fetch_delta.fetch(params, url)
-        merge_history.merge(params)
-        merge_history.archive_quarantine(params)
+        run = FIRST + dt.timedelta(days=offset)
+        params = F.default_params(run.isoformat())
+        fetch(params, url, paths.DELTA_DIR)
+        history.merge(paths.DELTA_EVENTS, paths.HISTORY_DIR, run, params["history"]["days"])
     # An ordinary simulated day passes validation at the default thresholds, volume band included.
-    verdict = V.validate(params)
+    verdict = V.validate(quality.validate(of(params)), paths.DELTA_EVENTS, paths.DELTA_QUARANTINE,
+                         paths.HISTORY_DIR, paths.REJECTIONS, "report.html")
     assert verdict.status == "passed", [o.line() for o in verdict.outcomes if not o.success]
     band = next(o for o in verdict.outcomes if o.name == "delta_day.volume")
     assert not band.note  # enough history: the band was applied
 
-    cfg = FN.settings(params)
-    window = FN.read_window(FN.HISTORY_DIR, FN.window_days(cfg, FN.HISTORY_DIR, {"days": {}})[0])
+    cfg = quality.filter_rules(of(params))
+    used, _ = history.select_window(paths.HISTORY_DIR, cfg.run_date, cfg.window_days, set())
+    window = FN.read_window(paths.HISTORY_DIR, used)
     result = FN.apply_rules(window, cfg)
     removed = result.removed_users(window)
     present = set(window.user.values.to_pylist())

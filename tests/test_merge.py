@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages import fetch_delta as F
-from stages import merge_history as H
-from stages import params as P
-from stages import schema as S
+from dailyrec import env
+from dailyrec import history as H
+from dailyrec import schema as S
+from dailyrec.errors import DataError
+from stages import fetch_delta, merge_history
 from tests import mini_source as M
 
 
@@ -33,10 +34,11 @@ def lake(tmp_path):
         def run(self, run_date: dt.date, **changes) -> dict:
             """One day of the pipeline: fetch_delta then merge_history."""
             params = M.params(run_date, **changes)
-            F.fetch(params, self.source, out_dir=self.delta)
-            metrics = H.merge(params, delta=self.delta / "events.parquet", history=self.history)
+            M.fetch(params, self.source, self.delta)
+            keep = params["history"]["days"]
+            metrics = H.merge(self.delta / "events.parquet", self.history, run_date, keep)
             metrics["quarantined"] = H.archive_quarantine(
-                params, source=self.delta / "quarantine.parquet", archive=self.archive)
+                self.delta / "quarantine.parquet", self.archive, run_date, keep)
             return metrics
 
         def snapshot(self) -> dict[str, str]:
@@ -160,8 +162,7 @@ def test_ancient_events_are_quarantined_and_never_resurrected(lake):
     stale = pa.concat_tables([canonical_day(dt.date(2026, 11, 1), 2, "old"),
                               canonical_day(M.DAY2, 2, "new")])
     pq.write_table(stale, lake.delta / "events.parquet")
-    metrics = H.merge(M.params(M.RUN2, **{"history.days": 1}), delta=lake.delta / "events.parquet",
-                      history=lake.history)
+    metrics = H.merge(lake.delta / "events.parquet", lake.history, M.RUN2, 1)
     assert metrics["added_by_day"] == {"2026-11-15": 2}
     assert H.partition_days(lake.history) == [M.DAY2]
 
@@ -181,19 +182,19 @@ def test_existing_rows_win_over_a_changed_copy_of_the_same_event(tmp_path):
 
 def test_a_stray_folder_in_the_history_is_a_clear_error(tmp_path):
     (tmp_path / "day=yesterday").mkdir()
-    with pytest.raises(P.ConfigError, match="day=yesterday.*not a day partition"):
+    with pytest.raises(DataError, match="day=yesterday.*not a day partition"):
         H.partition_days(tmp_path)
 
 
 def test_the_stage_writes_its_metrics_and_needs_a_delta(lake, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(json.dumps(M.params(M.RUN2)))
-    assert H.main(["--params", "params.yaml"]) == 2
+    assert merge_history.main(["--params", "params.yaml"]) == 2
     assert "data/delta/events.parquet not found: run fetch_delta first" in capsys.readouterr().err
 
-    monkeypatch.setenv(P.SOURCE_URL_ENV, lake.source)
-    assert F.main(["--params", "params.yaml"]) == 0
-    assert H.main(["--params", "params.yaml"]) == 0
+    monkeypatch.setenv(env.SOURCE_URL, lake.source)
+    assert fetch_delta.main(["--params", "params.yaml"]) == 0
+    assert merge_history.main(["--params", "params.yaml"]) == 0
     metrics = json.loads((tmp_path / "metrics/history.json").read_text())
     assert (metrics["days"], metrics["rows"], metrics["quarantined"]) == (2, 14, 14)
     assert (tmp_path / "data/quarantine/date=2026-11-16.parquet").exists()

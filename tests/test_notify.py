@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stages import notify
+from dailyrec import notify
 from tests.mailbox import Mailbox, text_of
 from tests.servers import free_port
 
@@ -27,11 +27,6 @@ HEADER_TOKEN = "eyJhbGciOiJIUzI1NiJ9.payload.sig"
 SECRETS = (DB_PASSWORD, REDIS_PASSWORD, SMTP_PASSWORD, API_TOKEN, HEADER_TOKEN, "hunter2hunter")
 
 
-def write_params(directory: Path, throttle_minutes: float) -> None:
-    (directory / "params.yaml").write_text(
-        f"run:\n  date: '2026-11-21'\nalerts:\n  throttle_minutes: {throttle_minutes}\n")
-
-
 @pytest.fixture
 def mailbox():
     with Mailbox(user="alerts", password=SMTP_PASSWORD) as box:
@@ -41,9 +36,8 @@ def mailbox():
 @pytest.fixture
 def alert_env(tmp_path, monkeypatch, mailbox):
     """The process as a deployment would have it: SMTP settings and secrets in the environment,
-    params.yaml in the working directory, throttle state in a private directory."""
+    throttle state in a private directory."""
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, 60)
     env = {
         **mailbox.env(),
         "DAILYREC_STATE_DIR": str(tmp_path / "state"),
@@ -115,18 +109,18 @@ def test_scrub_removes_values_of_secret_environment_variables():
 
 STORM = textwrap.dedent("""
     import sys
-    from stages import notify
+    from dailyrec import notify
 
     def recommend(user):
         raise KeyError(f"user {user} has no factors")
 
-    first, count = int(sys.argv[1]), int(sys.argv[2])
+    first, count, minutes = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     for user in range(first, first + count):
         try:
             recommend(user)
         except KeyError as err:
             notify.alert(f"GET /recommendations/{user} failed", error=err,
-                         context={"request_id": f"req-{user}"})
+                         context={"request_id": f"req-{user}"}, throttle_minutes=minutes)
 """)
 
 
@@ -135,7 +129,8 @@ def test_a_storm_of_one_error_across_processes_sends_one_mail_then_counts_it(
     script = tmp_path / "storm.py"
     script.write_text(STORM)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, str(script), str(1000 * p), "5"], env=env,
+    procs = [subprocess.Popen([sys.executable, str(script), str(1000 * p), "5", "60"],
+                              env=env,
                               cwd=tmp_path, stderr=subprocess.PIPE, text=True) for p in range(4)]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
@@ -146,12 +141,12 @@ def test_a_storm_of_one_error_across_processes_sends_one_mail_then_counts_it(
     try:
         fail_to_connect("sqlite:///x.db")
     except ConnectionError as err:
-        assert notify.alert("another problem", error=err) is True
+        assert notify.alert("another problem", error=err, throttle_minutes=60) is True
     assert len(mailbox.messages) == 2
 
     # Once the window has passed (here: throttling off), the next mail says what was held back.
-    write_params(tmp_path, 0)
-    subprocess.run([sys.executable, str(script), "9000", "1"], env=env, cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, str(script), "9000", "1", "0"], env=env, cwd=tmp_path,
+                   check=True)
     assert len(mailbox.messages) == 3
     assert "19 more occurrence(s) of this alert" in text_of(mailbox.messages[2])
 
@@ -160,17 +155,16 @@ def test_smtp_down_is_logged_never_raised_and_the_lost_mail_is_counted(
         alert_env, monkeypatch, tmp_path, caplog):
     port = free_port()  # nothing listens here
     monkeypatch.setenv("DAILYREC_SMTP_PORT", str(port))
-    write_params(tmp_path, 0)
     caplog.set_level(logging.ERROR, logger="dailyrec.notify")
     try:
         fail_to_connect("sqlite:///x.db")
     except ConnectionError as err:
-        assert notify.alert("source down", error=err) is False
+        assert notify.alert("source down", error=err, throttle_minutes=0) is False
         assert "could not send mail" in caplog.text
         assert SMTP_PASSWORD not in caplog.text
         with Mailbox(port=port) as box:  # the SMTP server is back
             monkeypatch.delenv("DAILYREC_SMTP_USER")
-            assert notify.alert("source down", error=err) is True
+            assert notify.alert("source down", error=err, throttle_minutes=0) is True
             assert "1 more occurrence(s) of this alert" in text_of(box.messages[0])
 
 
@@ -182,7 +176,7 @@ def test_without_smtp_settings_alerts_are_only_logged(alert_env, monkeypatch, ca
 
 
 def test_bad_tls_mode_is_a_clear_config_error():
-    from stages.params import ConfigError
+    from dailyrec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="DAILYREC_SMTP_TLS='tls13'"):
         notify.SmtpSettings.from_env({"DAILYREC_SMTP_HOST": "mail", "DAILYREC_SMTP_TLS": "tls13"})

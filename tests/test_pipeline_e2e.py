@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from stages import params as P
+from dailyrec import env as E
+from dailyrec import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -47,16 +48,16 @@ def test_dvc_repro_day_by_day_builds_the_history_and_a_rerun_changes_nothing(tmp
     repo.mkdir()
     copy_repo(repo)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DVC_NO_ANALYTICS": "1", P.SOURCE_URL_ENV: f"sqlite:///{repo / 'source.db'}"}
+           "DVC_NO_ANALYTICS": "1", E.SOURCE_URL: f"sqlite:///{repo / 'source.db'}"}
     env.pop("DAILYREC_PARAMS", None)
-    run([str(VENV_BIN / "python"), "-m", "stages.simulate", "--start", "2026-11-14", "--days", "3",
+    run([str(VENV_BIN / "python"), "-m", "tools.simulate", "--start", "2026-11-14", "--days", "3",
          "--users", "200", "--items", "80", "--events-per-day", "300", "--seed", "11"], repo, env)
 
     history = repo / "data" / "history"
     rows_seen = []
     for n, day in enumerate((dt.date(2026, 11, 15), dt.date(2026, 11, 16),
                              dt.date(2026, 11, 17)), start=1):
-        P.set_run_date(day, repo / "params.yaml")
+        settings.set_run_date(day, repo / "params.yaml")
         run([str(VENV_BIN / "dvc"), "repro", "merge_history"], repo, env)
         fetched = json.loads((repo / "metrics" / "fetch.json").read_text())
         merged = json.loads((repo / "metrics" / "history.json").read_text())

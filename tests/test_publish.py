@@ -13,16 +13,25 @@ import numpy as np
 import pytest
 import redis
 
-from serving import keys as K
-from serving.store import RecommendationStore
-from stages import params as P
-from stages import publish as pub
+from dailyrec.errors import Busy, ConfigError
+from dailyrec.model.recommender import ALSRecommender
+from dailyrec.settings import serving as publish_settings
+from dailyrec.settings.serving import PublishSettings
+from dailyrec.store import keys as K
+from dailyrec.store import writer as pub
+from dailyrec.store.reader import RecommendationStore
+from stages import publish as stage
 from tests import servers
 from tests import tiny_models as tm
+from tests.params import of, project_params
 
 DAY = dt.date(2026, 11, 21)
 LAYOUT = K.Layout()
-SMALL = pub.Settings(top_n=10, filter_already_liked=True, batch_size=150, keep_versions=3)
+SMALL = PublishSettings(top_n=10, filter_already_liked=True, batch_size=150, keep_versions=3)
+
+
+def settings(top_n=20, filter_already_liked=True, batch_size=100_000, keep_versions=3):
+    return PublishSettings(top_n, filter_already_liked, batch_size, keep_versions)
 
 
 def served(client) -> str | None:
@@ -31,7 +40,8 @@ def served(client) -> str | None:
 
 
 def expected_lists(bundle, users: list[int], top_n: int = 10) -> dict[str, tuple[str, ...]]:
-    positions, _ = pub.recommend(bundle, np.asarray(users), top_n, True)
+    positions, _ = ALSRecommender.from_bundle(bundle).recommend(np.asarray(users), None, top_n,
+                                                                True)
     return {bundle.user_ids[u]: tuple(bundle.item_ids[p] for p in row if p >= 0)
             for u, row in zip(users, positions)}
 
@@ -58,9 +68,9 @@ def test_publish_switches_keeps_versions_and_rolls_back(redis_client):
     assert pub.rollback(redis_client) == (versions[3], versions[2])
     assert read_list(store, "user-7") == (versions[2], expected_lists(models[2], [7])["user-7"])
     assert pub.rollback(redis_client) == (versions[2], versions[1])
-    with pytest.raises(P.ConfigError, match="no complete version older than 2026-11-21.2"):
+    with pytest.raises(ConfigError, match="no complete version older than 2026-11-21.2"):
         pub.rollback(redis_client)
-    with pytest.raises(P.ConfigError, match="'2026-11-21.1' is not a complete version"):
+    with pytest.raises(ConfigError, match="'2026-11-21.1' is not a complete version"):
         pub.rollback(redis_client, to=versions[0])
     assert pub.rollback(redis_client, to=versions[3]) == (versions[1], versions[3])
     assert read_list(store, "user-7")[0] == versions[3]
@@ -73,7 +83,7 @@ def test_publish_switches_keeps_versions_and_rolls_back(redis_client):
 
 def test_lists_are_implicits_top_n_without_what_users_have(redis_client):
     model = tm.bundle(seed=5, n_users=300, full_users=2)
-    summary = pub.publish(model, redis_client, pub.Settings(top_n=10, batch_size=64),
+    summary = pub.publish(model, redis_client, settings(top_n=10, batch_size=64),
                           run_date=DAY, progress=False)
     assert summary["users_written"] == 298 and summary["users_without_recommendations"] == 2
     store = RecommendationStore(redis_client, LAYOUT)
@@ -86,7 +96,7 @@ def test_lists_are_implicits_top_n_without_what_users_have(redis_client):
         assert not set(ids.tolist()) & set(model.user_items[u].indices.tolist())
     assert store.lookup("user-0")[1] is None  # has every item: served the fallback
 
-    pub.publish(model, redis_client, pub.Settings(top_n=10, batch_size=64,
+    pub.publish(model, redis_client, settings(top_n=10, batch_size=64,
                                                   filter_already_liked=False),
                 run_date=DAY, progress=False)
     store = RecommendationStore(redis_client, LAYOUT)
@@ -96,7 +106,7 @@ def test_lists_are_implicits_top_n_without_what_users_have(redis_client):
 
 def test_fallback_is_the_most_popular_items(redis_client):
     model = tm.bundle(seed=3, n_items=30)
-    pub.publish(model, redis_client, pub.Settings(top_n=40, batch_size=100), run_date=DAY,
+    pub.publish(model, redis_client, settings(top_n=40, batch_size=100), run_date=DAY,
                 progress=False)
     version = RecommendationStore(redis_client, LAYOUT).version(served(redis_client))
     users_per_item = np.bincount(model.user_items.indices, minlength=30)
@@ -115,13 +125,16 @@ def test_fallback_is_the_most_popular_items(redis_client):
     ({"batch_size": 10_000_000, "top_n": 1000}, "over 1 GiB; lower publish.batch_size"),
 ])
 def test_bad_settings_name_the_key(section, message):
-    with pytest.raises(P.ConfigError, match=message):
-        pub.settings({"publish": section})
+    with pytest.raises(ConfigError, match=message):
+        publish_settings.publish(of(project_params(**{f"publish.{k}": v
+                                                      for k, v in section.items()})))
 
 
 def test_settings_section_is_required():
-    with pytest.raises(P.ConfigError, match="section 'publish' is missing"):
-        pub.settings({})
+    raw = project_params()
+    del raw["publish"]
+    with pytest.raises(ConfigError, match="section 'publish' is missing"):
+        publish_settings.publish(of(raw))
 
 
 def _mlflow(tmp_path):
@@ -148,7 +161,7 @@ def test_command_line_gate_force_metrics_rollback_and_mlflow_alias(redis_server,
 
     def cli(cwd, *args):
         monkeypatch.chdir(cwd)
-        code = pub.main(["--no-progress", *args])
+        code = stage.main(["--no-progress", *args])
         out = capsys.readouterr()
         return code, out.out, out.err
 
@@ -157,15 +170,15 @@ def test_command_line_gate_force_metrics_rollback_and_mlflow_alias(redis_server,
                        mlflow_run={"run_id": "r1", "experiment": "dailyrec",
                                    "model_name": "dailyrec-als", "model_version": 1})
     code, _, err = cli(first)
-    assert code == 1
+    assert code == 3
     assert "quality gate failed" in err and "ndcg_at_20 0.01 < 0.05" in err
     assert served(redis_client) is None and not (first / "metrics/publish.json").exists()
 
     (first / "metrics/gate.json").unlink()
     code, _, err = cli(first)
-    assert code == 1 and "gate.json does not exist" in err
+    assert code == 3 and "gate.json is missing or unreadable" in err
 
-    (first / "metrics/gate.json").write_text(json.dumps({"passed": False, "reason": "too low"}))
+    (first / "metrics/gate.json").write_text(json.dumps(tm.gate_file(False, "too low")))
     code, _, err = cli(first, "--force")
     assert code == 0, err
     assert "WARNING: --force: publishing although the quality gate failed" in err
@@ -208,7 +221,7 @@ def test_command_line_errors_are_one_clear_line(redis_server, tmp_path):
 
     tm.workdir(tmp_path, tm.bundle(n_users=50), gate={"passed": True})
     down = tm.run_publish(work, f"redis://:pw@127.0.0.1:{servers.free_port()}/0")
-    assert down.returncode == 2
+    assert down.returncode == 69  # a service fault, worth retrying
     assert down.stderr.startswith("publish: error: cannot reach Redis at redis://:***@127.0.0.1:")
     assert "pw" not in down.stderr
 
@@ -312,12 +325,12 @@ def test_reader_sees_only_whole_versions_when_publish_is_killed_midway(redis_ser
 def test_a_second_publish_is_refused_while_one_runs(redis_client):
     model = tm.bundle(n_users=50)
     with pub.PublishLock(redis_client, LAYOUT.lock, "publish"):  # held by this (live) process
-        with pytest.raises(pub.Refused, match="another publish or rollback is running"):
+        with pytest.raises(Busy, match="another publish or rollback is running"):
             pub.publish(model, redis_client, SMALL, run_date=DAY, progress=False)
-        with pytest.raises(pub.Refused):
+        with pytest.raises(Busy):
             pub.rollback(redis_client)
     redis_client.set(LAYOUT.lock, json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))
-    with pytest.raises(pub.Refused, match="held by .*elsewhere"):  # another host: wait for the TTL
+    with pytest.raises(Busy, match="held by .*elsewhere"):  # another host: wait for the TTL
         pub.publish(model, redis_client, SMALL, run_date=DAY, progress=False)
     redis_client.delete(LAYOUT.lock)
     assert pub.publish(model, redis_client, SMALL, run_date=DAY, progress=False)["users_written"]

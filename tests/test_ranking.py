@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from stages import ranking as R
+from dailyrec.model import ranking as R
 
 # Two users, a catalogue of 6 items, K = 3.
 #   user 0: truth {1, 4}, recommended [1, 2, 4]  -> hits [1, 0, 1]

@@ -64,7 +64,7 @@ def referenced_objects(cache: Path, lock: dict) -> dict[str, str]:
 def pushed(tmp_path_factory, gcs_emulator, azurite):
     """Four daily runs, each committed and pushed to all three remotes; what each push added."""
     ws = workspace.create(tmp_path_factory.mktemp("remotes") / "project")
-    ws.python("-m", "stages.simulate", "--url", ws.env["DAILYREC_SOURCE_URL"], "--start",
+    ws.python("-m", "tools.simulate", "--url", ws.env["DAILYREC_SOURCE_URL"], "--start",
               FIRST_EVENT_DAY.isoformat(), "--days", str(len(RUN_DATES)), "--users", "300",
               "--items", "120", "--events-per-day", "1500", "--seed", "11")
     ws.configure_remote("gcs", **gcs_emulator.dvc_config)

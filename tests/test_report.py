@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from stages import notify, report
+from dailyrec import notify, report
+from dailyrec.settings.ops import ReportSettings
 from tests.mailbox import Mailbox
+from tests.metrics_examples import write
 
 DAY = dt.date(2026, 11, 21)
-
-
-def write(directory: Path, name: str, payload: dict) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.json").write_text(json.dumps(payload))
+SETTINGS = ReportSettings(main_metric="ndcg_at_20", chart_runs=30)
 
 
 def eval_block(ndcg: float, recall: float) -> dict:
@@ -29,36 +27,29 @@ def eval_block(ndcg: float, recall: float) -> dict:
 
 def todays_metrics(directory: Path) -> None:
     day = DAY.isoformat()
-    write(directory, "fetch", {"run_date": day, "fetched": 104_321, "kept": 101_000,
-                               "duplicates": 2_000, "quarantined": 1_321,
-                               "quarantined_by_reason": {"ts:future": 21, "user_id:missing": 1_300},
-                               "tables": {}})
-    write(directory, "history", {"run_date": day, "days": 7, "rows": 700_000, "added": 101_000})
-    write(directory, "validation", {"run_date": day, "status": "passed", "passed": True,
-                                    "failed": 0, "warned": 1, "day_rejected": False})
-    write(directory, "filter", {
-        "run_date": day, "window": {"days": 60, "rejected_days_left_out": ["2026-11-02"]},
-        "input": {"rows": 96_175}, "output": {"rows": 95_500, "users": 19_800, "items": 4_900},
-        "removed": {"rows": 675, "share": 0.007, "bot_or_internal_users": 31},
-        "rules": {"crawler_ua": {"rows": 412, "users": 9, "enabled": True},
-                  "behaviour": {"rows": 0, "users": 0, "enabled": True},
-                  "internal": {"rows": 263, "users": 22, "enabled": True},
-                  "repeated": {"rows": 0, "users": 0, "enabled": False}}})
-    write(directory, "train", {"run_date": day, "device": "cpu", "users": 19_800, "items": 4_900,
-                               "nonzeros": 800_000, "durations_s": {"fit": 12.34, "total": 15.0}})
-    write(directory, "eval", {"run_date": day, "k": 10, "status": "ok", "gate_metric": "ndcg_at_20",
-                              **eval_block(0.1500, 0.2500),
-                              "baselines": {"most_popular": eval_block(0.1000, 0.2000),
-                                            "published": None},
-                              "lift_over_most_popular": 0.5})
-    write(directory, "gate", {"run_date": day, "passed": True, "reason": "passed: beats it"})
-    write(directory, "publish", {"version": f"{day}.3", "previous_version": "2026-11-20.2",
-                                 "users": 19_800, "users_written": 19_750,
-                                 "users_without_recommendations": 50,
-                                 "gate": {"passed": True, "forced": False},
-                                 "model_run": {"model_name": "dailyrec-als", "model_version": "9"}})
-    write(directory, "mlflow", {"run_id": "abc123", "experiment": "dailyrec",
-                                "model_name": "dailyrec-als", "model_version": "9"})
+    write(directory, "fetch", day, fetched=104_321, kept=101_000, duplicates=2_000,
+          quarantined=1_321, quarantined_by_reason={"ts:future": 21, "user_id:missing": 1_300})
+    write(directory, "history", day, days=7, rows=700_000, added=101_000)
+    write(directory, "validation", day, warned=1)
+    write(directory, "filter", day,
+          window={"days": 60, "rejected_days_left_out": ["2026-11-02"]},
+          input={"rows": 96_175}, output={"rows": 95_500, "users": 19_800, "items": 4_900},
+          removed={"rows": 675, "share": 0.007, "bot_or_internal_users": 31},
+          rules={"crawler_ua": {"rows": 412, "users": 9, "enabled": True},
+                 "behaviour": {"rows": 0, "users": 0, "enabled": True},
+                 "internal": {"rows": 263, "users": 22, "enabled": True},
+                 "repeated": {"rows": 0, "users": 0, "enabled": False}})
+    write(directory, "train", day, users=19_800, items=4_900, nonzeros=800_000,
+          durations_s={"fit": 12.34, "total": 15.0})
+    write(directory, "eval", day, k=10, **eval_block(0.1500, 0.2500),
+          baselines={"most_popular": eval_block(0.1000, 0.2000), "published": None},
+          lift_over_most_popular=0.5)
+    write(directory, "gate", day, passed=True, reason="passed: beats it")
+    write(directory, "publish", day, version=f"{day}.3", previous_version="2026-11-20.2",
+          users=19_800, users_written=19_750, users_without_recommendations=50,
+          gate={"passed": True, "forced": False},
+          model_run={"model_name": "dailyrec-als", "model_version": "9"})
+    write(directory, "mlflow", day, run_id="abc123", model_version=9)
 
 
 @pytest.fixture
@@ -98,8 +89,7 @@ def test_the_report_has_the_right_numbers_and_an_mlflow_chart(tmp_path, mlflow_h
                                                               monkeypatch):
     metrics_dir, reports_dir = tmp_path / "metrics", tmp_path / "reports"
     todays_metrics(metrics_dir)
-    params = {"report": {"main_metric": "ndcg_at_20", "chart_runs": 30}}
-    built = report.build(DAY, metrics_dir, reports_dir, params)
+    built = report.build(DAY, metrics_dir, reports_dir, SETTINGS, "dailyrec")
 
     yesterday = mlflow_history[DAY - dt.timedelta(days=1)]
     change = 0.15 - yesterday
@@ -164,9 +154,10 @@ def test_missing_and_stale_blocks_are_named_not_fatal(tmp_path, monkeypatch):
         block = json.loads((metrics_dir / f"{name}.json").read_text())
         (metrics_dir / f"{name}.json").write_text(json.dumps({**block, "run_date": "2026-11-20"}))
     block = json.loads((metrics_dir / "publish.json").read_text())
-    (metrics_dir / "publish.json").write_text(json.dumps({**block, "version": "2026-11-20.2"}))
+    (metrics_dir / "publish.json").write_text(json.dumps({**block, "run_date": "2026-11-20",
+                                                          "version": "2026-11-20.2"}))
 
-    built = report.build(DAY, metrics_dir, tmp_path / "reports", {})
+    built = report.build(DAY, metrics_dir, tmp_path / "reports", SETTINGS, "dailyrec")
     assert built.subject == "Daily recommendations 2026-11-21: nothing published"
     assert "not available (metrics/filter.json missing)" in built.text
     assert "not available (metrics/train.json missing)" in built.text

@@ -39,7 +39,7 @@ def history(tmp_path_factory, gcs_emulator, redis_server):
     """
     ws = workspace.create(tmp_path_factory.mktemp("reproduce") / "project",
                           extra_env={"REDIS_URL": redis_server.url})
-    ws.python("-m", "stages.simulate", "--url", ws.env["DAILYREC_SOURCE_URL"], "--start",
+    ws.python("-m", "tools.simulate", "--url", ws.env["DAILYREC_SOURCE_URL"], "--start",
               FIRST_EVENT_DAY.isoformat(), "--days", "2", "--users", "300", "--items", "120",
               "--events-per-day", "1500", "--seed", "5")
     small_test_settings(ws)

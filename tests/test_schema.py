@@ -14,9 +14,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from stages import fetch_delta as F
-from stages import params as P
-from stages import schema as S
+from dailyrec import schema as S
+from dailyrec import settings
+from dailyrec import source as F
+from dailyrec.errors import ConfigError
+from dailyrec.settings import ingest
+from tests.mini_source import fetch
+from tests.params import of
 
 UTC = dt.timezone.utc
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,9 +234,9 @@ def test_to_table_produces_exactly_the_canonical_schema_and_refuses_missing_colu
 
 # --- column aliases ----------------------------------------------------------------------------
 
-def table_config(**overrides) -> F.TableConfig:
+def table_config(**overrides) -> ingest.TableConfig:
     base = dict(name="events", window_column="written", window_format="epoch_s")
-    return F.TableConfig(**{**base, **overrides})
+    return ingest.TableConfig(**{**base, **overrides})
 
 
 @pytest.mark.parametrize("columns", [
@@ -257,7 +261,7 @@ def test_configured_mapping_wins_over_aliases():
 
 
 def test_an_unmappable_column_names_the_table_and_the_field():
-    with pytest.raises(P.ConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         F.resolve_columns(table_config(name="clicks"), ["who", "item_id", "event_type", "ts"])
     assert "clicks" in str(err.value) and "user_id" in str(err.value)
     assert "source.tables.clicks.columns" in str(err.value)
@@ -265,7 +269,7 @@ def test_an_unmappable_column_names_the_table_and_the_field():
 
 def test_a_mapped_column_that_does_not_exist_names_it():
     cfg = table_config(name="clicks", columns={"item_id": "product_code"})
-    with pytest.raises(P.ConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         F.resolve_columns(cfg, ["user_id", "item_id", "event_type", "ts"])
     assert "clicks" in str(err.value) and "product_code" in str(err.value)
 
@@ -274,7 +278,8 @@ def test_a_mapped_column_that_does_not_exist_names_it():
 
 def params_with(tables: dict) -> dict:
     return {"run": {"date": "2026-11-16"}, "history": {"days": 365},
-            "source": {"tables": tables}}
+            "fetch": {"max_clock_skew_minutes": 10},
+            "source": {"tables": tables, "chunk_rows": 1000}}
 
 
 GOOD_TABLE = {"window_column": "written", "window_format": "epoch_ms"}
@@ -300,8 +305,8 @@ GOOD_TABLE = {"window_column": "written", "window_format": "epoch_ms"}
     ({}, "source.tables"),
 ])
 def test_hostile_or_wrong_table_config_is_refused_naming_the_value(tables, named):
-    with pytest.raises(P.ConfigError) as err:
-        F.table_configs(params_with(tables))
+    with pytest.raises(ConfigError) as err:
+        ingest.source(of(params_with(tables)))
     message = str(err.value)
     assert named in message
     assert "\n" not in message
@@ -310,19 +315,19 @@ def test_hostile_or_wrong_table_config_is_refused_naming_the_value(tables, named
 def test_a_hostile_table_name_is_refused_before_any_database_is_touched(tmp_path):
     # An unreachable URL: the config is refused first, so no connection is even tried.
     url = f"sqlite:///{tmp_path / 'missing-dir' / 'never.db'}"
-    with pytest.raises(P.ConfigError, match="DROP TABLE"):
-        F.fetch(params_with({"x; DROP TABLE x": GOOD_TABLE}), url, out_dir=tmp_path / "delta")
+    with pytest.raises(ConfigError, match="DROP TABLE"):
+        fetch(params_with({"x; DROP TABLE x": GOOD_TABLE}), url, tmp_path / "delta")
     assert not (tmp_path / "missing-dir").exists() and not (tmp_path / "delta").exists()
 
 
 def test_the_shipped_params_yaml_tables_are_valid():
-    configs = F.table_configs(P.load(ROOT / "params.yaml"))
+    configs = ingest.source(settings.load(ROOT / "params.yaml")).tables
     assert {c.name for c in configs} == {"web_events", "app_events", "legacy_clicks"}
 
 
 # --- normalise: every quarantine reason --------------------------------------------------------
 
-WINDOW = F.Window(start=utc(2026, 11, 15), end=utc(2026, 11, 16),
+WINDOW = ingest.Window(start=utc(2026, 11, 15), end=utc(2026, 11, 16),
                   max_future=utc(2026, 11, 16, 0, 10), min_ts=utc(2025, 11, 16))
 MAPPING = {"event_id": "id", "user_id": "UserID", "item_id": "item", "event_type": "type",
            "ts": "when", "user_agent": "agent", "ip": "ip"}

@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from serving import connection
+from dailyrec.model.recommender import ALSRecommender, PopularRecommender
+from dailyrec.settings.serving import PublishSettings
+from dailyrec.store import connection
+from dailyrec.store import writer as pub
 from serving.app import create_app
-from stages import publish as pub
 from tests import servers
 from tests import tiny_models as tm
 
 DAY = dt.date(2026, 11, 21)
-SETTINGS = pub.Settings(top_n=10, batch_size=200)
+SETTINGS = PublishSettings(top_n=10, filter_already_liked=True, batch_size=200, keep_versions=3)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def app(redis_server, redis_client, model):
 
 
 def expected_items(model, user: int, n: int) -> list[str]:
-    positions, _ = pub.recommend(model, [user], SETTINGS.top_n, True)
+    positions, _ = ALSRecommender.from_bundle(model).recommend([user], None, SETTINGS.top_n, True)
     return [model.item_ids[p] for p in positions[0][:n]]
 
 
@@ -63,7 +65,7 @@ def test_known_user_gets_personal_list_unknown_the_fallback(app, model, redis_cl
     assert unknown.status_code == 200
     body = unknown.get_json()
     assert body["source"] == "fallback" and body["model_version"] == version
-    fallback, _ = pub.popular_items(model.user_items, 3)
+    fallback, _ = PopularRecommender(model.user_items).top_list(3)
     assert [i["id"] for i in body["items"]] == [model.item_ids[p] for p in fallback[0]]
 
     assert client.get("/recommendations/" + "u" * 128).status_code == 200  # longest allowed
@@ -115,7 +117,7 @@ def test_nothing_published_is_a_503_with_retry_after(redis_server, redis_client)
 
 
 def test_unexpected_error_is_a_500_with_request_id_and_an_alert(app, monkeypatch):
-    from stages import notify
+    from dailyrec import notify
 
     alerts = []
     monkeypatch.setattr(notify, "alert", lambda subject, **kw: alerts.append((subject, kw)) or True)
@@ -260,7 +262,7 @@ def test_redis_stopped_and_restarted_under_running_gunicorn(model, tmp_path):
 def test_make_serve_bg_prints_a_curl_call_and_make_stop_stops_it(model, redis_server,
                                                                  redis_client, tmp_path):
     root = Path(__file__).resolve().parents[1]
-    for name in ("Makefile", "serving", "stages", ".venv"):  # the project, seen from a scratch dir
+    for name in ("Makefile", "dailyrec", "serving", "stages", ".venv"):  # the project, seen from a scratch dir
         (tmp_path / name).symlink_to(root / name)
     pub.publish(model, redis_client, SETTINGS, run_date=DAY, progress=False)
     bind = f"127.0.0.1:{servers.free_port()}"

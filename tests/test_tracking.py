@@ -16,12 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages import artifacts
+from dailyrec.errors import ConfigError
+from dailyrec.files import dvc_md5
+from dailyrec.model import artifacts
+from dailyrec.settings import ops
 from stages import evaluate as E
-from stages import params as P
 from stages import train as T
-from stages import tracking
-from stages import tune
+from tests import params as raw_params
+from tests.params import of, project_params
+from tools import tune
 from tests.modeling_workspace import ROOT, make_workspace, set_run_date
 
 DAY1, DAY2 = dt.date(2026, 11, 15), dt.date(2026, 11, 16)
@@ -51,8 +54,8 @@ def days(tmp_path_factory):
         assert T.main([]) == 0 and E.main([]) == 0
         out["day1"] = {name: json.loads((root / "metrics" / f"{name}.json").read_text())
                        for name in ("mlflow", "eval", "gate", "train")}
-        out["data1_md5"] = tracking.dvc_md5("data/clean")
-        out["models1_md5"] = tracking.dvc_md5("models")
+        out["data1_md5"] = dvc_md5("data/clean")
+        out["models1_md5"] = dvc_md5("models")
         out["bundle1"] = artifacts.load("models")
         import mlflow
 
@@ -146,9 +149,9 @@ def test_day_two_is_compared_with_the_published_model(days, client):
 def test_changed_eval_params_go_to_a_run_of_their_own(days, client, monkeypatch):
     root = days["root"]
     monkeypatch.chdir(root)
-    params = P.load()
+    params = raw_params.read()
     params["eval"]["k"] = 5
-    P.write_json("p5.json", params)
+    raw_params.write("p5.json", params)
     assert E.main(["--params", "p5.json"]) == 0
     train_run = days["day2"]["mlflow"]["run_id"]
     runs = client.search_runs([client.get_experiment_by_name("dailyrec").experiment_id],
@@ -206,12 +209,12 @@ def test_dvc_md5_matches_dvc_itself(tmp_path):
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
     subprocess.run([*dvc, "add", "-q", "data"], cwd=tmp_path, check=True, env=env)
     recorded = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
-    assert tracking.dvc_md5(data) == recorded
-    assert tracking.dvc_md5(data / "a.parquet") == "2c1743a391305fbf367df8e4f069f9f9"  # md5("alpha")
+    assert dvc_md5(data) == recorded
+    assert dvc_md5(data / "a.parquet") == "2c1743a391305fbf367df8e4f069f9f9"  # md5("alpha")
 
 
 def test_bad_mlflow_settings_name_the_key():
-    with pytest.raises(P.ConfigError, match="mlflow.alias"):
-        tracking.Settings.from_params({"mlflow": {"alias": "v3"}})
-    with pytest.raises(P.ConfigError, match="mlflow.model_name"):
-        tracking.Settings.from_params({"mlflow": {"model_name": ""}})
+    with pytest.raises(ConfigError, match="mlflow.alias"):
+        ops.mlflow(of(project_params(**{"mlflow.alias": "v3"})))
+    with pytest.raises(ConfigError, match="mlflow.model_name"):
+        ops.mlflow(of(project_params(**{"mlflow.model_name": ""})))

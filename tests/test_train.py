@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from stages import artifacts
-from stages import confidence as C
-from stages import params as P
+from dailyrec import paths, settings
+from dailyrec.files import file_md5
+from dailyrec.model import als, artifacts
+from dailyrec.model import confidence as C
+from dailyrec.model.training import read_events
+from dailyrec.settings import model
 from stages import train as T
+from tests import params as raw_params
 from tests.modeling_workspace import make_workspace, set_run_date
 
 
@@ -35,7 +39,7 @@ def test_train_writes_the_model_metrics_and_a_byte_identical_rebuild(workspace, 
     meta = bundle.meta
     assert meta["device"] == "cpu" and meta["run_date"] == "2026-11-15"
     assert meta["params"]["factors"] == 8 and meta["params"]["confidence"] == "log"
-    assert meta["data"]["md5"] == T.file_md5(workspace / "data/clean/events.parquet")
+    assert meta["data"]["md5"] == file_md5(workspace / "data/clean/events.parquet")
     assert "duration" not in json.dumps(meta)  # time-dependent values live in metrics/, not models/
     users, items = meta["matrix"]["users"], meta["matrix"]["items"]
     assert bundle.model.user_factors.shape == (users, 8)
@@ -60,11 +64,12 @@ def test_train_writes_the_model_metrics_and_a_byte_identical_rebuild(workspace, 
 
 
 def test_our_fit_is_implicits_fit_on_the_confidence_matrix(workspace):
-    params = P.load()
-    config = T.TrainConfig.from_params(params)
-    interactions = C.aggregate(T.read_events(), config.confidence, T.window_end(params))
+    params = settings.load()
+    config = model.train(params)
+    interactions = C.aggregate(read_events(paths.CLEAN_EVENTS), config.confidence,
+                               settings.window_end(params))
     matrix = C.confidence(interactions, config.confidence)
-    ours = T.fit(matrix, config, "cpu")
+    ours = als.fit(matrix, config, "cpu")
     from implicit.cpu.als import AlternatingLeastSquares
 
     with threadpool_limits(1, "blas"):
@@ -78,11 +83,11 @@ def test_our_fit_is_implicits_fit_on_the_confidence_matrix(workspace):
 
 
 def test_device_gpu_fails_clearly_without_cuda(workspace, capsys):
-    params = P.load()
+    params = raw_params.read()
     params["train"]["device"] = "gpu"
-    P.write_json("p.json", params)  # JSON is YAML
+    raw_params.write("p.json", params)  # JSON is YAML
     code = T.main(["--params", "p.json"])
-    if T.has_cuda():  # on a GPU machine the same call trains on the GPU
+    if als.has_cuda():  # on a GPU machine the same call trains on the GPU
         assert code == 0 and json.loads(open("metrics/train.json").read())["device"] == "gpu"
     else:
         assert code == 2
@@ -92,21 +97,21 @@ def test_device_gpu_fails_clearly_without_cuda(workspace, capsys):
 
 
 def test_device_auto_uses_what_implicit_has():
-    assert T.resolve_device("auto") == ("gpu" if T.has_cuda() else "cpu")
-    assert T.resolve_device("cpu") == "cpu"
+    assert als.resolve_device("auto") == ("gpu" if als.has_cuda() else "cpu")
+    assert als.resolve_device("cpu") == "cpu"
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("factors", 0, "train.factors must be >= 1"),
+    ("factors", 0, "train.factors must be an integer >= 1"),
     ("iterations", "many", "train.iterations must be an integer"),
     ("random_state", None, "train.random_state must be an integer"),
     ("device", "tpu", "train.device must be one of"),
     ("track_loss", "yes", "train.track_loss must be true or false"),
 ])
 def test_bad_train_params_exit_2_naming_the_key(workspace, capsys, key, value, message):
-    params = P.load()
+    params = raw_params.read()
     params["train"][key] = value
-    P.write_json("p.json", params)
+    raw_params.write("p.json", params)
     assert T.main(["--params", "p.json"]) == 2
     assert message in capsys.readouterr().err
 
@@ -121,7 +126,21 @@ def test_decay_is_measured_from_run_date(workspace):
     """Moving run.date later ages every event: with decay, confidences drop; ids stay the same."""
     assert T.main([]) == 0
     early = artifacts.load(workspace / "models").user_items
-    set_run_date(workspace, P.run_date(P.load()) + __import__("datetime").timedelta(days=30))
+    set_run_date(workspace, settings.run_date(settings.load()) + __import__("datetime").timedelta(days=30))
     assert T.main([]) == 0
     late = artifacts.load(workspace / "models").user_items
     assert early.nnz == late.nnz and np.all(late.data < early.data)
+
+
+def test_an_unreachable_mlflow_server_is_a_service_fault_with_exit_status_69(workspace, capsys,
+                                                                            monkeypatch):
+    """A tracking server that does not answer is worth retrying, not a bug (docs/operations.md)."""
+    from tests.servers import free_port
+
+    monkeypatch.setenv("DAILYREC_MLFLOW", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    assert T.main([]) == 69
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("train: error: MLflow at http://127.0.0.1:"), lines[-3:]

@@ -12,9 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import rejections as R
-from stages import validate as V
+from dailyrec.quality import expectations as V
+from dailyrec.quality import rejections as R
+from dailyrec.settings import quality
+from stages import validate as stage
 from tests import dq_factory as F
+from tests.params import of
 
 RUN = dt.date(2026, 11, 21)
 DAY = RUN - dt.timedelta(days=1)
@@ -22,7 +25,7 @@ DAY = RUN - dt.timedelta(days=1)
 
 @pytest.fixture(scope="module")
 def cfg():
-    return V.settings(F.default_params(RUN.isoformat()))
+    return quality.validate(of(F.default_params(RUN.isoformat())))
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +175,7 @@ def _setup(tmp_path, monkeypatch, delta, params=None, history_days=7):
 
 def test_stage_passes_a_good_day_and_writes_its_outputs(tmp_path, monkeypatch, good_delta, capsys):
     _setup(tmp_path, monkeypatch, good_delta)
-    assert V.main([]) == 0
+    assert stage.main([]) == 0
     report = json.loads((tmp_path / "metrics/validation.json").read_text())
     assert report["status"] == "passed" and report["passed"] and report["failed"] == 0
     assert report["window_days"] == 8 and report["window_events"] == 8 * 400
@@ -186,7 +189,7 @@ def test_stage_passes_a_good_day_and_writes_its_outputs(tmp_path, monkeypatch, g
 def test_failing_day_is_rejected_with_a_human_summary(tmp_path, monkeypatch, good_delta, capsys):
     bad = good_delta[good_delta["ts"] < pd.Timestamp("2026-11-20T06:00Z")]
     _setup(tmp_path, monkeypatch, bad)
-    assert V.main([]) == 1
+    assert stage.main([]) == 65
     err = capsys.readouterr().err
     assert "validate 2026-11-21: FAILED" in err
     assert "day 2026-11-20 is REJECTED" in err
@@ -207,7 +210,7 @@ def test_failing_day_is_rejected_with_a_human_summary(tmp_path, monkeypatch, goo
 
 def test_examples_rows_in_summary(tmp_path, monkeypatch, good_delta, capsys):
     _setup(tmp_path, monkeypatch, _with(good_delta, user_id=(9, "user 12")))
-    assert V.main([]) == 1
+    assert stage.main([]) == 65
     err = capsys.readouterr().err
     assert "delta.id_format.user_id" in err and "user_id=user 12" in err
 
@@ -215,14 +218,14 @@ def test_examples_rows_in_summary(tmp_path, monkeypatch, good_delta, capsys):
 def test_admitted_day_goes_through_and_stays_admitted(tmp_path, monkeypatch, good_delta, capsys):
     bad = good_delta[good_delta["ts"] < pd.Timestamp("2026-11-20T06:00Z")]
     _setup(tmp_path, monkeypatch, bad)
-    assert V.main([]) == 1
-    assert V.main(["admit", "2026-11-20", "--by", "alice", "--note", "feed outage, data ok"]) == 0
+    assert stage.main([]) == 65
+    assert stage.main(["admit", "2026-11-20", "--by", "alice", "--note", "feed outage, data ok"]) == 0
     entry = R.load(tmp_path / "data/rejections.json")["days"]["2026-11-20"]
     assert entry["status"] == "admitted" and entry["admitted_by"] == "alice"
     assert [h["action"] for h in entry["history"]] == ["rejected", "admitted"]
     capsys.readouterr()
     # The same day validated again: its failures are reported, but a person accepted it.
-    assert V.main([]) == 0
+    assert stage.main([]) == 0
     out = capsys.readouterr().out
     assert "was admitted by a person" in out
     report = json.loads((tmp_path / "metrics/validation.json").read_text())
@@ -232,27 +235,27 @@ def test_admitted_day_goes_through_and_stays_admitted(tmp_path, monkeypatch, goo
 
 def test_admit_refuses_a_day_that_is_not_rejected(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert V.main(["admit", "2026-11-20", "--note", "x"]) == 2
+    assert stage.main(["admit", "2026-11-20", "--note", "x"]) == 2
     assert "day 2026-11-20 is not rejected" in capsys.readouterr().err
-    assert V.main(["admit", "20-11-2026", "--note", "x"]) == 2
+    assert stage.main(["admit", "20-11-2026", "--note", "x"]) == 2
 
 
 def test_rerun_that_passes_lifts_validates_own_rejection_only(tmp_path, monkeypatch, good_delta,
                                                              capsys):
     bad = good_delta[good_delta["ts"] < pd.Timestamp("2026-11-20T06:00Z")]
     _setup(tmp_path, monkeypatch, bad)
-    assert V.main([]) == 1
+    assert stage.main([]) == 65
     # The source was fixed and the same run.date re-fetched: the day passes, the rejection goes.
     F.write_delta(tmp_path / "data/delta", good_delta)
-    assert V.main([]) == 0
+    assert stage.main([]) == 0
     assert "2026-11-20" not in R.load(tmp_path / "data/rejections.json")["days"]
     # A person's rejection is not lifted by a passing run.
     capsys.readouterr()
-    assert V.main(["reject", "2026-11-20", "--by", "bob", "--note", "bot storm seen later"]) == 0
+    assert stage.main(["reject", "2026-11-20", "--by", "bob", "--note", "bot storm seen later"]) == 0
     assert "2026-11-20 rejected by bob" in capsys.readouterr().out
-    assert V.main(["status"]) == 0
+    assert stage.main(["status"]) == 0
     assert "2026-11-20  rejected  bob  bot storm seen later" in capsys.readouterr().out
-    assert V.main([]) == 0
+    assert stage.main([]) == 0
     report = json.loads((tmp_path / "metrics/validation.json").read_text())
     assert report["rejected_days"] == ["2026-11-20"]
     assert R.load(tmp_path / "data/rejections.json")["days"]["2026-11-20"]["origin"] == "manual"
@@ -264,7 +267,7 @@ def test_warn_severity_reports_without_failing(tmp_path, monkeypatch, good_delta
     bad = good_delta[good_delta["ts"] < pd.Timestamp("2026-11-20T22:30Z")]  # 90 min stale...
     params["validate"]["freshness"]["max_age_minutes"] = 60  # ...over a 60 min limit
     _setup(tmp_path, monkeypatch, bad, params=params)
-    assert V.main([]) == 0
+    assert stage.main([]) == 0
     out = capsys.readouterr().out
     assert "passed with warnings" in out and "[warn] delta.freshness" in out
     report = json.loads((tmp_path / "metrics/validation.json").read_text())
@@ -278,7 +281,7 @@ def test_window_failure_fails_without_rejecting_a_day(tmp_path, monkeypatch, goo
     old = F.day_events(RUN - dt.timedelta(days=5), n=400)
     old.loc[0, "event_id"] = good_delta.loc[0, "event_id"]
     F.write_history(tmp_path / "data/history", old)
-    assert V.main([]) == 1
+    assert stage.main([]) == 65
     err = capsys.readouterr().err
     assert "the training window itself fails" in err and "window.event_id_unique" in err
     assert R.load(tmp_path / "data/rejections.json")["days"] == {}
@@ -287,7 +290,7 @@ def test_window_failure_fails_without_rejecting_a_day(tmp_path, monkeypatch, goo
 def test_first_day_rejected_leaves_an_empty_window(tmp_path, monkeypatch, good_delta, capsys):
     bad = good_delta[good_delta["ts"] < pd.Timestamp("2026-11-20T06:00Z")]
     _setup(tmp_path, monkeypatch, bad, history_days=0)  # the very first run: no history before
-    assert V.main([]) == 1
+    assert stage.main([]) == 65
     err = capsys.readouterr().err
     assert "day 2026-11-20 is REJECTED" in err
     assert "the training window holds no trusted event" in err and "[FAIL] window.events" in err
@@ -295,7 +298,7 @@ def test_first_day_rejected_leaves_an_empty_window(tmp_path, monkeypatch, good_d
 
 def test_report_reads_offline(tmp_path, monkeypatch, good_delta):
     _setup(tmp_path, monkeypatch, _with(good_delta, event_type=(3, "hover")))
-    assert V.main([]) == 1
+    assert stage.main([]) == 65
     page = (tmp_path / "reports/validation/2026-11-21.html").read_text()
     assert "delta.event_types" in page and "hover" in page and "<style>" in page
     # No CDN: nothing is loaded from anywhere (no scripts, no external stylesheets or images).
@@ -307,11 +310,12 @@ def test_bad_settings_are_named(tmp_path, monkeypatch, good_delta, capsys):
     params = F.default_params(RUN.isoformat())
     params["validate"]["volume"]["severity"] = "panic"
     _setup(tmp_path, monkeypatch, good_delta, params=params)
-    assert V.main([]) == 2
-    assert "validate.volume.severity: 'panic'" in capsys.readouterr().err
+    assert stage.main([]) == 2
+    assert "validate.volume.severity must be one of ['warn', 'fail'], got 'panic'" in \
+        capsys.readouterr().err
 
 
 def test_great_expectations_is_imported_by_validate_only():
-    code = ("import sys; import stages.validate, stages.filter_noise, stages.rejections; "
+    code = ("import sys; import stages.validate, stages.filter_noise, dailyrec.quality.rules; "
             "assert 'great_expectations' not in sys.modules, 'imported at module level'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=F.ROOT)

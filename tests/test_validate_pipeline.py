@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from stages import simulate
+from tools import simulate
 from tests import workspace
 
 FIRST = dt.date(2026, 11, 14)

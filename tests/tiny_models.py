@@ -1,4 +1,4 @@
-"""Small real ALS models for the publish and serving tests (implicit + stages.artifacts), and the
+"""Small real ALS models for the publish and serving tests (implicit + dailyrec.model.artifacts), and the
 few helpers those tests share: a stage workdir and a publish command line."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from stages import artifacts
+from dailyrec.model import artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,18 +52,35 @@ def workdir(path: Path, model: artifacts.ModelBundle, *, gate: dict | None = Non
     import yaml
 
     path.mkdir(parents=True, exist_ok=True)
+    from tests.params import project_params
+
     settings = {"top_n": 10, "filter_already_liked": True, "batch_size": 1000, "keep_versions": 3}
     settings.update(publish or {})
-    params = {"run": {"date": "2026-11-21"}, "publish": settings,
-              "mlflow": {"model_name": "dailyrec-als", "alias": "published"}}
+    params = project_params("2026-11-21")
+    params["publish"] = settings
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     artifacts.save(model, path / "models")
     (path / "metrics").mkdir(exist_ok=True)
     if gate is not None:
-        (path / "metrics" / "gate.json").write_text(json.dumps(gate))
+        (path / "metrics" / "gate.json").write_text(json.dumps(gate_file(**gate)))
     if mlflow_run is not None:
-        (path / "metrics" / "mlflow.json").write_text(json.dumps(mlflow_run))
+        (path / "metrics" / "mlflow.json").write_text(json.dumps(mlflow_record(**mlflow_run)))
     return path
+
+
+def gate_file(passed: bool, reason: str | None = None, **more) -> dict:
+    """metrics/gate.json in evaluate's shape (dailyrec.metrics.GATE)."""
+    return {"run_date": "2026-11-21", "passed": passed,
+            "reason": reason or ("passed: beats most-popular" if passed else "failed: too low"),
+            "metric": "ndcg_at_20", "value": 0.3, "most_popular": 0.2, "lift": 0.5,
+            "min_lift": 0.1, "published": None, "published_version": None, "drop": None,
+            "max_drop": 0.05, **more}
+
+
+def mlflow_record(**given) -> dict:
+    """metrics/mlflow.json in train's shape (dailyrec.metrics.MLFLOW)."""
+    return {"run_id": None, "experiment": "dailyrec", "model_name": "dailyrec-als",
+            "model_version": None, "alias": "published", **given}
 
 
 def publish_env(redis_url: str, **extra: str) -> dict:

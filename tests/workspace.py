@@ -79,8 +79,8 @@ class Workspace:
         return Workspace(path=dest, env={**self.env, **(env or {})})
 
     def set_run_date(self, day: dt.date) -> None:
-        self.python("-c", "import datetime, sys; from stages import params; "
-                    f"params.set_run_date(datetime.date.fromisoformat('{day.isoformat()}'))")
+        self.python("-c", "import datetime, sys; from dailyrec import settings; "
+                    f"settings.set_run_date(datetime.date.fromisoformat('{day.isoformat()}'))")
 
     def set_params(self, **dotted) -> None:
         """Edit params.yaml keeping its comments: set_params(**{"train.iterations": 5})."""

@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages import params as P
-from stages import simulate
+from dailyrec import env, settings
+from tools import simulate
 
 FIRST_DAY = dt.date(2026, 11, 14)
 
@@ -29,7 +29,7 @@ DAILY_OK = (0, 3)
 
 def run_day(day: dt.date, target: str | None) -> None:
     if target:  # only part of the pipeline, for a quick look at ingestion
-        P.set_run_date(day)
+        settings.set_run_date(day)
         subprocess.run(["dvc", "repro", target], check=True)
         return
     status = subprocess.run([sys.executable, "-m", "stages.daily", "--date", day.isoformat()]
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events-per-day", type=int, default=50_000)
     ap.add_argument("--target", default=None, help="dvc repro target (default: the whole pipeline)")
     args = ap.parse_args(argv)
-    url = P.source_url()
+    url = env.source_url()
     print(f"simulating {args.days} days of production traffic into {url} ...", flush=True)
     simulate.write(url, FIRST_DAY, args.days, seed=7, users=20_000, items=5_000,
                    events_per_day=args.events_per_day)

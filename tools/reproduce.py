@@ -31,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from stages.params import file_md5  # noqa: F401  (also used by the remote tests)
+from dailyrec import pipeline
+from dailyrec.files import file_md5  # noqa: F401  (also used by the remote tests)
 
 IDENTICAL, DIFFERENT, FAILED = 0, 1, 2
 # Tags the train stage puts on its MLflow run (see docs/reproducibility.md); the first is the
@@ -91,12 +92,9 @@ def stage_lock(repo: Path, sha: str, stage: str) -> dict:
 
 def cached_outs(repo: Path, sha: str, stage: str) -> list[str]:
     """Outputs the stage caches in DVC (not metrics, not cache: false): the ones to verify."""
-    spec = yaml.safe_load(commit_file(repo, sha, "dvc.yaml") or "") or {}
-    outs = []
-    for entry in spec.get("stages", {}).get(stage, {}).get("outs", []):
-        path, opts = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
-        if (opts or {}).get("cache", True):
-            outs.append(path)
+    found = pipeline.parse_text(commit_file(repo, sha, "dvc.yaml") or "")
+    outs = [o.path for o in found.stages[stage].outputs if o.kind == "outs" and o.cache] \
+        if stage in found.stages else []
     if not outs:
         raise ReproduceError(f"commit {sha[:12]}: stage {stage!r} caches no output to verify")
     return outs

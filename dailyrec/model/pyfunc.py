@@ -1,7 +1,7 @@
 """The model registered in MLflow: a pyfunc that returns the top-N items for user ids.
 
-Logged by stages.tracking as "models from code" (this file, no pickle), with the models/ bundle as
-its artifact `bundle` and the stages package in its code path.
+Logged by dailyrec.tracking as "models from code" (this file, no pickle), with the models/ bundle as
+its artifact `bundle` and the dailyrec package in its code path.
 
     model = mlflow.pyfunc.load_model("models:/dailyrec-als@published")
     model.predict(pd.DataFrame({"user_id": ["42", "7"]}), params={"n": 10})
@@ -20,13 +20,13 @@ class TopNRecommender(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from threadpoolctl import threadpool_limits
 
-        from stages.artifacts import load
+        from dailyrec.model.artifacts import load
 
         with threadpool_limits(1, "blas"):  # implicit warns about a threaded BLAS when loading
             self.bundle = load(context.artifacts["bundle"])
 
     def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
-        from stages.recommend import top_n
+        from dailyrec.model.recommender import top_n
 
         if isinstance(model_input, pd.DataFrame):
             if "user_id" not in model_input.columns:

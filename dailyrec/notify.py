@@ -1,13 +1,14 @@
 """Email: alerts on failures and the business owner's daily report.
 
-    alert(subject, error=None, context=None, log_tail=None) -> bool
+    alert(subject, error=None, context=None, log_tail=None, throttle_minutes=None) -> bool
         Mail the exception, its traceback, the context and a log tail to the alert recipients.
-        Secrets are scrubbed; the same error is mailed at most once per alerts.throttle_minutes
-        (shared by every process on the machine), and the next mail says how many were held back.
-        Never raises: a mail failure is logged. Returns True if a mail went out.
+        Secrets are scrubbed; the same error is mailed at most once per throttle_minutes (the
+        caller's alerts.throttle_minutes, or the API's setting; 60 by default), shared by every
+        process on the machine, and the next mail says how many were held back. Never raises: a
+        mail failure is logged. Returns True if a mail went out. Reads no params.yaml.
 
     send_report(report) -> bool
-        Mail a stages.report.Report (HTML + plain text + inline chart) to the report recipients.
+        Mail a dailyrec.report.Report (HTML + plain text + inline chart) to the report recipients.
 
 SMTP settings come from the environment (never from a committed file); without DAILYREC_SMTP_HOST
 mail is off and alerts are only logged.
@@ -34,7 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import unquote
 
-from stages import params as P
+from dailyrec import env
+from dailyrec.errors import ConfigError
 
 log = logging.getLogger("dailyrec.notify")
 
@@ -48,8 +50,7 @@ SMTP_FROM_ENV = "DAILYREC_SMTP_FROM"
 SMTP_TIMEOUT_ENV = "DAILYREC_SMTP_TIMEOUT"
 ALERT_TO_ENV = "DAILYREC_ALERT_TO"  # comma-separated addresses
 REPORT_TO_ENV = "DAILYREC_REPORT_TO"  # comma-separated addresses
-STATE_DIR_ENV = "DAILYREC_STATE_DIR"  # where the alert throttle keeps its state
-DEFAULT_STATE_DIR = ".state"
+STATE_DIR_ENV = env.STATE_DIR  # where the alert throttle keeps its state
 
 TLS_MODES = {"none": 25, "starttls": 587, "ssl": 465}
 DEFAULT_THROTTLE_MINUTES = 60.0
@@ -79,13 +80,13 @@ class SmtpSettings:
             return None
         tls = env.get(SMTP_TLS_ENV, "starttls").strip().lower()
         if tls not in TLS_MODES:
-            raise P.ConfigError(f"{SMTP_TLS_ENV}={tls!r}: expected one of {sorted(TLS_MODES)}")
+            raise ConfigError(f"{SMTP_TLS_ENV}={tls!r}: expected one of {sorted(TLS_MODES)}")
         port_raw = env.get(SMTP_PORT_ENV, "").strip() or str(TLS_MODES[tls])
         timeout_raw = env.get(SMTP_TIMEOUT_ENV, "").strip() or "10"
         try:
             port, timeout = int(port_raw), float(timeout_raw)
         except ValueError:
-            raise P.ConfigError(f"{SMTP_PORT_ENV}={port_raw!r} / {SMTP_TIMEOUT_ENV}="
+            raise ConfigError(f"{SMTP_PORT_ENV}={port_raw!r} / {SMTP_TIMEOUT_ENV}="
                                 f"{timeout_raw!r}: expected numbers") from None
         return cls(
             host=host, port=port, tls=tls,
@@ -285,30 +286,8 @@ class Throttle:
                 self._fallback[key] = (last, held + count)
 
 
-_minutes_cache: dict[tuple[str, int, int], float] = {}
-
-
-def throttle_minutes(params_path: Path | str | None = None) -> float:
-    """alerts.throttle_minutes from params.yaml; the default when the file or key is absent.
-    Parsed again only when the file changes (a storm calls this once per request)."""
-    path = Path(params_path or P.PARAMS_FILE)
-    try:
-        info = path.stat()
-        stamp = (str(path.resolve()), info.st_mtime_ns, info.st_size)
-        if stamp not in _minutes_cache:
-            section = P.load(path).get("alerts") or {}
-            _minutes_cache.clear()
-            _minutes_cache[stamp] = float(section.get("throttle_minutes",
-                                                      DEFAULT_THROTTLE_MINUTES))
-        return _minutes_cache[stamp]
-    except (P.ConfigError, OSError, ValueError, TypeError, AttributeError) as err:
-        log.debug("alerts.throttle_minutes unavailable (%s); using %s", err,
-                  DEFAULT_THROTTLE_MINUTES)
-        return DEFAULT_THROTTLE_MINUTES
-
-
 def state_dir() -> Path:
-    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    return env.state_dir()
 
 
 _VARIABLE_PARTS = re.compile(
@@ -360,17 +339,18 @@ def alert_body(subject: str, error: BaseException | None, context: Mapping[str, 
 
 
 def alert(subject: str, error: BaseException | None = None, context: dict | None = None,
-          log_tail: str | None = None) -> bool:
+          log_tail: str | None = None, throttle_minutes: float | None = None) -> bool:
     """Mail an alert (throttled, secrets scrubbed). Never raises; True if a mail went out."""
     try:
-        return _alert(subject, error, context, log_tail)
+        return _alert(subject, error, context, log_tail,
+                      DEFAULT_THROTTLE_MINUTES if throttle_minutes is None else throttle_minutes)
     except Exception:  # noqa: BLE001 - an alert must never hide the error it reports
         log.exception("alert %r could not be prepared", subject)
         return False
 
 
 def _alert(subject: str, error: BaseException | None, context: dict | None,
-           log_tail: str | None) -> bool:
+           log_tail: str | None, minutes: float) -> bool:
     secrets = secret_values()
     settings = SmtpSettings.from_env()
     if settings is None or not settings.alert_to:
@@ -379,7 +359,6 @@ def _alert(subject: str, error: BaseException | None, context: dict | None,
         return False
     if settings.password and settings.password not in secrets:
         secrets = sorted([*secrets, settings.password], key=len, reverse=True)
-    minutes = throttle_minutes()
     throttle = Throttle(state_dir() / "alerts.sqlite", minutes)
     key = fingerprint(subject, error)
     send, held, since = throttle.admit(key)

@@ -1,6 +1,6 @@
 """A production simulator: writes a realistic, messy interaction log into a source database.
 
-    python -m stages.simulate --start 2026-11-14 --days 7 [--url sqlite:///source.db] [--seed 7]
+    python -m tools.simulate --start 2026-11-14 --days 7 [--url sqlite:///source.db] [--seed 7]
 
 What it writes, per day, all vectorised with NumPy (seeded: the same arguments give the same rows):
 - humans: power-law activity (Pareto) over users, Zipf popularity over items, users with a taste for
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from stages import params as P
+from dailyrec import env
 
 TABLES = ("web_events", "app_events", "legacy_clicks")
 TRUTH_TABLE = "sim_truth"
@@ -347,7 +347,7 @@ def write(url: str, start: dt.date, days: int, seed: int, users: int, items: int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--url", default=P.source_url(), help="SQLAlchemy URL (env DAILYREC_SOURCE_URL)")
+    ap.add_argument("--url", default=env.source_url(), help="SQLAlchemy URL (env DAILYREC_SOURCE_URL)")
     ap.add_argument("--start", required=True, type=dt.date.fromisoformat, help="first day, YYYY-MM-DD")
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--seed", type=int, default=7)

@@ -24,9 +24,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages import params as P
+from dailyrec import paths
+from dailyrec.errors import ConfigError
+from dailyrec.files import write_json
 
-LEDGER_FILE = Path("data/rejections.json")
+LEDGER_FILE = paths.REJECTIONS
 STATUSES = ("rejected", "admitted")
 
 
@@ -38,21 +40,21 @@ def load(path: Path | str = LEDGER_FILE) -> dict[str, Any]:
     try:
         ledger = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise P.ConfigError(f"{path}: not valid JSON ({err}); fix it by hand or restore it from "
+        raise ConfigError(f"{path}: not valid JSON ({err}); fix it by hand or restore it from "
                             "git") from None
     days = ledger.get("days") if isinstance(ledger, dict) else None
     if not isinstance(days, dict):
-        raise P.ConfigError(f"{path}: expected an object with a 'days' mapping")
+        raise ConfigError(f"{path}: expected an object with a 'days' mapping")
     for day, entry in days.items():
         _parse_day(day, f"{path}: key")
         if not isinstance(entry, dict) or entry.get("status") not in STATUSES:
-            raise P.ConfigError(f"{path}: day {day} needs a status, one of {STATUSES}")
+            raise ConfigError(f"{path}: day {day} needs a status, one of {STATUSES}")
     return ledger
 
 
 def save(ledger: dict[str, Any], path: Path | str = LEDGER_FILE) -> None:
     ledger["days"] = dict(sorted(ledger["days"].items()))
-    P.write_json(path, ledger)
+    write_json(path, ledger)
 
 
 def rejected_days(ledger: dict[str, Any]) -> set[dt.date]:
@@ -92,7 +94,7 @@ def admit(ledger: dict[str, Any], day: dt.date, by: str, note: str) -> None:
     entry = ledger["days"].get(day.isoformat())
     if not entry or entry["status"] != "rejected":
         known = sorted(d for d, e in ledger["days"].items() if e["status"] == "rejected")
-        raise P.ConfigError(f"day {day} is not rejected (rejected days: {known or 'none'})")
+        raise ConfigError(f"day {day} is not rejected (rejected days: {known or 'none'})")
     entry.update(status="admitted", admitted_by=by, note=note)
     entry.setdefault("history", []).append({"action": "admitted", "by": by, "at": _now(),
                                             "note": note})
@@ -109,7 +111,7 @@ def _parse_day(text: str, where: str) -> dt.date:
     try:
         return dt.date.fromisoformat(str(text))
     except ValueError:
-        raise P.ConfigError(f"{where} {text!r} is not a day (YYYY-MM-DD)") from None
+        raise ConfigError(f"{where} {text!r} is not a day (YYYY-MM-DD)") from None
 
 
 def parse_day(text: str) -> dt.date:

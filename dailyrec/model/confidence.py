@@ -17,69 +17,18 @@ Everything is vectorised over Arrow and NumPy arrays: no Python loop over events
 from __future__ import annotations
 
 import datetime as dt
-import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from stages import schema as S
-from stages.params import ConfigError
+from dailyrec import schema as S
+from dailyrec.errors import ConfigError, DataError
+from dailyrec.settings.model import TRANSFORMS, ConfidenceConfig
 
-TRANSFORMS = ("linear", "log")
 MATRIX_COLUMNS = ["user_id", "item_id", "event_type", "ts"]
-
-
-@dataclass(frozen=True)
-class ConfidenceConfig:
-    event_weights: dict[str, float]
-    decay_half_life_days: float  # 0: no decay
-    transform: str  # one of TRANSFORMS
-    alpha: float
-    eps: float
-
-    @classmethod
-    def from_section(cls, train: dict[str, Any]) -> "ConfidenceConfig":
-        weights = train.get("event_weights")
-        if not isinstance(weights, dict):
-            raise ConfigError("params.yaml: train.event_weights must map each event type to a "
-                              f"weight, got {weights!r}")
-        unknown = sorted(set(map(str, weights)) - set(S.EVENT_TYPES))
-        missing = [t for t in S.EVENT_TYPES if t not in weights]
-        if unknown or missing:
-            raise ConfigError(f"params.yaml: train.event_weights must list exactly the event types "
-                              f"{list(S.EVENT_TYPES)}; unknown {unknown}, missing {missing}")
-        clean = {t: _number(weights[t], f"train.event_weights.{t}", minimum=0.0)
-                 for t in S.EVENT_TYPES}
-        if not any(clean.values()):
-            raise ConfigError("params.yaml: train.event_weights are all 0: nothing would be learnt")
-        transform = train.get("confidence", "linear")
-        if transform not in TRANSFORMS:
-            raise ConfigError(f"params.yaml: train.confidence must be one of {list(TRANSFORMS)}, "
-                              f"got {transform!r}")
-        return cls(
-            event_weights=clean,
-            decay_half_life_days=_number(train.get("decay_half_life_days", 0),
-                                         "train.decay_half_life_days", minimum=0.0),
-            transform=transform,
-            alpha=_number(train.get("alpha", 1.0), "train.alpha", minimum=0.0, strict=True),
-            eps=_number(train.get("eps", 1.0), "train.eps", minimum=0.0, strict=True),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _number(value: Any, name: str, minimum: float, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"params.yaml: {name} must be a number, got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        raise ConfigError(f"params.yaml: {name} must be {'>' if strict else '>='} {minimum}, "
-                          f"got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -116,7 +65,7 @@ def event_weights(events: pa.Table, config: ConfidenceConfig, now: dt.datetime) 
                       for t in types.dictionary.to_pylist()], dtype=np.float64)  # a few types
     if np.isnan(known).any():
         bad = [t for t, w in zip(types.dictionary.to_pylist(), known) if np.isnan(w)]
-        raise ConfigError(f"events have event types {bad} that are not canonical "
+        raise DataError(f"events have event types {bad} that are not canonical "
                           f"{list(S.EVENT_TYPES)}: the input is not clean data")
     weights = known[types.indices.to_numpy(zero_copy_only=False)]
     if config.decay_half_life_days > 0:
@@ -131,10 +80,10 @@ def aggregate(events: pa.Table, config: ConfidenceConfig, now: dt.datetime) -> I
     """Sum the weighted events per (user, item) into a sparse users x items strength matrix."""
     missing = [c for c in MATRIX_COLUMNS if c not in events.column_names]
     if missing:
-        raise ConfigError(f"events are missing columns {missing}")
+        raise DataError(f"events are missing columns {missing}")
     nulls = {c: events[c].null_count for c in MATRIX_COLUMNS if events[c].null_count}
     if nulls:
-        raise ConfigError(f"events have nulls in {nulls}: the input is not clean data")
+        raise DataError(f"events have nulls in {nulls}: the input is not clean data")
     weights = event_weights(events, config, now)
     used = weights > 0
     n_ignored = int((~used).sum())

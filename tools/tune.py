@@ -1,6 +1,6 @@
 """Hyperparameter search with Optuna, scored exactly like evaluate (same out-of-time split and metric).
 
-    python -m stages.tune --trials 30 [--apply] [--timeout SECONDS] [--seed N]
+    python -m tools.tune --trials 30 [--apply] [--timeout SECONDS] [--seed N]
 
 Searches factors, regularization, alpha, iterations and the confidence transform (SEARCH_SPACE), each
 trial fitted on the days before the holdout and scored on the held-out users (eval.gate_metric). The
@@ -10,7 +10,8 @@ exactly what was scored. Every trial is a nested MLflow run under one "tune" run
 DAILYREC_MLFLOW=off). --apply writes the best values into params.yaml's train section, keeping its
 comments; `dvc repro` then retrains with them.
 
-Reads data/clean/events.parquet and params.yaml; writes nothing else (it is not a DVC stage).
+Reads data/clean/events.parquet and params.yaml; writes nothing else (a developer tool, not a DVC
+stage).
 """
 
 from __future__ import annotations
@@ -25,10 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages import confidence as C
-from stages import evaluate as E
-from stages import params as P
-from stages import train as T
+from dailyrec import cli, env, paths, settings
+from dailyrec.errors import ConfigError
+from dailyrec.files import write_text
+from dailyrec.model import als
+from dailyrec.model import evaluation as E
+from dailyrec.model.recommender import ALSRecommender, PopularRecommender
+from dailyrec.model.training import read_events
+from dailyrec.settings import evaluation as eval_settings
+from dailyrec.settings import model, ops
+from dailyrec.settings.model import TRANSFORMS, TrainConfig
 
 # name -> (kind, low, high) or ("categorical", choices)
 SEARCH_SPACE: dict[str, tuple] = {
@@ -36,7 +43,7 @@ SEARCH_SPACE: dict[str, tuple] = {
     "regularization": ("float_log", 1e-3, 1.0),
     "alpha": ("float_log", 0.1, 100.0),
     "iterations": ("int", 3, 50),
-    "confidence": ("categorical", list(C.TRANSFORMS)),
+    "confidence": ("categorical", list(TRANSFORMS)),
 }
 
 
@@ -61,49 +68,47 @@ def suggest(trial) -> dict[str, Any]:
     return out
 
 
-def current_values(config: T.TrainConfig) -> dict[str, Any]:
+def current_values(config: TrainConfig) -> dict[str, Any]:
     values = config.as_dict()
     return {name: values[name] for name in SEARCH_SPACE}
 
 
-def to_config(base: T.TrainConfig, values: dict[str, Any]) -> T.TrainConfig:
+def to_config(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     changes = dict(values)
     if "confidence" in changes:
         changes["transform"] = changes.pop("confidence")
     return base.replace(**changes)
 
 
-def tune(params: dict[str, Any], trials: int, seed: int | None = None,
-         timeout: float | None = None, data_path: Path = T.CLEAN_FILE,
+def tune(params: settings.Params, trials: int, seed: int | None = None,
+         timeout: float | None = None, data_path: Path = paths.CLEAN_EVENTS,
          out=None) -> dict[str, Any]:
     import optuna
 
     out = out or sys.stdout
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from stages import tracking
+    from dailyrec import tracking
 
-    base = T.TrainConfig.from_params(params)
-    config = E.EvalConfig.from_params(params)
-    window_end = T.window_end(params)
+    base = model.train(params)
+    config = eval_settings.evaluation(params)
+    window_end = settings.window_end(params)
     holdout_start = window_end - dt.timedelta(days=config.holdout_days)
-    device = T.resolve_device(base.device)
-    split = E.make_split(T.read_events(data_path), base.confidence, holdout_start, window_end,
+    device = als.resolve_device(base.device)
+    split = E.make_split(read_events(data_path), base.confidence, holdout_start, window_end,
                          config.relevant_event_types)
     if split.train.strength.nnz == 0 or len(split.users) < config.min_test_users:
-        raise P.ConfigError(f"not enough data to tune: {len(split.users)} held-out users with new "
+        raise ConfigError(f"not enough data to tune: {len(split.users)} held-out users with new "
                             f"items before {window_end.date()} (eval.min_test_users="
                             f"{config.min_test_users}); run the pipeline for more days first")
     metric = config.gate_metric
-    popular = E.score(E.popular_scorer(split), split, config.cutoffs).metrics
+    popular = E.score(PopularRecommender(split.train.strength), split, config.cutoffs).metrics
     print(f"tune: {trials} trials on {split.counts['evaluated_users']} held-out users "
           f"({holdout_start.date()}), metric {metric}; most-popular scores {popular[metric]:.4f}",
           file=out, flush=True)
-    use_mlflow = tracking.enabled()
     mlflow = None
-    if use_mlflow:
-        settings = tracking.Settings.from_params(params)
-        mlflow, _ = tracking._connect(settings)
+    if env.mlflow_enabled():
+        mlflow, _ = tracking._connect(ops.mlflow(params))
     sampler = optuna.samplers.TPESampler(seed=base.random_state if seed is None else seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.enqueue_trial(current_values(base))  # trial 0: what params.yaml has now
@@ -113,7 +118,7 @@ def tune(params: dict[str, Any], trials: int, seed: int | None = None,
         trial_config = to_config(base, values)
         start = time.perf_counter()
         _, fitted = E.fit_on_split(split, trial_config, device)
-        scored = E.score(E.als_scorer(fitted.model), split, config.cutoffs)
+        scored = E.score(ALSRecommender(fitted.model), split, config.cutoffs)
         seconds = time.perf_counter() - start
         value = scored.metrics[metric]
         trial.set_user_attr("values", values)
@@ -130,14 +135,14 @@ def tune(params: dict[str, Any], trials: int, seed: int | None = None,
               + f"  ({seconds:.1f}s)", file=out, flush=True)
         return value
 
-    parent = mlflow.start_run(run_name=f"tune {P.run_date(params)}") if mlflow \
+    parent = mlflow.start_run(run_name=f"tune {settings.run_date(params)}") if mlflow \
         else contextlib.nullcontext()
     with parent:
         if mlflow is not None:
             mlflow.log_params({**{f"train.{k}": v for k, v in base.as_dict().items()},
                                "tune.trials": trials, "tune.metric": metric,
                                "tune.search_space": str(SEARCH_SPACE),
-                               "run.date": str(P.run_date(params))})
+                               "run.date": str(settings.run_date(params))})
             mlflow.set_tags({"dailyrec.stage": "tune", **tracking.git_info()})
             mlflow.log_metrics({f"most_popular_{k}": v for k, v in popular.items()})
         study.optimize(objective, n_trials=trials, timeout=timeout)
@@ -164,30 +169,28 @@ def apply(best: dict[str, Any], path: Path | str | None = None) -> None:
     import yaml
     from ruamel.yaml import YAML
 
-    path = Path(path or P.PARAMS_FILE)
+    path = Path(path or env.params_file())
     text = path.read_text()
     doc = YAML().load(text)
     train = doc.get("train") if hasattr(doc, "get") else None
     if train is None:
-        raise P.ConfigError(f"{path}: no train section to update")
+        raise ConfigError(f"{path}: no train section to update")
     lines = text.splitlines(keepends=True)
     for key, value in best.items():
         if key not in train:
-            raise P.ConfigError(f"{path}: train.{key} is not there to update")
+            raise ConfigError(f"{path}: train.{key} is not there to update")
         line_no, col = train.lc.value(key)
         line = lines[line_no]
         token = re.match(r"[^\s#,}]+", line[col:])
         if token is None:
-            raise P.ConfigError(f"{path}:{line_no + 1}: cannot find the value of train.{key}")
+            raise ConfigError(f"{path}:{line_no + 1}: cannot find the value of train.{key}")
         lines[line_no] = line[:col] + _yaml_scalar(value) + line[col + token.end():]
     updated = "".join(lines)
     check = yaml.safe_load(updated)["train"]
     wrong = {k: check.get(k) for k, v in best.items() if check.get(k) != v}
     if wrong:
-        raise P.ConfigError(f"{path}: could not write {wrong} (expected {best})")
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(updated)
-    tmp.replace(path)
+        raise ConfigError(f"{path}: could not write {wrong} (expected {best})")
+    write_text(path, updated)
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -203,7 +206,7 @@ def _yaml_scalar(value: Any) -> str:
         return text
     if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         return value
-    raise P.ConfigError(f"cannot write {value!r} into params.yaml")
+    raise ConfigError(f"cannot write {value!r} into params.yaml")
 
 
 def _main(argv: list[str] | None) -> int:
@@ -213,11 +216,11 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--apply", action="store_true", help="write the best values into params.yaml")
     ap.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--seed", type=int, default=None, help="sampler seed (default train.random_state)")
-    ap.add_argument("--params", default=str(P.PARAMS_FILE))
+    ap.add_argument("--params", default=str(env.params_file()))
     args = ap.parse_args(argv)
     if args.trials < 1:
-        raise P.ConfigError(f"--trials must be >= 1, got {args.trials}")
-    params = P.load(args.params)
+        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    params = settings.load(args.params)
     result = tune(params, args.trials, seed=args.seed, timeout=args.timeout)
     metric = result["metric"]
     print(f"\nbest {metric} {result['best_value']:.4f} (trial {result['best_trial']}); current "
@@ -233,7 +236,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return P.run_stage("tune", _main, argv)
+    return cli.run_stage("tune", _main, argv)
 
 
 if __name__ == "__main__":

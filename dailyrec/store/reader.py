@@ -1,4 +1,4 @@
-"""Reading recommendations from Redis: the API's side of serving/keys.py.
+"""Reading recommendations from Redis: the API's half of the version protocol (dailyrec/store/keys.py).
 
 A lookup is one round trip: a small Lua script (atomic in Redis) reads `current` and, if it still
 names the version this process saw last, the user's record from that version's bucket. Versions
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import redis
 
-from serving import keys as K
+from dailyrec.store import keys as K
 
 
 class RedisUnavailable(Exception):

@@ -8,7 +8,7 @@ train opens the run: every train.* param and run.date, the loss per iteration as
 `train_loss`, durations and counts, the device; tags with the git commit (and whether the tree was
 dirty) and the DVC md5 of each of the stage's inputs (as DVC computes them, so they can be matched
 with dvc.lock); the model bundle registered as a new version of mlflow.model_name, a pyfunc that
-returns top-N for user ids (stages.pyfunc_model). It writes metrics/mlflow.json:
+returns top-N for user ids (dailyrec.model.pyfunc). It writes metrics/mlflow.json:
 {"run_id", "experiment", "model_name", "model_version", "alias"}. evaluate adds its metrics and the gate
 verdict to the same run, so one run holds a day's model and how good it was. publish moves
 mlflow.alias to the version it serves; evaluate reads that version as the "published" baseline.
@@ -16,76 +16,45 @@ mlflow.alias to the version it serves; evaluate reads that version as the "publi
 
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import os
-import re
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages import params as P
+from dailyrec import env, paths, pipeline
+from dailyrec.errors import ServiceUnavailable
+from dailyrec.files import dvc_md5
+from dailyrec.settings.ops import MlflowSettings
 
-RECORD_FILE = Path("metrics/mlflow.json")
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-SWITCH_ENV = "DAILYREC_MLFLOW"
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
-STAGES_DIR = Path(__file__).parent
 BUNDLE_ARTIFACT = "bundle"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}$")
-_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+LIBRARY_DIR = Path(__file__).parent  # logged with the model: the pyfunc imports dailyrec
 
 
-@dataclass(frozen=True)
-class Settings:
-    experiment: str
-    model_name: str
-    alias: str
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "Settings":
-        section = params.get("mlflow") or {}
-        if not isinstance(section, dict):
-            raise P.ConfigError("params.yaml: section 'mlflow' must be a mapping")
-        values = {"experiment": section.get("experiment", "dailyrec"),
-                  "model_name": section.get("model_name", "dailyrec-als"),
-                  "alias": section.get("alias", "published")}
-        for key in ("experiment", "model_name"):
-            if not isinstance(values[key], str) or not _NAME.match(values[key]):
-                raise P.ConfigError(f"params.yaml: mlflow.{key} must be a name of letters, digits, "
-                                    f"'_', '-', '.', got {values[key]!r}")
-        alias = values["alias"]
-        if not isinstance(alias, str) or not _ALIAS.match(alias) or re.fullmatch(r"v\d+", alias) \
-                or alias == "latest":
-            raise P.ConfigError(f"params.yaml: mlflow.alias must be a name like 'published' "
-                                f"(not 'latest' or v<number>), got {alias!r}")
-        return cls(**values)
-
-
-def enabled() -> bool:
-    return os.environ.get(SWITCH_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
-
-
-def tracking_uri() -> str:
-    return os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
-
-
-def disabled_record(settings: Settings) -> dict[str, Any]:
+def disabled_record(settings: MlflowSettings) -> dict[str, Any]:
+    """metrics/mlflow.json when tracking is off."""
     return {"run_id": None, "experiment": settings.experiment, "model_name": settings.model_name,
             "model_version": None, "alias": settings.alias}
 
 
-def read_record(path: Path = RECORD_FILE) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise P.ConfigError(f"{path}: not JSON ({err})") from None
-    return record if isinstance(record, dict) else None
+def unavailable(func):
+    """MLflow that cannot be reached (a tracking server down, a database locked) is
+    ServiceUnavailable: worth retrying, not a bug."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return func(*args, **kwargs)
+        except OSError as err:
+            raise ServiceUnavailable(f"MLflow at {env.mlflow_uri()}: {err}") from err
+        except MlflowException as err:
+            text = str(err)
+            if "API request" in text or "database is locked" in text or "connect" in text.lower():
+                raise ServiceUnavailable(f"MLflow at {env.mlflow_uri()}: {text[:500]}") from err
+            raise
+    return wrapper
 
 
 # --- lineage: git commit and DVC hashes -------------------------------------------------------
@@ -107,38 +76,16 @@ def git_info(cwd: Path | str = ".") -> dict[str, str]:
             "git.dirty": "unknown" if dirty is None else str(bool(dirty)).lower()}
 
 
-def dvc_md5(path: Path | str) -> str | None:
-    """The md5 DVC 3 records in dvc.lock for a file or a directory (directories end in ".dir").
-
-    A directory's hash is the md5 of the JSON list of its files' {"md5", "relpath"}, sorted by path,
-    as dvc_data's Tree.digest computes it.
-    """
-    path = Path(path)
-    if path.is_file():
-        return P.file_md5(path)
-    if not path.is_dir():
-        return None
-    entries = sorted(({"md5": P.file_md5(f), "relpath": f.relative_to(path).as_posix()}
-                      for f in path.rglob("*") if f.is_file()), key=lambda e: e["relpath"])
-    blob = json.dumps(entries, sort_keys=True).encode("utf-8")
-    return hashlib.md5(blob).hexdigest() + ".dir"
-
-
-def stage_deps(stage: str, dvc_file: Path = Path("dvc.yaml")) -> list[str]:
-    """The deps dvc.yaml lists for a stage (empty when there is no dvc.yaml)."""
-    import yaml
-
-    if not dvc_file.exists():
-        return []
-    spec = yaml.safe_load(dvc_file.read_text()) or {}
-    deps = ((spec.get("stages") or {}).get(stage) or {}).get("deps") or []
-    return [d if isinstance(d, str) else next(iter(d)) for d in deps]
+def stage_deps(stage: str) -> list[str]:
+    """The deps dvc.yaml lists for a stage (empty when there is no dvc.yaml or no such stage)."""
+    found = pipeline.load_or_none()
+    return list(found.stages[stage].deps) if found and stage in found.stages else []
 
 
 def lineage_tags(stage: str, extra_paths: list[str] = (), git: bool = True) -> dict[str, str]:
     tags = git_info() if git else {}
     for dep in dict.fromkeys([*stage_deps(stage), *extra_paths]):
-        if dep == str(RECORD_FILE):
+        if dep == str(paths.MLFLOW_RECORD):
             continue  # the run's own record, not an input
         digest = dvc_md5(dep)
         if digest:
@@ -157,7 +104,7 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 # --- runs ---------------------------------------------------------------------------------------
 
-def _connect(settings: Settings):
+def _connect(settings: MlflowSettings):
     import logging
     import warnings
 
@@ -169,7 +116,7 @@ def _connect(settings: Settings):
     # predict takes a DataFrame or a list: MLflow's type-hint validation does not apply.
     warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
     warnings.filterwarnings("ignore", message=r".*An input example was not provided")
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(env.mlflow_uri())
     experiment = mlflow.set_experiment(settings.experiment)
     return mlflow, experiment
 
@@ -198,12 +145,15 @@ def _requirements() -> list[str]:
             ("implicit", "numpy", "scipy", "pandas", "pyarrow", "mlflow")]
 
 
-def log_training(settings: Settings, params: dict[str, Any], metrics: dict[str, Any], result,
-                 meta: dict[str, Any], models_dir: Path = Path("models"),
-                 data_path: Path = Path("data/clean/events.parquet")) -> dict[str, Any]:
+@unavailable
+def log_training(settings: MlflowSettings, metrics: dict[str, Any], result, meta: dict[str, Any],
+                 models_dir: Path = paths.MODELS_DIR,
+                 data_path: Path = paths.CLEAN_EVENTS) -> dict[str, Any]:
     """One MLflow run for a train: params, stepped loss, metrics, lineage tags, registered model."""
     mlflow, experiment = _connect(settings)
     from mlflow.entities import Metric
+
+    from dailyrec.model import pyfunc  # logged as code: the file itself, no pickle
 
     run_date = meta["run_date"]
     client = mlflow.MlflowClient()
@@ -226,8 +176,8 @@ def log_training(settings: Settings, params: dict[str, Any], metrics: dict[str, 
         mlflow.log_metrics({k.replace("durations_s.", "duration_s_"): v
                             for k, v in _numeric(flat).items()})
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_FILE),
-            artifacts={BUNDLE_ARTIFACT: str(models_dir)}, code_paths=[str(STAGES_DIR)],
+            name="model", python_model=pyfunc.__file__,
+            artifacts={BUNDLE_ARTIFACT: str(models_dir)}, code_paths=[str(LIBRARY_DIR)],
             registered_model_name=settings.model_name, pip_requirements=_requirements(),
             signature=_signature())
         version = int(info.registered_model_version)
@@ -239,7 +189,8 @@ def log_training(settings: Settings, params: dict[str, Any], metrics: dict[str, 
             "model_version": version, "alias": settings.alias}
 
 
-def log_evaluation(settings: Settings, params: dict[str, Any], report: dict[str, Any],
+@unavailable
+def log_evaluation(settings: MlflowSettings, eval_settings: dict[str, Any], report: dict[str, Any],
                    gate: dict[str, Any], curves: dict[str, list[float]], fit_losses: list[float],
                    record: dict[str, Any] | None) -> str:
     """Add the evaluation to the train run of metrics/mlflow.json (or a run of its own when there
@@ -250,7 +201,7 @@ def log_evaluation(settings: Settings, params: dict[str, Any], report: dict[str,
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    eval_params = {**flatten("eval", params.get("eval") or {}), "run.date": report["run_date"]}
+    eval_params = {**flatten("eval", eval_settings), "run.date": report["run_date"]}
     eval_params = {k: str(v) for k, v in eval_params.items()}
     run_id = (record or {}).get("run_id")
     if run_id:
@@ -301,7 +252,8 @@ def log_evaluation(settings: Settings, params: dict[str, Any], report: dict[str,
         return run.info.run_id
 
 
-def published_version(settings: Settings) -> Any | None:
+@unavailable
+def published_version(settings: MlflowSettings) -> Any | None:
     """The registry's model version carrying mlflow.alias, or None when nothing is published."""
     mlflow, _ = _connect(settings)
     from mlflow.exceptions import MlflowException
@@ -324,9 +276,10 @@ def bundle_path(model_dir: Path) -> str:
     return spec["flavors"]["python_function"]["artifacts"][BUNDLE_ARTIFACT]["path"]
 
 
-def load_published(settings: Settings):
+@unavailable
+def load_published(settings: MlflowSettings):
     """(ModelBundle, {"model_version", "run_id"}) of the published model, or None."""
-    from stages import artifacts
+    from dailyrec.model import artifacts
 
     version = published_version(settings)
     if version is None:
@@ -340,3 +293,26 @@ def load_published(settings: Settings):
     with threadpool_limits(1, "blas"):  # implicit warns about a threaded BLAS when loading
         bundle = artifacts.load(local / bundle_path(local))
     return bundle, {"model_version": int(version.version), "run_id": version.run_id}
+
+
+def move_alias(settings: MlflowSettings, model_version, throttle_minutes: float) -> dict:
+    """Point the registered model's alias at model_version. Never fails the caller: Redis already
+    serves the version, so a registry that cannot be reached is said loudly and alerted."""
+    result = {"model_name": settings.model_name, "alias": settings.alias,
+              "model_version": str(model_version)}
+    try:
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=env.mlflow_uri()).set_registered_model_alias(
+            settings.model_name, settings.alias, str(model_version))
+    except Exception as err:  # noqa: BLE001 - reported, alerted, and the publish stands
+        import sys
+
+        from dailyrec import notify
+
+        result["error"] = f"{type(err).__name__}: {err}"
+        print(f"publish: WARNING: MLflow alias {settings.model_name}@{settings.alias} not moved to "
+              f"version {model_version}: {result['error']}", file=sys.stderr, flush=True)
+        notify.alert(f"publish: MLflow alias {settings.model_name}@{settings.alias} not moved",
+                     error=err, context=result, throttle_minutes=throttle_minutes)
+    return result

@@ -19,13 +19,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stages.params import DEFAULT_REDIS_URL, REDIS_URL_ENV
+from dailyrec import env
+from dailyrec.errors import ConfigError
 
 
 def settings_from_env(environ=os.environ) -> dict:
     """Connection settings as a plain dict (what create_app's config also accepts)."""
     return {
-        "REDIS_URL": environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL,
+        "REDIS_URL": environ.get(env.REDIS_URL) or env.DEFAULT_REDIS_URL,
         "REDIS_PASSWORD": environ.get("REDIS_PASSWORD") or None,
         "REDIS_USERNAME": environ.get("REDIS_USERNAME") or None,
         "REDIS_TLS_CA_CERTS": environ.get("REDIS_TLS_CA_CERTS") or None,
@@ -46,9 +47,7 @@ def client(settings: dict | None = None, *, timeout: float = 30.0, retries: int 
     url = s["REDIS_URL"]
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
-        from stages.params import ConfigError
-
-        raise ConfigError(f"{REDIS_URL_ENV}: unsupported scheme {scheme!r} in {redacted(url)} "
+        raise ConfigError(f"{env.REDIS_URL}: unsupported scheme {scheme!r} in {redacted(url)} "
                           "(use redis://, rediss:// or unix://)")
     kwargs: dict = {"socket_timeout": timeout, "socket_connect_timeout": min(timeout, 2.0),
                     "retry": Retry(NoBackoff(), retries), "health_check_interval": 30}

@@ -5,9 +5,9 @@ was published, and the main metric over the last runs.
     save(report) -> paths     reports/daily/DATE.{html,txt,png,json}
     daily_report(day)         build, save and mail it (the runner calls this after a good run)
 
-The numbers come only from the stages' metrics files (their keys are the stages' contract) and
-from MLflow for the history; the JSON saved beside each report is the fallback history when
-MLflow has none.
+The numbers come only from the stages' metrics files (their shapes: dailyrec.metrics) and from
+MLflow for the history; the JSON saved beside each report is the fallback history when MLflow has
+none. Text and HTML are rendered from the same data by templates/daily.{txt,html}.j2.
 """
 
 from __future__ import annotations
@@ -23,21 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stages import params as P
+from dailyrec import env, metrics, paths
+from dailyrec.files import write_bytes, write_json, write_text
+from dailyrec.render import render
+from dailyrec.settings.ops import ReportSettings
 
 log = logging.getLogger("dailyrec.report")
 
-METRICS_DIR = Path("metrics")
-REPORTS_DIR = Path("reports/daily")
-MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
-DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
-DEFAULT_MAIN_METRIC = "ndcg_at_20"
-DEFAULT_CHART_RUNS = 30
-METRIC_FILES = ("fetch", "history", "validation", "filter", "train", "eval", "gate", "publish",
-                "mlflow")
+METRICS_DIR = paths.METRICS_DIR
+REPORTS_DIR = paths.DAILY_REPORTS
 # Evaluation metrics in the order the report lists them (others found in eval.json follow).
 METRIC_ORDER = ("ndcg", "recall", "precision", "map", "hit_rate", "coverage",
                 "mean_percentile_rank")
+METRIC_FILES = tuple(m.name for m in metrics.ALL)
 
 
 @dataclass
@@ -65,35 +63,6 @@ class Report:
 
 # --------------------------------------------------------------------------- reading inputs
 
-def load_metrics(metrics_dir: Path = METRICS_DIR,
-                 day: dt.date | None = None) -> tuple[dict[str, dict | None], list[str]]:
-    """Each stage's metrics file (None where missing or unreadable), and the names of those left
-    out because they belong to another day (a stage that failed or did not run today)."""
-    found: dict[str, dict | None] = {}
-    stale: list[str] = []
-    for name in METRIC_FILES:
-        path = Path(metrics_dir) / f"{name}.json"
-        try:
-            value = json.loads(path.read_text())
-        except (OSError, ValueError):
-            value = None
-        if isinstance(value, dict) and day is not None and not _is_for(value, day):
-            stale.append(name)
-            value = None
-        found[name] = value if isinstance(value, dict) else None
-    return found, stale
-
-
-def _is_for(block: dict, day: dt.date) -> bool:
-    """Whether a metrics block describes run.date `day`: its run_date, or for publish.json its
-    version, which starts with the run date."""
-    if block.get("run_date") is not None:
-        return str(block["run_date"])[:10] == day.isoformat()
-    if "users_written" in block and block.get("version") is not None:
-        return str(block["version"]).startswith(day.isoformat())
-    return True
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -102,19 +71,6 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _pick(block: dict | None, *keys: str, default: Any = None) -> Any:
-    """The first of keys present in block (dotted keys reach into nested dicts)."""
-    if not isinstance(block, dict):
-        return default
-    for key in keys:
-        node: Any = block
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            return node
-    return default
 
 
 def eval_metrics(block: dict | None, cutoff: Any = None) -> dict[str, float]:
@@ -142,7 +98,7 @@ def baseline_metrics(block: dict | None, cutoff: Any = None) -> tuple[str, dict[
     label = "most popular"
     if not isinstance(block, dict):
         return label, {}
-    popular = _pick(block, "baselines.most_popular", "most_popular", "baseline")
+    popular = (block.get("baselines") or {}).get("most_popular")
     if not isinstance(popular, dict):
         return label, {}
     return label, _ordered(_metric_subset(popular, cutoff or block.get("k")))
@@ -153,13 +109,6 @@ def _ordered(metrics: dict[str, float]) -> dict[str, float]:
         stem = name.split("_at_")[0]
         return (METRIC_ORDER.index(stem) if stem in METRIC_ORDER else len(METRIC_ORDER), name)
     return {k: metrics[k] for k in sorted(metrics, key=rank)}
-
-
-def report_settings(params: dict | None) -> tuple[str, int]:
-    section = (params or {}).get("report") or {}
-    metric = str(section.get("main_metric") or DEFAULT_MAIN_METRIC)
-    runs = int(section.get("chart_runs") or DEFAULT_CHART_RUNS)
-    return metric, max(2, runs)
 
 
 # --------------------------------------------------------------------------- history
@@ -190,7 +139,7 @@ def mlflow_history(experiment: str, metric: str, before_or_on: dt.date,
                    uri: str | None = None, limit: int = 500) -> list[Point]:
     """One point per run date (the latest run of that date) that logged `metric`, oldest first.
     The most-popular baseline is the run's `most_popular_<metric>` (as evaluate logs it)."""
-    uri = uri or os.environ.get(MLFLOW_URI_ENV) or DEFAULT_MLFLOW_URI
+    uri = uri or env.mlflow_uri()
     if _sqlite_missing(uri):
         return []
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -254,70 +203,51 @@ def history(summary: dict, metric: str, runs: int, reports_dir: Path = REPORTS_D
 
 # --------------------------------------------------------------------------- summary
 
-def summarize(day: dt.date, metrics: dict[str, dict | None], stale: list[str] = (),
-              main_metric: str = DEFAULT_MAIN_METRIC) -> dict[str, Any]:
-    """The report's numbers from the stages' metrics files; a missing file leaves its block None.
-    The evaluation table shows the main metric's cutoff (ndcg_at_20: @20)."""
+def summarize(snap: metrics.Snapshot, main_metric: str) -> dict[str, Any]:
+    """The report's numbers from the stages' metrics files (their shapes: dailyrec.metrics); a
+    missing file leaves its block None. The evaluation table shows the main metric's cutoff."""
     cutoff = main_metric.partition("_at_")[2] or None
-    fetch, filt, train = metrics.get("fetch"), metrics.get("filter"), metrics.get("train")
-    evaluation, gate, publish = metrics.get("eval"), metrics.get("gate"), metrics.get("publish")
-    mlflow_info, hist, validation = metrics.get("mlflow"), metrics.get("history"), \
-        metrics.get("validation")
+    fetch, filt, train = snap["fetch"], snap["filter"], snap["train"]
+    evaluation, gate, publish = snap["eval"], snap["gate"], snap["publish"]
+    mlflow_info, hist, validation = snap["mlflow"], snap["history"], snap["validation"]
     baseline_label, baseline = baseline_metrics(evaluation, cutoff)
-    summary: dict[str, Any] = {
-        "run_date": day.isoformat(),
+    return {
+        "run_date": snap.day.isoformat(),
         "missing": [name for name in METRIC_FILES
-                    if metrics.get(name) is None and name not in stale],
-        "stale": list(stale),
+                    if snap[name] is None and name not in snap.stale],
+        "stale": list(snap.stale),
         "fetch": None if fetch is None else {
-            "fetched": _pick(fetch, "fetched"),
-            "kept": _pick(fetch, "kept"),
-            "duplicates": _pick(fetch, "duplicates"),
-            "quarantined": _pick(fetch, "quarantined"),
-            "quarantined_by_reason": dict(_pick(fetch, "quarantined_by_reason", default={})),
-        },
-        "history": None if hist is None else {
-            "days": _pick(hist, "days"), "rows": _pick(hist, "rows"), "added": _pick(hist, "added"),
-        },
+            k: fetch[k] for k in ("fetched", "kept", "duplicates", "quarantined",
+                                  "quarantined_by_reason")},
+        "history": None if hist is None else {k: hist[k] for k in ("days", "rows", "added")},
         "validation": None if validation is None else {
-            "passed": _pick(validation, "passed"),
-            "failed": _pick(validation, "failed"),
-            "warned": _pick(validation, "warned"),
-            "day_rejected": _pick(validation, "day_rejected"),
-        },
+            k: validation[k] for k in ("passed", "failed", "warned", "day_rejected")},
         "filter": None if filt is None else _filter_summary(filt),
         "train": None if train is None else {
-            "seconds": _number(_pick(train, "durations_s.fit", "fit_seconds", "seconds")),
-            "stage_seconds": _number(_pick(train, "durations_s.total")),
-            "device": _pick(train, "device", "backend"),
-            "users": _pick(train, "users", "n_users"),
-            "items": _pick(train, "items", "n_items"),
-            "interactions": _pick(train, "nonzeros", "events"),
+            "seconds": _number(train["durations_s"].get("fit")),
+            "stage_seconds": _number(train["durations_s"].get("total")),
+            "device": train["device"], "users": train["users"], "items": train["items"],
+            "interactions": train["nonzeros"],
         },
         "eval": {
             "metrics": eval_metrics(evaluation, cutoff),
             "baseline": baseline,
             "baseline_label": baseline_label,
-            "status": _pick(evaluation, "status"),
+            "status": None if evaluation is None else evaluation["status"],
         },
-        "gate": None if gate is None else {
-            "passed": bool(_pick(gate, "passed", default=False)),
-            "reason": _pick(gate, "reason", default=""),
-        },
+        "gate": None if gate is None else {"passed": gate["passed"], "reason": gate["reason"]},
         "publish": None if publish is None else {
-            "version": _pick(publish, "version"),
-            "previous_version": _pick(publish, "previous_version"),
-            "users": _pick(publish, "users_written", "users"),
-            "users_without_recommendations": _pick(publish, "users_without_recommendations"),
-            "forced": bool(_pick(publish, "gate.forced", default=False)),
-            "model_version": _pick(publish, "model_run.model_version"),
-            "model_name": _pick(publish, "model_run.model_name"),
+            "version": publish["version"],
+            "previous_version": publish["previous_version"],
+            "users": publish["users_written"],
+            "users_without_recommendations": publish["users_without_recommendations"],
+            "forced": bool(publish["gate"].get("forced")),
+            "model_version": publish["model_run"].get("model_version"),
+            "model_name": publish["model_run"].get("model_name"),
         },
         "mlflow": None if mlflow_info is None else {
-            k: mlflow_info.get(k) for k in ("run_id", "experiment", "model_name", "model_version")
-        },
+            k: mlflow_info[k] for k in ("run_id", "experiment", "model_name", "model_version")},
     }
-    return summary
 
 
 RULE_LABELS = {
@@ -332,31 +262,30 @@ RULE_LABELS = {
 def _filter_summary(filt: dict) -> dict[str, Any]:
     """Events removed per rule (metrics/filter.json `rules`), over the training window."""
     counts: dict[str, int] = {}
-    rules = filt.get("rules") if isinstance(filt.get("rules"), dict) else {}
-    for rule, entry in rules.items():
+    for rule, entry in filt["rules"].items():
         if isinstance(entry, dict) and entry.get("enabled", True) is not False:
             rows = _number(entry.get("rows"))
             if rows is not None:
                 counts[RULE_LABELS.get(rule, rule.replace("_", " "))] = int(rows)
-    removed = _number(_pick(filt, "removed.rows"))
     return {
         "removed_by_rule": counts,
-        "removed": int(removed) if removed is not None else sum(counts.values()),
-        "removed_users": _pick(filt, "removed.bot_or_internal_users"),
-        "input": _pick(filt, "input.rows"),
-        "kept": _pick(filt, "output.rows"),
-        "users": _pick(filt, "output.users"),
-        "items": _pick(filt, "output.items"),
-        "window_days": _pick(filt, "window.days"),
-        "rejected_days": _pick(filt, "window.rejected_days_left_out", default=[]),
+        "removed": filt["removed"]["rows"],
+        "removed_users": filt["removed"]["bot_or_internal_users"],
+        "input": filt["input"]["rows"],
+        "kept": filt["output"]["rows"],
+        "users": filt["output"]["users"],
+        "items": filt["output"]["items"],
+        "window_days": filt["window"]["days"],
+        "rejected_days": filt["window"]["rejected_days_left_out"],
     }
 
 
 # --------------------------------------------------------------------------- rendering
 
 def _count(value: Any) -> str:
-    number = _number(value)
-    return "n/a" if number is None else f"{int(number):,}"
+    from dailyrec.render import count
+
+    return count(value)
 
 
 def _metric_label(name: str) -> str:
@@ -437,54 +366,27 @@ def chart_png(points: list[Point], metric: str, baseline_label: str) -> bytes | 
 
 def render_text(summary: dict, rows: list[dict], subject: str, prev_day: str | None,
                 n_points: int, source: str) -> str:
-    out = [subject, ""]
-    fetch = summary["fetch"]
-    out.append("Data received")
-    if fetch is None:
-        out.append(f"  {_absent(summary, 'fetch')}")
-    else:
-        out += [f"  Events fetched:        {_count(fetch['fetched'])}",
-                f"  Kept:                  {_count(fetch['kept'])}",
-                f"  Duplicates dropped:    {_count(fetch['duplicates'])}",
-                f"  Quarantined:           {_count(fetch['quarantined'])}"]
-        out += [f"    {reason}: {_count(n)}" for reason, n in
-                fetch["quarantined_by_reason"].items()]
-    out += [f"  {line}" for line in _data_lines(summary)]
-    filt = summary["filter"]
-    out += ["", "Removed as bots or internal traffic" + _window_note(filt)]
-    if filt is None:
-        out.append(f"  {_absent(summary, 'filter')}")
-    else:
-        out.append(f"  Removed:               {_count(filt['removed'])}")
-        out += [f"    {rule}: {_count(n)}" for rule, n in filt["removed_by_rule"].items()]
-        if filt.get("kept") is not None:
-            out.append(f"  Trusted events used:   {_count(filt['kept'])}")
-        if filt.get("rejected_days"):
-            out.append(f"  Days kept out (failed data checks): {', '.join(filt['rejected_days'])}")
-    out += ["", "Training"]
-    train = summary["train"]
-    if train is None:
-        out.append(f"  {_absent(summary, 'train')}")
-    else:
-        out += [f"  {line}" for line in _train_lines(train)]
-    out += ["", "Evaluation" + (f" (change since {prev_day})" if prev_day else "")]
-    if not rows:
-        out.append(f"  {_absent(summary, 'eval')}")
-    else:
-        label = summary["eval"]["baseline_label"]
-        out.append(f"  {'metric':<22}{'today':>9}{'change':>10}{label:>16}{'lift':>9}")
-        for r in rows:
-            base = "n/a" if r["baseline"] is None else f"{r['baseline']:.4f}"
-            out.append(f"  {r['label']:<22}{r['value']:>9.4f}{_signed(r['change']):>10}"
-                       f"{base:>16}{r['vs_baseline']:>9}")
-    out += ["", "Published"]
-    out += [f"  {line}" for line in _publish_lines(summary)]
-    out += ["", f"Chart (HTML version): the main metric over the last {n_points} runs, "
-                f"from {source}."]
-    if summary["missing"]:
-        out += ["", "Missing metrics files: " + ", ".join(f"metrics/{m}.json"
-                                                          for m in summary["missing"])]
-    return "\n".join(out) + "\n"
+    return render("daily.txt.j2", **_context(summary, rows, subject, prev_day, n_points, source,
+                                             False))
+
+
+def render_html(summary: dict, rows: list[dict], subject: str, prev_day: str | None,
+                n_points: int, source: str, has_chart: bool) -> str:
+    """The HTML body; `{image_src}` stands where the chart goes (a cid: link in the mail, a data:
+    URL in the saved page)."""
+    return render("daily.html.j2", **_context(summary, rows, subject, prev_day, n_points, source,
+                                              has_chart))
+
+
+def _context(summary: dict, rows: list[dict], subject: str, prev_day: str | None, n_points: int,
+             source: str, has_chart: bool) -> dict[str, Any]:
+    """What both templates show, computed once."""
+    absent = {name: _absent(summary, name) for name in METRIC_FILES}
+    return {"s": summary, "rows": rows, "subject": subject, "prev_day": prev_day,
+            "n_points": n_points, "source": source, "has_chart": has_chart,
+            "data_lines": _data_lines(summary), "window_note": _window_note(summary["filter"]),
+            "train_lines": None if summary["train"] is None else _train_lines(summary["train"]),
+            "publish_lines": _publish_lines(summary), "absent": absent}
 
 
 def _window_note(filt: dict | None) -> str:
@@ -559,91 +461,22 @@ def _publish_lines(summary: dict) -> list[str]:
     return lines
 
 
-def render_html(summary: dict, rows: list[dict], subject: str, prev_day: str | None,
-                n_points: int, source: str, has_chart: bool) -> str:
-    e = html.escape
-    td = 'style="padding:2px 10px;border-bottom:1px solid #eee"'
-    tdr = 'style="padding:2px 10px;border-bottom:1px solid #eee;text-align:right"'
-
-    def table(header: list[str], body: list[list[str]]) -> str:
-        head = "".join(f'<th {tdr if i else td}>{e(h)}</th>' for i, h in enumerate(header))
-        trs = "".join("<tr>" + "".join(f"<td {tdr if i else td}>{e(c)}</td>"
-                                       for i, c in enumerate(row)) + "</tr>" for row in body)
-        return (f'<table style="border-collapse:collapse;font-size:14px"><tr>{head}</tr>{trs}'
-                "</table>")
-
-    def missing(name: str) -> str:
-        return f"<p><i>{e(_absent(summary, name))}</i></p>"
-
-    parts = ['<div style="font-family:Arial,Helvetica,sans-serif;color:#222">',
-             f"<h2 style=\"font-size:18px\">{e(subject)}</h2>", "<h3>Data received</h3>"]
-    fetch = summary["fetch"]
-    if fetch is None:
-        parts.append(missing("fetch"))
-    else:
-        body = [["Events fetched", _count(fetch["fetched"])], ["Kept", _count(fetch["kept"])],
-                ["Duplicates dropped", _count(fetch["duplicates"])],
-                ["Quarantined", _count(fetch["quarantined"])]]
-        body += [[f"  quarantined: {r}", _count(n)] for r, n in
-                 fetch["quarantined_by_reason"].items()]
-        parts.append(table(["", "events"], body))
-    parts += [f"<p>{e(line)}</p>" for line in _data_lines(summary)]
-    filt = summary["filter"]
-    parts.append(f"<h3>Removed as bots or internal traffic{e(_window_note(filt))}</h3>")
-    if filt is None:
-        parts.append(missing("filter"))
-    else:
-        body = [[rule, _count(n)] for rule, n in filt["removed_by_rule"].items()]
-        body.append(["Total removed", _count(filt["removed"])])
-        if filt.get("kept") is not None:
-            body.append(["Trusted events used for training", _count(filt["kept"])])
-        parts.append(table(["rule", "events"], body))
-        if filt.get("rejected_days"):
-            parts.append(f"<p>Days kept out (failed data checks): "
-                         f"{e(', '.join(filt['rejected_days']))}</p>")
-    parts.append("<h3>Training</h3>")
-    train = summary["train"]
-    if train is None:
-        parts.append(missing("train"))
-    else:
-        parts += [f"<p>{e(line.strip())}</p>" for line in _train_lines(train)]
-    parts.append("<h3>Evaluation" + (f" (change since {e(prev_day)})" if prev_day else "")
-                 + "</h3>")
-    if not rows:
-        parts.append(missing("eval"))
-    else:
-        parts.append(table(
-            ["metric", "today", "change", summary["eval"]["baseline_label"], "lift"],
-            [[r["label"], f"{r['value']:.4f}", _signed(r["change"]),
-              "n/a" if r["baseline"] is None else f"{r['baseline']:.4f}", r["vs_baseline"]]
-             for r in rows]))
-    parts.append("<h3>Published</h3>")
-    parts += [f"<p>{e(line)}</p>" for line in _publish_lines(summary)]
-    if has_chart:
-        parts.append(f'<p><img src="{{image_src}}" alt="main metric over the last {n_points} '
-                     f'runs" style="max-width:100%"></p>'
-                     f'<p style="color:#666;font-size:12px">Last {n_points} runs, from '
-                     f"{e(source)}.</p>")
-    if summary["missing"]:
-        parts.append('<p style="color:#666;font-size:12px">Missing metrics files: '
-                     + e(", ".join(f"metrics/{m}.json" for m in summary["missing"])) + "</p>")
-    parts.append("</div>")
-    return "\n".join(parts)
-
-
 # --------------------------------------------------------------------------- entry points
 
 def build(day: dt.date, metrics_dir: Path = METRICS_DIR, reports_dir: Path = REPORTS_DIR,
-          params: dict | None = None) -> Report:
-    if params is None:
-        try:
-            params = P.load()
-        except P.ConfigError:
-            params = {}
-    metric, runs = report_settings(params)
-    summary = summarize(day, *load_metrics(metrics_dir, day), main_metric=metric)
-    experiment = (summary["mlflow"] or {}).get("experiment") or \
-        ((params.get("mlflow") or {}).get("experiment")) or "dailyrec"
+          settings: ReportSettings | None = None, experiment: str | None = None) -> Report:
+    """The day's report from its metrics files and the MLflow history. settings and experiment
+    default to params.yaml's report and mlflow.experiment."""
+    if settings is None or experiment is None:
+        from dailyrec import settings as params_file
+        from dailyrec.settings import ops
+
+        params = params_file.load()
+        settings = settings or ops.report(params)
+        experiment = experiment or ops.mlflow(params).experiment
+    metric, runs = settings.main_metric, settings.chart_runs
+    summary = summarize(metrics.snapshot(day, metrics_dir), metric)
+    experiment = (summary["mlflow"] or {}).get("experiment") or experiment
     points, source = history(summary, metric, runs, reports_dir, experiment)
     earlier = [p for p in points if p.day < day]
     previous = earlier[-1] if earlier else None
@@ -672,18 +505,17 @@ def save(report: Report, reports_dir: Path = REPORTS_DIR) -> list[Path]:
     import base64
 
     reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
     stem = reports_dir / report.day.isoformat()
     image = "" if report.chart_png is None else \
         "data:image/png;base64," + base64.b64encode(report.chart_png).decode()
     page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>"
             f"{html.escape(report.subject)}</title></head><body>{report.html(image)}</body></html>")
     written = [stem.with_suffix(".html"), stem.with_suffix(".txt"), stem.with_suffix(".json")]
-    written[0].write_text(page)
-    written[1].write_text(report.text)
-    P.write_json(written[2], report.summary)
+    write_text(written[0], page)
+    write_text(written[1], report.text)
+    write_json(written[2], report.summary)
     if report.chart_png is not None:
-        stem.with_suffix(".png").write_bytes(report.chart_png)
+        write_bytes(stem.with_suffix(".png"), report.chart_png)
         written.append(stem.with_suffix(".png"))
     return written
 
@@ -692,7 +524,7 @@ def daily_report(day: dt.date, send: bool = True, metrics_dir: Path = METRICS_DI
                  reports_dir: Path = REPORTS_DIR) -> tuple[Report, bool]:
     """Build, save and (unless send is False) mail the day's report; returns it and whether it
     was mailed."""
-    from stages import notify
+    from dailyrec import notify
 
     report = build(day, metrics_dir, reports_dir)
     save(report, reports_dir)

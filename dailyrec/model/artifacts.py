@@ -24,7 +24,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-MODELS_DIR = Path("models")
+from dailyrec import paths
+from dailyrec.errors import ConfigError
+from dailyrec.files import tmp_path, write_text
+
+MODELS_DIR = paths.MODELS_DIR
 MODEL_FILE = "als.npz"
 IDS_FILE = "ids.npz"
 USER_ITEMS_FILE = "user_items.npz"
@@ -47,7 +51,7 @@ class ModelBundle:
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """A deterministic .npz: the same arrays always give the same bytes."""
     path = Path(path)
-    tmp = path.with_suffix(".npz.tmp")
+    tmp = tmp_path(path)
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
@@ -80,9 +84,8 @@ def save(bundle: ModelBundle, directory: Path | str = MODELS_DIR) -> None:
     m.sort_indices()
     write_npz(directory / USER_ITEMS_FILE, {"data": m.data, "indices": m.indices,
                                             "indptr": m.indptr, "shape": np.asarray(m.shape)})
-    tmp = directory / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(bundle.meta, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(directory / META_FILE)
+    write_text(directory / META_FILE,
+               json.dumps(bundle.meta, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def load(directory: Path | str = MODELS_DIR) -> ModelBundle:
@@ -92,7 +95,7 @@ def load(directory: Path | str = MODELS_DIR) -> ModelBundle:
     missing = [f for f in (MODEL_FILE, IDS_FILE, USER_ITEMS_FILE, META_FILE)
                if not (directory / f).exists()]
     if missing:
-        raise FileNotFoundError(f"{directory}: model files missing: {missing} (run train first)")
+        raise ConfigError(f"{directory}: model files missing: {missing} (run train first)")
     model = AlternatingLeastSquares.load(str(directory / MODEL_FILE))
     with np.load(directory / IDS_FILE, allow_pickle=False) as ids:
         user_ids, item_ids = ids["user_ids"], ids["item_ids"]

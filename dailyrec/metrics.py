@@ -1,0 +1,188 @@
+"""The metrics files: each one's shape, defined once, for its writer and for its readers.
+
+A stage writes its file with `FILE.write(payload)`, which refuses a payload that does not match the
+shape (a key missing, an unknown key, a value of the wrong type), so a change to what a stage writes
+is a change here, where the report and the runner see it too. Readers use `FILE.read(day)`, which
+returns None for a file that is missing, unreadable, not of this shape, or about another run.date.
+
+None of these files holds a wall-clock value that another stage depends on: durations are only in
+train.json and publish.json, which no stage reads (tests/test_dvc_yaml.py re-runs the pipeline and
+checks that nothing after fetch_delta runs again).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dailyrec import paths
+from dailyrec.files import write_json
+
+NUMBER = (int, float)
+OPTIONAL_NUMBER = (int, float, type(None))
+OPTIONAL_TEXT = (str, type(None))
+
+
+class ShapeError(ValueError):
+    """A payload or file that does not match its metrics file's shape."""
+
+
+@dataclass(frozen=True)
+class MetricsFile:
+    """A metrics file: its path, the stage that writes it, and its keys with their types.
+
+    shape: key -> a type or tuple of types (dict and list hold anything), or a nested shape.
+    extra: a regular expression for further top-level keys (eval.json's metric_at_k), number-valued.
+    """
+
+    path: Path
+    stage: str
+    shape: dict[str, Any]
+    extra: str | None = None
+    doc: str = ""
+
+    def check(self, payload: Any) -> dict:
+        if not isinstance(payload, dict):
+            raise ShapeError(f"{self.path}: expected an object, got {type(payload).__name__}")
+        _check(self.shape, payload, str(self.path), self.extra)
+        return payload
+
+    def write(self, payload: dict, path: Path | None = None) -> None:
+        write_json(path or self.path, self.check(payload))
+
+    def read(self, day: dt.date | None = None, path: Path | str | None = None) -> dict | None:
+        """The file's content, or None: missing, unreadable, not this shape, or (with day) about
+        another run.date."""
+        try:
+            payload = self.check(json.loads(Path(path or self.path).read_text()))
+        except (OSError, ValueError):
+            return None
+        if day is not None and payload.get("run_date") not in (None, day.isoformat()):
+            return None
+        return payload
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def _check(shape: dict, payload: dict, where: str, extra: str | None = None) -> None:
+    missing = [k for k in shape if k not in payload]
+    unknown = [k for k in payload if k not in shape and not (extra and re.fullmatch(extra, k))]
+    if missing or unknown:
+        raise ShapeError(f"{where}: missing keys {missing}, unknown keys {unknown}")
+    for key, value in payload.items():
+        expected = shape.get(key, NUMBER)
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise ShapeError(f"{where}.{key}: expected an object")
+            _check(expected, value, f"{where}.{key}")
+            continue
+        if isinstance(value, bool) and bool not in (expected if isinstance(expected, tuple)
+                                                    else (expected,)):
+            raise ShapeError(f"{where}.{key}: expected {expected}, got a boolean")
+        if not isinstance(value, expected):
+            raise ShapeError(f"{where}.{key}: expected {expected}, got {type(value).__name__}")
+
+
+FETCH = MetricsFile(paths.FETCH_METRICS, "fetch_delta", {
+    "run_date": str,
+    "window": {"start": str, "end": str},
+    "fetched": int, "kept": int, "quarantined": int, "duplicates": int,
+    "quarantined_by_reason": dict,  # reason -> rows
+    "tables": dict,  # table -> {fetched, kept, quarantined, duplicates, columns}
+}, doc="rows fetched, kept, quarantined (by reason) and duplicated, per table and in all")
+
+HISTORY = MetricsFile(paths.HISTORY_METRICS, "merge_history", {
+    "run_date": str, "days": int, "first_day": OPTIONAL_TEXT, "last_day": OPTIONAL_TEXT,
+    "rows": int, "added": int, "added_by_day": dict, "duplicates_skipped": int,
+    "partitions_removed": list, "quarantined": int,
+}, doc="the history's days and rows, and what this run added")
+
+VALIDATION = MetricsFile(paths.VALIDATION_METRICS, "validate", {
+    "run_date": str, "day": str,
+    "status": str,  # passed, warned, admitted, failed
+    "passed": bool, "failed": int, "warned": int, "day_rejected": bool,
+    "rejected_days": list, "delta_events": int, "window_days": int, "window_events": int,
+    "expectations": dict,  # name -> {success, severity, observed, expected, ...}
+}, doc="the verdict and every expectation (filter_noise depends on it: no durations here)")
+
+FILTER = MetricsFile(paths.FILTER_METRICS, "filter_noise", {
+    "run_date": str,
+    "window": {"days": int, "first_day": OPTIONAL_TEXT, "last_day": OPTIONAL_TEXT,
+               "window_days": int, "rejected_days_left_out": list},
+    "input": {"rows": int, "users": int, "items": int},
+    "output": {"rows": int, "users": int, "items": int},
+    "removed": {"rows": int, "share": NUMBER, "bot_or_internal_users": int},
+    "rules": dict,  # rule -> {enabled, rows, users, top offenders, ...}
+    "seconds": dict, "events_per_second": OPTIONAL_NUMBER,
+}, doc="events and users removed per rule, top offenders")
+
+TRAIN = MetricsFile(paths.TRAIN_METRICS, "train", {
+    "run_date": str, "device": str, "events": int, "events_ignored": int, "users": int,
+    "items": int, "nonzeros": int, "density": NUMBER, "iterations": int,
+    "final_loss": OPTIONAL_NUMBER, "durations_s": dict, "fit_s_per_iteration": NUMBER,
+    "implicit_version": str, "mlflow_run_id": OPTIONAL_TEXT,
+}, doc="the matrix, the fit's durations and loss (no stage reads it)")
+
+MLFLOW = MetricsFile(paths.MLFLOW_RECORD, "train", {
+    "run_id": OPTIONAL_TEXT, "experiment": str, "model_name": str,
+    "model_version": (int, type(None)), "alias": str,
+}, doc="the MLflow run and registered model version of models/")
+
+EVAL = MetricsFile(paths.EVAL_METRICS, "evaluate", {
+    "run_date": str, "holdout_start": str, "holdout_days": int, "k": int, "gate_metric": str,
+    "counts": dict, "device": str,
+    "status": str,  # ok, insufficient_data
+    "baselines": dict,  # most_popular, published: metric -> value (or None)
+    "lift_over_most_popular": OPTIONAL_NUMBER,
+}, extra=r"(precision|recall|map|ndcg|hit_rate|coverage)_at_\d+|mean_percentile_rank",
+    doc="the model's metrics at K=20 and eval.k, and its baselines'")
+
+GATE = MetricsFile(paths.GATE, "evaluate", {
+    "run_date": str, "passed": bool, "reason": str, "metric": str, "value": OPTIONAL_NUMBER,
+    "most_popular": OPTIONAL_NUMBER, "lift": OPTIONAL_NUMBER, "min_lift": NUMBER,
+    "published": OPTIONAL_NUMBER, "published_version": (int, str, type(None)),
+    "drop": OPTIONAL_NUMBER, "max_drop": NUMBER,
+}, doc="the publish gate's verdict (publish obeys `passed`)")
+
+PUBLISH = MetricsFile(paths.PUBLISH_METRICS, "publish", {
+    "run_date": str, "version": str, "previous_version": OPTIONAL_TEXT, "users": int,
+    "users_written": int, "users_without_recommendations": int, "items": int, "top_n": int,
+    "filter_already_liked": bool, "buckets": int, "kept_versions": list,
+    "removed_versions": list, "seconds": dict, "users_per_second": OPTIONAL_NUMBER,
+    "redis": str, "gate": dict, "model_run": dict, "mlflow_alias": (dict, type(None)),
+}, doc="the version served, its users, and how long publishing took (no stage reads it)")
+
+ALL: tuple[MetricsFile, ...] = (FETCH, HISTORY, VALIDATION, FILTER, TRAIN, EVAL, GATE, PUBLISH,
+                                MLFLOW)
+BY_NAME: dict[str, MetricsFile] = {m.name: m for m in ALL}
+
+
+@dataclass
+class Snapshot:
+    """Every metrics file of one run.date: None where missing, and the names of those left out
+    because they belong to another day (a stage that failed or did not run today)."""
+
+    day: dt.date
+    files: dict[str, dict | None] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> dict | None:
+        return self.files.get(name)
+
+
+def snapshot(day: dt.date, metrics_dir: Path = paths.METRICS_DIR) -> Snapshot:
+    snap = Snapshot(day=day)
+    for m in ALL:
+        path = Path(metrics_dir) / m.path.name
+        any_day = m.read(path=path)
+        today = m.read(day, path=path)
+        snap.files[m.name] = today
+        if any_day is not None and today is None:
+            snap.stale.append(m.name)
+    return snap

@@ -1,0 +1,114 @@
+"""Training: clean events -> the confidence matrix -> ALS -> the saved model bundle.
+
+    train(config, run_date, window_end, data_path, models_dir) -> (metrics, fit result, meta)
+
+models/ (dailyrec.model.artifacts) is byte-identical for the same data and settings on CPU: nothing
+time- or machine-dependent goes into it; durations go to the returned metrics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dailyrec import schema as S
+from dailyrec.errors import ConfigError, DataError
+from dailyrec.files import file_md5
+from dailyrec.model import als, artifacts
+from dailyrec.model import confidence as C
+from dailyrec.settings.model import TrainConfig
+
+
+def read_events(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """Canonical events (the key columns by default) from a Parquet file."""
+    if not Path(path).exists():
+        raise ConfigError(f"{path} not found: run filter_noise first")
+    columns = columns or C.MATRIX_COLUMNS
+    missing = [c for c in columns if c not in pq.read_schema(path).names]
+    if missing:
+        raise DataError(f"{path}: not canonical events, missing columns {missing}")
+    table = pq.read_table(path, columns=columns)
+    try:
+        return table.cast(pa.schema([S.EVENT_SCHEMA.field(n) for n in columns]))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+        raise DataError(f"{path}: not canonical events ({err})") from None
+
+
+def build_meta(run_date: dt.date, window_end: dt.datetime, config: TrainConfig, device: str,
+               events: pa.Table, interactions: C.Interactions, data_path: Path) -> dict[str, Any]:
+    """What made the model. Deterministic: nothing here depends on time, machine or thread count."""
+    import implicit
+
+    ts = events["ts"]
+    first = ts.combine_chunks().to_numpy().min() if len(ts) else None
+    last = ts.combine_chunks().to_numpy().max() if len(ts) else None
+    m = interactions.strength
+    return {
+        "format": 1,
+        "run_date": run_date.isoformat(),
+        "window_end": window_end.isoformat(),
+        "data": {
+            "path": str(data_path),
+            "md5": file_md5(data_path),
+            "events": interactions.events,
+            "events_ignored": interactions.events_ignored,
+            "first_event": None if first is None else _iso(first),
+            "last_event": None if last is None else _iso(last),
+        },
+        "matrix": {"users": m.shape[0], "items": m.shape[1], "nonzeros": int(m.nnz)},
+        "params": config.as_dict(),
+        "device": device,
+        "implicit_version": implicit.__version__,
+    }
+
+
+def _iso(value: np.datetime64) -> str:
+    return np.datetime_as_string(value.astype("datetime64[us]"), unit="us") + "Z"
+
+
+def train(config: TrainConfig, run_date: dt.date, window_end: dt.datetime, data_path: Path,
+          models_dir: Path) -> tuple[dict[str, Any], als.FitResult, dict]:
+    """Read, build, fit, save. Returns (metrics, fit result, meta)."""
+    device = als.resolve_device(config.device)  # before the slow part: a gpu request fails at once
+    durations: dict[str, float] = {}
+    t = time.perf_counter()
+    events = read_events(data_path)
+    durations["read"] = time.perf_counter() - t
+    t = time.perf_counter()
+    interactions = C.aggregate(events, config.confidence, window_end)
+    if interactions.strength.nnz == 0:
+        raise DataError(f"{data_path}: no usable events ({events.num_rows} events, "
+                        f"{interactions.events_ignored} of types weighted 0): nothing to train on")
+    matrix = C.confidence(interactions, config.confidence)
+    durations["build"] = time.perf_counter() - t
+    result = als.fit(matrix, config, device)
+    durations["fit"] = result.seconds
+    t = time.perf_counter()
+    meta = build_meta(run_date, window_end, config, device, events, interactions, data_path)
+    artifacts.save(artifacts.ModelBundle(model=result.model, user_ids=interactions.user_ids,
+                                         item_ids=interactions.item_ids, user_items=matrix,
+                                         meta=meta), models_dir)
+    durations["save"] = time.perf_counter() - t
+    m = interactions.strength
+    metrics = {
+        "run_date": meta["run_date"],
+        "device": device,
+        "events": interactions.events,
+        "events_ignored": interactions.events_ignored,
+        "users": m.shape[0],
+        "items": m.shape[1],
+        "nonzeros": int(m.nnz),
+        "density": float(m.nnz / max(1, m.shape[0] * m.shape[1])),
+        "iterations": config.iterations,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "durations_s": {k: round(v, 4) for k, v in durations.items()},
+        "fit_s_per_iteration": round(result.seconds / config.iterations, 4),
+        "implicit_version": meta["implicit_version"],
+    }
+    return metrics, result, meta

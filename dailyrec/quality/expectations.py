@@ -1,0 +1,461 @@
+"""The validation suites: Great Expectations on the day's delta and on the training window.
+
+    validate(cfg, ledger_path, delta, quarantine, history) -> Verdict    run the suites, update the
+                                                                        rejection ledger
+    payload(cfg, verdict) -> dict                                       metrics/validation.json
+
+Suites (written in code below, thresholds and severities from params.yaml `validate:`):
+    delta        the delta's rows: canonical columns and types, no NULL keys, event types in the
+                 vocabulary, timestamps inside the fetch window, id formats, event_id unique,
+                 freshness (newest event close to run.date)
+    delta_day    the delta's events of the day window: volume within a band of the trailing mean
+    fetch        every fetched row, kept or quarantined: quarantined share below a threshold
+    window       the training window (filter.window_days days, rejected days left out): no NULL
+                 keys, event types, timestamps inside the window, event_id unique, not empty
+    window_ids   the window's distinct user and item ids: id format
+
+A failing expectation of severity `fail` on the delta rejects the day (run.date - 1) in the ledger,
+and the verdict is "failed": nothing downstream runs and yesterday's published lists stay served.
+A failing `fail` expectation on the window also fails (the history itself is damaged; no day is
+rejected automatically). `warn` failures are only reported.
+
+Great Expectations takes seconds to import, so it is imported inside run_suites() only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dailyrec import schema as S
+from dailyrec.errors import ConfigError, DataError
+from dailyrec.history import partition_days, partition_rows, select_window, window_files
+from dailyrec.quality import rejections as R
+from dailyrec.settings import day_window
+from dailyrec.settings.quality import ValidateSettings
+
+# GX's pandas type names: dtype.type of a pandas 3 string column is `str`, of a tz-aware timestamp
+# column `Timestamp` (a tz-naive one is datetime64 and fails, as it should).
+GX_TYPES = {pa.string(): "str", pa.timestamp("us", tz="UTC"): "Timestamp"}
+EXAMPLE_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts", "source"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The suites. Each planned expectation has a stable name (the key in metrics/validation.json),
+# the params check that sets its severity, and the threshold in words for the summary.
+
+@dataclass
+class Planned:
+    name: str
+    check: str
+    build: Callable[[Any], Any]  # gxe module -> expectation (GX is imported lazily)
+    expected: str
+    skipped: str = ""  # why the check does not apply today (it then passes, and says so)
+    # Exact counts of the most common unexpected values, when GX's (a sample's) are not enough.
+    top_values: Callable[[], list[dict]] | None = None
+
+
+@dataclass
+class Suite:
+    name: str
+    frame: pd.DataFrame
+    planned: list[Planned]
+
+
+@dataclass
+class Outcome:
+    suite: str
+    name: str
+    check: str
+    severity: str
+    success: bool
+    observed: Any
+    expected: str
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    examples: list[dict] = field(default_factory=list)
+    top_values: list[dict] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return not self.success and self.severity == "fail"
+
+    @property
+    def warned(self) -> bool:
+        return not self.success and self.severity == "warn"
+
+    def line(self) -> str:
+        mark = "ok" if self.success else ("FAIL" if self.severity == "fail" else "warn")
+        return f"[{mark}] {self.name}: observed {_fmt(self.observed)}; expected {self.expected}"
+
+
+def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons: pd.Series,
+                 trailing: list[int]) -> list[Suite]:
+    start, end = day_window(cfg.run_date)
+    c = cfg.checks
+    plan: list[Planned] = [
+        Planned("delta.columns", "columns",
+                lambda x: x.ExpectTableColumnsToMatchSet(column_set=list(S.COLUMNS),
+                                                         exact_match=True),
+                f"exactly {list(S.COLUMNS)}"),
+    ]
+    for f in S.EVENT_SCHEMA:
+        plan.append(Planned(f"delta.types.{f.name}", "types",
+                            lambda x, n=f.name, t=GX_TYPES[f.type]:
+                            x.ExpectColumnValuesToBeOfType(column=n, type_=t),
+                            f"{f.type} (pandas type {GX_TYPES[f.type]})"))
+    for col in S.REQUIRED:
+        plan.append(Planned(f"delta.not_null.{col}", "not_null",
+                            lambda x, n=col: x.ExpectColumnValuesToNotBeNull(column=n), "no NULLs"))
+    plan.append(Planned("delta.event_types", "event_types",
+                        lambda x: x.ExpectColumnValuesToBeInSet(column="event_type",
+                                                                value_set=list(S.EVENT_TYPES)),
+                        f"one of {list(S.EVENT_TYPES)}"))
+    oldest = start - dt.timedelta(days=c["ts_in_window"]["max_late_days"])
+    newest = end + cfg.skew
+    plan.append(Planned("delta.ts_in_window", "ts_in_window",
+                        lambda x: x.ExpectColumnValuesToBeBetween(column="ts", min_value=oldest,
+                                                                  max_value=newest),
+                        f"{_iso(oldest)} .. {_iso(newest)} (late writes up to "
+                        f"{c['ts_in_window']['max_late_days']} days, clock skew "
+                        f"{cfg.skew.total_seconds() / 60:g} min)"))
+    for col in ("event_id", "user_id", "item_id"):
+        plan.append(Planned(f"delta.id_format.{col}", "id_format",
+                            lambda x, n=col: x.ExpectColumnValuesToMatchRegex(
+                                column=n, regex=S.ID_REGEX.pattern),
+                            f"matches {S.ID_REGEX.pattern}"))
+    plan.append(Planned("delta.event_id_unique", "event_id_unique",
+                        lambda x: x.ExpectColumnValuesToBeUnique(column="event_id"), "unique"))
+    fresh_from = end - dt.timedelta(minutes=c["freshness"]["max_age_minutes"])
+    plan.append(Planned("delta.freshness", "freshness",
+                        lambda x: x.ExpectColumnMaxToBeBetween(column="ts", min_value=fresh_from),
+                        f"newest event >= {_iso(fresh_from)} ({c['freshness']['max_age_minutes']} "
+                        f"min before run.date)"))
+
+    v = c["volume"]
+    # The day's volume counts events of the day window only: the delta also holds late events of
+    # earlier days (and re-read lookback days), which the history partitions count elsewhere.
+    if "ts" in delta and isinstance(delta["ts"].dtype, pd.DatetimeTZDtype):
+        in_day = delta.loc[(delta["ts"] >= start) & (delta["ts"] < end), ["ts"]]
+    else:  # no usable ts: the type expectations say so; count every row
+        in_day = pd.DataFrame({"row": np.arange(len(delta))})
+    lo, hi, skipped = v["min_events"], None, ""
+    if len(trailing) >= v["min_history_days"] and trailing:
+        mean = float(np.mean(trailing))
+        lo = max(v["min_events"], math.floor(mean * v["low"]))
+        hi = math.ceil(mean * v["high"])
+        expected = (f"{lo:,} .. {hi:,} events ({v['low']:g}x .. {v['high']:g}x the trailing "
+                    f"{len(trailing)}-day mean {mean:,.0f})")
+    else:
+        expected = f">= {lo:,} events"
+        skipped = (f"band not applied: {len(trailing)} trailing trusted day(s) in history, "
+                   f"{v['min_history_days']} needed")
+    day_plan = [Planned("delta_day.volume", "volume",
+                        lambda x: x.ExpectTableRowCountToBeBetween(min_value=lo, max_value=hi),
+                        expected, skipped)]
+
+    share = c["quarantine_share"]["max"]
+    fetch_plan = [Planned("fetch.quarantine_share", "quarantine_share",
+                          lambda x: x.ExpectColumnValuesToBeInSet(column="quarantine_reason",
+                                                                  value_set=[""],
+                                                                  mostly=max(0.0, 1.0 - share)),
+                          f"<= {share:.2%} of fetched rows quarantined",
+                          top_values=lambda: [{"value": r, "count": int(n)} for r, n in
+                                              quarantine_reasons.value_counts().items()])]
+    fetched = pd.DataFrame({"quarantine_reason": pd.concat(
+        [pd.Series("", index=range(len(delta)), dtype="str"), quarantine_reasons.astype("str")],
+        ignore_index=True)})
+    return [Suite("delta", delta, plan),
+            Suite("delta_day", in_day.reset_index(drop=True), day_plan),
+            Suite("fetch", fetched, fetch_plan)]
+
+
+def window_suites(cfg: ValidateSettings, window: pd.DataFrame, first: dt.date) -> list[Suite]:
+    lo = dt.datetime.combine(first, dt.time(), tzinfo=dt.timezone.utc)
+    hi = dt.datetime.combine(cfg.run_date, dt.time(), tzinfo=dt.timezone.utc)
+    plan = [Planned(f"window.not_null.{col}", "not_null",
+                    lambda x, n=col: x.ExpectColumnValuesToNotBeNull(column=n), "no NULLs")
+            for col in window.columns]
+    min_events = cfg.checks["window"]["min_events"]
+    plan += [
+        Planned("window.event_types", "event_types",
+                lambda x: x.ExpectColumnValuesToBeInSet(column="event_type",
+                                                        value_set=list(S.EVENT_TYPES)),
+                f"one of {list(S.EVENT_TYPES)}"),
+        Planned("window.ts_in_window", "ts_in_window",
+                lambda x: x.ExpectColumnValuesToBeBetween(column="ts", min_value=lo, max_value=hi,
+                                                          strict_max=True),
+                f"{_iso(lo)} .. {_iso(hi)} (excluded)"),
+        Planned("window.event_id_unique", "event_id_unique",
+                lambda x: x.ExpectColumnValuesToBeUnique(column="event_id"), "unique"),
+        Planned("window.events", "window",
+                lambda x: x.ExpectTableRowCountToBeBetween(min_value=min_events),
+                f">= {min_events:,} events in the training window"),
+    ]
+    # Ids repeat a lot: their format is checked once per distinct id.
+    ids = pd.DataFrame({"id": pd.concat([pd.Series(window["user_id"].unique()),
+                                         pd.Series(window["item_id"].unique())],
+                                        ignore_index=True).astype("str")})
+    id_plan = [Planned("window_ids.id_format", "id_format",
+                       lambda x: x.ExpectColumnValuesToMatchRegex(column="id",
+                                                                  regex=S.ID_REGEX.pattern),
+                       f"every distinct user_id and item_id matches {S.ID_REGEX.pattern}")]
+    return [Suite("window", window, plan), Suite("window_ids", ids, id_plan)]
+
+
+def run_suites(suites: list[Suite], cfg: ValidateSettings) -> list[Outcome]:
+    """Run each suite with Great Expectations on its frame; one Outcome per planned expectation."""
+    import great_expectations as gx  # slow import: this stage only
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import (DataContextConfig,
+                                                            InMemoryStoreBackendDefaults,
+                                                            ProgressBarsConfig)
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    ctx = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False)))
+    asset = ctx.data_sources.add_or_update_pandas("dailyrec").add_dataframe_asset("events")
+    batch = asset.add_batch_definition_whole_dataframe("whole")
+    outcomes: list[Outcome] = []
+    for suite in suites:
+        expectations = []
+        for p in suite.planned:
+            exp = p.build(gxe)
+            exp.meta = {"name": p.name}
+            expectations.append(exp)
+        gx_suite = ctx.suites.add_or_update(gx.ExpectationSuite(name=suite.name,
+                                                                expectations=expectations))
+        definition = ctx.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
+        # GX 1.24 with pandas 3 misreads `str` columns as NULL unless the index is a RangeIndex.
+        frame = suite.frame.reset_index(drop=True)
+        with warnings.catch_warnings():
+            # GX 1.24 uses pandas APIs that pandas 3 deprecates; not ours to fix, not worth a line.
+            warnings.simplefilter("ignore", pd.errors.Pandas4Warning)
+            result = definition.run(batch_parameters={"dataframe": frame}, result_format={
+                "result_format": "SUMMARY", "partial_unexpected_count": max(cfg.examples, 1)})
+        by_name = {r.expectation_config.meta["name"]: r for r in result.results}
+        outcomes += [_outcome(suite, p, by_name[p.name], cfg) for p in suite.planned]
+    return outcomes
+
+
+def _outcome(suite: Suite, p: Planned, r, cfg: ValidateSettings) -> Outcome:
+    res = dict(r.result or {})
+    out = Outcome(suite=suite.name, name=p.name, check=p.check, severity=cfg.severity(p.check),
+                  success=bool(r.success), observed=None, expected=p.expected, note=p.skipped)
+    if r.exception_info and not res:
+        info = r.exception_info if isinstance(r.exception_info, dict) else {}
+        # Keyed by metric for a failed metric, or flat: the first message either way.
+        errors = [v.get("exception_message") for v in info.values() if isinstance(v, dict)]
+        message = next((e for e in errors if e), None) or info.get("exception_message", "")
+        out.success, out.observed = False, f"could not evaluate: {_short(message)}"
+        return out
+    if "observed_value" in res:
+        observed = _plain(res["observed_value"])
+        out.observed = ", ".join(map(str, observed)) if isinstance(observed, list) else observed
+        return out
+    count, total = res.get("unexpected_count"), res.get("element_count")
+    out.unexpected_count = int(count or 0)
+    out.unexpected_percent = float(res["unexpected_percent"]) if \
+        res.get("unexpected_percent") is not None else 0.0
+    out.observed = f"{out.unexpected_count:,} of {int(total or 0):,} rows unexpected " \
+                   f"({out.unexpected_percent:.3g}%)"
+    if not out.success:
+        idx = [i for i in res.get("partial_unexpected_index_list") or [] if isinstance(i, int)]
+        cols = [c for c in EXAMPLE_COLUMNS if c in suite.frame.columns] or list(suite.frame.columns)
+        rows = suite.frame.reset_index(drop=True).iloc[idx[:cfg.examples]][cols]
+        out.examples = [{k: _plain(v) for k, v in row.items()} for row in rows.to_dict("records")]
+        out.top_values = p.top_values()[:cfg.examples] if p.top_values else []
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the inputs.
+
+def read_delta(path: Path) -> pd.DataFrame:
+    """The delta as written, NOT conformed: the suite checks its columns and types itself."""
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run fetch_delta first")
+    try:
+        return pq.read_table(path).to_pandas().reset_index(drop=True)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: cannot read the delta ({_short(str(err))})") from None
+
+
+def read_quarantine_reasons(path: Path) -> pd.Series:
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run fetch_delta first")
+    try:
+        return pq.read_table(path, columns=["reason"]).column("reason").to_pandas()
+    except (pa.ArrowException, OSError, KeyError) as err:
+        raise DataError(f"{path}: cannot read the quarantine ({_short(str(err))})") from None
+
+
+def trailing_volumes(cfg: ValidateSettings, history: Path, excluded: set[dt.date]) -> list[int]:
+    """Row counts of the trusted days before the delta's day (Parquet metadata only)."""
+    n = cfg.checks["volume"]["trailing_days"]
+    first = cfg.day - dt.timedelta(days=n)
+    days = [d for d in partition_days(history) if first <= d < cfg.day and d not in excluded]
+    return [partition_rows(history, d) for d in days]
+
+
+def read_window(history: Path, days: list[dt.date]) -> pd.DataFrame:
+    """The key columns of the trusted window days (what training uses), canonical types."""
+    cols = ["event_id", "user_id", "item_id", "event_type", "ts"]
+    schema = pa.schema([S.EVENT_SCHEMA.field(c) for c in cols])
+    tables = []
+    for path in window_files(history, days):  # files, not rows
+        try:
+            tables.append(pq.read_table(path, columns=cols).cast(schema))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
+            raise DataError(f"{path}: not canonical events ({_short(str(err))}); the history "
+                                "partition is damaged") from None
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    return table.to_pandas()
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict.
+
+@dataclass
+class Verdict:
+    status: str  # passed, warned, admitted, failed
+    outcomes: list[Outcome]
+    rejected_now: bool = False
+    cleared: bool = False
+    window_failed: bool = False
+    excluded_days: list[str] = field(default_factory=list)
+    window_days: list[str] = field(default_factory=list)
+    delta_events: int = 0
+    window_events: int = 0
+    seconds: float = 0.0
+
+
+def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, history: Path,
+             ledger_path: Path, report_name: str) -> Verdict:
+    """Run the suites, update the ledger, and return the verdict (the caller writes the outputs).
+    report_name: where the run's HTML report goes, for the ledger's entry of a rejected day."""
+    started = time.perf_counter()
+    ledger = R.load(ledger_path)
+    delta = read_delta(delta_path)
+    reasons = read_quarantine_reasons(quarantine_path)
+    trailing = trailing_volumes(cfg, history, R.rejected_days(ledger))
+    outcomes = run_suites(delta_suites(cfg, delta, reasons, trailing), cfg)
+
+    delta_failed = [o for o in outcomes if o.failed]
+    rejected_now = cleared = False
+    if delta_failed and not R.is_admitted(ledger, cfg.day):
+        R.record_rejection(ledger, cfg.day, cfg.run_date, [o.line() for o in delta_failed],
+                           report_name)
+        rejected_now = True
+    elif not delta_failed:
+        cleared = R.clear_validation_rejection(ledger, cfg.day, cfg.run_date)
+    # Saved first: the rejection must outlive whatever happens next (see dailyrec/quality/rejections.py).
+    R.save(ledger, ledger_path)
+
+    excluded = R.rejected_days(ledger)
+    first = cfg.run_date - dt.timedelta(days=cfg.window_days)
+    trusted, _ = select_window(history, cfg.run_date, cfg.window_days, excluded)
+    window_events = 0
+    if cfg.checks["window"]["enabled"]:
+        window = read_window(history, trusted)
+        window_events = len(window)
+        window_outcomes = run_suites(window_suites(cfg, window, first), cfg)
+        outcomes += window_outcomes
+    window_failed = any(o.failed for o in outcomes if o.suite.startswith("window"))
+
+    if rejected_now or window_failed:
+        status = "failed"
+    elif delta_failed:
+        status = "admitted"
+    elif any(o.warned for o in outcomes):
+        status = "warned"
+    else:
+        status = "passed"
+    verdict = Verdict(status=status, outcomes=outcomes, rejected_now=rejected_now, cleared=cleared,
+                      window_failed=window_failed,
+                      excluded_days=sorted(d.isoformat() for d in excluded),
+                      window_days=[d.isoformat() for d in trusted], delta_events=len(delta),
+                      window_events=window_events)
+    verdict.seconds = round(time.perf_counter() - started, 3)
+    return verdict
+
+
+def payload(cfg: ValidateSettings, v: Verdict) -> dict:
+    """metrics/validation.json (its shape: dailyrec.metrics.VALIDATION). No durations: filter_noise
+    depends on this file."""
+    return {
+        "run_date": cfg.run_date.isoformat(),
+        "day": cfg.day.isoformat(),
+        "status": v.status,
+        "passed": v.status != "failed",
+        "failed": sum(o.failed for o in v.outcomes),
+        "warned": sum(o.warned for o in v.outcomes),
+        "day_rejected": v.rejected_now,
+        "rejected_days": v.excluded_days,
+        "delta_events": v.delta_events,
+        "window_days": len(v.window_days),
+        "window_events": v.window_events,
+        "expectations": {o.name: {
+            "success": o.success, "severity": o.severity, "observed": o.observed,
+            "expected": o.expected,
+            **({"unexpected_count": o.unexpected_count, "unexpected_percent": o.unexpected_percent}
+               if o.unexpected_count is not None else {}),
+            **({"note": o.note} if o.note else {}),
+            **({"examples": o.examples} if o.examples else {}),
+        } for o in v.outcomes},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly scalars: timestamps as ISO text, NaN/NaT as None, numpy numbers as Python."""
+    if value is None:
+        return None
+    if isinstance(value, (pd.Timestamp, dt.datetime)):
+        return None if pd.isna(value) else pd.Timestamp(value).isoformat()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, str) and value == "NaT":
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool, dict)):
+        return value
+    return None if pd.isna(value) else str(value)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _short(text: str | None, limit: int = 200) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+

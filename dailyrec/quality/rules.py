@@ -1,0 +1,437 @@
+"""The noise rules: only trusted, human interactions reach training (what filter_noise does).
+
+    run(cfg, history, rejected, out) -> counts    the window's days (the filter.window_days days
+                                                   before run.date, rejected days left out) ->
+                                                   the events that survive every rule, written
+                                                   to out in history order
+
+The rules run in this order; each removes rows the earlier ones left, and counts them:
+    crawler_ua   events whose user agent matches the `crawler-user-agents` pattern list (plus
+                 filter.crawler_ua.extra_patterns)
+    behaviour    users who, on any day of the window, exceed max_events_per_minute (any 60 s),
+                 max_events_per_day or max_distinct_items_per_day: all their events go
+    internal     users in filter.internal.user_ids or user_id_ranges (all their events), and
+                 events from filter.internal.ip_cidrs (office networks)
+    repeated     an event with the same user, item and type as one less than dedupe_seconds
+                 before it (double clicks, reloads): the first is kept
+    min_support  optional: users and items with fewer than min_user_events / min_item_events
+                 events left (one pass)
+
+Everything is vectorised: strings are handled once per distinct value (dictionary codes), events
+are grouped with a stable O(n) counting sort (SciPy's COO -> CSR conversion), never a Python loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from dailyrec import schema as S
+from dailyrec.errors import DataError
+from dailyrec.files import tmp_path
+from dailyrec.history import select_window, window_files
+from dailyrec.settings.quality import FilterSettings
+
+RULES = ("crawler_ua", "behaviour", "internal", "repeated", "min_support")
+BOT_RULES = ("crawler_ua", "behaviour", "internal")  # the rules that say "not a human customer"
+DICTIONARY_COLUMNS = ["user_id", "item_id", "event_type", "source", "user_agent", "ip"]
+PATTERNS_PER_REGEX = 200  # RE2 handles a few hundred alternatives per regex quickly, not 1,500
+
+
+# ---------------------------------------------------------------------------------------------
+# The window as integer codes: what the rules work on.
+
+@dataclass
+class Coded:
+    """A dictionary-coded column: codes index values; -1 is NULL."""
+    codes: np.ndarray
+    values: pa.Array
+
+    def lookup(self, flags: np.ndarray) -> np.ndarray:
+        """Per-value booleans -> per-event booleans (NULL -> False)."""
+        return np.append(flags, False)[self.codes]
+
+
+@dataclass
+class Window:
+    table: pa.Table  # the window's events, dictionary-encoded strings, in history order (by ts)
+    user: Coded
+    item: Coded
+    event_type: Coded
+    user_agent: Coded
+    ip: Coded
+    ts_us: np.ndarray  # int64 microseconds since the epoch, non-decreasing
+    sec: np.ndarray  # int32 seconds since the window's first midnight (UTC)
+    days: list[dt.date] = field(default_factory=list)
+    left_out: list[dt.date] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+
+def _coded(column: pa.ChunkedArray) -> Coded:
+    """Codes of a dictionary column whose chunks share one dictionary (after unify)."""
+    if column.num_chunks == 0:
+        return Coded(np.empty(0, np.int32), pa.array([], pa.string()))
+    values = column.chunk(0).dictionary
+    codes = np.concatenate([(pc.fill_null(c.indices, -1) if c.null_count else c.indices)
+                            .to_numpy(zero_copy_only=False) for c in column.chunks])
+    return Coded(codes.astype(np.int32, copy=False), values)
+
+def read_window(history: Path, days: list[dt.date]) -> Window:
+    dict_schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
+                             if f.name in DICTIONARY_COLUMNS else f for f in S.EVENT_SCHEMA])
+    tables = []
+    for path in window_files(history, days):  # files, not events
+        try:
+            t = pq.read_table(path, read_dictionary=DICTIONARY_COLUMNS)
+            tables.append(t.select(list(S.COLUMNS)).cast(dict_schema))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
+            raise DataError(f"{path}: not canonical events ({err})") from None
+    table = pa.concat_tables(tables) if tables else dict_schema.empty_table()
+    table = table.unify_dictionaries()
+    ts = _micros(table)
+    if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
+        # Partitions written by merge_history are sorted; sort anything else once, here.
+        table = table.take(np.argsort(ts, kind="stable")).unify_dictionaries()
+        ts = _micros(table)
+    origin = int(ts[0]) // 86_400_000_000 * 86_400 if len(ts) else 0
+    sec = (ts // 1_000_000 - origin).astype(np.int32)
+    return Window(table=table, ts_us=ts, sec=sec, days=list(days),
+                  user=_coded(table.column("user_id")),
+                  item=_coded(table.column("item_id")),
+                  event_type=_coded(table.column("event_type")),
+                  user_agent=_coded(table.column("user_agent")), ip=_coded(table.column("ip")))
+
+
+def _micros(table: pa.Table) -> np.ndarray:
+    """ts as int64 microseconds: a zero-copy view of each chunk, one concatenation."""
+    chunks = [c.view(pa.int64()).to_numpy() for c in table.column("ts").chunks]
+    return np.concatenate(chunks) if chunks else np.empty(0, np.int64)
+
+
+def group_order(codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable counting sort: (order, starts). codes[order] is grouped by code, original order kept
+    inside a group; group g is order[starts[g]:starts[g+1]]. O(n): SciPy's COO -> CSR conversion
+    places entries row by row in input order, which is exactly a counting sort."""
+    n = len(codes)
+    index_type = np.int32 if n < 2**31 - 1 else np.int64
+    grouped = sp.csr_array((np.ones(n, dtype=np.bool_), (codes, np.arange(n, dtype=index_type))),
+                           shape=(max(n_groups, 1), max(n, 1)))
+    return grouped.indices, grouped.indptr
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules. Each takes the window and the events still alive, and returns what it removes.
+
+def crawler_patterns(extra: tuple[str, ...] = ()) -> list[str]:
+    import crawleruseragents  # the maintained list (PyPI: crawler-user-agents)
+
+    return [entry["pattern"] for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA] + list(extra)
+
+
+def crawler_user_agents(values: pa.Array, patterns: list[str]) -> np.ndarray:
+    """One boolean per distinct user agent; RE2 over the distinct values, patterns in chunks."""
+    flags = np.zeros(len(values), dtype=bool)
+    if len(values) == 0:
+        return flags
+    for k in range(0, len(patterns), PATTERNS_PER_REGEX):  # a loop over pattern chunks
+        regex = "|".join(f"(?:{p})" for p in patterns[k:k + PATTERNS_PER_REGEX])
+        hit = pc.match_substring_regex(values, regex)
+        flags |= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+    return flags
+
+
+def rule_crawler_ua(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
+    flags = crawler_user_agents(w.user_agent.values, crawler_patterns(cfg.extra_patterns))
+    removed = w.user_agent.lookup(flags) & alive
+    detail = {"distinct_user_agents": int(flags.sum()),
+              "top_user_agents": _top(w.user_agent.codes[removed], w.user_agent.values,
+                                      cfg.top_offenders, "user_agent")}
+    return removed, detail
+
+
+def grouped(codes: np.ndarray, n_groups: int, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The alive events grouped by code, in window (time) order inside a group: (order, starts).
+    Dead events go to one extra group at the end, which is cut off."""
+    order, starts = group_order(np.where(alive, codes, n_groups), n_groups + 1)
+    return order[:starts[n_groups]], starts
+
+
+def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
+    """Flag users over any limit on any day of the window; remove all their events."""
+    n_users = len(w.user.values)
+    order, starts = grouped(w.user.codes, n_users, alive)  # by user, in time order
+    u = w.user.codes[order]
+    sec = w.sec[order]
+    n = len(order)
+    flagged = np.zeros(n_users, dtype=bool)
+    reasons: dict[str, int] = {}
+
+    # Runs of one user on one day (sec counts from a midnight, so // 86400 is the UTC day).
+    day = sec // 86_400
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (u[1:] != u[:-1]) | (day[1:] != day[:-1])
+    run_start = np.flatnonzero(new_run)
+    run_len = np.diff(np.append(run_start, n))
+    run_user = u[run_start]
+
+    over_day = np.unique(run_user[run_len > cfg.max_events_per_day])
+    flagged[over_day] = True
+    reasons["max_events_per_day"] = len(over_day)
+
+    # More than k events in some 60 s: event i and event i+k of one user less than 60 s apart.
+    k = cfg.max_events_per_minute
+    if n > k:
+        burst = (u[k:] == u[:-k]) & (sec[k:] - sec[:-k] < 60)
+        over_minute = np.unique(u[k:][burst])
+    else:
+        over_minute = np.empty(0, dtype=u.dtype)
+    reasons["max_events_per_minute"] = int((~flagged[over_minute]).sum())
+    flagged[over_minute] = True
+
+    # Distinct items per user-day: only runs longer than the limit can exceed it.
+    limit = cfg.max_distinct_items_per_day
+    candidate = (run_len > limit) & ~flagged[run_user]
+    over_items = np.empty(0, dtype=u.dtype)
+    if candidate.any():
+        pick = np.repeat(candidate, run_len)
+        run_id = np.repeat(np.flatnonzero(candidate), run_len[candidate]).astype(np.int64)
+        n_items = len(w.item.values) + 1
+        pairs = np.unique(run_id * n_items + w.item.codes[order[pick]])
+        distinct = np.bincount(pairs // n_items, minlength=len(run_start))
+        over_items = np.unique(run_user[distinct > limit])
+    reasons["max_distinct_items_per_day"] = len(over_items)
+    flagged[over_items] = True
+
+    removed = flagged[w.user.codes] & alive
+    detail = {"users_by_limit": reasons,
+              "limits": {"max_events_per_minute": cfg.max_events_per_minute,
+                         "max_events_per_day": cfg.max_events_per_day,
+                         "max_distinct_items_per_day": cfg.max_distinct_items_per_day}}
+    top = _top(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")
+    # Peak figures for the few top offenders only: their events are a slice, already in time order.
+    for t, code in zip(top, _codes_of(w.user.values, [t["user_id"] for t in top])):
+        s = w.sec[order[starts[code]:starts[code + 1]]]
+        t["peak_events_per_minute"] = int((np.searchsorted(s, s + 60) - np.arange(len(s))).max())
+        t["max_events_per_day"] = int(np.unique(s // 86_400, return_counts=True)[1].max())
+    detail["top_users"] = top
+    return removed, detail
+
+
+def rule_internal(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
+    users = pd.Series(w.user.values.to_numpy(zero_copy_only=False), dtype="str")
+    by_id = users.isin(cfg.internal_user_ids).to_numpy(dtype=bool, copy=True)
+    if cfg.internal_user_id_ranges:
+        numeric = pd.to_numeric(users.where(users.str.fullmatch(r"\d{1,18}").fillna(False)),
+                                errors="coerce").to_numpy(dtype="float64")
+        for first, last in cfg.internal_user_id_ranges:  # a loop over configured ranges
+            by_id |= (numeric >= first) & (numeric <= last)
+    by_ip = ips_in_networks(w.ip.values, cfg.internal_networks)
+    user_hit = w.user.lookup(by_id) & alive
+    ip_hit = w.ip.lookup(by_ip) & alive & ~user_hit
+    removed = user_hit | ip_hit
+    detail = {"rows_by_marker": {"user_id": int(user_hit.sum()), "ip_cidr": int(ip_hit.sum())},
+              "top_ips": _top(w.ip.codes[removed], w.ip.values, cfg.top_offenders, "ip")}
+    return removed, detail
+
+
+def ips_in_networks(values: pa.Array, networks: tuple) -> np.ndarray:
+    """One boolean per distinct IP text: inside any of the networks. IPv4 is vectorised (dotted
+    quad -> integer); IPv6 addresses, rare here, are parsed one distinct address at a time."""
+    flags = np.zeros(len(values), dtype=bool)
+    if not networks or len(values) == 0:
+        return flags
+    text = pd.Series(values.to_numpy(zero_copy_only=False), dtype="str").str.strip()
+    v4 = text.str.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}").fillna(False).to_numpy(bool)
+    if v4.any():
+        octets = text[v4].str.split(".", expand=True).astype("int64").to_numpy()
+        valid = (octets <= 255).all(axis=1)
+        as_int = (octets[:, 0] << 24) | (octets[:, 1] << 16) | (octets[:, 2] << 8) | octets[:, 3]
+        hit = np.zeros(len(as_int), dtype=bool)
+        for net in (n for n in networks if n.version == 4):  # a loop over configured networks
+            lo, hi = int(net.network_address), int(net.broadcast_address)
+            hit |= (as_int >= lo) & (as_int <= hi)
+        flags[np.flatnonzero(v4)] = hit & valid
+    v6_networks = [n for n in networks if n.version == 6]
+    v6 = text.str.contains(":", regex=False).fillna(False).to_numpy(bool)
+    if v6_networks and v6.any():
+        def inside(addr: str) -> bool:
+            try:
+                ip = ipaddress.ip_address(addr)
+            except ValueError:
+                return False
+            return any(ip in n for n in v6_networks)
+        flags[np.flatnonzero(v6)] = [inside(a) for a in text[v6]]  # distinct IPv6 values only
+    return flags
+
+
+def rule_repeated(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
+    """The same (user, item, type) less than dedupe_seconds after the previous such event."""
+    n_types = len(w.event_type.values) + 1
+    n_keys = (len(w.item.values) + 1) * n_types
+    key_type = np.int32 if n_keys < 2**31 - 1 else np.int64
+    key = w.item.codes.astype(key_type) * n_types + w.event_type.codes
+    # Two stable counting sorts, least significant key first: by (item, type), then by user. The
+    # result is grouped by (user, item, type), in time order inside each group.
+    first, _ = grouped(key, n_keys, alive)
+    second, _ = group_order(w.user.codes[first], len(w.user.values))
+    order = first[second]
+    u, k, ts = w.user.codes[order], key[order], w.ts_us[order]
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = (u[1:] == u[:-1]) & (k[1:] == k[:-1]) & \
+        (ts[1:] - ts[:-1] < int(cfg.dedupe_seconds * 1_000_000))
+    removed = np.zeros(len(w), dtype=bool)
+    removed[order[repeat]] = True
+    detail = {"dedupe_seconds": cfg.dedupe_seconds,
+              "top_users": _top(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")}
+    return removed, detail
+
+
+def rule_min_support(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
+    users = np.bincount(w.user.codes[alive], minlength=len(w.user.values))
+    items = np.bincount(w.item.codes[alive], minlength=len(w.item.values))
+    low_users = (users > 0) & (users < cfg.min_user_events)
+    low_items = (items > 0) & (items < cfg.min_item_events)
+    removed = (low_users[w.user.codes] | low_items[w.item.codes]) & alive
+    return removed, {"min_user_events": cfg.min_user_events, "min_item_events": cfg.min_item_events,
+                     "users_below": int(low_users.sum()), "items_below": int(low_items.sum())}
+
+
+def _top(codes: np.ndarray, values: pa.Array, n: int, label: str) -> list[dict]:
+    """The n most frequent values among the removed rows, with their row counts."""
+    codes = codes[codes >= 0]
+    if n == 0 or len(codes) == 0:
+        return []
+    counts = np.bincount(codes, minlength=len(values))
+    top = np.argsort(-counts, kind="stable")[:n]
+    top = top[counts[top] > 0]
+    names = values.take(pa.array(top)).to_pylist()
+    return [{label: name, "rows": int(counts[c])} for name, c in zip(names, top)]
+
+
+def _distinct(codes: np.ndarray) -> int:
+    return int(np.count_nonzero(np.bincount(codes[codes >= 0]))) if len(codes) else 0
+
+
+def _codes_of(values: pa.Array, names: list[str]) -> list[int]:
+    position = pc.index_in(pa.array(names, pa.string()), value_set=values)
+    return position.to_pylist()
+
+
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    keep: np.ndarray
+    removed_by: dict[str, np.ndarray]  # rule -> rows it removed (disjoint across rules)
+    details: dict[str, dict]
+    seconds: dict[str, float]
+
+    def removed_users(self, window: Window, rules=BOT_RULES) -> set[str]:
+        """Users with at least one row removed by the given rules (default: the bot rules)."""
+        mask = np.zeros(len(window), dtype=bool)
+        for rule in rules:
+            if rule in self.removed_by:
+                mask |= self.removed_by[rule]
+        codes = np.flatnonzero(np.bincount(window.user.codes[mask],
+                                           minlength=len(window.user.values)))
+        return set(window.user.values.take(pa.array(codes, pa.int32())).to_pylist())
+
+
+def apply_rules(w: Window, cfg: FilterSettings) -> Result:
+    alive = np.ones(len(w), dtype=bool)
+    removed_by: dict[str, np.ndarray] = {}
+    details: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    enabled = {"crawler_ua": cfg.crawler_enabled, "behaviour": cfg.behaviour_enabled,
+               "internal": cfg.internal_enabled, "repeated": cfg.repeated_enabled,
+               "min_support": cfg.min_user_events > 1 or cfg.min_item_events > 1}
+    functions = {"crawler_ua": rule_crawler_ua, "behaviour": rule_behaviour,
+                 "internal": rule_internal, "repeated": rule_repeated,
+                 "min_support": rule_min_support}
+    for rule in RULES:  # five rules, in order
+        started = time.perf_counter()
+        if enabled[rule] and alive.any():
+            removed, detail = functions[rule](w, alive, cfg)
+        else:
+            removed, detail = np.zeros(len(w), dtype=bool), {}
+        detail["enabled"] = enabled[rule]
+        alive &= ~removed
+        removed_by[rule] = removed
+        details[rule] = detail
+        seconds[rule] = round(time.perf_counter() - started, 3)
+    return Result(keep=alive, removed_by=removed_by, details=details, seconds=seconds)
+
+
+def rule_metrics(w: Window, result: Result, cfg: FilterSettings) -> dict:
+    rules = {}
+    for rule in RULES:
+        removed = result.removed_by[rule]
+        entry = {"rows": int(removed.sum()), "users": _distinct(w.user.codes[removed]),
+                 **result.details[rule]}
+        if rule in ("crawler_ua", "internal") and "top_users" not in entry:
+            entry["top_users"] = _top(w.user.codes[removed], w.user.values, cfg.top_offenders,
+                                      "user_id")
+        if rule == "min_support":
+            entry["items"] = _distinct(w.item.codes[removed])
+        rules[rule] = entry
+    return rules
+
+
+def write_clean(w: Window, keep: np.ndarray, path: Path) -> int:
+    """The kept events in canonical form. Dictionary columns are written as Parquet dictionary
+    pages without decoding them to Python strings; without the stored Arrow schema a reader gets
+    plain strings back, i.e. exactly EVENT_SCHEMA. Statistics only for ts (min/max of the
+    string columns cost as much as the rest of the write and help no reader)."""
+    out = w.table.filter(pa.array(keep))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    pq.write_table(out, tmp, store_schema=False, use_dictionary=DICTIONARY_COLUMNS,
+                   write_statistics=["ts"])
+    tmp.replace(path)
+    return out.num_rows
+
+
+def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -> dict:
+    """Read the window (rejected days left out), apply the rules, write the kept events to out;
+    returns the counts (filter_noise writes them as metrics/filter.json)."""
+    started = time.perf_counter()
+    used, left_out = select_window(history, cfg.run_date, cfg.window_days, rejected)
+    w = read_window(history, used)
+    w.left_out = left_out
+    read_s = time.perf_counter() - started
+    result = apply_rules(w, cfg)
+    rules_s = time.perf_counter() - started - read_s
+    kept = write_clean(w, result.keep, out)
+    write_s = time.perf_counter() - started - read_s - rules_s
+    n = len(w)
+    bot_users = result.removed_users(w)
+    total = time.perf_counter() - started
+    return {
+        "run_date": cfg.run_date.isoformat(),
+        "window": {"days": len(used), "first_day": used[0].isoformat() if used else None,
+                   "last_day": used[-1].isoformat() if used else None,
+                   "window_days": cfg.window_days,
+                   "rejected_days_left_out": [d.isoformat() for d in left_out]},
+        "input": {"rows": n, "users": _distinct(w.user.codes), "items": _distinct(w.item.codes)},
+        "output": {"rows": kept, "users": _distinct(w.user.codes[result.keep]),
+                   "items": _distinct(w.item.codes[result.keep])},
+        "removed": {"rows": n - kept, "share": round((n - kept) / n, 6) if n else 0.0,
+                    "bot_or_internal_users": len(bot_users)},
+        "rules": rule_metrics(w, result, cfg),
+        "seconds": {"read": round(read_s, 3), "rules": round(rules_s, 3),
+                    "write": round(write_s, 3), "total": round(total, 3),
+                    "by_rule": result.seconds},
+        "events_per_second": round(n / rules_s) if rules_s > 0 else None,
+    }

@@ -1,0 +1,526 @@
+"""The daily run: the one command a scheduler calls (`python -m stages.daily`).
+
+    python -m stages.daily [--date YYYY-MM-DD] [--commit]        one day (default: today, UTC)
+    python -m stages.daily --from 2026-11-15 --to 2026-11-21     backfill, in order
+
+Per day: set run.date in params.yaml, `dvc pull` (when a default remote is set; an empty remote
+on the first day is fine), each stage of dvc.yaml in data-flow order with `dvc repro --single-item`,
+`dvc push`, optionally commit params.yaml + dvc.lock (so the day's model can be rebuilt from that
+commit), then the business owner's report. One progress line per stage with its duration; the full
+output goes to logs/daily/DATE.log.
+
+How the runner knows what happened, without reading DVC's console text: dvc.yaml gives the stages
+and their order (dailyrec.pipeline); each stage it starts writes how it ended to the file named by
+DAILYREC_STAGE_STATUS (dailyrec.cli), so a stage that ran, its exit status and its error kind
+(dailyrec.errors) come from the stage itself; a stage that wrote nothing did not run (DVC found it
+unchanged, or restored it from the run-cache: its entry in dvc.lock says which).
+
+Any failure mails an alert naming the failing stage and its error kind with the last lines of its
+output, stops a backfill, and exits with that kind's status (docs/operations.md). A day whose
+quality gate fails (publish refuses) is not a failure of the run: it is pushed and committed,
+alerted and reported ("nothing published"), a backfill goes on, and the exit status is 3.
+
+A lock (an flock on .dvc/tmp/daily-run.lock) keeps two runs from overlapping: a second run exits
+with status 75 and says who holds it. The kernel drops the lock when its holder dies, so a crashed
+run never blocks the next one.
+
+Run it from the project root, with the venv's Python: its bin/ goes first on the stages' PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+import yaml
+
+from dailyrec import errors, notify, paths, pipeline, settings
+from dailyrec.env import STAGE_STATUS_FILE
+from dailyrec.settings import ops
+
+EXIT_NOT_PUBLISHED = errors.NotPublished.exit_code
+EXIT_BUSY = errors.Busy.exit_code
+EXIT_USAGE = errors.ConfigError.exit_code
+# Used only when params.yaml itself cannot be read (the run must still alert on that).
+FALLBACK_TAIL_LINES = 50
+FALLBACK_THROTTLE_MINUTES = 60.0
+
+PUBLISHED, NOT_PUBLISHED, FAILED = "published", "not published", "failed"
+
+
+class StepFailed(Exception):
+    """A step of the daily run (a pipeline stage, dvc pull/push, git commit) failed."""
+
+    def __init__(self, step: str, status: int, tail: list[str], seconds: float,
+                 kind: str | None = None, message: str = ""):
+        if status == -signal.SIGTERM:
+            self.why = "stopped by SIGTERM"
+        elif status < 0:
+            self.why = f"killed by signal {-status}"
+        else:
+            self.why = f"exit status {status}"
+        self.kind = kind or ("unavailable" if step.startswith("dvc ") else errors.kind_of(status))
+        super().__init__(f"{step} failed ({self.why}, {self.kind})"
+                         + (f": {message}" if message else ""))
+        self.step, self.status, self.tail, self.seconds = step, status, tail, seconds
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        """The runner's exit status for this failure: its error kind's."""
+        by_kind = {kind: code for code, kind in errors.EXIT_CODES.items()}
+        return by_kind.get(self.kind, 1) if self.kind not in ("ok", "not_published") else 1
+
+
+# --------------------------------------------------------------------------- the lock
+
+class RunLock:
+    """An exclusive, non-blocking flock; the file holds who took it, for the refusal message."""
+
+    def __init__(self, path: Path = paths.RUN_LOCK):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self, holder: dict) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise errors.Busy(busy_message(self.path, info)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def busy_message(path: Path, info: str) -> str:
+    try:
+        holder = json.loads(info)
+        who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+               f", for {holder.get('dates')}")
+    except ValueError:
+        who = "holder unknown"
+    return (f"another daily run is in progress ({who}); not starting a second one. "
+            f"Lock: {path.resolve()}")
+
+
+# --------------------------------------------------------------------------- running commands
+
+def child_env() -> dict[str, str]:
+    """The environment for dvc and the stages: this venv first on PATH, telemetry off, and
+    unbuffered Python so stage output arrives line by line, in order."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Terminated(Exception):
+    """The runner got SIGTERM (systemd's TimeoutStartSec, `systemctl stop`, kill)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def stream(cmd: list[str], env: dict, log: TextIO, on_line: Callable[[str], None]) -> int:
+    """Run cmd with stdout+stderr merged, each line to the log and to on_line; its exit status."""
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    # Its own process group, so a stop reaches dvc and the stage command it started.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            text=True, errors="replace", bufsize=1, start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            on_line(line.rstrip("\n"))
+    except BaseException as stop:  # SIGTERM (Terminated), Ctrl-C: stop dvc and its stage too
+        _signal_group(proc, signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+        log.write(f"=== stopped ({type(stop).__name__}) ===\n")
+        raise
+    finally:
+        log.flush()
+    return proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def default_remote(env: dict) -> str | None:
+    proc = subprocess.run(pipeline.dvc("remote", "default"), env=env, capture_output=True,
+                          text=True)
+    name = proc.stdout.strip()
+    return name if proc.returncode == 0 and name else None
+
+
+# --------------------------------------------------------------------------- one stage
+
+@dataclass
+class StageOutcome:
+    stage: str
+    how: str  # ran, unchanged, restored, failed
+    seconds: float
+    exit_code: int = 0
+    kind: str = "ok"
+    message: str = ""
+    tail: list[str] = field(default_factory=list)
+
+
+def lock_entry(stage: str) -> dict | None:
+    """The stage's entry in dvc.lock (what DVC recorded for its last successful run)."""
+    try:
+        lock = yaml.safe_load(paths.DVC_LOCK.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return (lock.get("stages") or {}).get(stage)
+
+
+def run_stage(stage: str, env: dict, log: TextIO, tail_lines: int,
+              echo: Callable[[str], None]) -> StageOutcome:
+    """`dvc repro --single-item STAGE`: DVC runs it if its deps, params or outs changed."""
+    tail: collections.deque = collections.deque(maxlen=tail_lines)
+    fd, status_path = tempfile.mkstemp(prefix=f"dailyrec-{stage}-", suffix=".json")
+    os.close(fd)
+    os.unlink(status_path)  # the stage creates it: no file = the command did not run
+    before = lock_entry(stage)
+    started = time.monotonic()
+
+    def on_line(line: str) -> None:
+        tail.append(line)
+        echo(line)
+
+    try:
+        code = stream(pipeline.dvc("repro", "--single-item", stage),
+                      {**env, STAGE_STATUS_FILE: status_path}, log, on_line)
+    except Terminated:
+        code = -signal.SIGTERM
+    seconds = time.monotonic() - started
+    try:
+        record = json.loads(Path(status_path).read_text())
+        Path(status_path).unlink()
+    except (OSError, ValueError):
+        record = None
+    if code == 0:
+        if record is not None:
+            how = "ran"
+        else:
+            how = "unchanged" if lock_entry(stage) == before else "restored"
+        return StageOutcome(stage, how, seconds, tail=list(tail))
+    if record is not None and record.get("exit_code"):
+        exit_code, kind = int(record["exit_code"]), str(record.get("kind") or "bug")
+        message = str(record.get("message") or "")
+    else:  # the stage never reported (DVC refused to start it, or it was killed)
+        exit_code, kind, message = code, "bug" if code > 0 else "stopped", ""
+    if code == -signal.SIGTERM:
+        exit_code, kind = code, "stopped"
+    return StageOutcome(stage, "failed", seconds, exit_code, kind, message, list(tail))
+
+
+# --------------------------------------------------------------------------- one day
+
+@dataclass
+class Options:
+    commit: bool = False
+    verbose: bool = False
+    mail_report: bool = True
+    tail_lines: int = FALLBACK_TAIL_LINES
+    throttle_minutes: float = FALLBACK_THROTTLE_MINUTES
+    out: TextIO = sys.stdout
+
+
+def commit_paths() -> list[str]:
+    """What --commit records: params.yaml, dvc.lock, git-tracked outputs, and the .gitignore
+    files dvc writes beside its outputs."""
+    found = pipeline.load()
+    ignores = sorted({str(Path(o.path).parent / ".gitignore") for o in found.outputs()})
+    candidates = [str(paths.DVC_LOCK), "params.yaml", *found.git_tracked(), *ignores]
+    return [p for p in dict.fromkeys(candidates) if Path(p).exists()]
+
+
+def git_commit(day: dt.date, env: dict, log: TextIO) -> str:
+    files = commit_paths()
+    ignored = subprocess.run(["git", "check-ignore", "--", *files], env=env,
+                             capture_output=True, text=True).stdout.split()
+    files = [p for p in files if p not in set(ignored)]
+    _git(["git", "add", "--", *files], env, log)
+    staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *files], env=env)
+    if staged.returncode == 0:
+        return "nothing to commit"
+    _git(["git", "commit", "-q", "-m", f"daily run {day.isoformat()}", "--", *files], env, log)
+    return f"committed {_git(['git', 'rev-parse', '--short', 'HEAD'], env, log).strip()}"
+
+
+def _git(cmd: list[str], env: dict, log: TextIO) -> str:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    log.write(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    if proc.returncode:
+        raise StepFailed("git commit", proc.returncode,
+                         (proc.stdout + proc.stderr).splitlines(), 0.0, kind="bug")
+    return proc.stdout
+
+
+def gate_reason() -> str:
+    from dailyrec import metrics
+
+    gate = metrics.GATE.read()
+    return gate["reason"] if gate else "unknown"
+
+
+@dataclass
+class DayResult:
+    outcome: str
+    failure: StepFailed | None = None
+
+
+def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
+    """One day, start to finish: PUBLISHED; NOT_PUBLISHED (the pipeline ran, the quality gate
+    kept the model back: alerted and reported); or FAILED (alerted)."""
+    env = child_env()
+    paths.DAILY_LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = paths.DAILY_LOGS / f"{day.isoformat()}.log"
+    t0 = time.monotonic()
+
+    def progress(step: str, what: str) -> None:
+        print(f"[{day}] {step:<18} {what}", file=opts.out, flush=True)
+
+    def echo(line: str) -> None:
+        if opts.verbose:
+            print(f"    {line}", file=opts.out, flush=True)
+
+    def context(**extra) -> dict:
+        return {"run_date": day.isoformat(), **extra, "host": socket.gethostname(),
+                "workdir": str(Path.cwd()), "log": str(log_path.resolve())}
+
+    def alert(subject: str, **kwargs) -> None:
+        notify.alert(subject, throttle_minutes=opts.throttle_minutes, **kwargs)
+
+    outcome = PUBLISHED
+    with log_path.open("a") as log:
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"\n=== daily run {day} started {now} UTC on {socket.gethostname()} "
+                  f"(pid {os.getpid()}) ===\n")
+        try:
+            settings.set_run_date(day)
+            progress("params.yaml", f"run.date = {day}")
+            remote = default_remote(env)
+            if remote:
+                simple_step("dvc pull", pipeline.dvc("pull", "--allow-missing"), env, log, opts,
+                            progress, echo)
+            for stage in pipeline.load().order():
+                done = run_stage(stage, env, log, opts.tail_lines, echo)
+                if done.how != "failed":
+                    what = {"ran": f"ran in {done.seconds:.1f} s",
+                            "unchanged": "unchanged, skipped",
+                            "restored": f"restored from the run-cache in {done.seconds:.1f} s"}
+                    progress(stage, what[done.how])
+                    continue
+                if done.kind != "not_published":
+                    raise StepFailed(stage, done.exit_code, done.tail, done.seconds, done.kind,
+                                     done.message)
+                # publish refused because the gate said no: the pipeline did its job; the day's
+                # data and model are recorded (push, commit) and the day is alerted and reported.
+                outcome = NOT_PUBLISHED
+                progress(stage, "refused: the quality gate failed; the served version stays")
+                log.write("=== quality gate failed: nothing published ===\n")
+                alert(f"daily run {day}: quality gate failed, nothing published",
+                      context=context(stage=stage, gate=gate_reason()),
+                      log_tail="\n".join(done.tail))
+            if remote:
+                simple_step("dvc push", pipeline.dvc("push"), env, log, opts, progress, echo)
+            else:
+                progress("dvc push", "skipped (no default DVC remote)")
+            if opts.commit:
+                started = time.monotonic()
+                committed = git_commit(day, env, log)
+                progress("git commit", f"{committed} in {time.monotonic() - started:.1f} s")
+        except StepFailed as failure:
+            log.write(f"=== FAILED at {failure.step} ({failure.why}, {failure.kind}) ===\n")
+            said = f": {failure.message.splitlines()[0][:200]}" if failure.message else ""
+            progress(failure.step, f"FAILED after {failure.seconds:.1f} s ({failure.why}, "
+                                   f"{failure.kind}){said}; full output: {log_path}")
+            # The runner's own traceback says nothing; the stage's is in the log tail.
+            found = pipeline.load_or_none()
+            command = found.stages[failure.step].cmd if found and failure.step in found.stages \
+                else failure.step
+            alert(f"daily run {day} failed at stage {failure.step} ({failure.kind})",
+                  error=failure.with_traceback(None),
+                  context=context(stage=failure.step, command=command, kind=failure.kind,
+                                  exit_status=failure.status),
+                  log_tail="\n".join(failure.tail[-opts.tail_lines:]))
+            return DayResult(FAILED, failure)
+        except Exception as err:  # noqa: BLE001 - a bug in the runner is a failed run, alerted
+            log.write(f"=== FAILED in the runner: {err!r} ===\n")
+            progress("runner", f"FAILED: {type(err).__name__}: {err}")
+            alert(f"daily run {day} failed in the runner", error=err, context=context())
+            kind = err.kind if isinstance(err, errors.DailyrecError) else "bug"
+            return DayResult(FAILED, StepFailed("runner", getattr(err, "exit_code", 1), [], 0.0,
+                                                kind, str(err)))
+        make_report(day, send_report and opts.mail_report, progress, log, opts)
+        log.write(f"=== {outcome} in {time.monotonic() - t0:.1f} s ===\n")
+    progress("done", f"{outcome} in {time.monotonic() - t0:.1f} s")
+    return DayResult(outcome)
+
+
+def simple_step(name: str, cmd: list[str], env: dict, log: TextIO, opts: Options,
+                progress: Callable[[str, str], None], echo: Callable[[str], None]) -> None:
+    tail: collections.deque = collections.deque(maxlen=opts.tail_lines)
+    started = time.monotonic()
+
+    def on_line(line: str) -> None:
+        tail.append(line)
+        echo(line)
+
+    try:
+        status = stream(cmd, env, log, on_line)
+    except Terminated:
+        status = -signal.SIGTERM
+    seconds = time.monotonic() - started
+    if status != 0:
+        raise StepFailed(name, status, list(tail), seconds)
+    progress(name, f"done in {seconds:.1f} s")
+
+
+def make_report(day: dt.date, send: bool, progress: Callable[[str, str], None],
+                log: TextIO, opts: Options) -> None:
+    """The business owner's report. Its failure is alerted but does not fail the run: the
+    pipeline itself succeeded and its outputs are published."""
+    from dailyrec import report
+
+    started = time.monotonic()
+    try:
+        built, mailed = report.daily_report(day, send=send)
+    except Exception as err:  # noqa: BLE001
+        log.write(f"report failed: {err!r}\n")
+        progress("report", f"FAILED: {type(err).__name__}: {err}")
+        notify.alert(f"daily report for {day} could not be built", error=err,
+                     context={"run_date": day.isoformat(), "host": socket.gethostname()},
+                     throttle_minutes=opts.throttle_minutes)
+        return
+    where = paths.DAILY_REPORTS / f"{day.isoformat()}.html"
+    state = "mailed" if mailed else ("not mailed" if send else "saved only")
+    progress("report", f"{where} ({state}) in {time.monotonic() - started:.1f} s")
+    log.write(f"report: {built.subject}\n")
+
+
+# --------------------------------------------------------------------------- entry point
+
+def _date(raw: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a date (YYYY-MM-DD)") from None
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[dt.date]]:
+    ap = argparse.ArgumentParser(prog="python -m stages.daily",
+                                 description="Run the daily pipeline for one day or a range.")
+    ap.add_argument("--date", type=_date, help="run.date to run for (default: today, UTC)")
+    ap.add_argument("--from", dest="first", type=_date, help="backfill from this day ...")
+    ap.add_argument("--to", dest="last", type=_date, help="... to this day (default: today, UTC)")
+    ap.add_argument("--commit", action="store_true",
+                    help="git-commit params.yaml, dvc.lock and the metrics after each good day")
+    ap.add_argument("--no-report-mail", action="store_true",
+                    help="save the daily report under reports/daily/ but do not mail it")
+    ap.add_argument("--lock-file", type=Path, default=paths.RUN_LOCK)
+    ap.add_argument("-v", "--verbose", action="store_true", help="echo every line of output")
+    args = ap.parse_args(argv)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    if args.date and (args.first or args.last):
+        ap.error("give either --date or --from/--to, not both")
+    if args.last and not args.first:
+        ap.error("--to needs --from")
+    if args.first:
+        last = args.last or today
+        if args.first > last:
+            ap.error(f"--from {args.first} is after --to {last}")
+        days = [args.first + dt.timedelta(days=i) for i in range((last - args.first).days + 1)]
+    else:
+        days = [args.date or today]
+    return args, days
+
+
+def alert_settings() -> tuple[int, float]:
+    """(log_tail_lines, throttle_minutes) from params.yaml; the fallbacks when it is unreadable
+    (the run goes on to fail on it, and must be able to say so)."""
+    try:
+        found = ops.alerts(settings.load())
+        return found.log_tail_lines, found.throttle_minutes
+    except errors.ConfigError:
+        return FALLBACK_TAIL_LINES, FALLBACK_THROTTLE_MINUTES
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, days = parse_args(argv)
+    if not paths.DVC_FILE.exists():
+        print(f"daily: error: no dvc.yaml in {Path.cwd()}: run from the project root",
+              file=sys.stderr)
+        return EXIT_USAGE
+    tail_lines, throttle = alert_settings()
+    opts = Options(commit=args.commit, verbose=args.verbose, mail_report=not args.no_report_mail,
+                   tail_lines=tail_lines, throttle_minutes=throttle)
+    # A stop (systemd timeout, kill) becomes a failure of the running stage, alerted like any.
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    lock = RunLock(args.lock_file)
+    try:
+        lock.acquire({"pid": os.getpid(), "host": socket.gethostname(),
+                      "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                      "dates": f"{days[0]}..{days[-1]}" if len(days) > 1 else str(days[0])})
+    except errors.Busy as busy:
+        print(f"daily: {busy}", file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        held_back = []
+        for i, day in enumerate(days):
+            # A backfill saves every day's report but mails only the last one.
+            result = run_day(day, opts, send_report=(i == len(days) - 1))
+            if result.outcome == FAILED:
+                if len(days) > 1:
+                    left = days[i + 1:]
+                    print(f"daily: backfill stopped at {day}"
+                          + (f"; not run: {left[0]}..{left[-1]}" if left else ""), file=sys.stderr)
+                return result.failure.exit_code if result.failure else 1
+            if result.outcome == NOT_PUBLISHED:
+                held_back.append(day.isoformat())
+        if held_back:
+            print(f"daily: nothing published for {', '.join(held_back)}: the quality gate failed",
+                  file=sys.stderr)
+            return EXIT_NOT_PUBLISHED
+        return 0
+    finally:
+        lock.release()

@@ -1,0 +1,101 @@
+"""Settings of ingestion: params.yaml `source`, `fetch` and `history` (fetch_delta, merge_history)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+
+from dailyrec import schema as S
+from dailyrec.settings import ConfigError, Params, day_window, run_date
+
+IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+WINDOW_FORMATS = ("epoch_s", "epoch_ms", "datetime")
+TABLE_KEYS = ("window_column", "window_format", "lookback_days", "columns", "event_types")
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One source table. The optional keys of a table default here (a table is the user's own)."""
+
+    name: str
+    window_column: str
+    window_format: str
+    lookback_days: int = 0
+    columns: dict[str, str] = field(default_factory=dict)
+    event_types: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    tables: tuple[TableConfig, ...]
+    chunk_rows: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """The fetch window of a run, and the bounds outside which an event is quarantined."""
+
+    start: dt.datetime  # inclusive, UTC
+    end: dt.datetime  # exclusive, UTC
+    max_future: dt.datetime  # events after this are ts:future
+    min_ts: dt.datetime  # events before this are ts:too_old (outside the kept history)
+
+
+def _identifier(params: Params, key: str, value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(IDENTIFIER, value):
+        raise params.fail(key, "a plain SQL identifier (letters, digits and _ only, not starting "
+                          "with a digit)", value)
+    return value
+
+
+def source(params: Params) -> SourceSettings:
+    """source.tables (at least one) and source.chunk_rows."""
+    tables = params.mapping("source.tables")
+    if not tables:
+        raise ConfigError(f"{params.source}: source.tables must name at least one table")
+    configs = []
+    for name in tables:
+        where = f"source.tables.{name}"
+        _identifier(params, where, name)
+        if params.get(where) is None:
+            raise params.fail(where, "a mapping with window_column and window_format", None)
+        params.known(where, TABLE_KEYS)
+        columns = params.mapping(f"{where}.columns", {})
+        bad_fields = set(columns) - set(S.SOURCE_FIELDS)
+        if bad_fields:
+            raise ConfigError(f"{params.source}: {where}.columns: {sorted(bad_fields)} are not "
+                              f"canonical fields (expected some of {S.SOURCE_FIELDS})")
+        event_types = {str(k): str(v) for k, v in
+                       params.mapping(f"{where}.event_types", {}).items()}
+        for spelling, target in event_types.items():
+            if target not in S.EVENT_TYPES:
+                raise params.fail(f"{where}.event_types.{spelling}", f"one of {S.EVENT_TYPES}",
+                                  target)
+        configs.append(TableConfig(
+            name=name,
+            window_column=_identifier(params, f"{where}.window_column",
+                                      params.get(f"{where}.window_column")),
+            window_format=params.choice(f"{where}.window_format", WINDOW_FORMATS),
+            lookback_days=params.integer(f"{where}.lookback_days", low=0, default=0),
+            columns={f: _identifier(params, f"{where}.columns.{f}", c) for f, c in columns.items()},
+            event_types=event_types,
+        ))
+    return SourceSettings(tables=tuple(configs),
+                          chunk_rows=params.integer("source.chunk_rows", low=1))
+
+
+def history_days(params: Params) -> int:
+    """history.days: days kept in data/history (and the oldest event fetch accepts)."""
+    return params.integer("history.days", low=1)
+
+
+def clock_skew(params: Params) -> dt.timedelta:
+    """fetch.max_clock_skew_minutes: how far past the window's end an event may be stamped."""
+    return dt.timedelta(minutes=params.number("fetch.max_clock_skew_minutes", low=0))
+
+
+def fetch_window(params: Params) -> Window:
+    start, end = day_window(run_date(params))
+    return Window(start=start, end=end, max_future=end + clock_skew(params),
+                  min_ts=end - dt.timedelta(days=history_days(params)))

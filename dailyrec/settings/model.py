@@ -1,0 +1,85 @@
+"""Settings of the model: params.yaml `train` (the confidence matrix and implicit ALS)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dailyrec import schema as S
+from dailyrec.settings import ConfigError, Params, of
+
+TRANSFORMS = ("linear", "log")
+DEVICES = ("auto", "cpu", "gpu")
+TRAIN_KEYS = ("event_weights", "decay_half_life_days", "confidence", "alpha", "eps", "factors",
+              "regularization", "iterations", "random_state", "device", "track_loss")
+
+
+@dataclass(frozen=True)
+class ConfidenceConfig:
+    """r_ui -> c_ui (dailyrec.model.confidence explains the formulas)."""
+
+    event_weights: dict[str, float]
+    decay_half_life_days: float  # 0: no decay
+    transform: str  # one of TRANSFORMS
+    alpha: float
+    eps: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    confidence: ConfidenceConfig
+    factors: int
+    regularization: float
+    iterations: int
+    random_state: int
+    device: str
+    track_loss: bool
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some settings changed (tune's trials); confidence keys are accepted too."""
+        conf = {k: changes.pop(k) for k in list(changes) if k in ConfidenceConfig.__annotations__}
+        confidence = ConfidenceConfig(**{**self.confidence.as_dict(), **conf})
+        return TrainConfig(**{**self.__dict__, "confidence": confidence, **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat and JSON-ready, in the shape of params.yaml's train section."""
+        out = {k: v for k, v in self.__dict__.items() if k != "confidence"}
+        conf = self.confidence.as_dict()
+        conf["confidence"] = conf.pop("transform")
+        return {**out, **conf}
+
+
+def train(params: Params) -> TrainConfig:
+    params.known("train", TRAIN_KEYS)
+    weights = params.mapping("train.event_weights")
+    unknown = sorted(set(map(str, weights)) - set(S.EVENT_TYPES))
+    missing = [t for t in S.EVENT_TYPES if t not in weights]
+    if unknown or missing:
+        raise ConfigError(f"{params.source}: train.event_weights must list exactly the event types "
+                          f"{list(S.EVENT_TYPES)}; unknown {unknown}, missing {missing}")
+    clean = {t: params.number(f"train.event_weights.{t}", low=0) for t in S.EVENT_TYPES}
+    if not any(clean.values()):
+        raise ConfigError(f"{params.source}: train.event_weights are all 0: nothing would be "
+                          "learnt")
+    confidence = ConfidenceConfig(
+        event_weights=clean,
+        decay_half_life_days=params.number("train.decay_half_life_days", low=0),
+        transform=params.choice("train.confidence", TRANSFORMS),
+        alpha=params.number("train.alpha", low=0, strict=True),
+        eps=params.number("train.eps", low=0, strict=True))
+    return TrainConfig(
+        confidence=confidence,
+        factors=params.integer("train.factors", low=1),
+        regularization=params.number("train.regularization", low=0),
+        iterations=params.integer("train.iterations", low=1),
+        random_state=params.integer("train.random_state"),
+        device=params.choice("train.device", DEVICES),
+        track_loss=params.flag("train.track_loss"))
+
+
+def train_from_dict(section: dict[str, Any]) -> TrainConfig:
+    """A train section kept elsewhere (a model's meta.json), checked like params.yaml's."""
+    return train(of({"train": section}))

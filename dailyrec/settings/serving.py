@@ -1,0 +1,31 @@
+"""Settings of publishing: params.yaml `publish`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dailyrec.settings import ConfigError, Params
+from dailyrec.store.keys import record_width
+
+MAX_BATCH_BYTES = 1 << 30  # Arrow binary offsets are 32-bit: keep one batch's payload well below
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    top_n: int  # items stored per user: the most the API's ?n= can ask for
+    filter_already_liked: bool
+    batch_size: int  # users scored and written per round
+    keep_versions: int  # complete versions kept in Redis, for rollback
+
+
+def publish(params: Params) -> PublishSettings:
+    params.known("publish", ("top_n", "filter_already_liked", "batch_size", "keep_versions"))
+    top_n = params.integer("publish.top_n", low=1, high=1000)
+    batch_size = params.integer("publish.batch_size", low=1, high=10_000_000)
+    if batch_size * (record_width(top_n) + 300) > MAX_BATCH_BYTES:
+        raise ConfigError(f"{params.source}: publish.batch_size {batch_size} x top_n {top_n} makes "
+                          "one Redis batch over 1 GiB; lower publish.batch_size")
+    return PublishSettings(top_n=top_n,
+                           filter_already_liked=params.flag("publish.filter_already_liked"),
+                           batch_size=batch_size,
+                           keep_versions=params.integer("publish.keep_versions", low=1, high=100))
