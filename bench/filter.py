@@ -128,9 +128,9 @@ def bench_params(window_days: int = WINDOW_DAYS) -> settings.Params:
     return settings.of(raw_params(window_days))
 
 
-def window_days(cfg: FilterSettings, history: Path) -> list[dt.date]:
-    """The window's days (no rejected days)."""
-    return H.select_window(history, cfg.run_date, cfg.window_days, set())[0]
+def window_files(cfg: FilterSettings, history: Path) -> list[Path]:
+    """The window's files (no rejected days)."""
+    return H.select_window(history, cfg.run_date, cfg.window_days, set()).files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +228,8 @@ def time_validate(history: Path, data: Path, raw: dict) -> dict:
         delta_s = time.perf_counter() - t
         days = [RUN_DATE - dt.timedelta(days=k) for k in range(cfg.window_days, 0, -1)]
         t = time.perf_counter()
-        window = V.read_window(history, days)
+        window = V.read_window(H.select_window(history, cfg.run_date, cfg.window_days,
+                                               set()).files)
         read_s = time.perf_counter() - t
         t = time.perf_counter()
         V.run_suites(V.window_suites(cfg, window, days[0]), cfg)
@@ -264,8 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Quality against the simulator's truth (same settings).
     cfg = quality.filter_rules(params)
-    days = window_days(cfg, history)
-    w = FN.read_window(history, days)
+    w = FN.read_window(window_files(cfg, history))
     result = FN.apply_rules(w, cfg)
     removed = result.removed_users(w)
     bots = set(truth["user_id"]) & set(w.user.values.to_pylist())
@@ -275,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Baseline vs ours on the same smaller window.
     small_cfg = quality.filter_rules(bench_params(args.baseline_days))
-    small_days = window_days(small_cfg, history)
-    sw = FN.read_window(history, small_days)
+    sw = FN.read_window(window_files(small_cfg, history))
     t = time.perf_counter()
     ours = FN.apply_rules(sw, small_cfg)
     ours_rules_s = time.perf_counter() - t

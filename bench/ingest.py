@@ -109,12 +109,12 @@ def phase_fetch_parts(work: Path, args) -> dict:
                 wall = cpu = 0.0
                 for chunk in raw:
                     start, start_cpu = time.perf_counter(), time.process_time()
-                    events, _ = F.normalise_table(chunk, cfg, mapping, window)
+                    events, _, _ = F.normalise_table(chunk, cfg, mapping, window)
                     wall += time.perf_counter() - start
                     cpu += time.process_time() - start_cpu
                     if last:
                         start = time.perf_counter()
-                        fresh = seen.add(events["event_id"])
+                        fresh, _ = seen.add(events["event_id"], F.content_hashes(events))
                         writer.write_table(F.take_rows(events, fresh))
                         kept += int(fresh.sum())
                         write_s += time.perf_counter() - start
@@ -171,7 +171,7 @@ def phase_build_history(work: Path, args) -> dict:
         day_us = int(dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp() * 1e6)
         ts = np.sort(day_us + rng.integers(0, 86_400_000_000, per_day))
         serial = pa.array(np.arange(per_day))
-        table = pa.table({
+        table = S.conform(pa.table({
             "event_id": pc.binary_join_element_wise(f"hist:{day:%Y%m%d}-",
                                                     serial.cast(pa.string()), ""),
             "user_id": pa.array(rng.zipf(1.3, per_day) % 200_000).cast(pa.string()),
@@ -181,7 +181,7 @@ def phase_build_history(work: Path, args) -> dict:
             "source": pa.repeat(pa.scalar("web_events"), per_day),
             "user_agent": agents.take(pa.array(rng.integers(0, len(agents), per_day))),
             "ip": pa.array(rng.integers(0, 2**32, per_day, dtype=np.uint32)).cast(pa.string()),
-        }).cast(S.EVENT_SCHEMA)
+        }))
         path = H.partition_path(history, day)
         path.parent.mkdir(parents=True)
         pq.write_table(table, path)
@@ -197,7 +197,7 @@ def timed_merge(history: Path, delta: Path, undo: bool) -> tuple[float, dict]:
     params = bench_params()
     run_day, keep_days = settings.run_date(params), ingest.history_days(params)
     start = time.perf_counter()
-    metrics = H.merge(delta, history, run_day, keep_days)
+    metrics, _ = H.merge(delta, history, run_day, keep_days, ingest.max_late(params).days)
     seconds = time.perf_counter() - start
     if undo:
         assert DAY not in before and H.partition_days(history) == sorted([*before, DAY])

@@ -41,7 +41,7 @@ def window(n_events: int, n_users: int, n_items: int, days: int, end: dt.datetim
     ts = end_us - rng.integers(1, days * 86_400_000_000, n_events)
     event_types = pa.DictionaryArray.from_arrays(pa.array(types.astype(np.int32)),
                                                  pa.array(list(S.EVENT_TYPES))).cast(pa.string())
-    return pa.table({
+    return S.conform(pa.table({
         # event ids repeat every million rows: train never reads them, and 20M distinct Python
         # strings would dominate the set-up time
         "event_id": _ids("e", np.arange(n_events) % 1_000_000, 1_000_000),
@@ -52,7 +52,7 @@ def window(n_events: int, n_users: int, n_items: int, days: int, end: dt.datetim
         "source": _constant("bench", n_events),
         "user_agent": pa.nulls(n_events, pa.string()),
         "ip": pa.nulls(n_events, pa.string()),
-    }).cast(S.EVENT_SCHEMA)
+    }))
 
 
 def simulated(first_day: dt.date, days: int, users: int, items: int, events_per_day: int,
@@ -71,7 +71,7 @@ def simulated(first_day: dt.date, days: int, users: int, items: int, events_per_
     raw = pd.concat(frames, ignore_index=True)
     n = len(raw)
     ts = raw["ts"].to_numpy().astype("datetime64[us]").astype(np.int64)
-    return pa.table({
+    return S.conform(pa.table({
         "event_id": _ids("s", np.arange(n) % 1_000_000, 1_000_000),
         "user_id": _ids("", raw["user"].to_numpy() - 1, users),
         "item_id": _ids("", raw["item"].to_numpy() - 1, items),
@@ -82,4 +82,4 @@ def simulated(first_day: dt.date, days: int, users: int, items: int, events_per_
         "source": _constant("simulator", n),
         "user_agent": pa.nulls(n, pa.string()),
         "ip": pa.nulls(n, pa.string()),
-    }).cast(S.EVENT_SCHEMA)
+    }))

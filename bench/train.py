@@ -52,7 +52,7 @@ RATING_EVENT = {1: "view", 2: "view", 3: "click", 4: "add_to_cart", 5: "purchase
 
 def movielens_events(path: Path) -> pa.Table:
     ratings = pd.read_csv(path, sep="\t", names=["user", "item", "rating", "ts"])
-    return pa.table({
+    return S.conform(pa.table({
         "event_id": pa.array(np.char.mod("ml%d", np.arange(len(ratings)))),
         "user_id": pa.array(ratings["user"].astype(str).to_numpy(dtype=object), pa.string()),
         "item_id": pa.array(ratings["item"].astype(str).to_numpy(dtype=object), pa.string()),
@@ -61,7 +61,7 @@ def movielens_events(path: Path) -> pa.Table:
         "source": pa.array(["ml-100k"] * len(ratings)),
         "user_agent": pa.nulls(len(ratings), pa.string()),
         "ip": pa.nulls(len(ratings), pa.string()),
-    }).cast(S.EVENT_SCHEMA)
+    }))
 
 
 def bench_movielens(config: TrainConfig) -> tuple[str, dict]:

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -74,47 +77,66 @@ def read_window(history: Path, first: dt.date, last: dt.date, columns=None) -> p
     return table if columns is None else table.select(columns)
 
 
-def merge_day(history: Path, day: dt.date, new: pa.Table, run_day: dt.date) -> tuple[int, int]:
-    """Merge new events into one day's partition; returns (rows added, duplicates skipped).
-
-    Each run writes only its own file: the run for the day after `day` writes the day's own file,
-    any other run writes arrived-<run.date>.parquet beside it. Files written by other runs stay
-    untouched, so they are not pushed again; re-running a run.date rewrites only its own file."""
-    files = partition_files(history, day)
-    known = pa.concat_tables([pq.read_table(p, columns=["event_id"]) for p in files]) \
-        if files else pa.table({"event_id": pa.array([], pa.string())})
-    target = partition_path(history, day) if run_day == day + dt.timedelta(days=1) \
-        else history / f"day={day.isoformat()}" / f"{ARRIVED_PREFIX}{run_day.isoformat()}.parquet"
-    fresh = new.filter(pc.invert(pc.is_in(new["event_id"], value_set=known["event_id"])))
-    if fresh.num_rows == 0:
-        return 0, new.num_rows
-    existing = S.conform(pq.read_table(target)) if target.exists() else S.EVENT_SCHEMA.empty_table()
-    merged = pa.concat_tables([existing, fresh]).to_pandas()
-    merged = merged.drop_duplicates("event_id", keep="first")
-    added = len(merged) - existing.num_rows
-    merged = merged.sort_values(["ts", "event_id"], kind="stable")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(target)
-    pq.write_table(S.to_table(merged), tmp)
-    tmp.replace(target)
-    return added, new.num_rows - added
+def run_files(history: Path, run_day: dt.date) -> list[Path]:
+    """Every file the run for run_day wrote: the own file of the day before it, and its arrivals
+    (late events, lookback re-reads, clock-skewed events) in any day."""
+    own = partition_path(history, run_day - dt.timedelta(days=1))
+    return ([own] if own.exists() else []) + \
+        sorted(history.glob(f"day=*/{ARRIVED_PREFIX}{run_day.isoformat()}.parquet"))
 
 
-def merge(delta: Path, history: Path, run_day: dt.date, keep_days: int) -> dict:
+def _target(history: Path, day: dt.date, run_day: dt.date) -> Path:
+    """Where the run for run_day writes events of `day`: the day's own file when it is the day's
+    own run, else arrived-<run_day>.parquet beside it."""
+    if run_day == day + dt.timedelta(days=1):
+        return partition_path(history, day)
+    return history / f"day={day.isoformat()}" / f"{ARRIVED_PREFIX}{run_day.isoformat()}.parquet"
+
+
+def merge(delta: Path, history: Path, run_day: dt.date, keep_days: int, dedupe_days: int = 0
+          ) -> tuple[dict, pa.Table]:
     """Merge the delta's events into their days' partitions and drop partitions older than
-    keep_days before run_day; returns what was added (the stage writes it as metrics)."""
+    keep_days before run_day. Returns the counts (the stage writes them as metrics) and the
+    re-sent events (quarantined beside the run's other quarantined rows).
+
+    - A re-run replaces what the same run wrote before (a day re-fetched after the source was
+      fixed must not keep the rejected rows): the run's files go first, then it writes anew.
+    - An event whose id is already in another run's file of the same day is a duplicate (a
+      lookback re-read): skipped, counted.
+    - An event whose id is already in a file of another day up to dedupe_days before the delta's
+      first day was re-sent (a producer's retry with a new timestamp): the first copy stays, the
+      re-send is quarantined as event_id:resent.
+    Files written by other runs are never touched, so `dvc push` sends only this run's files."""
     oldest = run_day - dt.timedelta(days=keep_days)
+    replaced = 0
+    for path in run_files(history, run_day):
+        replaced += pq.ParquetFile(path).metadata.num_rows
+        path.unlink()
     events = S.conform(pq.read_table(delta))
     event_day = pc.cast(pc.floor_temporal(events["ts"], unit="day"), pa.date32())
+    keep = pc.greater_equal(event_day, pa.scalar(oldest))  # older: fetch quarantined them
+    events, event_day = events.filter(keep), event_day.filter(keep)
+    known = _known_ids(history, event_day, dedupe_days)
+    position = pc.index_in(events["event_id"], value_set=known["event_id"])
+    found = np.asarray(position.is_valid())
+    known_day = np.asarray(known["day"].take(pc.fill_null(position, 0)).cast(pa.int32())) \
+        if len(known) else np.zeros(len(events), dtype=np.int32)
+    own_day = np.asarray(event_day.cast(pa.int32()))
+    duplicate = found & (known_day == own_day)
+    resent = found & (known_day != own_day)
+    fresh = events.filter(pa.array(~found))
+    fresh_day = event_day.filter(pa.array(~found))
     added: dict[str, int] = {}
-    duplicates = 0
-    for d in pc.unique(event_day).to_pylist():  # a loop over days, not rows
-        if d < oldest:
-            continue  # fetch quarantines these as ts:too_old; never resurrect them
-        rows, dups = merge_day(history, d, events.filter(pc.equal(event_day, pa.scalar(d))),
-                               run_day)
-        added[d.isoformat()] = rows
-        duplicates += dups
+    for d in pc.unique(fresh_day).to_pylist():  # a loop over days, not rows
+        rows = fresh.filter(pc.equal(fresh_day, pa.scalar(d))).to_pandas()
+        rows = rows.drop_duplicates("event_id", keep="first").sort_values(["ts", "event_id"],
+                                                                         kind="stable")
+        target = _target(history, d, run_day)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_path(target)
+        pq.write_table(S.to_table(rows), tmp)
+        tmp.replace(target)
+        added[d.isoformat()] = len(rows)
     removed = [d.isoformat() for d in partition_days(history) if d < oldest]
     for d in removed:
         shutil.rmtree(history / f"day={d}")
@@ -126,18 +148,58 @@ def merge(delta: Path, history: Path, run_day: dt.date, keep_days: int) -> dict:
         "rows": sum(partition_rows(history, d) for d in days),
         "added": sum(added.values()),
         "added_by_day": added,
-        "duplicates_skipped": duplicates,
+        "duplicates_skipped": int(duplicate.sum()),
+        "resent": int(resent.sum()),
+        "replaced": replaced,
         "partitions_removed": removed,
-    }
+    }, events.filter(pa.array(resent))
 
 
-def archive_quarantine(source: Path, archive: Path, run_day: dt.date, keep_days: int) -> int:
-    """Keep the run's quarantine beside the history (nothing fetched is ever lost); returns its
-    rows. Archives older than keep_days go, like the history's partitions."""
+def _known_ids(history: Path, event_day: pa.Array, dedupe_days: int) -> pa.Table:
+    """event_id and day of every event already in the partitions of the delta's days and the
+    dedupe_days before them (the event_id column only: a few MB a day)."""
+    if len(event_day) == 0:
+        return pa.table({"event_id": pa.array([], pa.string()), "day": pa.array([], pa.date32())})
+    first = pc.min(event_day).as_py() - dt.timedelta(days=dedupe_days)
+    last = pc.max(event_day).as_py()
+    tables = []
+    for d in partition_days(history):
+        if first <= d <= last:
+            for path in partition_files(history, d):
+                ids = pq.read_table(path, columns=["event_id"])
+                tables.append(ids.append_column("day", pa.repeat(pa.scalar(d, pa.date32()),
+                                                                 ids.num_rows)))
+    if not tables:
+        return pa.table({"event_id": pa.array([], pa.string()), "day": pa.array([], pa.date32())})
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def resent_rows(resent: pa.Table) -> pd.DataFrame:
+    """Quarantine rows (dailyrec.schema.QUARANTINE_SCHEMA) for re-sent events."""
+    if resent.num_rows == 0:
+        return S.empty_quarantine()
+    frame = S.to_frame(resent)
+    raw = frame.to_json(orient="records", lines=True, date_format="iso", default_handler=str)
+    return pd.DataFrame({"source": frame["source"].to_numpy(dtype=object),
+                         "reason": "event_id:resent", "field": "event_id",
+                         "value": frame["event_id"].to_numpy(dtype=object),
+                         "raw": raw.splitlines()})
+
+
+def archive_quarantine(source: Path, archive: Path, run_day: dt.date, keep_days: int,
+                       more: pd.DataFrame | None = None) -> int:
+    """Keep the run's quarantine (fetch's, and `more`: merge's re-sent events) beside the
+    history, so nothing fetched is ever lost; returns its rows. Archives older than keep_days go,
+    like the history's partitions."""
     archive.mkdir(parents=True, exist_ok=True)
     target = archive / f"date={run_day.isoformat()}.parquet"
     tmp = tmp_path(target)
-    shutil.copyfile(source, tmp)
+    if more is None or more.empty:
+        shutil.copyfile(source, tmp)
+    else:
+        fetched = pq.read_table(source)
+        extra = pa.Table.from_pandas(more, schema=S.QUARANTINE_SCHEMA, preserve_index=False)
+        pq.write_table(pa.concat_tables([fetched.cast(S.QUARANTINE_SCHEMA), extra]), tmp)
     tmp.replace(target)
     oldest = (run_day - dt.timedelta(days=keep_days)).isoformat()
     for old in archive.glob("date=*.parquet"):
@@ -146,15 +208,33 @@ def archive_quarantine(source: Path, archive: Path, run_day: dt.date, keep_days:
     return pq.ParquetFile(target).metadata.num_rows
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The training window's files: what the runs that were not rejected wrote."""
+
+    files: list[Path]
+    days: list[dt.date]  # days with at least one file used
+    left_out: list[dt.date]  # rejected days in the window (their run's files are left out)
+
+
 def select_window(history: Path, run_day: dt.date, days: int, rejected: set[dt.date]
-                  ) -> tuple[list[dt.date], list[dt.date]]:
-    """The training window: (days used, days left out as rejected) among the partitions of the
-    `days` days before run_day."""
+                  ) -> Selection:
+    """The `days` days before run_day, less everything a rejected run wrote. Day D is rejected
+    when the run for D+1 failed validation: its own file of D, and its arrivals in any day (late
+    events of older days, clock-skewed events of D+1) stay out until the day is admitted; other
+    runs' arrivals into D stay in (their own runs validated them)."""
     first = run_day - dt.timedelta(days=days)
     present = [d for d in partition_days(history) if first <= d < run_day]
-    return [d for d in present if d not in rejected], [d for d in present if d in rejected]
+    excluded = {p for d in rejected for p in run_files(history, d + dt.timedelta(days=1))}
+    files = [p for d in present for p in partition_files(history, d) if p not in excluded]
+    used = sorted({dt.date.fromisoformat(p.parent.name.removeprefix("day=")) for p in files})
+    return Selection(files=files, days=used, left_out=[d for d in present if d in rejected])
 
 
-def window_files(history: Path, days: list[dt.date]) -> list[Path]:
-    """Every file of the given days, in day order (each day: its own file, then arrivals)."""
-    return [p for d in days for p in partition_files(history, d)]
+def day_rows(files: list[Path]) -> dict[dt.date, int]:
+    """Events per day of the given history files, from the Parquet footers only."""
+    rows: dict[dt.date, int] = {}
+    for path in files:
+        day = dt.date.fromisoformat(path.parent.name.removeprefix("day="))
+        rows[day] = rows.get(day, 0) + pq.ParquetFile(path).metadata.num_rows
+    return rows

@@ -92,15 +92,16 @@ def _check(shape: dict, payload: dict, where: str, extra: str | None = None) -> 
 FETCH = MetricsFile(paths.FETCH_METRICS, "fetch_delta", {
     "run_date": str,
     "window": {"start": str, "end": str},
-    "fetched": int, "kept": int, "quarantined": int, "duplicates": int,
+    "fetched": int, "kept": int, "quarantined": int, "duplicates": int, "ignored": int,
     "quarantined_by_reason": dict,  # reason -> rows
-    "tables": dict,  # table -> {fetched, kept, quarantined, duplicates, columns}
-}, doc="rows fetched, kept, quarantined (by reason) and duplicated, per table and in all")
+    "ignored_by_type": dict,  # event type a table ignores -> rows
+    "tables": dict,  # table -> {fetched, kept, quarantined, duplicates, ignored, columns}
+}, doc="fetched = kept + quarantined + duplicates + ignored, per table and in all")
 
 HISTORY = MetricsFile(paths.HISTORY_METRICS, "merge_history", {
     "run_date": str, "days": int, "first_day": OPTIONAL_TEXT, "last_day": OPTIONAL_TEXT,
     "rows": int, "added": int, "added_by_day": dict, "duplicates_skipped": int,
-    "partitions_removed": list, "quarantined": int,
+    "resent": int, "replaced": int, "partitions_removed": list, "quarantined": int,
 }, doc="the history's days and rows, and what this run added")
 
 VALIDATION = MetricsFile(paths.VALIDATION_METRICS, "validate", {

@@ -27,6 +27,7 @@ VALIDATION_REPORTS = Path("reports/validation")
 CLEAN_DIR = Path("data/clean")
 CLEAN_EVENTS = CLEAN_DIR / "events.parquet"
 FILTER_METRICS = Path("metrics/filter.json")
+FILTER_OFFENDERS = Path("reports/filter/offenders.json")
 
 # train
 MODELS_DIR = Path("models")

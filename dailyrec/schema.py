@@ -13,6 +13,9 @@ project spells out these columns or their types; import them from here.
     source      string, not null   the source table it came from
     user_agent  string, nullable
     ip          string, nullable
+    quantity    float64, nullable  how much the event counts (play counts, quantities, watch
+                                   seconds), from the column a table names; null means 1
+                                   (dailyrec/model/confidence.py says how it scales the weight)
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ EVENT_SCHEMA = pa.schema(
         pa.field("source", pa.string(), nullable=False),
         pa.field("user_agent", pa.string(), nullable=True),
         pa.field("ip", pa.string(), nullable=True),
+        pa.field("quantity", pa.float64(), nullable=True),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
 REQUIRED: tuple[str, ...] = tuple(f.name for f in EVENT_SCHEMA if not f.nullable)
 # Columns a source table provides (event_id is optional: derived when absent; source is the table name).
-SOURCE_FIELDS: tuple[str, ...] = ("event_id", "user_id", "item_id", "event_type", "ts", "user_agent", "ip")
+SOURCE_FIELDS: tuple[str, ...] = ("event_id", "user_id", "item_id", "event_type", "ts", "user_agent",
+                                  "ip", "quantity")
 
 # Rows that cannot be used are kept here, never dropped: the raw values as text, which field failed,
 # and why.
@@ -68,6 +73,7 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
            "eventtimestamp", "datetime", "createdat"),
     "user_agent": ("useragent", "ua", "deviceua", "agent", "browseragent"),
     "ip": ("ip", "ipaddress", "clientip", "remoteaddr", "remoteip"),
+    "quantity": ("quantity",),  # opt-in: a table maps its plays, watch seconds... column by name
 }
 
 # Spellings of the event types seen in sources, after lower-casing and mapping "-" and " " to "_".
@@ -102,12 +108,14 @@ def empty_quarantine() -> pd.DataFrame:
 
 
 def to_table(events: pd.DataFrame) -> pa.Table:
-    """Canonical DataFrame -> Arrow table with exactly EVENT_SCHEMA (raises if a column is off)."""
-    missing = [c for c in COLUMNS if c not in events.columns]
+    """Canonical DataFrame -> Arrow table with exactly EVENT_SCHEMA (raises if a required column
+    is missing; a missing nullable one is all nulls)."""
+    missing = [c for c in REQUIRED if c not in events.columns]
     if missing:
         raise ValueError(f"events are missing canonical columns {missing}")
-    return pa.Table.from_arrays([arrow_column(events[f.name], f.type) for f in EVENT_SCHEMA],
-                                schema=EVENT_SCHEMA)
+    return pa.Table.from_arrays(
+        [arrow_column(events[f.name], f.type) if f.name in events.columns
+         else pa.nulls(len(events), f.type) for f in EVENT_SCHEMA], schema=EVENT_SCHEMA)
 
 
 def arrow_column(values: pd.Series, to: pa.DataType) -> pa.Array:
@@ -125,10 +133,14 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
 
 
 def conform(table: pa.Table) -> pa.Table:
-    """Check a table read from disk against the schema; cast compatible types, refuse others."""
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    """Check a table read from disk against the schema; cast compatible types, refuse others.
+    A nullable column it lacks (files written before the column existed) is all nulls."""
+    missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise ValueError(f"not canonical events: missing columns {missing}")
+    for f in EVENT_SCHEMA:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
     return table.select(list(COLUMNS)).cast(EVENT_SCHEMA)
 
 
@@ -156,6 +168,9 @@ class Encoded:
     values: pa.Array  # canonical text of each distinct value, null where unusable, then one null
     slots: np.ndarray  # per row: its position in values (source nulls: the last one)
     problem: np.ndarray | None = None  # ids: per distinct value, an index into ID_PROBLEMS
+    # event types: per distinct value, its folded spelling and whether the table ignores it
+    names: np.ndarray | None = None
+    ignored: np.ndarray | None = None
 
     def take(self, rows: np.ndarray | None = None) -> pa.Array:
         return self.values.take(self.slots if rows is None else self.slots[rows])
@@ -165,16 +180,30 @@ class Encoded:
         return self.problem[self.slots]
 
 
-def encode_ids(values: pd.Series) -> Encoded:
-    """canonical_ids, encoded (see Encoded)."""
+def encode_ids(values: pd.Series, distinct: bool = True) -> Encoded:
+    """canonical_ids, encoded (see Encoded). distinct=False for a column whose values are
+    (nearly) all different, such as a source's own event ids: factorising would save nothing."""
+    if not distinct:
+        text = _id_text(values)
+        slots = np.arange(len(values))
+        checked = _check_ids(pa.concat_arrays([text, pa.nulls(1, text.type)]))
+        return Encoded(values=checked[0], slots=slots, problem=checked[1])
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    text = _ids_as_text(pd.Series(uniques))
-    folded = text.str.lower()
-    missing = text.isna() | folded.isin(_NULL_TOKENS)
-    valid = ~missing & text.str.fullmatch(_ID_PATTERN).fillna(False).astype(bool)
+    values_, problem = _check_ids(_with_null(_id_text(pd.Series(uniques))))
+    return Encoded(values=values_, slots=_slots(codes, len(uniques)), problem=problem)
+
+
+_NULL_TOKEN_SET = pa.array(list(_NULL_TOKENS), pa.large_string())
+
+
+def _check_ids(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(the canonical text, null where unusable; per value, an index into ID_PROBLEMS), with
+    Arrow's vectorised kernels (RE2 for the format)."""
+    missing = np.asarray(pc.fill_null(pc.is_in(pc.utf8_lower(text), value_set=_NULL_TOKEN_SET),
+                                      True)) | np.asarray(text.is_null())
+    valid = np.asarray(pc.fill_null(pc.match_substring_regex(text, _ID_PATTERN), False)) & ~missing
     problem = np.where(missing, 1, np.where(valid, 0, 2)).astype(np.int8)
-    return Encoded(values=_with_null(pa.array(text.where(valid).array, type=pa.string())),
-                   slots=_slots(codes, len(uniques)), problem=np.append(problem, np.int8(1)))
+    return pc.if_else(pa.array(valid), text, pa.scalar(None, text.type)).cast(pa.string()), problem
 
 
 def _slots(codes: np.ndarray, n_uniques: int) -> np.ndarray:
@@ -193,17 +222,21 @@ def _str_series(array: pa.Array | pa.ChunkedArray, index: pd.Index) -> pd.Series
     return pd.Series(array, index=index, dtype="str")
 
 
-def _ids_as_text(uniques: pd.Series) -> pd.Series:
-    if pd.api.types.is_float_dtype(uniques.dtype):
-        integral = uniques.notna() & (uniques == np.floor(uniques)) & (uniques.abs() < 2**53)
-        out = uniques.astype(object).astype(str).where(uniques.notna())
-        out[integral] = uniques[integral].astype("int64").astype(str)
-        return out.astype("str")
-    if pd.api.types.is_integer_dtype(uniques.dtype):
-        return uniques.astype(str).astype("str")
-    text = uniques.astype("str").str.strip()
-    # "123.0", "123.00" -> "123": floats written as text by some producer.
-    return text.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
+def _id_text(values: pd.Series) -> pa.Array:
+    """Ids of any source type as Arrow text: integers exactly, integral floats without ".0",
+    text trimmed and "123.0" (a float written as text) read as "123"."""
+    if pd.api.types.is_float_dtype(values.dtype):
+        integral = values.notna() & (values == np.floor(values)) & (values.abs() < 2**53)
+        out = values.astype(object).astype(str).where(values.notna())
+        out[integral] = values[integral].astype("int64").astype(str)
+        return pa.array(out.to_numpy(dtype=object), type=pa.large_string(), from_pandas=True)
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return pa.array(values.to_numpy()).cast(pa.large_string())
+    text = trimmed_text(values)
+    float_text = r"^(\d+)\.0+$"
+    if pc.any(pc.match_substring_regex(text, float_text)).as_py():
+        text = pc.replace_substring_regex(text, float_text, r"\1")
+    return text
 
 
 def canonical_event_types(values: pd.Series, table_aliases: dict[str, str] | None = None
@@ -212,16 +245,27 @@ def canonical_event_types(values: pd.Series, table_aliases: dict[str, str] | Non
     return _str_series(encode_event_types(values, table_aliases).take(), values.index)
 
 
-def encode_event_types(values: pd.Series, table_aliases: dict[str, str] | None = None
-                       ) -> Encoded:
-    """canonical_event_types, encoded (see Encoded)."""
+def fold_event_type(name: str) -> str:
+    """The key event-type spellings are compared by: 'Add To Basket', 'add-to-basket' and
+    'add_to_basket' all read 'add_to_basket'."""
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+def encode_event_types(values: pd.Series, table_aliases: dict[str, str] | None = None,
+                       ignore: tuple[str, ...] = ()) -> Encoded:
+    """canonical_event_types, encoded (see Encoded). A table's own spellings and the types it
+    ignores are folded like the built-in ones; `ignored` marks the distinct values to ignore."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     folded = (pd.Series(uniques, dtype="str").str.strip().str.lower()
               .str.replace(r"[\s\-]+", "_", regex=True))
-    aliases = {**EVENT_TYPE_ALIASES, **{k.lower(): v for k, v in (table_aliases or {}).items()}}
+    aliases = {**EVENT_TYPE_ALIASES,
+               **{fold_event_type(k): v for k, v in (table_aliases or {}).items()}}
     mapped = pa.array(folded.map(aliases).to_numpy(dtype=object), type=pa.string(),
                       from_pandas=True)
-    return Encoded(values=_with_null(mapped), slots=_slots(codes, len(uniques)))
+    ignored = folded.isin({fold_event_type(t) for t in ignore}).to_numpy(dtype=bool)
+    return Encoded(values=_with_null(mapped), slots=_slots(codes, len(uniques)),
+                   names=np.append(folded.to_numpy(dtype=object), None),
+                   ignored=np.append(ignored, False))
 
 
 # Well-formed ISO 8601 date-times that Arrow's strict parser reads exactly as pandas does (Arrow

@@ -1,13 +1,23 @@
 """Source tables -> canonical events: what fetch_delta does, as a library.
 
-    fetch(source, window, url, out_dir) -> metrics
+    fetch(source, window, url, out_dir) -> counts
         every configured table's rows in the window, normalised (dailyrec.schema), deduplicated on
         event_id, written to out_dir/events.parquet; unusable rows to out_dir/quarantine.parquet
-        with the field, raw value and reason.
+        with the field, the raw value (non-UTF-8 bytes escaped) and the reason.
 
 Each table is read with one SELECT built by SQLAlchemy from reflected metadata: table and column
-names are checked against the database and quoted by the dialect, the window bounds are bound
-parameters, and rows stream in chunks of source.chunk_rows so memory stays bounded.
+names are checked against the database and quoted by the dialect, and the window bounds are values
+this code computes (never text from a user). PostgreSQL is read through ADBC, Arrow-native: ids
+stay exact 64-bit integers whatever a batch holds (no float on the way, which would turn
+9007199254740993 into 9007199254740992.0), and it is several times faster than row tuples. Other
+databases stream rows through SQLAlchemy in chunks of source.chunk_rows; each column becomes an
+Arrow array (int64 with NULLs kept exact) or, when it mixes types, stays as Python objects.
+
+Nothing fetched is lost: fetched = kept + quarantined + duplicates + ignored, per table.
+    quarantined   unusable rows, one reason each (QUARANTINE_REASONS), plus event_id:conflict, a
+                  second row with an event id already fetched but other content (the first wins)
+    duplicates    rows identical to one already fetched (same event id, same content)
+    ignored       rows of an event type the table lists in ignore_event_types, counted by type
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from dailyrec.errors import ConfigError, ServiceUnavailable
 from dailyrec.settings.ingest import SourceSettings, TableConfig, Window
 
 REQUIRED_SOURCE_FIELDS = ("user_id", "item_id", "event_type", "ts")
+ID_FIELDS = ("event_id", "user_id", "item_id")
+ADBC_BATCH_BYTES = 16 << 20  # the PostgreSQL driver's batch size hint
 
 
 def resolve_columns(cfg: TableConfig, actual: list[str]) -> dict[str, str]:
@@ -48,7 +60,10 @@ def resolve_columns(cfg: TableConfig, actual: list[str]) -> dict[str, str]:
             if alias in by_fold:
                 mapping[fld] = by_fold[alias]
                 break
-    missing = [f for f in REQUIRED_SOURCE_FIELDS if f not in mapping]
+    if cfg.event_type is not None:
+        mapping.pop("event_type", None)  # every row is cfg.event_type: no column is read
+    missing = [f for f in REQUIRED_SOURCE_FIELDS if f not in mapping
+               and not (f == "event_type" and cfg.event_type is not None)]
     if missing:
         raise ConfigError(
             f"table '{cfg.name}': no column found for {missing}; the table has {actual}. "
@@ -72,11 +87,11 @@ def read_table(engine: sa.Engine, cfg: TableConfig, window: Window, chunk_rows: 
         table = sa.Table(cfg.name, sa.MetaData(), autoload_with=engine)
     except sa.exc.NoSuchTableError:
         raise ConfigError(f"source table '{cfg.name}' does not exist in the source database "
-                            f"(configured in params.yaml source.tables)") from None
+                          f"(configured in params.yaml source.tables)") from None
     actual = [c.name for c in table.columns]
     if cfg.window_column not in actual:
         raise ConfigError(f"table '{cfg.name}': window column '{cfg.window_column}' does not "
-                            f"exist; the table has {actual}")
+                          f"exist; the table has {actual}")
     mapping = resolve_columns(cfg, actual)
     wanted = list(dict.fromkeys(mapping.values()))
     wcol = table.c[cfg.window_column]
@@ -84,66 +99,211 @@ def read_table(engine: sa.Engine, cfg: TableConfig, window: Window, chunk_rows: 
     stmt = (sa.select(*[table.c[c] for c in wanted])
             .where(wcol >= sa.bindparam("lo", _bound(start, cfg.window_format, wcol.type)),
                    wcol < sa.bindparam("hi", _bound(window.end, cfg.window_format, wcol.type))))
+    id_columns = {mapping[f] for f in ID_FIELDS if f in mapping}
+    if engine.dialect.name == "postgresql" and _adbc_postgresql() is not None:
+        return mapping, _adbc_chunks(engine, stmt, id_columns)
+    return mapping, _sqlalchemy_chunks(engine, stmt, wanted, id_columns, chunk_rows)
 
-    def chunks() -> Iterator[pd.DataFrame]:
-        with engine.connect().execution_options(stream_results=True, yield_per=chunk_rows) as conn:
-            result = conn.execute(stmt)
-            for rows in result.partitions(chunk_rows):
-                # Plain tuples: pandas builds a frame from Row objects five times slower.
-                yield pd.DataFrame.from_records(list(map(tuple, rows)), columns=wanted)
 
-    return mapping, chunks()
+def _adbc_postgresql():
+    try:
+        import adbc_driver_postgresql.dbapi as driver
+    except ImportError:  # the optional fast path: SQLAlchemy reads PostgreSQL too
+        return None
+    return driver
+
+
+def _adbc_chunks(engine: sa.Engine, stmt, id_columns: set[str]) -> Iterator[pd.DataFrame]:
+    """Arrow record batches straight from PostgreSQL (COPY binary underneath). The SELECT is
+    rendered by SQLAlchemy's PostgreSQL dialect; its only literals are the window bounds."""
+    sql = str(stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    driver = _adbc_postgresql()
+    try:
+        conn = driver.connect(uri)
+    except Exception as err:  # noqa: BLE001 - ADBC's errors carry no SQLAlchemy type
+        raise ServiceUnavailable(f"cannot read the source database: {err}") from None
+    with conn, conn.cursor() as cur:
+        cur.adbc_statement.set_options(
+            **{"adbc.postgresql.batch_size_hint_bytes": str(ADBC_BATCH_BYTES)})
+        cur.execute(sql)
+        for batch in cur.fetch_record_batch():
+            if batch.num_rows:
+                yield _frame({name: batch.column(name) for name in batch.schema.names},
+                             id_columns)
+
+
+def _lenient_text(raw: bytes) -> str:
+    """SQLite TEXT that is not UTF-8 (latin-1, a stray BLOB) would stop the whole fetch with
+    UnicodeDecodeError: its bytes are kept as surrogates, then quarantined with a reason."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _sqlalchemy_chunks(engine: sa.Engine, stmt, wanted: list[str], id_columns: set[str],
+                       chunk_rows: int) -> Iterator[pd.DataFrame]:
+    with engine.connect().execution_options(stream_results=True, yield_per=chunk_rows) as conn:
+        if engine.dialect.name == "sqlite":
+            conn.connection.dbapi_connection.text_factory = _lenient_text
+        result = conn.execute(stmt)
+        for rows in result.partitions(chunk_rows):
+            columns = list(zip(*rows)) if rows else [() for _ in wanted]
+            yield _frame(dict(zip(wanted, columns)), id_columns)
+
+
+def _frame(columns: dict[str, object], id_columns: set[str]) -> pd.DataFrame:
+    """A chunk as a DataFrame whose values are exact: a column becomes an Arrow array when its
+    values have one type (an int64 column with NULLs stays int64: never float), integer ids
+    become their decimal text, binary columns text where they are UTF-8, and anything else
+    (mixed types, bytes that are not UTF-8) stays as Python objects for sanitise()."""
+    out = {}
+    for name, values in columns.items():
+        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else _typed(values)
+        if array is None:
+            out[name] = pd.Series(np.asarray(values, dtype=object), dtype=object)
+            continue
+        if pa.types.is_integer(array.type) and name in id_columns:
+            array = pc.cast(array, pa.string())
+        elif pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+            try:
+                array = pc.cast(array, pa.string())  # Arrow checks the UTF-8
+            except pa.ArrowInvalid:
+                out[name] = pd.Series(array.to_numpy(zero_copy_only=False), dtype=object)
+                continue
+        out[name] = array.to_pandas()
+    return pd.DataFrame(out)
+
+
+def _typed(values) -> pa.Array | None:
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, UnicodeEncodeError, OverflowError):
+        return None
+
+
+def _escaped(value) -> str | None:
+    """Text a value that is not UTF-8 is shown as (its bad bytes as \\xNN), or None if it is."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            bytes(value).decode("utf-8")
+            return None
+        except UnicodeDecodeError:
+            return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return None
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
+
+
+def sanitise(raw: pd.DataFrame, mapping: dict[str, str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Find the values that are not UTF-8 text (bytes, or text read with surrogates), in the
+    columns left as Python objects only; replace each with its escaped form (so the quarantined
+    raw row shows it) and decoded UTF-8 bytes with their text. Returns the frame and, per row,
+    the 1-based position in S.SOURCE_FIELDS of the first field that was not UTF-8 (0: none)."""
+    bad_field = np.zeros(len(raw), dtype=np.int8)
+    for position, fld in enumerate(S.SOURCE_FIELDS, start=1):
+        column = mapping.get(fld)
+        if column is None or raw[column].dtype != object:
+            continue
+        codes, uniques = pd.factorize(raw[column], use_na_sentinel=True)
+        kind = pd.api.types.infer_dtype(uniques, skipna=True)
+        if kind == "string" and _typed(list(uniques)) is not None:
+            continue  # plain text after all: the common case costs one Arrow conversion
+        # distinct values only (a few per chunk)
+        escaped = np.array([_escaped(v) for v in uniques], dtype=object)
+        decoded = np.array([bytes(v).decode("utf-8") if isinstance(v, (bytes, bytearray))
+                            and e is None else v for v, e in zip(uniques, escaped)],
+                           dtype=object)
+        broken = np.array([e is not None for e in escaped], dtype=bool)
+        replacement = np.where(broken, escaped, decoded)
+        rows = codes >= 0
+        values = raw[column].to_numpy(dtype=object).copy()
+        values[rows] = replacement[codes[rows]]
+        raw = raw.assign(**{column: pd.Series(values, index=raw.index, dtype=object)})
+        hit = np.zeros(len(raw), dtype=bool)
+        hit[rows] = broken[codes[rows]]
+        bad_field[hit & (bad_field == 0)] = position
+    return raw, bad_field
 
 
 # Quarantine reasons in priority order: a row is quarantined for the first one that applies.
+NOT_UTF8 = tuple((f, "not_utf8") for f in S.SOURCE_FIELDS)
 QUARANTINE_REASONS: tuple[tuple[str, str], ...] = (
+    *NOT_UTF8,
     ("user_id", "missing"), ("user_id", "invalid"), ("item_id", "missing"), ("item_id", "invalid"),
+    ("event_id", "invalid"),
     ("event_type", "missing"), ("event_type", "unknown"),
     ("ts", "missing"), ("ts", "unparseable"), ("ts", "future"), ("ts", "too_old"),
+    ("ts", "too_late"), ("quantity", "invalid"),
 )
+# Found after normalisation, against the rows fetched before: not in the priority list.
+CONFLICT = ("event_id", "conflict")
 _REASON_LABELS = np.array([f"{f}:{r}" for f, r in QUARANTINE_REASONS], dtype=object)
 
 
 def normalise(raw: pd.DataFrame, cfg: TableConfig, mapping: dict[str, str], window: Window
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Source rows -> (canonical events, quarantined rows). Vectorised; no loop over rows."""
-    events, quarantine = normalise_table(raw, cfg, mapping, window)
+    events, quarantine, _ = normalise_table(raw, cfg, mapping, window)
     return S.to_frame(events).reset_index(drop=True), quarantine
 
 
 def normalise_table(raw: pd.DataFrame, cfg: TableConfig, mapping: dict[str, str], window: Window
-                    ) -> tuple[pa.Table, pd.DataFrame]:
-    """normalise, with the events as an Arrow table in EVENT_SCHEMA (what fetch writes)."""
+                    ) -> tuple[pa.Table, pd.DataFrame, Counter]:
+    """normalise, with the events as an Arrow table in EVENT_SCHEMA (what fetch writes), and the
+    rows of ignored event types counted by their (folded) type."""
+    raw, not_utf8 = sanitise(raw, mapping)
+    n = len(raw)
     # Ids and event types as distinct values + positions, times as int64 microseconds: the
     # checks run on those, and each output column is taken once, for the kept rows only.
     user = S.encode_ids(raw[mapping["user_id"]])
     item = S.encode_ids(raw[mapping["item_id"]])
-    raw_type = raw[mapping["event_type"]]
-    etype = S.encode_event_types(raw_type, cfg.event_types)
+    own_id = S.encode_ids(raw[mapping["event_id"]], distinct=False) \
+        if "event_id" in mapping else None
+    if cfg.event_type is not None:
+        raw_type = pd.Series(cfg.event_type, index=raw.index, dtype="str")
+    else:
+        raw_type = raw[mapping["event_type"]]
+    etype = S.encode_event_types(raw_type, cfg.event_types, cfg.ignore_event_types)
+    ignored = etype.ignored[etype.slots]
     raw_ts = raw[mapping["ts"]]
     ts = S.timestamp_micros(raw_ts)
+    quantity, bad_quantity = _quantity(raw, mapping.get("quantity"))
     user_problem, item_problem = user.problems(), item.problems()
+    no_ts = ts == S.NAT
+    oldest = window.start - max(window.max_late, dt.timedelta(days=cfg.lookback_days))
     conditions = [
+        *(not_utf8 == k for k in range(1, len(NOT_UTF8) + 1)),
         user_problem == 1, user_problem == 2, item_problem == 1, item_problem == 2,
+        own_id.problems() == 2 if own_id is not None else np.zeros(n, dtype=bool),
         np.asarray(raw_type.isna()), np.asarray(etype.take().is_null()),
-        np.asarray(raw_ts.isna()), ts == S.NAT, ts > _micros(window.max_future),
-        (ts != S.NAT) & (ts < _micros(window.min_ts)),
+        np.asarray(raw_ts.isna()), no_ts, ts > _micros(window.max_future),
+        ~no_ts & (ts < _micros(window.min_ts)), ~no_ts & (ts < _micros(oldest)),
+        bad_quantity,
     ]  # in QUARANTINE_REASONS' order
     # 0 = good, k = the k-th reason (small ints: no per-row strings for the good rows).
     code = np.select(conditions, np.arange(1, len(conditions) + 1, dtype=np.int8), default=0)
+    # An event type the table ignores is counted as such, whatever else is wrong with the row
+    # (it would never be used); a row that is not UTF-8 is quarantined first.
+    ignore = ignored & (not_utf8 == 0)
+    code[ignore] = 0
+    ignored_by_type = Counter(pd.Series(etype.names[etype.slots[ignore]]).value_counts()
+                              .to_dict()) if ignore.any() else Counter()
     bad = code > 0
-    quarantine = _quarantine_rows(raw.take(np.flatnonzero(bad)), code[bad], mapping, cfg.name)
+    quarantine = _quarantine_rows(raw.take(np.flatnonzero(bad)), code[bad], mapping, cfg)
 
-    keep = np.flatnonzero(~bad)
+    keep = np.flatnonzero(~bad & ~ignore)
     kept = pa.array(keep)
     table = pa.table({
         "user_id": user.take(keep), "item_id": item.take(keep), "event_type": etype.take(keep),
         "ts": pa.array(ts[keep], type=S.EVENT_SCHEMA.field("ts").type),
     })
-    if "event_id" in mapping:
+    if own_id is not None:
         own = pc.binary_join_element_wise(
             pa.scalar(cfg.name + ":", pa.large_string()),
-            _optional_text(raw, mapping["event_id"]).take(kept), pa.scalar("", pa.large_string()))
+            own_id.take(keep).cast(pa.large_string()), pa.scalar("", pa.large_string()))
         lacking = np.asarray(own.is_null())
         if lacking.any():  # derive ids only for the rows without their own
             derived = np.full(len(lacking), None, dtype=object)
@@ -157,8 +317,21 @@ def normalise_table(raw: pd.DataFrame, cfg: TableConfig, mapping: dict[str, str]
         "source": pa.repeat(pa.scalar(cfg.name, pa.string()), len(keep)),
         "user_agent": _optional_text(raw, mapping.get("user_agent")).take(kept),
         "ip": _optional_text(raw, mapping.get("ip")).take(kept),
+        "quantity": pa.array(quantity[keep], type=pa.float64(), from_pandas=True),
     })
-    return events.cast(S.EVENT_SCHEMA), quarantine
+    return events.cast(S.EVENT_SCHEMA), quarantine, ignored_by_type
+
+
+def _quantity(raw: pd.DataFrame, column: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(per row: the quantity, NaN where there is none, i.e. 1; per row: given but not a finite
+    number >= 0)."""
+    if column is None:
+        return np.full(len(raw), np.nan), np.zeros(len(raw), dtype=bool)
+    given = raw[column]
+    values = pd.to_numeric(given, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    present = np.asarray(given.notna())
+    bad = present & ~(np.isfinite(values) & (values >= 0))
+    return np.where(bad, np.nan, values), bad
 
 
 def _micros(moment: dt.datetime) -> int:
@@ -189,7 +362,7 @@ _REASON_FIELDS = np.array([f for f, _ in QUARANTINE_REASONS], dtype=object)
 
 
 def _quarantine_rows(bad: pd.DataFrame, code: np.ndarray, mapping: dict[str, str],
-                     source: str) -> pd.DataFrame:
+                     cfg: TableConfig) -> pd.DataFrame:
     """One row per quarantined source row: the reason, the field and its raw value as text, and
     the whole raw row as JSON. code is the 1-based index into QUARANTINE_REASONS."""
     if bad.empty:
@@ -198,35 +371,74 @@ def _quarantine_rows(bad: pd.DataFrame, code: np.ndarray, mapping: dict[str, str
     values = np.full(len(bad), None, dtype=object)
     for fld in np.unique(fields):  # a handful of fields, not rows
         rows = fields == fld
-        values[rows] = bad[mapping[fld]].astype("str").to_numpy(dtype=object)[rows]
+        if fld == "event_type" and cfg.event_type is not None:
+            values[rows] = cfg.event_type
+        else:
+            values[rows] = bad[mapping[fld]].astype("str").to_numpy(dtype=object)[rows]
     raw_json = bad.to_json(orient="records", lines=True, date_format="iso", default_handler=str)
-    return pd.DataFrame({"source": source, "reason": _REASON_LABELS[code - 1], "field": fields,
+    return pd.DataFrame({"source": cfg.name, "reason": _REASON_LABELS[code - 1], "field": fields,
                          "value": pd.Series(values, dtype="str").to_numpy(),
                          "raw": raw_json.splitlines()})
 
 
+CONTENT_COLUMNS = ["user_id", "item_id", "event_type", "ts", "quantity"]
+
+
+def content_hashes(events: pa.Table) -> np.ndarray:
+    """A 64-bit hash of what an event says (user, item, type, time, quantity): two rows with one
+    event id are duplicates when these agree, a conflict when they do not."""
+    frame = events.select(CONTENT_COLUMNS).to_pandas()
+    frame["ts"] = frame["ts"].astype("int64")
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+
 class SeenIds:
-    """The event ids fetched so far this run, as sorted 64-bit hashes: memory stays at 8 bytes
-    an event and each chunk costs a binary search plus one merge, never a rescan of the day."""
+    """The event ids fetched so far this run, as sorted 64-bit hashes with the hash of each one's
+    content: memory stays at 16 bytes an event and each chunk costs a binary search plus one
+    merge, never a rescan of the day."""
 
     def __init__(self) -> None:
         self.hashes = np.empty(0, dtype=np.uint64)
+        self.contents = np.empty(0, dtype=np.uint64)
 
-    def add(self, event_ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        """Remember these ids; True where an id is new (not seen before, not repeated earlier in
-        this batch)."""
+    def add(self, event_ids: pa.ChunkedArray | pa.Array, contents: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """Remember these ids; returns (fresh, conflict): fresh where an id is new (not seen
+        before, not repeated earlier in this batch), conflict where a repeated id comes with
+        other content than the first row that had it. The rest are duplicates."""
         ids = np.asarray(event_ids.to_numpy(zero_copy_only=False), dtype=object)
         hashes = pd.util.hash_array(ids, categorize=False)
+        contents = np.asarray(contents, dtype=np.uint64)
+        by_id = pd.Series(contents).groupby(hashes, sort=False).transform("first").to_numpy()
         first = ~pd.Series(hashes).duplicated().to_numpy()
         known = np.zeros(len(hashes), dtype=bool)
+        earlier = by_id  # the content of the first row with this id, in this batch or before
         if len(self.hashes):
             pos = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
             known = self.hashes[pos] == hashes
+            earlier = np.where(known, self.contents[pos], by_id)
         fresh = first & ~known
+        conflict = ~fresh & (contents != earlier.astype(np.uint64))
         # Two sorted runs: the stable sort (timsort) merges them in linear time.
-        self.hashes = np.sort(np.concatenate([self.hashes, np.sort(hashes[fresh])]),
-                              kind="stable")
-        return fresh
+        new_hashes, new_contents = hashes[fresh], contents[fresh]
+        order = np.argsort(new_hashes, kind="stable")
+        merged_h = np.concatenate([self.hashes, new_hashes[order]])
+        merged_c = np.concatenate([self.contents, new_contents[order]])
+        order = np.argsort(merged_h, kind="stable")
+        self.hashes, self.contents = merged_h[order], merged_c[order]
+        return fresh, conflict
+
+
+def conflict_rows(events: pa.Table, rows: np.ndarray) -> pd.DataFrame:
+    """Quarantine rows for events whose id was fetched before with other content."""
+    if not len(rows):
+        return S.empty_quarantine()
+    picked = S.to_frame(events.take(pa.array(rows)))
+    raw = picked.to_json(orient="records", lines=True, date_format="iso", default_handler=str)
+    return pd.DataFrame({"source": picked["source"].to_numpy(dtype=object),
+                         "reason": f"{CONFLICT[0]}:{CONFLICT[1]}", "field": CONFLICT[0],
+                         "value": picked["event_id"].to_numpy(dtype=object),
+                         "raw": raw.splitlines()})
 
 
 def fetch(source: SourceSettings, window: Window, url: str, out_dir: Path) -> dict:
@@ -241,30 +453,36 @@ def fetch(source: SourceSettings, window: Window, url: str, out_dir: Path) -> di
                                  f"{str(err.orig).strip()}") from None
 
 
+COUNTS = ("fetched", "kept", "quarantined", "duplicates", "ignored")
+
+
 def _fetch(source: SourceSettings, window: Window, url: str, out_dir: Path) -> dict:
     engine = sa.create_engine(url)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_events = out_dir / ".events.parquet.tmp"
     seen = SeenIds()
-    per_table: dict[str, dict[str, int]] = {}
+    per_table: dict[str, dict] = {}
     reasons: Counter[str] = Counter()
+    ignored: Counter[str] = Counter()
     quarantined: list[pd.DataFrame] = []
     try:
         with pq.ParquetWriter(tmp_events, S.EVENT_SCHEMA) as writer:
             for cfg in source.tables:
                 mapping, chunks = read_table(engine, cfg, window, source.chunk_rows)
-                counts = Counter(fetched=0, kept=0, quarantined=0, duplicates=0)
+                counts: Counter[str] = Counter()
                 for raw in chunks:
-                    events, bad = normalise_table(raw, cfg, mapping, window)
-                    fresh = seen.add(events["event_id"])
+                    events, bad, skipped = normalise_table(raw, cfg, mapping, window)
+                    fresh, conflict = seen.add(events["event_id"], content_hashes(events))
                     writer.write_table(take_rows(events, fresh))
+                    bad = pd.concat([bad, conflict_rows(events, np.flatnonzero(conflict))],
+                                    ignore_index=True)
                     counts.update(fetched=len(raw), kept=int(fresh.sum()), quarantined=len(bad),
-                                  duplicates=int((~fresh).sum()))
+                                  duplicates=int((~fresh & ~conflict).sum()),
+                                  ignored=sum(skipped.values()))
                     reasons.update(bad["reason"].value_counts().to_dict())
+                    ignored.update(skipped)
                     quarantined.append(bad)
-                per_table[cfg.name] = {**{k: 0 for k in ("fetched", "kept", "quarantined",
-                                                          "duplicates")}, **dict(counts)}
-                per_table[cfg.name]["columns"] = mapping
+                per_table[cfg.name] = {**{k: int(counts[k]) for k in COUNTS}, "columns": mapping}
     finally:
         engine.dispose()
     q = pd.concat(quarantined, ignore_index=True) if quarantined else S.empty_quarantine()
@@ -273,11 +491,10 @@ def _fetch(source: SourceSettings, window: Window, url: str, out_dir: Path) -> d
                    tmp_quarantine)
     tmp_events.replace(out_dir / "events.parquet")
     tmp_quarantine.replace(out_dir / "quarantine.parquet")
-    totals = {k: sum(t[k] for t in per_table.values())
-              for k in ("fetched", "kept", "quarantined", "duplicates")}
     return {
         "window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
-        **totals,
+        **{k: sum(t[k] for t in per_table.values()) for k in COUNTS},
         "quarantined_by_reason": dict(sorted(reasons.items())),
+        "ignored_by_type": dict(sorted(ignored.items())),
         "tables": per_table,
     }

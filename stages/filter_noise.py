@@ -5,7 +5,10 @@
 Inputs   data/history (the filter.window_days days before run.date), data/rejections.json (days
          left out), metrics/validation.json (validate must have passed for this run.date)
 Outputs  data/clean/events.parquet   canonical events that survive every rule, in history order
-         metrics/filter.json         rows and users removed by each rule, top offenders
+         metrics/filter.json         rows and users removed by each rule, top offenders named by
+                                     salted hashes only (it is committed to git)
+         reports/filter/offenders.json  the same with the offenders' user ids, IPs and user agents
+                                     (DVC-cached, never in git)
 
 The rules, in order (crawler_ua, behaviour, internal, repeated, min_support), and their settings
 (params.yaml `filter`): dailyrec.quality.rules.
@@ -17,8 +20,9 @@ import argparse
 import datetime as dt
 import sys
 
-from dailyrec import cli, metrics, paths, settings
+from dailyrec import cli, metrics, paths, privacy, settings
 from dailyrec.errors import ConfigError, DataError
+from dailyrec.files import write_json
 from dailyrec.quality import rejections, rules
 from dailyrec.settings import quality
 
@@ -47,7 +51,8 @@ def main_body(argv: list[str] | None) -> int:
     check_validation(cfg.run_date)
     rejected = rejections.rejected_days(rejections.load(paths.REJECTIONS))
     counts = rules.run(cfg, paths.HISTORY_DIR, rejected, paths.CLEAN_EVENTS)
-    metrics.FILTER.write(counts)
+    write_json(paths.FILTER_OFFENDERS, {"run_date": counts["run_date"], "rules": counts["rules"]})
+    metrics.FILTER.write(privacy.pseudonymise(counts))
     removed = ", ".join(f"{r} {m['rows']:,} rows/{m['users']:,} users"
                         for r, m in counts["rules"].items() if m["enabled"])
     print(f"filter_noise {cfg.run_date}: {counts['input']['rows']:,} events in "

@@ -7,8 +7,10 @@ Outputs  data/history/day=YYYY-MM-DD/*.parquet   the history (layout: dailyrec.h
          data/quarantine/date=YYYY-MM-DD.parquet  each run's quarantined rows, kept
          metrics/history.json                     days, rows, and what this run added
 
-Re-running a day adds nothing (events are unique on event_id across a day's files); partitions
-older than history.days before run.date are removed.
+A re-run of a day replaces what that run wrote (so a day re-fetched after the source was fixed
+keeps none of its rejected rows); an event already in another run's file of its day is a duplicate
+(skipped), one already in another day up to fetch.max_late_days back was re-sent (quarantined as
+event_id:resent). Partitions older than history.days before run.date are removed.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ def main_body(argv: list[str] | None) -> int:
     args = ap.parse_args(argv)
     params = settings.load(args.params)
     day, keep = settings.run_date(params), ingest.history_days(params)
+    dedupe = ingest.max_late(params).days  # a re-send arrives within the late window
     for path in (paths.DELTA_EVENTS, paths.DELTA_QUARANTINE):
         if not path.exists():
             raise ConfigError(f"{path} not found: run fetch_delta first")
-    counts = history.merge(paths.DELTA_EVENTS, paths.HISTORY_DIR, day, keep)
-    counts["quarantined"] = history.archive_quarantine(paths.DELTA_QUARANTINE,
-                                                       paths.QUARANTINE_DIR, day, keep)
+    counts, resent = history.merge(paths.DELTA_EVENTS, paths.HISTORY_DIR, day, keep, dedupe)
+    counts["quarantined"] = history.archive_quarantine(
+        paths.DELTA_QUARANTINE, paths.QUARANTINE_DIR, day, keep, history.resent_rows(resent))
     metrics.HISTORY.write({"run_date": day.isoformat(), **counts})
     print(f"merge_history {day}: added {counts['added']} ({counts['duplicates_skipped']} already "
           f"present); history {counts['days']} days, {counts['rows']} events")

@@ -38,6 +38,7 @@ def human_events(first_day: dt.date, days: int, users: int = 400, items: int = 1
     })
     events["event_id"] = S.derive_event_ids(events)
     events = events.drop_duplicates("event_id").sort_values(["ts", "event_id"], kind="stable")
+    events["quantity"] = np.nan
     return events[list(S.COLUMNS)].reset_index(drop=True)
 
 
@@ -55,6 +56,7 @@ def frame(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
     df["source"] = "test"
     df["user_agent"] = None
     df["ip"] = None
+    df["quantity"] = np.nan
     df["event_id"] = [f"e{i}" for i in range(len(df))]
     for col in ("user_id", "item_id", "event_type", "source", "event_id"):
         df[col] = df[col].astype("str")

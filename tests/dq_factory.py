@@ -48,6 +48,7 @@ def events(user_id, item_id, ts, event_type="view", event_id=None, user_agent=BR
     frame["source"] = source
     frame["user_agent"] = user_agent
     frame["ip"] = ip
+    frame["quantity"] = np.nan
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
     if event_id is None:
         frame["event_id"] = S.derive_event_ids(frame.astype({"user_id": "str", "item_id": "str",

@@ -25,7 +25,7 @@ def table(rows):
 
 def config(**changes):
     base = dict(event_weights=WEIGHTS, decay_half_life_days=1.0, transform="linear", alpha=2.0,
-                eps=0.5)
+                eps=0.5, quantity_transform="log", quantity_cap=100.0)
     return ConfidenceConfig(**{**base, **changes})
 
 
@@ -96,3 +96,19 @@ def test_null_ids_are_an_error():
 def test_bad_settings_name_the_key(section, message):
     with pytest.raises(ConfigError, match=message):
         model.train(of(project_params(**{f"train.{k}": v for k, v in section.items()})))
+
+
+def test_a_quantity_scales_the_weight_capped_and_log_scaled():
+    """Play counts: 1 play counts 1, 3 plays 2, 1,000 plays are capped (at 7 here: 3); no
+    quantity counts 1, a quantity of 0 nothing (issue 11.9)."""
+    rows = [("u1", "a", "view", "2026-11-15T00:00:00Z"), ("u1", "b", "view", "2026-11-15T00:00:00Z"),
+            ("u1", "c", "view", "2026-11-15T00:00:00Z"), ("u1", "d", "view", "2026-11-15T00:00:00Z"),
+            ("u2", "a", "view", "2026-11-15T00:00:00Z")]
+    events = table(rows).set_column(8, S.EVENT_SCHEMA.field("quantity"),
+                                    pa.array([1.0, 3.0, 1000.0, 0.0, None]))
+    got = C.aggregate(events, config(decay_half_life_days=0.0, quantity_cap=7.0), NOW)
+    assert got.item_ids.tolist() == ["a", "b", "c"] and got.events_ignored == 1  # d: 0 plays
+    assert got.strength.toarray().tolist() == [[1.0, 2.0, 3.0], [1.0, 0.0, 0.0]]
+    linear = C.aggregate(events, config(decay_half_life_days=0.0, quantity_cap=7.0,
+                                        quantity_transform="linear"), NOW)
+    assert linear.strength.toarray()[0].tolist() == [1.0, 3.0, 7.0]

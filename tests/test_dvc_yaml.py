@@ -1,7 +1,7 @@
 """dvc.yaml tells the truth: every project file a stage imports is in its deps, every params.yaml key
 it reads is in its params, and no output another stage depends on changes when nothing did.
 
-The imports are found statically (tests/imports.py: the whole import closure of the stage's module,
+The imports are found statically (tools/code_deps.py: the whole import closure of the stage's module,
 lazy imports and rendered templates included). The keys read are recorded by the settings accessor
 itself while the real stages run (DAILYREC_PARAMS_TRACE, dailyrec/settings/__init__.py), so a key
 read on any path those runs take is seen, whatever code reads it.
@@ -17,7 +17,7 @@ import pytest
 
 from dailyrec import pipeline
 from tests import workspace
-from tests.imports import PACKAGES, ROOT, closure, direct_imports, relative
+from tools.code_deps import PACKAGES, ROOT, closure, direct_imports, relative
 
 FIRST_DAY = dt.date(2026, 11, 14)
 
@@ -128,7 +128,9 @@ def test_dvc_yaml_is_parsed_in_one_place():
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in \
-                        ("safe_load", "load") and mentions_dvc_yaml(node):
+                        ("safe_load", "load") and getattr(node.func, "value", None) is not None \
+                        and getattr(node.func.value, "id", "") == "yaml" \
+                        and mentions_dvc_yaml(node):
                     direct.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert direct == []
     for user in ("dailyrec/runner.py", "dailyrec/tracking.py", "tools/reproduce.py"):
@@ -199,3 +201,40 @@ def test_a_rerun_on_unchanged_data_runs_nothing_after_fetch_delta(traced):
     assert set(traced["again"]) == {"stages.fetch_delta"}
     status = pipeline.status(traced["ws"].env, cwd=traced["ws"].path)
     assert set(status) <= {"fetch_delta"}
+
+
+def test_files_committed_to_git_name_no_person(traced):
+    """What --commit puts in git (the cache: false outputs) holds counts and salted hashes, no user
+    id, IP or user agent; the DVC-cached offenders report holds them (issue 11.12)."""
+    import re
+
+    ws = traced["ws"]
+    found = pipeline.load(ws.path / "dvc.yaml")
+    committed = [p for out in found.git_tracked() for p in
+                 ([ws.path / out] if (ws.path / out).is_file() else (ws.path / out).rglob("*"))
+                 if p.is_file()]
+    assert any(p.name == "filter.json" for p in committed)
+    for path in committed:
+        text = path.read_text()
+        ips = set(re.findall(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b", text))
+        assert ips <= {"127.0.0.1"}, (path, ips)  # the Redis the test publishes to, no visitor
+        assert "Mozilla" not in text and "bot.html" not in text, path
+        if path.suffix == ".json":
+            assert not list(_named_people(json.loads(text))), path
+    offenders = (ws.path / "reports/filter/offenders.json").read_text()
+    assert "Mozilla" in offenders or re.search(r"\d+\.\d+\.\d+\.\d+", offenders)
+
+
+def _named_people(data, key=None):
+    """Values under user_id / ip / user_agent keys that are not pseudonyms (a table's column
+    mapping, {"ip": "client_ip"}, names columns, not people)."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k != "columns":
+                yield from _named_people(v, k)
+    elif isinstance(data, list):
+        for v in data:
+            yield from _named_people(v, key)
+    elif key in ("user_id", "ip", "user_agent") and data is not None \
+            and not str(data).startswith("h:"):
+        yield key, data

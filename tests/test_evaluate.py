@@ -30,7 +30,8 @@ HOLDOUT = dt.datetime(2026, 11, 14, tzinfo=UTC)
 END = dt.datetime(2026, 11, 15, tzinfo=UTC)
 CONF = ConfidenceConfig(event_weights={"view": 1.0, "click": 2.0, "add_to_cart": 4.0,
                                          "purchase": 8.0},
-                          decay_half_life_days=0.0, transform="linear", alpha=1.0, eps=1.0)
+                          decay_half_life_days=0.0, transform="linear", alpha=1.0, eps=1.0,
+                          quantity_transform="log", quantity_cap=1000.0)
 SPLIT_EVENTS = [
     ("u1", "i1", "view", "2026-11-10T00:00:00Z"),
     ("u1", "i2", "click", "2026-11-12T00:00:00Z"),

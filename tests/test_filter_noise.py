@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import history, metrics
+from dailyrec import history, metrics, privacy
 from dailyrec import schema as S
 from dailyrec.errors import ConfigError
 from dailyrec.quality import rejections as R
@@ -94,8 +94,7 @@ def window(tmp_path_factory):
     frame = pd.concat([f.assign(actor=name) for name, f in actors.items()], ignore_index=True)
     F.write_history(root, frame.drop(columns="actor"))
     cfg = settings()
-    used, _ = history.select_window(root, cfg.run_date, cfg.window_days, set())
-    w = FN.read_window(root, used)
+    w = FN.read_window(history.select_window(root, cfg.run_date, cfg.window_days, set()).files)
     actor_of = dict(zip(frame["event_id"], frame["actor"]))
     return w, np.array([actor_of[e] for e in w.table.column("event_id").to_pylist()])
 
@@ -227,10 +226,17 @@ def test_stage_writes_canonical_clean_events_and_counters(tmp_path, monkeypatch,
         "repeated": (4, 1), "min_support": (0, 0)}
     assert metrics["input"]["rows"] == len(frame)
     assert metrics["output"]["rows"] == len(clean) == len(frame) - metrics["removed"]["rows"]
-    assert rules["crawler_ua"]["top_user_agents"][0]["user_agent"] == F.GOOGLEBOT
-    assert rules["behaviour"]["top_users"][0] == {"user_id": "6002", "rows": 10200,
-                                                  "peak_events_per_minute": 8,
-                                                  "max_events_per_day": 10200}
+    # The committed metrics name offenders by salted hashes; the DVC-cached report by name.
+    offenders = json.loads((tmp_path / "reports/filter/offenders.json").read_text())["rules"]
+    assert offenders["crawler_ua"]["top_user_agents"][0]["user_agent"] == F.GOOGLEBOT
+    assert offenders["behaviour"]["top_users"][0] == {"user_id": "6002", "rows": 10200,
+                                                      "peak_events_per_minute": 8,
+                                                      "max_events_per_day": 10200}
+    assert rules["behaviour"]["top_users"][0] == {**offenders["behaviour"]["top_users"][0],
+                                                  "user_id": privacy.pseudonym("6002")}
+    committed = (tmp_path / "metrics/filter.json").read_text()
+    for name in ("6002", "5001", "9000001", "qa-robot", "Googlebot", "10.20."):
+        assert name not in committed, name
     assert metrics["window"]["days"] == 2 and metrics["window"]["rejected_days_left_out"] == []
     assert "filter_noise 2026-11-21" in capsys.readouterr().out
 
@@ -301,7 +307,7 @@ def random_window(tmp_path_factory):
     root = tmp_path_factory.mktemp("random")
     F.write_history(root, frame)
     cfg = settings()
-    w = FN.read_window(root, history.select_window(root, cfg.run_date, cfg.window_days, set())[0])
+    w = FN.read_window(history.select_window(root, cfg.run_date, cfg.window_days, set()).files)
     return w, S.to_frame(w.table.cast(S.EVENT_SCHEMA))
 
 

@@ -45,7 +45,8 @@ def test_default_settings_find_the_bots_and_keep_the_humans(simulated, monkeypat
         run = FIRST + dt.timedelta(days=offset)
         params = F.default_params(run.isoformat())
         fetch(params, url, paths.DELTA_DIR)
-        history.merge(paths.DELTA_EVENTS, paths.HISTORY_DIR, run, params["history"]["days"])
+        history.merge(paths.DELTA_EVENTS, paths.HISTORY_DIR, run, params["history"]["days"],
+                      params["fetch"]["max_late_days"])
     # An ordinary simulated day passes validation at the default thresholds, volume band included.
     verdict = V.validate(quality.validate(of(params)), paths.DELTA_EVENTS, paths.DELTA_QUARANTINE,
                          paths.HISTORY_DIR, paths.REJECTIONS, "report.html")
@@ -54,8 +55,8 @@ def test_default_settings_find_the_bots_and_keep_the_humans(simulated, monkeypat
     assert not band.note  # enough history: the band was applied
 
     cfg = quality.filter_rules(of(params))
-    used, _ = history.select_window(paths.HISTORY_DIR, cfg.run_date, cfg.window_days, set())
-    window = FN.read_window(paths.HISTORY_DIR, used)
+    window = FN.read_window(history.select_window(paths.HISTORY_DIR, cfg.run_date,
+                                                  cfg.window_days, set()).files)
     result = FN.apply_rules(window, cfg)
     removed = result.removed_users(window)
     present = set(window.user.values.to_pylist())

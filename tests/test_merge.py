@@ -36,9 +36,11 @@ def lake(tmp_path):
             params = M.params(run_date, **changes)
             M.fetch(params, self.source, self.delta)
             keep = params["history"]["days"]
-            metrics = H.merge(self.delta / "events.parquet", self.history, run_date, keep)
+            metrics, resent = H.merge(self.delta / "events.parquet", self.history, run_date, keep,
+                                      params["fetch"]["max_late_days"])
             metrics["quarantined"] = H.archive_quarantine(
-                self.delta / "quarantine.parquet", self.archive, run_date, keep)
+                self.delta / "quarantine.parquet", self.archive, run_date, keep,
+                H.resent_rows(resent))
             return metrics
 
         def snapshot(self) -> dict[str, str]:
@@ -88,12 +90,13 @@ def test_the_lookback_overlap_is_absorbed_by_dedup(lake):
 
 def test_rerunning_a_day_changes_nothing_byte_for_byte(lake):
     lake.run(M.RUN1)
-    lake.run(M.RUN2)
+    second = lake.run(M.RUN2)
     before = lake.snapshot()
-    again = lake.run(M.RUN2)
-    assert (again["added"], again["duplicates_skipped"]) == (0, 14)
+    again = lake.run(M.RUN2)  # a re-run replaces what the run wrote, with the same rows
+    assert (again["added"], again["duplicates_skipped"]) == (13, 1)
+    assert again["replaced"] == second["added"] == 13 and again["rows"] == second["rows"]
     older = lake.run(M.RUN1)  # an older day re-run after a newer one
-    assert older["added"] == 0
+    assert older["added"] == older["replaced"] == 3
     assert lake.snapshot() == before
     assert len(before) == 5  # two days (one with a late arrival) and two quarantine files
 
@@ -130,7 +133,8 @@ def canonical_day(day: dt.date, n: int, prefix: str = "e") -> pa.Table:
 def test_partitions_older_than_history_days_are_removed(lake):
     for offset in range(1, 15):  # 2026-11-01 .. 2026-11-14
         day = dt.date(2026, 11, offset)
-        H.merge_day(lake.history, day, canonical_day(day, 3), day + dt.timedelta(days=1))
+        H.partition_path(lake.history, day).parent.mkdir(parents=True)
+        pq.write_table(canonical_day(day, 3), H.partition_path(lake.history, day))
     lake.archive.mkdir()
     for day in ("2026-11-01", "2026-11-12", "2026-11-13"):
         pq.write_table(S.QUARANTINE_SCHEMA.empty_table(), lake.archive / f"date={day}.parquet")
@@ -162,22 +166,65 @@ def test_ancient_events_are_quarantined_and_never_resurrected(lake):
     stale = pa.concat_tables([canonical_day(dt.date(2026, 11, 1), 2, "old"),
                               canonical_day(M.DAY2, 2, "new")])
     pq.write_table(stale, lake.delta / "events.parquet")
-    metrics = H.merge(lake.delta / "events.parquet", lake.history, M.RUN2, 1)
+    metrics, _ = H.merge(lake.delta / "events.parquet", lake.history, M.RUN2, 1)
     assert metrics["added_by_day"] == {"2026-11-15": 2}
     assert H.partition_days(lake.history) == [M.DAY2]
 
 
-def test_existing_rows_win_over_a_changed_copy_of_the_same_event(tmp_path):
+def merge_table(history, table: pa.Table, run: dt.date, dedupe_days: int = 3):
+    delta = history.parent / f"delta-{run}.parquet"
+    pq.write_table(table, delta)
+    return H.merge(delta, history, run, 365, dedupe_days)
+
+
+def test_another_runs_rows_win_over_a_changed_copy_of_the_same_event(tmp_path):
     day = dt.date(2026, 11, 15)
+    history = tmp_path / "history"
     original = canonical_day(day, 2)
     run = day + dt.timedelta(days=1)
-    H.merge_day(tmp_path, day, original, run)
+    merge_table(history, original, run)
     changed = S.to_frame(original).assign(item_id="changed")
-    added, skipped = H.merge_day(tmp_path, day, S.to_table(changed), run)
-    assert (added, skipped) == (0, 2)
-    added, skipped = H.merge_day(tmp_path, day, S.to_table(changed), run + dt.timedelta(days=1))
-    assert (added, skipped) == (0, 2)
-    assert pq.read_table(H.partition_path(tmp_path, day)).equals(original)
+    counts, _ = merge_table(history, S.to_table(changed), run + dt.timedelta(days=1))
+    assert (counts["added"], counts["duplicates_skipped"]) == (0, 2)
+    assert pq.read_table(H.partition_path(history, day)).equals(original)
+
+
+def test_a_rerun_replaces_what_the_run_wrote(tmp_path):
+    """A day rejected with 1,000 bot-inflated events, re-fetched after the source was fixed with
+    100: none of the 1,000 stay in the history (issue 11.5)."""
+    day = dt.date(2026, 11, 15)
+    history = tmp_path / "history"
+    run = day + dt.timedelta(days=1)
+    late = canonical_day(day - dt.timedelta(days=1), 5, "late")  # the run's arrivals, older day
+    merge_table(history, pa.concat_tables([canonical_day(day, 1000, "bot"), late]), run)
+    assert H.partition_rows(history, day) == 1000
+    counts, _ = merge_table(history, canonical_day(day, 100, "fixed"), run)
+    assert counts["replaced"] == 1005 and counts["added"] == 100
+    ids = set(pq.read_table(H.partition_path(history, day))["event_id"].to_pylist())
+    assert len(ids) == 100 and all(i.startswith("fixed") for i in ids)
+    assert H.run_files(history, run) == [H.partition_path(history, day)]  # the arrivals went too
+
+
+def test_an_event_resent_on_a_later_day_is_quarantined_once(tmp_path):
+    """A producer's retry with a new timestamp: the first copy stays, the re-send is quarantined
+    as event_id:resent, so the window never holds one event id twice (issue 11.4)."""
+    history = tmp_path / "history"
+    day1, day2 = dt.date(2026, 11, 14), dt.date(2026, 11, 15)
+    first = canonical_day(day1, 3, "e")
+    merge_table(history, first, day1 + dt.timedelta(days=1))
+    retry = S.to_frame(first.slice(0, 1)).assign(ts=pd.Timestamp("2026-11-15T03:00Z"))
+    counts, resent = merge_table(history, pa.concat_tables([S.to_table(retry),
+                                                            canonical_day(day2, 2, "n")]),
+                                 day2 + dt.timedelta(days=1))
+    assert (counts["added"], counts["resent"]) == (2, 1)
+    assert resent["event_id"].to_pylist() == first["event_id"].to_pylist()[:1]
+    rows = H.resent_rows(resent)
+    assert rows["reason"].tolist() == ["event_id:resent"] and rows["field"].tolist() == ["event_id"]
+    window = H.read_window(history, day1, day2)
+    assert window.num_rows == 5 and len(set(window["event_id"].to_pylist())) == 5
+    # Beyond the dedupe horizon (fetch.max_late_days) the old copy is not looked for.
+    counts, _ = merge_table(history, S.to_table(retry), day2 + dt.timedelta(days=1), 0)
+    assert counts["resent"] == 0
 
 
 def test_a_stray_folder_in_the_history_is_a_clear_error(tmp_path):

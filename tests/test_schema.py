@@ -199,8 +199,17 @@ def test_unknown_and_missing_event_types_are_na_and_table_aliases_add_spellings(
     values = pd.Series(["hover", "scroll", "???", None, "tap", "Swipe-Right"])
     assert as_list(S.canonical_event_types(values)) == [None, None, None, None, "click", None]
     mapped = S.canonical_event_types(values, {"Swipe-Right": "click", "hover": "view"})
-    assert as_list(mapped) == ["view", None, None, None, "click", None]
+    assert as_list(mapped) == ["view", None, None, None, "click", "click"]
     assert mapped.dtype == "str"
+
+
+def test_a_tables_own_spellings_are_folded_like_the_built_in_ones():
+    """add-to-basket, Add To Basket and ADD_TO_BASKET are one spelling (issue 11.11)."""
+    values = pd.Series(["add-to-basket", "Add To Basket", " ADD_TO_BASKET ", "refund", "Refund"])
+    encoded = S.encode_event_types(values, {"Add To Basket": "add_to_cart"}, ignore=("REFUND",))
+    assert encoded.take().to_pylist() == ["add_to_cart"] * 3 + [None, None]
+    assert encoded.ignored[encoded.slots].tolist() == [False, False, False, True, True]
+    assert encoded.names[encoded.slots].tolist()[3:] == ["refund", "refund"]
 
 
 # --- derived event ids -------------------------------------------------------------------------

@@ -29,6 +29,15 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
+def strict():
+    """Every row-level check with no tolerance (mostly: 1): one bad row fails it."""
+    params = F.default_params(RUN.isoformat())
+    for check in ("not_null", "event_types", "id_format", "event_id_unique", "ts_in_window"):
+        params["validate"][check]["mostly"] = 1.0
+    return quality.validate(of(params))
+
+
+@pytest.fixture(scope="module")
 def good_delta():
     return F.day_events(DAY, n=400)
 
@@ -78,6 +87,14 @@ def _with(frame, **changes):
     return frame
 
 
+def _many(frame, rows: int = 10, **changes):
+    """The first `rows` rows changed: a share of bad rows above the default tolerance."""
+    frame = frame.copy()
+    for column, value in changes.items():
+        frame.loc[:rows - 1, column] = value
+    return frame
+
+
 # Each crafted bad delta and the expectation it must fail.
 BAD_DELTAS = {
     "delta.columns": lambda d: d.drop(columns=["source"]),
@@ -98,8 +115,8 @@ BAD_DELTAS = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_DELTAS))
-def test_each_delta_expectation_fails_on_its_bad_batch(cfg, good_delta, name):
-    outcomes = delta_outcomes(cfg, BAD_DELTAS[name](good_delta), only=name)
+def test_each_delta_expectation_fails_on_its_bad_batch(strict, good_delta, name):
+    outcomes = delta_outcomes(strict, BAD_DELTAS[name](good_delta), only=name)
     assert not outcomes[name].success, outcomes[name].line()
     assert outcomes[name].failed  # severity fail by default
 
@@ -132,8 +149,19 @@ def test_quarantine_share_fails_above_threshold(cfg, good_delta):
     assert outcome.top_values[0] == {"value": "user_id:missing", "count": 30}
 
 
-def test_failure_carries_examples_rows(cfg, good_delta):
-    outcome = delta_outcomes(cfg, _with(good_delta, event_type=(3, "hover")),
+def test_row_level_checks_reject_a_share_of_bad_rows_never_one(cfg, good_delta):
+    """One bad row in 400 passes at the default tolerance (mostly 0.99); 2% fail (issue 11.7)."""
+    one = delta_outcomes(cfg, _with(good_delta, item_id=(9, "item 12")), only="delta")
+    assert one["delta.id_format.item_id"].success
+    assert one["delta.id_format.item_id"].unexpected_count == 1
+    assert "for >= 99.00% of rows" in one["delta.id_format.item_id"].expected
+    many = good_delta.copy()
+    many.loc[:7, "item_id"] = "item 12"
+    assert not delta_outcomes(cfg, many, only="delta")["delta.id_format.item_id"].success
+
+
+def test_failure_carries_examples_rows(strict, good_delta):
+    outcome = delta_outcomes(strict, _with(good_delta, event_type=(3, "hover")),
                              only="delta")["delta.event_types"]
     assert outcome.unexpected_count == 1
     assert outcome.examples[0]["event_type"] == "hover"
@@ -151,8 +179,8 @@ BAD_WINDOWS = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_WINDOWS))
-def test_each_window_expectation_fails_on_its_bad_batch(cfg, good_window, name):
-    outcomes = window_outcomes(cfg, BAD_WINDOWS[name](good_window))
+def test_each_window_expectation_fails_on_its_bad_batch(strict, good_window, name):
+    outcomes = window_outcomes(strict, BAD_WINDOWS[name](good_window))
     assert not outcomes[name].success, outcomes[name].line()
 
 
@@ -209,7 +237,7 @@ def test_failing_day_is_rejected_with_a_human_summary(tmp_path, monkeypatch, goo
 
 
 def test_examples_rows_in_summary(tmp_path, monkeypatch, good_delta, capsys):
-    _setup(tmp_path, monkeypatch, _with(good_delta, user_id=(9, "user 12")))
+    _setup(tmp_path, monkeypatch, _many(good_delta, user_id="user 12"))  # 2.5% of the rows
     assert stage.main([]) == 65
     err = capsys.readouterr().err
     assert "delta.id_format.user_id" in err and "user_id=user 12" in err
@@ -277,9 +305,9 @@ def test_warn_severity_reports_without_failing(tmp_path, monkeypatch, good_delta
 
 def test_window_failure_fails_without_rejecting_a_day(tmp_path, monkeypatch, good_delta, capsys):
     _setup(tmp_path, monkeypatch, good_delta)
-    # A damaged history partition: an event id repeated on another day.
+    # A damaged history partition: event ids repeated on another day (more than the tolerance).
     old = F.day_events(RUN - dt.timedelta(days=5), n=400)
-    old.loc[0, "event_id"] = good_delta.loc[0, "event_id"]
+    old.loc[:99, "event_id"] = good_delta.loc[:99, "event_id"].to_numpy()
     F.write_history(tmp_path / "data/history", old)
     assert stage.main([]) == 65
     err = capsys.readouterr().err
@@ -297,7 +325,7 @@ def test_first_day_rejected_leaves_an_empty_window(tmp_path, monkeypatch, good_d
 
 
 def test_report_reads_offline(tmp_path, monkeypatch, good_delta):
-    _setup(tmp_path, monkeypatch, _with(good_delta, event_type=(3, "hover")))
+    _setup(tmp_path, monkeypatch, _many(good_delta, event_type="hover"))
     assert stage.main([]) == 65
     page = (tmp_path / "reports/validation/2026-11-21.html").read_text()
     assert "delta.event_types" in page and "hover" in page and "<style>" in page

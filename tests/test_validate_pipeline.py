@@ -101,7 +101,15 @@ def test_bad_day_stops_the_pipeline_and_stays_out_until_admitted(ws, redis_clien
     ws.set_run_date(dt.date(2026, 11, 18))
     proc = ws.dvc("repro", "filter_noise")
     assert "left out of the training window: 2026-11-16" in proc.stdout
-    assert "2026-11-16" not in _clean_days(ws) and "2026-11-17" in _clean_days(ws)
+    # Nothing the rejected run wrote reaches training: its own day file and its arrivals in other
+    # days (late and clock-skewed events); other runs' late events of 2026-11-16 do.
+    from dailyrec import history
+
+    rejected_run = history.run_files(ws.path / "data/history", dt.date(2026, 11, 17))
+    assert any(p.name.startswith("arrived-") for p in rejected_run)
+    written = {e for p in rejected_run for e in pq.read_table(p)["event_id"].to_pylist()}
+    clean_ids = set(pq.read_table(clean, columns=["event_id"])["event_id"].to_pylist())
+    assert written and not written & clean_ids and "2026-11-17" in _clean_days(ws)
     metrics = json.loads(filter_metrics.read_text())
     assert metrics["window"]["rejected_days_left_out"] == ["2026-11-16"]
     # This time DVC records the ledger, rejection included.
@@ -114,5 +122,7 @@ def test_bad_day_stops_the_pipeline_and_stays_out_until_admitted(ws, redis_clien
     assert "data/rejections.json" in ws.dvc("status", "filter_noise").stdout
     ws.dvc("repro", "filter_noise")
     assert {"2026-11-15", "2026-11-16", "2026-11-17"} <= _clean_days(ws)
+    clean_ids = set(pq.read_table(clean, columns=["event_id"])["event_id"].to_pylist())
+    assert written & clean_ids  # the run's events are back (those filter_noise keeps)
     assert json.loads(filter_metrics.read_text())["window"]["rejected_days_left_out"] == []
     assert _ledger(ws)["2026-11-16"]["admitted_by"] == "tester"

@@ -281,7 +281,7 @@ def score_published(bundle: artifacts.ModelBundle, split: Split, train_config: T
             pd.Timestamp(split.holdout_start).tz_convert(None):
         mapped = MappedRecommender(bundle, split.train.user_ids, split.train.item_ids)
         return score(mapped, split, config.cutoffs), "artifact"
-    published_config = train_from_dict(bundle.meta.get("params") or {})
+    published_config = train_from_dict(bundle.meta.get("params") or {}, train_config.as_dict())
     if published_config.replace(device=train_config.device, track_loss=train_config.track_loss) \
             == train_config:
         return candidate, "refit"  # same configuration on the same split: the same model

@@ -29,8 +29,9 @@ def read_events(path: Path, columns: list[str] | None = None) -> pa.Table:
     """Canonical events (the key columns by default) from a Parquet file."""
     if not Path(path).exists():
         raise ConfigError(f"{path} not found: run filter_noise first")
-    columns = columns or C.MATRIX_COLUMNS
-    missing = [c for c in columns if c not in pq.read_schema(path).names]
+    names = pq.read_schema(path).names
+    columns = columns or C.MATRIX_COLUMNS + (["quantity"] if "quantity" in names else [])
+    missing = [c for c in columns if c not in names]
     if missing:
         raise DataError(f"{path}: not canonical events, missing columns {missing}")
     table = pq.read_table(path, columns=columns)

@@ -38,16 +38,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dailyrec import privacy
 from dailyrec import schema as S
 from dailyrec.errors import ConfigError, DataError
-from dailyrec.history import partition_days, partition_rows, select_window, window_files
+from dailyrec.history import day_rows, select_window
 from dailyrec.quality import rejections as R
 from dailyrec.settings import day_window
 from dailyrec.settings.quality import ValidateSettings
 
 # GX's pandas type names: dtype.type of a pandas 3 string column is `str`, of a tz-aware timestamp
 # column `Timestamp` (a tz-naive one is datetime64 and fails, as it should).
-GX_TYPES = {pa.string(): "str", pa.timestamp("us", tz="UTC"): "Timestamp"}
+GX_TYPES = {pa.string(): "str", pa.timestamp("us", tz="UTC"): "Timestamp",
+            pa.float64(): "float64"}
 EXAMPLE_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts", "source"]
 
 
@@ -105,6 +107,13 @@ def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons:
                  trailing: list[int]) -> list[Suite]:
     start, end = day_window(cfg.run_date)
     c = cfg.checks
+
+    def mostly(check: str) -> float:
+        return c[check]["mostly"]
+
+    def _share(text: str, check: str) -> str:
+        return _tolerance(text, mostly(check))
+
     plan: list[Planned] = [
         Planned("delta.columns", "columns",
                 lambda x: x.ExpectTableColumnsToMatchSet(column_set=list(S.COLUMNS),
@@ -118,26 +127,32 @@ def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons:
                             f"{f.type} (pandas type {GX_TYPES[f.type]})"))
     for col in S.REQUIRED:
         plan.append(Planned(f"delta.not_null.{col}", "not_null",
-                            lambda x, n=col: x.ExpectColumnValuesToNotBeNull(column=n), "no NULLs"))
+                            lambda x, n=col: x.ExpectColumnValuesToNotBeNull(
+                                column=n, mostly=mostly("not_null")),
+                            _share("no NULLs", "not_null")))
     plan.append(Planned("delta.event_types", "event_types",
-                        lambda x: x.ExpectColumnValuesToBeInSet(column="event_type",
-                                                                value_set=list(S.EVENT_TYPES)),
-                        f"one of {list(S.EVENT_TYPES)}"))
-    oldest = start - dt.timedelta(days=c["ts_in_window"]["max_late_days"])
+                        lambda x: x.ExpectColumnValuesToBeInSet(
+                            column="event_type", value_set=list(S.EVENT_TYPES),
+                            mostly=mostly("event_types")),
+                        _share(f"one of {list(S.EVENT_TYPES)}", "event_types")))
+    oldest = start - cfg.max_late
     newest = end + cfg.skew
     plan.append(Planned("delta.ts_in_window", "ts_in_window",
-                        lambda x: x.ExpectColumnValuesToBeBetween(column="ts", min_value=oldest,
-                                                                  max_value=newest),
-                        f"{_iso(oldest)} .. {_iso(newest)} (late writes up to "
-                        f"{c['ts_in_window']['max_late_days']} days, clock skew "
-                        f"{cfg.skew.total_seconds() / 60:g} min)"))
+                        lambda x: x.ExpectColumnValuesToBeBetween(
+                            column="ts", min_value=oldest, max_value=newest,
+                            mostly=mostly("ts_in_window")),
+                        _share(f"{_iso(oldest)} .. {_iso(newest)} (late writes up to "
+                               f"{cfg.max_late.days} days, clock skew "
+                               f"{cfg.skew.total_seconds() / 60:g} min)", "ts_in_window")))
     for col in ("event_id", "user_id", "item_id"):
         plan.append(Planned(f"delta.id_format.{col}", "id_format",
                             lambda x, n=col: x.ExpectColumnValuesToMatchRegex(
-                                column=n, regex=S.ID_REGEX.pattern),
-                            f"matches {S.ID_REGEX.pattern}"))
+                                column=n, regex=S.ID_REGEX.pattern, mostly=mostly("id_format")),
+                            _share(f"matches {S.ID_REGEX.pattern}", "id_format")))
     plan.append(Planned("delta.event_id_unique", "event_id_unique",
-                        lambda x: x.ExpectColumnValuesToBeUnique(column="event_id"), "unique"))
+                        lambda x: x.ExpectColumnValuesToBeUnique(
+                            column="event_id", mostly=mostly("event_id_unique")),
+                        _share("unique", "event_id_unique")))
     fresh_from = end - dt.timedelta(minutes=c["freshness"]["max_age_minutes"])
     plan.append(Planned("delta.freshness", "freshness",
                         lambda x: x.ExpectColumnMaxToBeBetween(column="ts", min_value=fresh_from),
@@ -185,21 +200,32 @@ def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons:
 def window_suites(cfg: ValidateSettings, window: pd.DataFrame, first: dt.date) -> list[Suite]:
     lo = dt.datetime.combine(first, dt.time(), tzinfo=dt.timezone.utc)
     hi = dt.datetime.combine(cfg.run_date, dt.time(), tzinfo=dt.timezone.utc)
+    def mostly(check: str) -> float:
+        return cfg.checks[check]["mostly"]
+
+    def _share(text: str, check: str) -> str:
+        return _tolerance(text, mostly(check))
+
     plan = [Planned(f"window.not_null.{col}", "not_null",
-                    lambda x, n=col: x.ExpectColumnValuesToNotBeNull(column=n), "no NULLs")
+                    lambda x, n=col: x.ExpectColumnValuesToNotBeNull(
+                        column=n, mostly=mostly("not_null")), _share("no NULLs", "not_null"))
             for col in window.columns]
     min_events = cfg.checks["window"]["min_events"]
     plan += [
         Planned("window.event_types", "event_types",
                 lambda x: x.ExpectColumnValuesToBeInSet(column="event_type",
-                                                        value_set=list(S.EVENT_TYPES)),
-                f"one of {list(S.EVENT_TYPES)}"),
+                                                        value_set=list(S.EVENT_TYPES),
+                                                        mostly=mostly("event_types")),
+                _share(f"one of {list(S.EVENT_TYPES)}", "event_types")),
         Planned("window.ts_in_window", "ts_in_window",
                 lambda x: x.ExpectColumnValuesToBeBetween(column="ts", min_value=lo, max_value=hi,
-                                                          strict_max=True),
-                f"{_iso(lo)} .. {_iso(hi)} (excluded)"),
+                                                          strict_max=True,
+                                                          mostly=mostly("ts_in_window")),
+                _share(f"{_iso(lo)} .. {_iso(hi)} (excluded)", "ts_in_window")),
         Planned("window.event_id_unique", "event_id_unique",
-                lambda x: x.ExpectColumnValuesToBeUnique(column="event_id"), "unique"),
+                lambda x: x.ExpectColumnValuesToBeUnique(column="event_id",
+                                                         mostly=mostly("event_id_unique")),
+                _share("unique", "event_id_unique")),
         Planned("window.events", "window",
                 lambda x: x.ExpectTableRowCountToBeBetween(min_value=min_events),
                 f">= {min_events:,} events in the training window"),
@@ -210,8 +236,10 @@ def window_suites(cfg: ValidateSettings, window: pd.DataFrame, first: dt.date) -
                                         ignore_index=True).astype("str")})
     id_plan = [Planned("window_ids.id_format", "id_format",
                        lambda x: x.ExpectColumnValuesToMatchRegex(column="id",
-                                                                  regex=S.ID_REGEX.pattern),
-                       f"every distinct user_id and item_id matches {S.ID_REGEX.pattern}")]
+                                                                  regex=S.ID_REGEX.pattern,
+                                                                  mostly=mostly("id_format")),
+                       _share(f"every distinct user_id and item_id matches {S.ID_REGEX.pattern}",
+                              "id_format"))]
     return [Suite("window", window, plan), Suite("window_ids", ids, id_plan)]
 
 
@@ -306,18 +334,17 @@ def read_quarantine_reasons(path: Path) -> pd.Series:
 
 def trailing_volumes(cfg: ValidateSettings, history: Path, excluded: set[dt.date]) -> list[int]:
     """Row counts of the trusted days before the delta's day (Parquet metadata only)."""
-    n = cfg.checks["volume"]["trailing_days"]
-    first = cfg.day - dt.timedelta(days=n)
-    days = [d for d in partition_days(history) if first <= d < cfg.day and d not in excluded]
-    return [partition_rows(history, d) for d in days]
+    chosen = select_window(history, cfg.day, cfg.checks["volume"]["trailing_days"], excluded)
+    # A rejected day is left out whole: what other runs wrote into it is not a day's volume.
+    return [n for d, n in day_rows(chosen.files).items() if d not in excluded]
 
 
-def read_window(history: Path, days: list[dt.date]) -> pd.DataFrame:
-    """The key columns of the trusted window days (what training uses), canonical types."""
+def read_window(files: list[Path]) -> pd.DataFrame:
+    """The key columns of the trusted window's files (what training uses), canonical types."""
     cols = ["event_id", "user_id", "item_id", "event_type", "ts"]
     schema = pa.schema([S.EVENT_SCHEMA.field(c) for c in cols])
     tables = []
-    for path in window_files(history, days):  # files, not rows
+    for path in files:  # files, not rows
         try:
             tables.append(pq.read_table(path, columns=cols).cast(schema))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
@@ -363,15 +390,16 @@ def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, his
         rejected_now = True
     elif not delta_failed:
         cleared = R.clear_validation_rejection(ledger, cfg.day, cfg.run_date)
-    # Saved first: the rejection must outlive whatever happens next (see dailyrec/quality/rejections.py).
+    # Saved first: the rejection must outlive whatever happens next (quality/rejections.py).
     R.save(ledger, ledger_path)
 
     excluded = R.rejected_days(ledger)
     first = cfg.run_date - dt.timedelta(days=cfg.window_days)
-    trusted, _ = select_window(history, cfg.run_date, cfg.window_days, excluded)
+    chosen = select_window(history, cfg.run_date, cfg.window_days, excluded)
+    trusted = chosen.days
     window_events = 0
     if cfg.checks["window"]["enabled"]:
-        window = read_window(history, trusted)
+        window = read_window(chosen.files)
         window_events = len(window)
         window_outcomes = run_suites(window_suites(cfg, window, first), cfg)
         outcomes += window_outcomes
@@ -396,7 +424,7 @@ def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, his
 
 def payload(cfg: ValidateSettings, v: Verdict) -> dict:
     """metrics/validation.json (its shape: dailyrec.metrics.VALIDATION). No durations: filter_noise
-    depends on this file."""
+    depends on this file. Committed to git: example rows name people by salted hashes only."""
     return {
         "run_date": cfg.run_date.isoformat(),
         "day": cfg.day.isoformat(),
@@ -415,12 +443,17 @@ def payload(cfg: ValidateSettings, v: Verdict) -> dict:
             **({"unexpected_count": o.unexpected_count, "unexpected_percent": o.unexpected_percent}
                if o.unexpected_count is not None else {}),
             **({"note": o.note} if o.note else {}),
-            **({"examples": o.examples} if o.examples else {}),
+            **({"examples": privacy.pseudonymise(o.examples)} if o.examples else {}),
         } for o in v.outcomes},
     }
 
 
 # ---------------------------------------------------------------------------------------------
+
+def _tolerance(text: str, mostly: float) -> str:
+    """The expectation in words, with its tolerance: a day fails for a share of bad rows."""
+    return text if mostly >= 1 else f"{text} for >= {mostly:.2%} of rows"
+
 
 def _iso(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from dailyrec import schema as S
 from dailyrec.errors import DataError
 from dailyrec.files import tmp_path
-from dailyrec.history import select_window, window_files
+from dailyrec.history import select_window
 from dailyrec.settings.quality import FilterSettings
 
 RULES = ("crawler_ua", "behaviour", "internal", "repeated", "min_support")
@@ -88,13 +88,17 @@ def _coded(column: pa.ChunkedArray) -> Coded:
                             .to_numpy(zero_copy_only=False) for c in column.chunks])
     return Coded(codes.astype(np.int32, copy=False), values)
 
-def read_window(history: Path, days: list[dt.date]) -> Window:
+def read_window(files: list[Path], days: list[dt.date] = ()) -> Window:
+    """The window's events from its history files, dictionary-encoded, in time order."""
     dict_schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
                              if f.name in DICTIONARY_COLUMNS else f for f in S.EVENT_SCHEMA])
     tables = []
-    for path in window_files(history, days):  # files, not events
+    for path in files:  # files, not events
         try:
             t = pq.read_table(path, read_dictionary=DICTIONARY_COLUMNS)
+            for f in S.EVENT_SCHEMA:  # files written before a nullable column existed
+                if f.nullable and f.name not in t.column_names:
+                    t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
             tables.append(t.select(list(S.COLUMNS)).cast(dict_schema))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
             raise DataError(f"{path}: not canonical events ({err})") from None
@@ -407,8 +411,9 @@ def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -
     """Read the window (rejected days left out), apply the rules, write the kept events to out;
     returns the counts (filter_noise writes them as metrics/filter.json)."""
     started = time.perf_counter()
-    used, left_out = select_window(history, cfg.run_date, cfg.window_days, rejected)
-    w = read_window(history, used)
+    chosen = select_window(history, cfg.run_date, cfg.window_days, rejected)
+    used, left_out = chosen.days, chosen.left_out
+    w = read_window(chosen.files, used)
     w.left_out = left_out
     read_s = time.perf_counter() - started
     result = apply_rules(w, cfg)

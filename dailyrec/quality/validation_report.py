@@ -3,9 +3,11 @@ and the short summary validate prints, both from templates/validation.{html,txt}
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
+from dailyrec import privacy
 from dailyrec.files import write_text
 from dailyrec.quality.expectations import Verdict
 from dailyrec.render import render
@@ -34,7 +36,11 @@ def write(cfg: ValidateSettings, verdict: Verdict, report_dir: Path) -> Path:
             old.unlink()
     others = sorted({p.stem for p in report_dir.glob("????-??-??.html")} |
                     {cfg.run_date.isoformat()}, reverse=True)
-    page = render(HTML_TEMPLATE, cfg=cfg, verdict=verdict, others=others)
+    # The page is committed to git: example rows name people by salted hashes only.
+    shown = dataclasses.replace(verdict, outcomes=[
+        dataclasses.replace(o, examples=privacy.pseudonymise(o.examples))
+        for o in verdict.outcomes])
+    page = render(HTML_TEMPLATE, cfg=cfg, verdict=shown, others=others)
     path = page_path(report_dir, cfg.run_date)
     for target in (path, report_dir / "index.html"):
         write_text(target, page)

@@ -11,7 +11,8 @@ from dailyrec.settings import ConfigError, Params, day_window, run_date
 
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 WINDOW_FORMATS = ("epoch_s", "epoch_ms", "datetime")
-TABLE_KEYS = ("window_column", "window_format", "lookback_days", "columns", "event_types")
+TABLE_KEYS = ("window_column", "window_format", "lookback_days", "columns", "event_types",
+              "event_type", "ignore_event_types")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class TableConfig:
     lookback_days: int = 0
     columns: dict[str, str] = field(default_factory=dict)
     event_types: dict[str, str] = field(default_factory=dict)
+    event_type: str | None = None  # every row is this type: a click log has no type column
+    ignore_event_types: tuple[str, ...] = ()  # sent but not interest: counted, not quarantined
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Window:
     end: dt.datetime  # exclusive, UTC
     max_future: dt.datetime  # events after this are ts:future
     min_ts: dt.datetime  # events before this are ts:too_old (outside the kept history)
+    max_late: dt.timedelta = dt.timedelta(days=3)  # events more this before start: ts:too_late
 
 
 def _identifier(params: Params, key: str, value: object) -> str:
@@ -72,6 +76,18 @@ def source(params: Params) -> SourceSettings:
             if target not in S.EVENT_TYPES:
                 raise params.fail(f"{where}.event_types.{spelling}", f"one of {S.EVENT_TYPES}",
                                   target)
+        constant = params.get(f"{where}.event_type", None)
+        if constant is not None and constant not in S.EVENT_TYPES:
+            raise params.fail(f"{where}.event_type", f"one of {S.EVENT_TYPES} (the type of "
+                              "every row of a table without a type column)", constant)
+        ignore = params.items(f"{where}.ignore_event_types", [])
+        if not all(isinstance(t, str) and t.strip() for t in ignore):
+            raise params.fail(f"{where}.ignore_event_types", "a list of event type names", ignore)
+        clash = sorted({S.fold_event_type(t) for t in ignore} &
+                       ({S.fold_event_type(k) for k in event_types} | set(S.EVENT_TYPES)))
+        if clash:
+            raise ConfigError(f"{params.source}: {where}.ignore_event_types: {clash} are also "
+                              "mapped or canonical types; a type is either used or ignored")
         configs.append(TableConfig(
             name=name,
             window_column=_identifier(params, f"{where}.window_column",
@@ -80,6 +96,8 @@ def source(params: Params) -> SourceSettings:
             lookback_days=params.integer(f"{where}.lookback_days", low=0, default=0),
             columns={f: _identifier(params, f"{where}.columns.{f}", c) for f, c in columns.items()},
             event_types=event_types,
+            event_type=constant,
+            ignore_event_types=tuple(ignore),
         ))
     return SourceSettings(tables=tuple(configs),
                           chunk_rows=params.integer("source.chunk_rows", low=1))
@@ -95,7 +113,14 @@ def clock_skew(params: Params) -> dt.timedelta:
     return dt.timedelta(minutes=params.number("fetch.max_clock_skew_minutes", low=0))
 
 
+def max_late(params: Params) -> dt.timedelta:
+    """fetch.max_late_days: how long before the window an event may have happened and still be
+    fetched (written late); older ones are quarantined as ts:too_late, row by row."""
+    return dt.timedelta(days=params.integer("fetch.max_late_days", low=0))
+
+
 def fetch_window(params: Params) -> Window:
     start, end = day_window(run_date(params))
     return Window(start=start, end=end, max_future=end + clock_skew(params),
-                  min_ts=end - dt.timedelta(days=history_days(params)))
+                  min_ts=end - dt.timedelta(days=history_days(params)),
+                  max_late=max_late(params))

@@ -9,9 +9,11 @@ from dailyrec import schema as S
 from dailyrec.settings import ConfigError, Params, of
 
 TRANSFORMS = ("linear", "log")
+QUANTITY_TRANSFORMS = ("linear", "log")
 DEVICES = ("auto", "cpu", "gpu")
 TRAIN_KEYS = ("event_weights", "decay_half_life_days", "confidence", "alpha", "eps", "factors",
-              "regularization", "iterations", "random_state", "device", "track_loss")
+              "regularization", "iterations", "random_state", "device", "track_loss",
+              "quantity_transform", "quantity_cap")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class ConfidenceConfig:
     transform: str  # one of TRANSFORMS
     alpha: float
     eps: float
+    quantity_transform: str  # one of QUANTITY_TRANSFORMS
+    quantity_cap: float
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +73,9 @@ def train(params: Params) -> TrainConfig:
         decay_half_life_days=params.number("train.decay_half_life_days", low=0),
         transform=params.choice("train.confidence", TRANSFORMS),
         alpha=params.number("train.alpha", low=0, strict=True),
-        eps=params.number("train.eps", low=0, strict=True))
+        eps=params.number("train.eps", low=0, strict=True),
+        quantity_transform=params.choice("train.quantity_transform", QUANTITY_TRANSFORMS),
+        quantity_cap=params.number("train.quantity_cap", low=0, strict=True))
     return TrainConfig(
         confidence=confidence,
         factors=params.integer("train.factors", low=1),
@@ -80,6 +86,8 @@ def train(params: Params) -> TrainConfig:
         track_loss=params.flag("train.track_loss"))
 
 
-def train_from_dict(section: dict[str, Any]) -> TrainConfig:
-    """A train section kept elsewhere (a model's meta.json), checked like params.yaml's."""
-    return train(of({"train": section}))
+def train_from_dict(section: dict[str, Any], fallback: dict[str, Any] | None = None
+                    ) -> TrainConfig:
+    """A train section kept elsewhere (a model's meta.json), checked like params.yaml's. Keys a
+    model saved before they existed take their values from `fallback` (today's section)."""
+    return train(of({"train": {**(fallback or {}), **section}}))

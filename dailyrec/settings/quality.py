@@ -8,18 +8,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from dailyrec.settings import ConfigError, Params, run_date
-from dailyrec.settings.ingest import clock_skew
+from dailyrec.settings.ingest import clock_skew, max_late
 
 SEVERITIES = ("warn", "fail")
 # validate.<check>: the keys each check takes and what they hold.
 CHECKS: dict[str, dict[str, str]] = {
     "columns": {"severity": "severity"},
     "types": {"severity": "severity"},
-    "not_null": {"severity": "severity"},
-    "event_types": {"severity": "severity"},
-    "id_format": {"severity": "severity"},
-    "event_id_unique": {"severity": "severity"},
-    "ts_in_window": {"severity": "severity", "max_late_days": "count"},
+    "not_null": {"severity": "severity", "mostly": "share"},
+    "event_types": {"severity": "severity", "mostly": "share"},
+    "id_format": {"severity": "severity", "mostly": "share"},
+    "event_id_unique": {"severity": "severity", "mostly": "share"},
+    "ts_in_window": {"severity": "severity", "mostly": "share"},
     "freshness": {"severity": "severity", "max_age_minutes": "count"},
     "volume": {"severity": "severity", "trailing_days": "count", "min_history_days": "count",
                "low": "ratio", "high": "ratio", "min_events": "count"},
@@ -37,6 +37,7 @@ class ValidateSettings:
     report_days: int
     window_days: int
     skew: dt.timedelta
+    max_late: dt.timedelta
 
     @property
     def day(self) -> dt.date:
@@ -66,6 +67,8 @@ def validate(params: Params) -> ValidateSettings:
                 values[key] = params.flag(f"{where}.{key}")
             elif kind == "count":
                 values[key] = params.integer(f"{where}.{key}", low=0)
+            elif kind == "share":
+                values[key] = params.number(f"{where}.{key}", low=0, high=1)
             else:
                 values[key] = params.number(f"{where}.{key}", low=0)
         checks[name] = values
@@ -74,7 +77,8 @@ def validate(params: Params) -> ValidateSettings:
     return ValidateSettings(run_date=run_date(params), checks=checks,
                             examples=params.integer("validate.examples", low=0),
                             report_days=params.integer("validate.report_days", low=0),
-                            window_days=window_days(params), skew=clock_skew(params))
+                            window_days=window_days(params), skew=clock_skew(params),
+                            max_late=max_late(params))
 
 
 # --- filter --------------------------------------------------------------------------------------

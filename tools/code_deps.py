@@ -1,4 +1,8 @@
-"""Static import analysis of the project's own code: which project files a module brings in.
+"""Which project files a module brings in, and dvc.yaml's code deps kept in step with them.
+
+    python -m tools.code_deps            list, per stage, code deps dvc.yaml lacks or has in excess
+    python -m tools.code_deps --write    rewrite each stage's code deps in dvc.yaml (comments,
+                                         data deps and everything else stay as they are)
 
 Every `import x` and `from x import y` anywhere in a file counts, the ones inside functions too
 (lazy imports run as well), and so do the packages' __init__.py files Python executes on the way.
@@ -94,3 +98,78 @@ def closure(start: Path) -> set[Path]:
 
 def relative(paths: set[Path]) -> list[str]:
     return sorted(p.relative_to(ROOT).as_posix() for p in paths)
+
+
+def stage_closure(module: str) -> list[str]:
+    """The code deps of a stage whose command is `python -m module`: its file first."""
+    start = ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    files = relative(closure(start))
+    first = start.relative_to(ROOT).as_posix()
+    return [first] + [f for f in files if f != first]
+
+
+def is_code(path: str) -> bool:
+    return path.split("/", 1)[0] in PACKAGES and path.endswith((".py", ".j2"))
+
+
+def rewrite(text: str, wanted: dict[str, list[str]]) -> str:
+    """dvc.yaml's text with each stage's code deps replaced by wanted[stage] (data deps kept,
+    after them)."""
+    import re
+
+    out, stage, in_deps, indent = [], None, False, ""
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.match(r"^  ([A-Za-z_][\w-]*):\s*$", line)
+        if m:
+            stage, in_deps = m.group(1), False
+        if stage in wanted and re.match(r"^    deps:\s*$", line):
+            out.append(line)
+            i += 1
+            data = []
+            while i < len(lines) and re.match(r"^      - ", lines[i]):
+                item = lines[i].strip()[2:].strip()
+                if not is_code(item):
+                    data.append(lines[i])
+                i += 1
+            out += [f"      - {p}\n" for p in wanted[stage]] + data
+            continue
+        out.append(line)
+        i += 1
+    return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from dailyrec import pipeline
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps")
+    args = ap.parse_args(argv)
+    found = pipeline.load(ROOT / "dvc.yaml")
+    wanted = {s.name: stage_closure(s.module) for s in found.stages.values() if s.module}
+    if args.write:
+        path = ROOT / "dvc.yaml"
+        path.write_text(rewrite(path.read_text(), wanted))
+        print(f"rewrote the code deps of {len(wanted)} stages in {path}")
+        return 0
+    drift = 0
+    for name, files in wanted.items():
+        declared = {d for d in found.stages[name].deps if is_code(d)}
+        for f in sorted(set(files) - declared):
+            print(f"{name}: missing {f}")
+            drift += 1
+        for f in sorted(declared - set(files)):
+            print(f"{name}: stale {f}")
+            drift += 1
+    print("dvc.yaml's code deps match the imports" if not drift else
+          f"{drift} difference(s): python -m tools.code_deps --write", file=sys.stderr)
+    return 1 if drift else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
