@@ -149,7 +149,8 @@ GATE = MetricsFile(paths.GATE, "evaluate", {
     "most_popular": OPTIONAL_NUMBER, "lift": OPTIONAL_NUMBER, "min_lift": NUMBER,
     "published": OPTIONAL_NUMBER, "published_version": (int, str, type(None)),
     "drop": OPTIONAL_NUMBER, "max_drop": NUMBER,
-}, doc="the publish gate's verdict (publish obeys `passed`)")
+    "model_md5": OPTIONAL_TEXT,  # the DVC hash of the models/ it judged: publish checks it
+}, doc="the publish gate's verdict on one model (publish obeys `passed` for that model only)")
 
 PUBLISH = MetricsFile(paths.PUBLISH_METRICS, "publish", {
     "run_date": str, "version": str, "previous_version": OPTIONAL_TEXT, "users": int,

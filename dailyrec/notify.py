@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import fcntl
 import hashlib
 import logging
 import os
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from dailyrec import env
 from dailyrec.errors import ConfigError
@@ -133,7 +134,7 @@ def deliver(msg: EmailMessage, settings: SmtpSettings, recipients: tuple[str, ..
 # Environment variables whose values are secrets (PWD and OLDPWD are directories, not passwords).
 _SECRET_NAME = re.compile(
     r"(?i)(password|passwd|passphrase|secret|token|api_?key|access_?key|account_?key|"
-    r"private_?key|credential|connection_?string|sas_?token|(^|_)(key|pwd|dsn)$)")
+    r"private_?key|credential|connection_?string|sas_?token|(^|_)(key|pwd|pass|pw|dsn)$)")
 _NOT_SECRET_NAMES = {"PWD", "OLDPWD"}
 _SECRET_KEY = (r"(?:[\w.\-]*(?:pass(?:word|wd|phrase)|pwd|secret|token|api[_-]?key|"
                r"access[_-]?key|account[_-]?key|private[_-]?key|credentials?|client[_-]?secret|"
@@ -159,8 +160,13 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
             continue
         if _SECRET_NAME.search(name) and name not in _NOT_SECRET_NAMES and len(value) >= 4:
             found.add(value)
-        for match in _URL_USERINFO.finditer(value):
-            _, _, password = match["userinfo"].partition(":")
+        candidates = [m["userinfo"].partition(":")[2] for m in _URL_USERINFO.finditer(value)]
+        if "://" in value and "@" in value:  # a whole URL: its password may hold spaces
+            try:
+                candidates.append(urlsplit(value.strip()).password or "")
+            except ValueError:
+                pass
+        for password in candidates:
             for candidate in (password, unquote(password)):
                 if len(candidate) >= 4:
                     found.add(candidate)
@@ -208,18 +214,28 @@ class Throttle:
 
     def admit(self, key: str, now: float | None = None) -> tuple[bool, int, float | None]:
         now = time.time() if now is None else now
-        try:
-            return self._admit_sqlite(key, now)
-        except (sqlite3.Error, OSError) as err:
-            log.warning("alert throttle state %s unusable (%s); throttling in this process only",
-                        self.path, err)
-            with self._fallback_lock:
-                last, held = self._fallback.get(key, (None, 0))
-                if last is not None and now - last < self.window:
-                    self._fallback[key] = (last, held + 1)
-                    return False, held + 1, last
-                self._fallback[key] = (now, 0)
-                return True, held, last
+        failure: Exception | None = None
+        for attempt in range(5):  # a locked database is waited for, not given up on
+            try:
+                return self._admit_sqlite(key, now)
+            except sqlite3.OperationalError as err:
+                failure = err
+                if "locked" not in str(err):
+                    break
+                time.sleep(0.05 * (attempt + 1))
+            except (sqlite3.Error, OSError) as err:
+                failure = err
+                break
+        # The state file cannot be used: throttle in this process only.
+        log.warning("alert throttle state %s unusable (%s); throttling in this process only",
+                    self.path, failure)
+        with self._fallback_lock:
+            last, held = self._fallback.get(key, (None, 0))
+            if last is not None and now - last < self.window:
+                self._fallback[key] = (last, held + 1)
+                return False, held + 1, last
+            self._fallback[key] = (now, 0)
+            return True, held, last
 
     _local = threading.local()  # one connection per thread and process, kept open
 
@@ -231,14 +247,19 @@ class Throttle:
         if key in cache:
             return cache[key]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                              check_same_thread=False)
-        # WAL + synchronous=NORMAL: a held-back alert costs a fraction of a millisecond, which
-        # matters when every request of an error storm comes through here.
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        con.execute("CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, "
-                    "last_sent REAL NOT NULL, held INTEGER NOT NULL DEFAULT 0)")
+        # Switching a fresh file to WAL takes an exclusive lock that SQLite's busy timeout does
+        # not wait for: processes opening it at once (a storm hitting every gunicorn worker) got
+        # "database is locked", throttled only themselves, and each mailed. One at a time here.
+        with open(self.path.with_name(self.path.name + ".setup-lock"), "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                  check_same_thread=False)
+            # WAL + synchronous=NORMAL: a held-back alert costs a fraction of a millisecond,
+            # which matters when every request of an error storm comes through here.
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, "
+                        "last_sent REAL NOT NULL, held INTEGER NOT NULL DEFAULT 0)")
         cache[key] = con
         return con
 
@@ -349,6 +370,67 @@ def alert(subject: str, error: BaseException | None = None, context: dict | None
         return False
 
 
+class AlertQueue:
+    """Alerts sent off the caller's thread, from a bounded queue: a request never waits on the
+    throttle's state file or on SMTP. When the queue is full (SMTP hanging through a storm) the
+    alert is dropped and counted; the throttle counts held-back mails once sending resumes."""
+
+    def __init__(self, size: int = 100):
+        import queue
+
+        self.queue: "queue.Queue" = queue.Queue(maxsize=size)
+        self.dropped = 0
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def put(self, subject: str, **kwargs) -> bool:
+        """Queue an alert; False when the queue is full (it is dropped, and counted)."""
+        import queue
+
+        self._start()
+        try:
+            self.queue.put_nowait((subject, kwargs))
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def _start(self) -> None:
+        with self._lock:  # one sender per process (gunicorn forks workers after import)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="alert-sender",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            subject, kwargs = self.queue.get()
+            try:
+                alert(subject, **kwargs)
+            finally:
+                self.queue.task_done()
+
+    def join(self) -> None:
+        """Wait until every queued alert has been handled (tests, shutdown)."""
+        self.queue.join()
+
+
+_queue = AlertQueue()
+
+
+def alert_later(subject: str, error: BaseException | None = None, context: dict | None = None,
+                log_tail: str | None = None, throttle_minutes: float | None = None) -> bool:
+    """alert(), from a background thread; returns at once (False if the queue was full)."""
+    return _queue.put(subject, error=error, context=context, log_tail=log_tail,
+                      throttle_minutes=throttle_minutes)
+
+
+def wait_for_alerts() -> None:
+    _queue.join()
+
+
 def _alert(subject: str, error: BaseException | None, context: dict | None,
            log_tail: str | None, minutes: float) -> bool:
     secrets = secret_values()
@@ -367,7 +449,8 @@ def _alert(subject: str, error: BaseException | None, context: dict | None,
         return False
     body = alert_body(subject, error, context, log_tail, held, since, minutes)
     msg = EmailMessage()
-    msg["Subject"] = scrub(f"{SUBJECT_PREFIX} ALERT: {subject}", secrets).replace("\n", " ")
+    # One line: a \r or \n in a subject would make the header invalid and the alert be dropped.
+    msg["Subject"] = re.sub(r"[\r\n]+", " ", scrub(f"{SUBJECT_PREFIX} ALERT: {subject}", secrets))
     msg.set_content(scrub(body, secrets))
     if deliver(msg, settings, settings.alert_to):
         return True

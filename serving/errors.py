@@ -3,9 +3,9 @@
     4xx (bad input, unknown route, wrong method)  -> that status, {"error", "message"}
     Redis down / nothing published                -> 503 with Retry-After; the process carries on
                                                      and answers again as soon as Redis does
-    anything else                                 -> 500, logged with its traceback and sent to
-                                                     dailyrec.notify.alert; the client gets only the
-                                                     request id to quote
+    anything else                                 -> 500, logged with its traceback and alerted
+                                                     (dailyrec.notify.alert_later: off the request
+                                                     thread); the client gets only the request id
 """
 
 from __future__ import annotations
@@ -57,12 +57,16 @@ def handle_error(err: Exception):
     _count("internal")
     current_app.logger.error("request %s %s %s failed", rid, request.method, request.path,
                              exc_info=err)
+    # Keyed by where it failed (the route's template, not the path with its user id, the
+    # exception type and the code location: notify.fingerprint), so a storm over many users is
+    # one alert; mailed off the request thread, from a bounded queue.
+    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
     try:
-        notify.alert(f"dailyrec API: {type(err).__name__} on {request.method} {request.path}",
-                     error=err, context={"request_id": rid, "method": request.method,
-                                         "path": request.path},
-                     throttle_minutes=float(current_app.config["ALERT_THROTTLE_MINUTES"]))
-    except Exception:  # alert() promises not to raise; a broken alert must not hide the 500
-        current_app.logger.exception("notify.alert failed")
+        notify.alert_later(f"dailyrec API: {type(err).__name__} on {request.method} {route}",
+                           error=err, context={"request_id": rid, "method": request.method,
+                                               "route": route, "path": request.path},
+                           throttle_minutes=float(current_app.config["ALERT_THROTTLE_MINUTES"]))
+    except Exception:  # a broken alert must not hide the 500
+        current_app.logger.exception("notify.alert_later failed")
     return _answer(500, "internal_error",
                    f"unexpected error; quote request id {rid} when reporting it")

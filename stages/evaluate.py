@@ -20,6 +20,7 @@ import sys
 import time
 
 from dailyrec import cli, env, metrics, paths, settings, tracking
+from dailyrec.files import dvc_md5
 from dailyrec.model import evaluation, training
 from dailyrec.settings import evaluation as eval_settings
 from dailyrec.settings import model, ops
@@ -41,7 +42,8 @@ def main_body(argv: list[str] | None) -> int:
     out = evaluation.evaluate(train_config, config, day, settings.window_end(params),
                               training.read_events(paths.CLEAN_EVENTS), published=published)
     report, gate = out["report"], out["gate"]
-    gate["run_date"] = report["run_date"]
+    # The gate names the model it judged: publish refuses a models/ with another hash.
+    gate.update(run_date=report["run_date"], model_md5=dvc_md5(paths.MODELS_DIR))
     metrics.EVAL.write(report)
     metrics.GATE.write(gate)
     evaluation.write_plots(paths.EVAL_PLOTS, out["curves"], max(config.cutoffs))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dailyrec import cli, env, metrics, paths, settings, tracking
 from dailyrec.errors import NotPublished, ServiceUnavailable
+from dailyrec.files import dvc_md5
 from dailyrec.model import artifacts
 from dailyrec.settings import ops
 from dailyrec.settings import serving as publish_settings
@@ -28,13 +29,20 @@ from dailyrec.store import connection, writer
 from dailyrec.store import keys as K
 
 
-def gate_decision(force: bool) -> dict:
-    """{"passed", "forced", "reason"}; NotPublished unless the gate passed or force is set."""
+def gate_decision(force: bool, models: Path) -> dict:
+    """{"passed", "forced", "reason"}; NotPublished unless the gate passed for this very model
+    (the hash it names is models/'s) or force is set."""
     gate = metrics.GATE.read()
-    if gate is not None and gate["passed"]:
+    model = dvc_md5(models)
+    if gate is not None and gate["passed"] and gate["model_md5"] == model:
         return {"passed": True, "forced": False, "reason": gate["reason"]}
-    why = (f"the quality gate failed ({paths.GATE}: {gate['reason']})" if gate is not None else
-           f"{paths.GATE} is missing or unreadable (run evaluate first)")
+    if gate is None:
+        why = f"{paths.GATE} is missing or unreadable (run evaluate first)"
+    elif not gate["passed"]:
+        why = f"the quality gate failed ({paths.GATE}: {gate['reason']})"
+    else:
+        why = (f"{paths.GATE} judged another model (models/ {gate['model_md5']}, this one is "
+               f"{model}): run evaluate on this model first")
     if not force:
         raise NotPublished(f"refusing to publish: {why}. The served version is unchanged; "
                            "`python -m stages.publish --force` publishes anyway.")
@@ -68,13 +76,13 @@ def run(args, client, layout: K.Layout, where: str) -> int:
             tracking.move_alias(registry, run["model_version"], throttle)
         return 0
     cfg, day = publish_settings.publish(params), settings.run_date(params)
-    gate = gate_decision(args.force)
-    run = metrics.MLFLOW.read() or {}
     import implicit.cpu.als  # noqa: F401  (loads the BLAS that the limit below must reach)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, "blas"):  # implicit warns (and slows) with a threaded BLAS
         bundle = artifacts.load(args.models)
+    gate = gate_decision(args.force, args.models)
+    run = metrics.MLFLOW.read() or {}
     summary = writer.publish(bundle, client, cfg, run_date=day, layout=layout, gate=gate,
                              model_run=run, progress=False if args.no_progress else None)
     summary.update(run_date=day.isoformat(), redis=where, gate=gate, model_run=run,

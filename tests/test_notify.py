@@ -151,6 +151,53 @@ def test_a_storm_of_one_error_across_processes_sends_one_mail_then_counts_it(
     assert "19 more occurrence(s) of this alert" in text_of(mailbox.messages[2])
 
 
+RACE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from dailyrec.notify import Throttle
+
+    path, start = Path(sys.argv[1]), float(sys.argv[2])
+    while time.time() < start:  # every process asks at the same instant
+        pass
+    print(int(Throttle(path, 60).admit("the same error")[0]))
+""")
+
+
+def test_the_shared_throttle_holds_when_processes_open_a_fresh_state_file_at_once(tmp_path):
+    """Eight processes opening a new state file at the same instant: exactly one may mail.
+    (Switching a fresh file to WAL needs an exclusive lock that SQLite's busy timeout does not
+    wait for; a process that lost that race used to throttle only itself, and mailed too.)"""
+    import time
+
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for round_ in range(6):
+        state = tmp_path / f"state{round_}" / "alerts.sqlite"
+        start = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, str(script), str(state), str(start)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(8)]
+        results = [p.communicate(timeout=60) for p in procs]
+        assert sum(int(out) for out, _ in results) == 1, [err for _, err in results if err]
+        assert not any("unusable" in err for _, err in results)
+
+
+def test_scrubbing_covers_pass_variables_spaced_url_passwords_and_subject_newlines(
+        alert_env, mailbox, monkeypatch):
+    monkeypatch.setenv("DB_PASS", "s3cret-db-pass")
+    monkeypatch.setenv("CACHE_URL", "redis://:pass with space@cache:6379/0")
+    assert "s3cret-db-pass" in notify.secret_values() and "pass with space" in \
+        notify.secret_values()
+    try:
+        raise ConnectionError("login s3cret-db-pass refused; cache pass with space down")
+    except ConnectionError as err:
+        assert notify.alert("two lines\r\nin a subject", error=err, throttle_minutes=0) is True
+    [msg] = mailbox.messages
+    assert msg["Subject"] == "[dailyrec] ALERT: two lines in a subject"
+    assert "s3cret-db-pass" not in text_of(msg) and "pass with space" not in text_of(msg)
+
+
 def test_smtp_down_is_logged_never_raised_and_the_lost_mail_is_counted(
         alert_env, monkeypatch, tmp_path, caplog):
     port = free_port()  # nothing listens here
@@ -201,9 +248,10 @@ def test_an_exception_in_a_route_mails_one_alert_with_traceback_and_no_secret(al
     response = client.get("/boom/7", headers={"Authorization": f"Bearer {HEADER_TOKEN}"})
     assert response.status_code == 500
     rid = response.get_json()["request_id"]
+    notify.wait_for_alerts()  # mailed off the request thread
     [msg] = mailbox.messages
     body = text_of(msg)
-    assert "RuntimeError on GET /boom/7" in msg["Subject"]
+    assert "RuntimeError on GET /boom/<int:user>" in msg["Subject"]
     assert "Traceback (most recent call last)" in body and "in boom" in body
     assert f"request_id: {rid}" in body and "path: /boom/7" in body
     for secret in SECRETS:
@@ -212,6 +260,7 @@ def test_an_exception_in_a_route_mails_one_alert_with_traceback_and_no_secret(al
     # A storm of the same error: every request still gets its 500, no more mail.
     for user in range(8, 40):
         assert client.get(f"/boom/{user}").status_code == 500
+    notify.wait_for_alerts()
     assert len(mailbox.messages) == 1
 
 

@@ -211,6 +211,19 @@ def test_command_line_gate_force_metrics_rollback_and_mlflow_alias(redis_server,
     assert alias_version(mlflow_client) == "1"
 
 
+def test_a_gate_that_judged_another_model_does_not_let_it_through(redis_server, redis_client,
+                                                                  tmp_path):
+    """Run by hand after a retrain, publish must not ship the new models/ on an older gate's
+    "passed": the gate names the model it judged, by hash (issue 12.5)."""
+    from dailyrec.model import artifacts
+
+    work = tm.workdir(tmp_path, tm.bundle(n_users=50, seed=1), gate={"passed": True})
+    artifacts.save(tm.bundle(n_users=50, seed=2), work / "models")  # retrained, not evaluated
+    refused = tm.run_publish(work, redis_server.url)
+    assert refused.returncode == 3 and "judged another model" in refused.stderr
+    assert served(redis_client) is None
+
+
 def test_command_line_errors_are_one_clear_line(redis_server, tmp_path):
     work = tm.workdir(tmp_path, tm.bundle(n_users=50), gate={"passed": True},
                       publish={"top_n": 0})

@@ -116,26 +116,31 @@ def test_nothing_published_is_a_503_with_retry_after(redis_server, redis_client)
     assert client.get("/healthz").status_code == 200
 
 
-def test_unexpected_error_is_a_500_with_request_id_and_an_alert(app, monkeypatch):
+def test_unexpected_error_is_a_500_with_request_id_and_an_alert(app, monkeypatch, tmp_path):
+    """The alert goes to a real SMTP server, off the request thread, keyed by the route."""
     from dailyrec import notify
+    from tests.mailbox import Mailbox, text_of
 
-    alerts = []
-    monkeypatch.setattr(notify, "alert", lambda subject, **kw: alerts.append((subject, kw)) or True)
-
-    @app.get("/explode")
-    def explode():
+    @app.get("/explode/<user>")
+    def explode(user):
         raise RuntimeError("secret detail from deep inside")
 
-    answer = app.test_client().get("/explode", headers={"X-Request-ID": "req-42"})
+    with Mailbox() as box:
+        for name, value in {**box.env(), "DAILYREC_STATE_DIR": str(tmp_path / "state")}.items():
+            monkeypatch.setenv(name, value)
+        answer = app.test_client().get("/explode/alice", headers={"X-Request-ID": "req-42"})
+        for user in ("bob", "carol", "dave", "erin", "frank"):  # a storm over many users
+            assert app.test_client().get(f"/explode/{user}").status_code == 500
+        notify.wait_for_alerts()
+        messages = box.messages
     assert answer.status_code == 500
     body = answer.get_json()
     assert body == {"error": "internal_error", "request_id": "req-42",
                     "message": "unexpected error; quote request id req-42 when reporting it"}
     assert "secret" not in answer.get_data(as_text=True)
-    assert len(alerts) == 1
-    subject, kw = alerts[0]
-    assert subject == "dailyrec API: RuntimeError on GET /explode"
-    assert isinstance(kw["error"], RuntimeError) and kw["context"]["request_id"] == "req-42"
+    [msg] = messages  # one mail for the storm: same route, exception and place in the code
+    assert msg["Subject"] == "[dailyrec] ALERT: dailyrec API: RuntimeError on GET /explode/<user>"
+    assert "request_id: req-42" in text_of(msg) and "path: /explode/alice" in text_of(msg)
 
 
 def test_metrics_count_requests_latency_fallbacks_and_errors(app):

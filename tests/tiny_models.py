@@ -62,6 +62,9 @@ def workdir(path: Path, model: artifacts.ModelBundle, *, gate: dict | None = Non
     artifacts.save(model, path / "models")
     (path / "metrics").mkdir(exist_ok=True)
     if gate is not None:
+        from dailyrec.files import dvc_md5
+
+        gate = {"model_md5": dvc_md5(path / "models"), **gate}
         (path / "metrics" / "gate.json").write_text(json.dumps(gate_file(**gate)))
     if mlflow_run is not None:
         (path / "metrics" / "mlflow.json").write_text(json.dumps(mlflow_record(**mlflow_run)))
@@ -74,7 +77,7 @@ def gate_file(passed: bool, reason: str | None = None, **more) -> dict:
             "reason": reason or ("passed: beats most-popular" if passed else "failed: too low"),
             "metric": "ndcg_at_20", "value": 0.3, "most_popular": 0.2, "lift": 0.5,
             "min_lift": 0.1, "published": None, "published_version": None, "drop": None,
-            "max_drop": 0.05, **more}
+            "max_drop": 0.05, "model_md5": None, **more}
 
 
 def mlflow_record(**given) -> dict:
