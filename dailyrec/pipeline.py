@@ -149,3 +149,23 @@ def status(env: dict | None = None, targets: list[str] = (), cwd: Path | None = 
         raise ConfigError(f"dvc status failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
     text = proc.stdout.strip()
     return json.loads(text[text.index("{"):]) if "{" in text else {}
+
+
+def push_revs(revs: list[str]) -> None:
+    """Push the DVC data of these git commits (what `dvc push` cannot do from the command line:
+    the runner calls it for days whose own push failed)."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        repo.push(revs=revs, workspace=False)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m dailyrec.pipeline")
+    sub = ap.add_subparsers(dest="command", required=True)
+    push_cmd = sub.add_parser("push", help="push the DVC data of these git commits")
+    push_cmd.add_argument("revs", nargs="+")
+    args = ap.parse_args()
+    push_revs(args.revs)

@@ -464,7 +464,8 @@ def _publish_lines(summary: dict) -> list[str]:
 # --------------------------------------------------------------------------- entry points
 
 def build(day: dt.date, metrics_dir: Path = METRICS_DIR, reports_dir: Path = REPORTS_DIR,
-          settings: ReportSettings | None = None, experiment: str | None = None) -> Report:
+          settings: ReportSettings | None = None, experiment: str | None = None,
+          notes: list[str] = ()) -> Report:
     """The day's report from its metrics files and the MLflow history. settings and experiment
     default to params.yaml's report and mlflow.experiment."""
     if settings is None or experiment is None:
@@ -476,6 +477,7 @@ def build(day: dt.date, metrics_dir: Path = METRICS_DIR, reports_dir: Path = REP
         experiment = experiment or ops.mlflow(params).experiment
     metric, runs = settings.main_metric, settings.chart_runs
     summary = summarize(metrics.snapshot(day, metrics_dir), metric)
+    summary["notes"] = list(notes)  # what the runner had to say: recoveries, a push to retry
     experiment = (summary["mlflow"] or {}).get("experiment") or experiment
     points, source = history(summary, metric, runs, reports_dir, experiment)
     earlier = [p for p in points if p.day < day]
@@ -521,11 +523,11 @@ def save(report: Report, reports_dir: Path = REPORTS_DIR) -> list[Path]:
 
 
 def daily_report(day: dt.date, send: bool = True, metrics_dir: Path = METRICS_DIR,
-                 reports_dir: Path = REPORTS_DIR) -> tuple[Report, bool]:
+                 reports_dir: Path = REPORTS_DIR, notes: list[str] = ()) -> tuple[Report, bool]:
     """Build, save and (unless send is False) mail the day's report; returns it and whether it
     was mailed."""
     from dailyrec import notify
 
-    report = build(day, metrics_dir, reports_dir)
+    report = build(day, metrics_dir, reports_dir, notes=notes)
     save(report, reports_dir)
     return report, (notify.send_report(report) if send else False)

@@ -47,6 +47,7 @@ from typing import Callable, TextIO
 
 import yaml
 
+from dailyrec import env as env_settings
 from dailyrec import errors, notify, paths, pipeline, settings
 from dailyrec.env import STAGE_STATUS_FILE
 from dailyrec.settings import ops
@@ -106,9 +107,13 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         self.fd = fd
+        global _INHERITED_FDS
+        _INHERITED_FDS = (fd,)
         return self
 
     def release(self) -> None:
+        global _INHERITED_FDS
+        _INHERITED_FDS = ()
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -149,13 +154,20 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+# The run lock's descriptor, handed to every command the runner starts: a runner killed with
+# SIGKILL leaves dvc (and the stage it waits for) running in its own session, and the flock stays
+# held until they end, so no second runner can start on top of them.
+_INHERITED_FDS: tuple[int, ...] = ()
+
+
 def stream(cmd: list[str], env: dict, log: TextIO, on_line: Callable[[str], None]) -> int:
     """Run cmd with stdout+stderr merged, each line to the log and to on_line; its exit status."""
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     # Its own process group, so a stop reaches dvc and the stage command it started.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            text=True, errors="replace", bufsize=1, start_new_session=True)
+                            text=True, errors="replace", bufsize=1, start_new_session=True,
+                            pass_fds=_INHERITED_FDS)
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
@@ -302,6 +314,103 @@ def gate_reason() -> str:
     return gate["reason"] if gate else "unknown"
 
 
+# --------------------------------------------------------------------------- state and recovery
+
+def _state_file() -> Path:
+    return env_settings.state_dir() / "daily.json"
+
+
+def load_state() -> dict:
+    """The runner's own memory (.state/daily.json): the last day that ran to its end, and the
+    commits whose data the DVC remote has not received yet."""
+    try:
+        state = json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def save_state(**changes) -> None:
+    from dailyrec.files import write_json
+
+    write_json(_state_file(), {**load_state(), **changes})
+
+
+def last_completed() -> dt.date | None:
+    """The last run.date that ran to its end (published, or kept back by the gate): from the
+    runner's state, or else the run.date evaluate last completed for, in dvc.lock."""
+    raw = load_state().get("last_completed")
+    if raw is None:
+        entry = lock_entry("evaluate") or {}
+        raw = ((entry.get("params") or {}).get("params.yaml") or {}).get("run.date")
+    try:
+        return dt.date.fromisoformat(str(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+def interrupted_outputs(env: dict) -> dict[str, list[str]]:
+    """Cached outputs that differ from dvc.lock (a stage killed mid-write, or one that wrote its
+    outputs and then failed): {stage: [paths]}, from `dvc status --json`."""
+    found = pipeline.load()
+    cached = {o.path for o in found.outputs() if o.cache}
+    changed: dict[str, list[str]] = {}
+    for stage, entries in pipeline.status(env).items():
+        for entry in entries if isinstance(entries, list) else []:
+            outs = entry.get("changed outs", {}) if isinstance(entry, dict) else {}
+            hit = [p for p, how in outs.items() if how == "modified" and p in cached]
+            if hit:
+                changed.setdefault(stage, []).extend(hit)
+    return changed
+
+
+def recover(env: dict, log: TextIO, remote: str | None) -> list[str]:
+    """Bring the workspace back to what dvc.lock records before the day runs, so an earlier
+    fault cannot wedge this run (`dvc pull` refuses to overwrite unsaved outputs). Returns what
+    was done, in words (empty when nothing was needed)."""
+    changed = interrupted_outputs(env)
+    if not changed:
+        return []
+    stages = sorted(changed)
+    what = ", ".join(p for s in stages for p in changed[s])
+    for cmd in ([pipeline.dvc("checkout", "--force", *stages)] +
+                ([pipeline.dvc("pull", "--force", *stages)] if remote else [])):
+        if stream(cmd, env, log, lambda line: None) == 0 and not interrupted_outputs(env):
+            return [f"restored {what} to what dvc.lock records (left changed by an interrupted "
+                    f"or failed run)"]
+    # Not in the cache nor on the remote: outputs a stage rebuilds are removed, the rebuild
+    # follows; a persistent one (the history) is kept, and merge_history's re-run replaces what
+    # the interrupted run wrote.
+    found = pipeline.load()
+    removed = []
+    for stage in stages:
+        for out in found.stages[stage].outputs:
+            if out.path in changed[stage] and not out.persist:
+                target = Path(out.path)
+                if target.is_dir():
+                    import shutil
+
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+                removed.append(out.path)
+    return [f"{what} differed from dvc.lock and could not be restored; removed {removed or 'none'}"
+            " so the pipeline rebuilds them"]
+
+
+def push_pending(env: dict, log: TextIO) -> list[str]:
+    """Push the data of earlier commits whose `dvc push` failed; returns what it did, in words."""
+    pending = load_state().get("pending_push") or []
+    if not pending:
+        return []
+    cmd = [sys.executable, "-m", "dailyrec.pipeline", "push", *pending]
+    if stream(cmd, env, log, lambda line: None) == 0:
+        save_state(pending_push=[])
+        return [f"pushed the data of {len(pending)} earlier run(s) whose push had failed"]
+    return [f"the data of {len(pending)} earlier run(s) is still not on the DVC remote "
+            "(will retry)"]
+
+
 @dataclass
 class DayResult:
     outcome: str
@@ -331,6 +440,7 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
         notify.alert(subject, throttle_minutes=opts.throttle_minutes, **kwargs)
 
     outcome = PUBLISHED
+    notes: list[str] = []
     with log_path.open("a") as log:
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"\n=== daily run {day} started {now} UTC on {socket.gethostname()} "
@@ -339,9 +449,16 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
             settings.set_run_date(day)
             progress("params.yaml", f"run.date = {day}")
             remote = default_remote(env)
+            recovered = recover(env, log, remote)
+            if recovered:
+                notes += recovered
+                progress("recover", "; ".join(recovered))
+                log.write("=== recovered: " + "; ".join(recovered) + " ===\n")
+                alert(f"daily run {day}: recovered from an earlier fault",
+                      context=context(recovered="; ".join(recovered)))
             if remote:
-                simple_step("dvc pull", pipeline.dvc("pull", "--allow-missing"), env, log, opts,
-                            progress, echo)
+                notes += pull(env, log, opts, progress, echo, alert, context)
+                notes += push_pending(env, log)
             for stage in pipeline.load().order():
                 done = run_stage(stage, env, log, opts.tail_lines, echo)
                 if done.how != "failed":
@@ -361,14 +478,29 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
                 alert(f"daily run {day}: quality gate failed, nothing published",
                       context=context(stage=stage, gate=gate_reason()),
                       log_tail="\n".join(done.tail))
+            pushed = True
             if remote:
-                simple_step("dvc push", pipeline.dvc("push"), env, log, opts, progress, echo)
+                try:
+                    simple_step("dvc push", pipeline.dvc("push"), env, log, opts, progress, echo)
+                except StepFailed as failure:
+                    # What was served stays served and is committed; the next run pushes it.
+                    pushed = False
+                    progress("dvc push", f"FAILED ({failure.why}); the next run pushes it")
+                    notes.append("dvc push failed: the day's data is not on the DVC remote yet; "
+                                 "the next run pushes it")
+                    alert(f"daily run {day}: dvc push failed, the next run retries",
+                          error=failure.with_traceback(None), context=context(stage="dvc push"),
+                          log_tail="\n".join(failure.tail[-opts.tail_lines:]))
             else:
                 progress("dvc push", "skipped (no default DVC remote)")
             if opts.commit:
                 started = time.monotonic()
                 committed = git_commit(day, env, log)
                 progress("git commit", f"{committed} in {time.monotonic() - started:.1f} s")
+                if not pushed:
+                    head = _git(["git", "rev-parse", "HEAD"], env, log).strip()
+                    save_state(pending_push=[*(load_state().get("pending_push") or []), head])
+            save_state(last_completed=day.isoformat())
         except StepFailed as failure:
             log.write(f"=== FAILED at {failure.step} ({failure.why}, {failure.kind}) ===\n")
             said = f": {failure.message.splitlines()[0][:200]}" if failure.message else ""
@@ -391,7 +523,7 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
             kind = err.kind if isinstance(err, errors.DailyrecError) else "bug"
             return DayResult(FAILED, StepFailed("runner", getattr(err, "exit_code", 1), [], 0.0,
                                                 kind, str(err)))
-        make_report(day, send_report and opts.mail_report, progress, log, opts)
+        make_report(day, send_report and opts.mail_report, progress, log, opts, notes)
         log.write(f"=== {outcome} in {time.monotonic() - t0:.1f} s ===\n")
     progress("done", f"{outcome} in {time.monotonic() - t0:.1f} s")
     return DayResult(outcome)
@@ -416,15 +548,41 @@ def simple_step(name: str, cmd: list[str], env: dict, log: TextIO, opts: Options
     progress(name, f"done in {seconds:.1f} s")
 
 
+def pull(env: dict, log: TextIO, opts: Options, progress, echo, alert, context) -> list[str]:
+    """`dvc pull`. A remote that does not answer is not fatal when the workspace already holds
+    what dvc.lock records (the usual case on the machine that ran yesterday): the day runs on it,
+    with an alert; on a fresh machine it is (exit 69, the next run retries)."""
+    try:
+        simple_step("dvc pull", pipeline.dvc("pull", "--allow-missing"), env, log, opts,
+                    progress, echo)
+        return []
+    except StepFailed as failure:
+        cached = {o.path for o in pipeline.load().outputs() if o.cache}
+        missing = [(s, p) for s, entries in pipeline.status(env).items()
+                   for e in (entries if isinstance(entries, list) else [])
+                   if isinstance(e, dict)
+                   for p, how in (e.get("changed outs") or {}).items()
+                   if how in ("deleted", "not in cache") and p in cached
+                   and not Path(p).exists()]  # only what the workspace lacks
+        if missing and last_completed() is not None:
+            raise
+        progress("dvc pull", "failed; the workspace holds what dvc.lock records: going on")
+        alert("dvc pull failed; the day runs on the local workspace",
+              error=failure.with_traceback(None), context=context(stage="dvc pull"),
+              log_tail="\n".join(failure.tail[-opts.tail_lines:]))
+        return ["dvc pull failed (the DVC remote did not answer); the day ran on the local "
+                "workspace"]
+
+
 def make_report(day: dt.date, send: bool, progress: Callable[[str, str], None],
-                log: TextIO, opts: Options) -> None:
+                log: TextIO, opts: Options, notes: list[str] = ()) -> None:
     """The business owner's report. Its failure is alerted but does not fail the run: the
     pipeline itself succeeded and its outputs are published."""
     from dailyrec import report
 
     started = time.monotonic()
     try:
-        built, mailed = report.daily_report(day, send=send)
+        built, mailed = report.daily_report(day, send=send, notes=list(notes))
     except Exception as err:  # noqa: BLE001
         log.write(f"report failed: {err!r}\n")
         progress("report", f"FAILED: {type(err).__name__}: {err}")
@@ -457,6 +615,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[dt.date
                     help="git-commit params.yaml, dvc.lock and the metrics after each good day")
     ap.add_argument("--no-report-mail", action="store_true",
                     help="save the daily report under reports/daily/ but do not mail it")
+    ap.add_argument("--no-catch-up", action="store_true",
+                    help="run only the day asked for, not the days missed since the last one "
+                         "that ran to its end")
     ap.add_argument("--lock-file", type=Path, default=paths.RUN_LOCK)
     ap.add_argument("-v", "--verbose", action="store_true", help="echo every line of output")
     args = ap.parse_args(argv)
@@ -473,6 +634,18 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[dt.date
     else:
         days = [args.date or today]
     return args, days
+
+
+def catch_up(day: dt.date) -> list[dt.date]:
+    """The days a run for `day` must run: every day since the last one that ran to its end, then
+    `day` (a failed or missed night is made up by the next one, so no day's events are lost)."""
+    last = last_completed()
+    if last is None or last >= day - dt.timedelta(days=1):
+        return [day]
+    missed = [last + dt.timedelta(days=k) for k in range(1, (day - last).days + 1)]
+    print(f"daily: catching up {len(missed) - 1} missed or failed day(s) since {last}: "
+          f"{missed[0]}..{missed[-1]}", flush=True)
+    return missed
 
 
 def alert_settings() -> tuple[int, float]:
@@ -505,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daily: {busy}", file=sys.stderr)
         return EXIT_BUSY
     try:
+        if not args.first and not args.no_catch_up:
+            days = catch_up(days[-1])
         held_back = []
         for i, day in enumerate(days):
             # A backfill saves every day's report but mails only the last one.

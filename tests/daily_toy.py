@@ -7,6 +7,8 @@ working directory:
     fail-STAGE-DATE  the stage prints 60 lines and a secret, then raises
     gate-fails-DATE  evaluate's gate says no, and publish refuses (exit 3) as the real one does
     reject-STAGE-DATE  the stage ends with bad data (DataError, exit 65), as validate does
+    kill-STAGE-DATE  the stage writes half its output, then is killed (SIGKILL), as the OOM
+                     killer or a power cut would leave it
     hold             fetch_delta creates `holding` and waits while `hold` exists
 """
 
@@ -38,6 +40,16 @@ def body(argv) -> int:
         deadline = time.monotonic() + 120
         while Path("hold").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    if Path(f"kill-{stage}-{day}").exists():
+        import signal
+
+        out = {"fetch_delta": "data/delta", "filter_noise": "data/clean", "train": "models"}.get(
+            stage, "metrics")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "part.txt").write_text("half writt")
+        (Path(out) / ".part.txt.tmp").write_text("half")
+        os.kill(os.getpid(), signal.SIGKILL)
 
     if Path(f"reject-{stage}-{day}").exists():
         raise DataError(f"day {day - dt.timedelta(days=1)} is rejected (report: x.html)")

@@ -321,3 +321,100 @@ def test_bad_arguments_are_refused_with_a_clear_message(repo):
     assert proc.returncode == 2 and "--from 2026-11-22 is after --to 2026-11-20" in proc.stderr
     proc = repo.daily("--date", "2026-13-01")
     assert proc.returncode == 2 and "'2026-13-01' is not a date" in proc.stderr
+
+
+# --- faults heal by the next run (issue 12) ---------------------------------------------------------
+
+def _remote_objects(repo) -> set[str]:
+    return {p.parent.name + p.name for p in repo.remote.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("stage", ["fetch_delta", "filter_noise", "train"])
+def test_a_stage_killed_mid_write_is_healed_by_the_next_run(repo, mailbox, stage):
+    """SIGKILL leaves half an output that differs from dvc.lock, which used to stop every later
+    `dvc pull` ("unsaved files"). The next run restores it to what dvc.lock records, says so in one
+    alert, then makes up the failed day before its own."""
+    day1, day2, day3 = (dt.date(2026, 11, 20) + dt.timedelta(days=k) for k in range(3))
+    assert repo.daily("--date", str(day1), "--commit").returncode == 0
+    repo.run("touch", f"kill-{stage}-{day2}")
+    killed = repo.daily("--date", str(day2), "--commit", extra_env=mailbox.env())
+    assert killed.returncode == 1 and f"[{day2}] {stage}" in killed.stdout
+    assert "killed by signal 9" in killed.stdout or "exit status" in killed.stdout
+    repo.run("rm", f"kill-{stage}-{day2}")
+
+    healed = repo.daily("--date", str(day3), "--commit", extra_env=mailbox.env())
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert f"catching up 1 missed or failed day(s) since {day1}" in healed.stdout
+    assert f"[{day2}] recover" in healed.stdout and "restored" in healed.stdout
+    subjects = repo.run("git", "log", "--format=%s").stdout.splitlines()
+    assert subjects[:3] == [f"daily run {day3}", f"daily run {day2}", f"daily run {day1}"]
+    assert not list(repo.path.rglob(".part.txt.tmp"))
+    alerts = [" ".join(m["Subject"].split()) for m in mailbox.messages if "ALERT" in m["Subject"]]
+    assert alerts == [f"[dailyrec] ALERT: daily run {day2} failed at stage {stage} (bug)",
+                      f"[dailyrec] ALERT: daily run {day2}: recovered from an earlier fault"]
+
+
+def test_killing_the_runner_keeps_the_lock_until_its_stage_ends(repo):
+    """SIGKILL to the runner leaves dvc and its stage running in their own session; they hold the
+    run lock (its descriptor is theirs too), so a second runner cannot start on top of them."""
+    import signal
+
+    (repo.path / "hold").touch()
+    runner = subprocess.Popen([sys.executable, "-m", "stages.daily", "--date", "2026-11-20"],
+                              cwd=repo.path, env=repo.env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (repo.path / "holding").exists():
+        assert runner.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    stage_pid = int((repo.path / "holding").read_text())
+    assert process_state(stage_pid) not in (None, "Z")  # the orphan still writes
+    second = repo.daily("--date", "2026-11-20")
+    assert second.returncode == 75 and "another daily run is in progress" in second.stderr
+    (repo.path / "hold").unlink()
+    while process_state(stage_pid) not in (None, "Z"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while True:  # dvc records the stage and exits; then the lock is free
+        third = repo.daily("--date", "2026-11-20")
+        if third.returncode != 75 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert third.returncode == 0, third.stdout + third.stderr
+
+
+def test_an_unreachable_remote_neither_fails_the_day_nor_loses_its_data(repo, mailbox):
+    """Pull: the workspace already holds what dvc.lock records, so the day runs on it. Push: what
+    was served is committed anyway, and the next run pushes that commit's data (issue 12.2)."""
+    day1, day2, day3 = (dt.date(2026, 11, 20) + dt.timedelta(days=k) for k in range(3))
+    assert repo.daily("--date", str(day1), "--commit").returncode == 0
+    store = str(repo.remote)
+    repo.run(sys.executable, "-m", "dvc", "remote", "add", "-d", "--local", "--force", "store",
+             f"http://127.0.0.1:{free_port()}/nowhere")
+    shutil.rmtree(repo.path / ".dvc" / "cache")  # a cleaned cache: pull must ask the remote
+    down = repo.daily("--date", str(day2), "--commit", extra_env=mailbox.env())
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "dvc pull           failed; the workspace holds" in down.stdout
+    assert "dvc push           FAILED" in down.stdout
+    day2_commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
+    assert repo.run("git", "log", "-1", "--format=%s").stdout.strip() == f"daily run {day2}"
+    report = (repo.path / "reports" / "daily" / f"{day2}.txt").read_text()
+    assert "dvc push failed" in report and "dvc pull failed" in report
+    subjects = [m["Subject"] for m in mailbox.messages]
+    assert any("dvc push failed, the next run retries" in s for s in subjects)
+
+    repo.run(sys.executable, "-m", "dvc", "remote", "add", "-d", "--local", "--force", "store",
+             store)
+    before = _remote_objects(repo)
+    up = repo.daily("--date", str(day3), "--commit")
+    assert up.returncode == 0, up.stdout + up.stderr
+    lock = yaml.safe_load(repo.run("git", "show", f"{day2_commit}:dvc.lock").stdout)
+    day2_models = next(o["md5"] for o in lock["stages"]["train"]["outs"]
+                       if o["path"] == "models")
+    assert day2_models.removesuffix(".dir") in {o.removesuffix(".dir")
+                                               for o in _remote_objects(repo) - before}
+    assert "pushed the data of 1 earlier run(s)" in (
+        repo.path / "reports" / "daily" / f"{day3}.txt").read_text()

@@ -16,6 +16,8 @@ time into the archive, which would make two identical models differ byte for byt
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,17 +77,31 @@ def model_arrays(model: Any) -> dict[str, np.ndarray]:
 
 
 def save(bundle: ModelBundle, directory: Path | str = MODELS_DIR) -> None:
+    """Write the bundle into a new folder beside `directory`, then swap it in: a reader (or a
+    run killed midway) sees the old model or the new one, never half of each."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_npz(directory / MODEL_FILE, model_arrays(bundle.model))
-    write_npz(directory / IDS_FILE, {"user_ids": np.asarray(bundle.user_ids, dtype=str),
-                                     "item_ids": np.asarray(bundle.item_ids, dtype=str)})
+    staging = directory.with_name(f".{directory.name}.{os.getpid()}.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write_npz(staging / MODEL_FILE, model_arrays(bundle.model))
+    write_npz(staging / IDS_FILE, {"user_ids": np.asarray(bundle.user_ids, dtype=str),
+                                   "item_ids": np.asarray(bundle.item_ids, dtype=str)})
     m = bundle.user_items.tocsr()
     m.sort_indices()
-    write_npz(directory / USER_ITEMS_FILE, {"data": m.data, "indices": m.indices,
-                                            "indptr": m.indptr, "shape": np.asarray(m.shape)})
-    write_text(directory / META_FILE,
+    write_npz(staging / USER_ITEMS_FILE, {"data": m.data, "indices": m.indices,
+                                          "indptr": m.indptr, "shape": np.asarray(m.shape)})
+    write_text(staging / META_FILE,
                json.dumps(bundle.meta, indent=2, sort_keys=True, default=str) + "\n")
+    replace_dir(staging, directory)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the folder `new` in place of `target` with two renames (the old one goes last)."""
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load(directory: Path | str = MODELS_DIR) -> ModelBundle:
