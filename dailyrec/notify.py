@@ -11,7 +11,8 @@
         Mail a dailyrec.report.Report (HTML + plain text + inline chart) to the report recipients.
 
 SMTP settings come from the environment (never from a committed file); without DAILYREC_SMTP_HOST
-mail is off and alerts are only logged.
+mail is off and alerts are only logged. Mail that cannot be sent (the server is down) is kept in
+the outbox (<state dir>/outbox) and sent, marked "[delayed]", after the next mail that goes out.
 """
 
 from __future__ import annotations
@@ -105,11 +106,20 @@ def _addresses(raw: str) -> tuple[str, ...]:
 
 
 def deliver(msg: EmailMessage, settings: SmtpSettings, recipients: tuple[str, ...]) -> bool:
-    """Send one message. Never raises: a failure is logged (scrubbed) and returns False."""
+    """Send one message. Never raises: a failure is logged (scrubbed), the message is kept in the
+    outbox for a later delivery, and False is returned. After a success, the outbox is sent."""
     msg["From"] = settings.sender
     msg["To"] = ", ".join(recipients)
     msg["Date"] = email.utils.formatdate(localtime=False)
     msg["Message-ID"] = email.utils.make_msgid(domain="dailyrec")
+    if not _send(msg, settings, recipients):
+        _keep(msg)
+        return False
+    flush_outbox(settings)
+    return True
+
+
+def _send(msg: EmailMessage, settings: SmtpSettings, recipients: tuple[str, ...]) -> bool:
     try:
         if settings.tls == "ssl":
             smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout,
@@ -127,6 +137,72 @@ def deliver(msg: EmailMessage, settings: SmtpSettings, recipients: tuple[str, ..
         log.error("could not send mail %r via %s:%s (%s): %s", msg["Subject"], settings.host,
                   settings.port, settings.tls, scrub(f"{type(err).__name__}: {err}"))
         return False
+
+
+# --------------------------------------------------------------------------- the outbox
+
+# Mail that could not be sent waits here (already scrubbed) and goes out, marked delayed, after
+# the next mail that does: an SMTP outage loses no alert and no report. Bounded: after a long
+# outage the oldest go first.
+OUTBOX_LIMIT = 200
+DELAYED_PREFIX = "[delayed] "
+
+
+def outbox_dir() -> Path:
+    return state_dir() / "outbox"
+
+
+def _keep(msg: EmailMessage) -> None:
+    try:
+        box = outbox_dir()
+        box.mkdir(parents=True, exist_ok=True)
+        target = box / f"{time.time_ns():020d}-{os.getpid()}.eml"
+        partial = box / f".{target.name}.tmp"
+        partial.write_bytes(bytes(msg))
+        partial.chmod(0o600)
+        os.replace(partial, target)
+        kept = sorted(box.glob("*.eml"))
+        for old in kept[:-OUTBOX_LIMIT]:
+            old.unlink(missing_ok=True)
+            log.warning("outbox full (%d mails): dropped the oldest, %s", OUTBOX_LIMIT, old.name)
+        log.warning("mail kept in %s; it is sent after the next mail that goes out", box)
+    except OSError:
+        log.exception("could not keep the unsent mail %r", msg["Subject"])
+
+
+def flush_outbox(settings: SmtpSettings | None = None) -> int:
+    """Send the kept mails, oldest first, to the recipients they were addressed to, with
+    "[delayed]" before their subject; stops at the first failure. One process at a time (an
+    flock). Returns how many were sent."""
+    box = outbox_dir()
+    settings = settings or SmtpSettings.from_env()
+    if settings is None or not box.is_dir():
+        return 0
+    import email.policy
+
+    with (box / ".lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another process is sending them
+        sent = 0
+        for path in sorted(box.glob("*.eml")):
+            try:
+                msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            except FileNotFoundError:
+                continue
+            recipients = tuple(a for _, a in email.utils.getaddresses(msg.get_all("To", [])))
+            subject = str(msg["Subject"] or "")
+            if not subject.startswith(DELAYED_PREFIX):
+                del msg["Subject"]
+                msg["Subject"] = DELAYED_PREFIX + subject
+            if not recipients or not _send(msg, settings, recipients):
+                break
+            path.unlink(missing_ok=True)
+            sent += 1
+        if sent:
+            log.info("sent %d delayed mail(s) from %s", sent, box)
+        return sent
 
 
 # --------------------------------------------------------------------------- scrubbing secrets
@@ -295,17 +371,6 @@ class Throttle:
             self._forget_connection()
             raise
 
-    def hold_back(self, key: str, count: int) -> None:
-        """A mail that could not be sent: count its occurrences as held back for the next one."""
-        try:
-            self._connect().execute("UPDATE alerts SET held = held + ? WHERE key = ?",
-                                    (count, key))
-        except (sqlite3.Error, OSError):
-            self._forget_connection()
-            with self._fallback_lock:
-                last, held = self._fallback.get(key, (time.time(), 0))
-                self._fallback[key] = (last, held + count)
-
 
 def state_dir() -> Path:
     return env.state_dir()
@@ -452,10 +517,7 @@ def _alert(subject: str, error: BaseException | None, context: dict | None,
     # One line: a \r or \n in a subject would make the header invalid and the alert be dropped.
     msg["Subject"] = re.sub(r"[\r\n]+", " ", scrub(f"{SUBJECT_PREFIX} ALERT: {subject}", secrets))
     msg.set_content(scrub(body, secrets))
-    if deliver(msg, settings, settings.alert_to):
-        return True
-    throttle.hold_back(key, held + 1)
-    return False
+    return deliver(msg, settings, settings.alert_to)  # kept in the outbox when it fails
 
 
 # --------------------------------------------------------------------------- the daily report

@@ -35,6 +35,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -388,8 +389,6 @@ def recover(env: dict, log: TextIO, remote: str | None) -> list[str]:
             if out.path in changed[stage] and not out.persist:
                 target = Path(out.path)
                 if target.is_dir():
-                    import shutil
-
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()

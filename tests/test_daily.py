@@ -253,6 +253,18 @@ def test_smtp_down_does_not_break_the_runner(repo):
     assert "[2026-11-21] evaluate" in bad.stdout and "FAILED" in bad.stdout
     assert "could not send mail" in bad.stderr
 
+    # The mail server is back: the next run's mail goes out, then what was kept, marked delayed.
+    (repo.path / "fail-evaluate-2026-11-21").unlink()
+    with Mailbox(port=int(dead["DAILYREC_SMTP_PORT"])) as box:
+        healed = repo.daily("--date", "2026-11-22", extra_env=dead)
+        assert healed.returncode == 0, healed.stdout + healed.stderr
+        subjects = [m["Subject"] for m in box.messages]
+    delayed = [s for s in subjects if s.startswith("[delayed] ")]
+    assert any("2026-11-22" in s and "ALERT" not in s for s in subjects[:1]), subjects
+    assert any("2026-11-20" in s and "ALERT" not in s for s in delayed), subjects  # the report
+    assert any("ALERT: daily run 2026-11-21 failed at stage evaluate" in s for s in delayed)
+    assert not list((Path(repo.env["DAILYREC_STATE_DIR"]) / "outbox").glob("*.eml"))
+
 
 def test_a_second_concurrent_runner_refuses(repo):
     (repo.path / "hold").touch()  # the toy fetch_delta waits while this file exists

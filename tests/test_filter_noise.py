@@ -33,25 +33,48 @@ def crafted_window() -> dict[str, pd.DataFrame]:
     """Who is who: one frame per actor, so tests can say what each rule must remove."""
     k = np.arange
     actors = {
-        # Heavy but human: 3,000 events a day, one every 28.8 s, cycling through 600 items (so
-        # never the same item twice within 30 s): under every limit, must keep every event.
-        "heavy": F.events("777", (k(3000) % 600).astype(str), DAY1 + k(3000) * 28.8 * SEC),
-        "heavy2": F.events("777", (k(3000) % 600 + 1000).astype(str), DAY2 + k(3000) * 28.8 * SEC),
+        # Heavy but human: 3,000 events a day over 16 waking hours, one every 19.2 s, cycling
+        # through 600 items (never the same item twice within 30 s): under every limit, must keep
+        # every event.
+        "heavy": F.events("777", (k(3000) % 600).astype(str), DAY1 + k(3000) * 19.2 * SEC),
+        "heavy2": F.events("777", (k(3000) % 600 + 1000).astype(str), DAY2 + k(3000) * 19.2 * SEC),
         # A known crawler by its user agent.
         "crawler": F.events("5001", k(50).astype(str), DAY1 + k(50) * 60 * SEC,
                             user_agent=F.GOOGLEBOT),
         # A human whose one link-preview event carries a crawler agent: only that event goes.
         "preview_human": F.events("42", ["1", "2", "3"], DAY1 + k(3) * 600 * SEC,
                                   user_agent=["facebookexternalhit/1.1", F.BROWSER, F.BROWSER]),
-        # Behaviour: 80 events in 40 s (over 60 a minute); its quiet day goes too.
+        # Behaviour: 80 events in 40 s (over 60 a minute) on one day: that day goes; its quiet
+        # day stays (one bad minute costs that day, not the window: bot_days is 2).
         "fast_bot": F.events("6001", k(80).astype(str), DAY1 + k(80) * 0.5 * SEC),
         "fast_bot_quiet_day": F.events("6001", ["1", "2"], DAY2 + k(2) * 3600 * SEC),
+        # Over a limit on both days: a bot, all its events go.
+        "twice_fast": F.events("6004", k(70).astype(str), DAY1 + 7 * 3600 * SEC + k(70) * SEC / 2),
+        "twice_fast_2": F.events("6004", k(70).astype(str), DAY2 + 7 * 3600 * SEC + k(70) * SEC / 2),
+        # A human whose client fires every action twice, a second apart: 40 actions in a minute
+        # are 80 events, but repeats go first, so behaviour sees 40 and the user keeps them.
+        "double_fired": F.events("47", np.repeat(k(40), 2).astype(str),
+                                 DAY1 + 5 * 3600 * SEC + (np.repeat(k(40), 2) * 1.5
+                                                          + np.tile([0, 1], 40)) * SEC),
+        # A scraper rotating 300 user ids behind one address, 10 views each: shared_ip.
+        "rotator": F.events((6100 + k(3000) % 300).astype(str), (k(3000) % 900).astype(str),
+                            DAY2 + 3600 * SEC + k(3000) * 9 * SEC, ip="9.9.9.9"),
+        # A household: three people on one address, a normal day each: kept.
+        "household": F.events(["81", "82", "83"] * 20, (k(60) % 30).astype(str),
+                              DAY2 + 8 * 3600 * SEC + k(60) * 600 * SEC, ip="81.2.69.9"),
+        # Office traffic as an IPv4-mapped IPv6 address, with a port, and behind a proxy.
+        "office_mapped": F.events("48", ["7", "8", "9"], DAY1 + k(3) * 3600 * SEC,
+                                  ip=["::ffff:10.20.1.1", "10.20.1.2:5555",
+                                      "10.20.1.3, 81.2.69.1"]),
         # 60 events a second apart: 60 in any 60 s, at the limit, not over it.
         "calm": F.events("43", k(60).astype(str), DAY1 + 3600 * SEC + k(60) * SEC),
-        # 10,200 events in a day, 8.4 s apart, over 500 items: only the per-day limit.
-        "busy_bot": F.events("6002", (k(10200) % 500).astype(str), DAY2 + k(10200) * 8.4 * SEC),
-        # 1,100 distinct items in a day, 78 s apart: only the distinct-items limit.
-        "walker": F.events("6003", (k(1100) + 2000).astype(str), DAY1 + k(1100) * 78 * SEC),
+        # 10,200 events in 17 hours, 6 s apart, over 500 items: only the per-day limit.
+        "busy_bot": F.events("6002", (k(10200) % 500).astype(str), DAY2 + k(10200) * 6 * SEC),
+        # 1,100 distinct items in a day, 40 s apart (12 hours): only the distinct-items limit.
+        "walker": F.events("6003", (k(1100) + 2000).astype(str), DAY1 + k(1100) * 40 * SEC),
+        # One event every two minutes around the clock: only the active-hours limit, both days.
+        "slow_crawler": F.events("6005", k(720).astype(str), DAY1 + k(720) * 120 * SEC),
+        "slow_crawler_2": F.events("6005", (k(720) + 720).astype(str), DAY2 + k(720) * 120 * SEC),
         # Internal: an admin id in the configured range, an id from the list, office IPs.
         "admin": F.events("9000001", ["1", "2", "3"], DAY1 + k(3) * 3600 * SEC, ip="10.20.7.9"),
         "listed": F.events("qa-robot", ["1", "2"], DAY2 + k(2) * 3600 * SEC),
@@ -73,8 +96,10 @@ def crafted_window() -> dict[str, pd.DataFrame]:
 
 EXPECTED = {  # rule -> actors whose every event it removes (plus partial removals below)
     "crawler_ua": {"crawler"},
-    "behaviour": {"fast_bot", "fast_bot_quiet_day", "busy_bot", "walker"},
-    "internal": {"admin", "listed", "office"},
+    "behaviour": {"fast_bot", "busy_bot", "walker", "twice_fast", "twice_fast_2",
+                  "slow_crawler", "slow_crawler_2"},
+    "internal": {"admin", "listed", "office", "office_mapped"},
+    "shared_ip": {"rotator"},
 }
 
 
@@ -113,7 +138,15 @@ def test_heavy_human_keeps_every_event(window, result):
     w, actor = window
     heavy = np.isin(actor, ["heavy", "heavy2"])
     assert heavy.sum() == 6000 and result.keep[heavy].all()
-    assert result.keep[np.isin(actor, ["calm", "home"])].all()
+    assert result.keep[np.isin(actor, ["calm", "home", "household", "fast_bot_quiet_day"])].all()
+
+
+def test_a_double_firing_client_loses_its_doubles_not_its_day(window, result):
+    """Repeats go before behaviour: 40 actions a minute, each fired twice, keep their 40."""
+    w, actor = window
+    double = actor == "double_fired"
+    assert result.removed_by["repeated"][double].sum() == 40
+    assert result.keep[double].sum() == 40 and not result.removed_by["behaviour"][double].any()
 
 
 @pytest.mark.parametrize("rule", sorted(EXPECTED))
@@ -135,25 +168,46 @@ def test_crawler_rule_is_per_event(window, result):
 
 def test_behaviour_names_the_limit_each_bot_broke(result):
     by_limit = result.details["behaviour"]["users_by_limit"]
-    assert by_limit == {"max_events_per_day": 1, "max_events_per_minute": 1,
-                        "max_distinct_items_per_day": 1}
+    assert by_limit == {"max_events_per_day": 1, "max_events_per_minute": 2,
+                        "max_distinct_items_per_day": 1, "max_active_hours_per_day": 1}
+    details = result.details["behaviour"]
+    assert (details["user_days_flagged"], details["bot_users"]) == (7, 2)  # 6004 and 6005
     top = {t["user_id"]: t for t in result.details["behaviour"]["top_users"]}
     assert top["6001"]["peak_events_per_minute"] == 80
     assert top["6002"]["max_events_per_day"] == 10200
 
 
+def test_canonical_ips_normalise_proxies_ports_and_mapped_addresses():
+    got = FN.canonical_ips(pa.array(["::ffff:10.20.1.1", "::FFFF:1.2.3.4", "10.20.1.2:5555",
+                                     "10.20.1.3, 81.2.69.1", "[2001:db8::1]:443", " 8.8.8.8 ",
+                                     "2001:db8::2", None]))
+    assert got.tolist()[:7] == ["10.20.1.1", "1.2.3.4", "10.20.1.2", "10.20.1.3", "2001:db8::1",
+                                "8.8.8.8", "2001:db8::2"]
+
+
+def test_shared_ip_removes_a_rotating_scraper_not_a_household(window, result):
+    w, actor = window
+    assert result.details["shared_ip"]["ip_days_by_limit"]["max_users_per_day"] == 1
+    assert result.removed_by["shared_ip"][actor == "rotator"].all()
+    assert not result.removed_by["shared_ip"][actor == "household"].any()
+    exempt = FN.apply_rules(w, settings(**{"shared_ip.exempt_cidrs": ["9.9.9.0/24"]}))
+    assert exempt.keep[actor == "rotator"].all()  # a listed carrier NAT keeps its people
+
+
 def test_internal_rule_by_id_range_list_and_network(window, result):
     w, actor = window
-    assert result.details["internal"]["rows_by_marker"] == {"user_id": 5, "ip_cidr": 2}
+    # Office addresses mapped to IPv6, with a port or behind a proxy are the office's too.
+    assert result.details["internal"]["rows_by_marker"] == {"user_id": 5, "ip_cidr": 5}
     assert result.keep[actor == "home"].all()  # the same employee at home is a customer
 
 
 def test_repeated_rule_keeps_the_first_of_each_burst(window, result):
     w, actor = window
     removed = result.removed_by["repeated"]
-    assert removed_actors(actor, removed) == {"repeats": 1, "reloads": 3}
+    assert removed_actors(actor, removed) == {"repeats": 1, "reloads": 3, "double_fired": 40}
     ids = set(w.table.column("event_id").filter(pa.array(removed)).to_pylist())
-    assert ids == {"repeats:1", "reloads:1", "reloads:2", "reloads:3"}
+    assert ids - {f"double_fired:{i}" for i in range(1, 80, 2)} == \
+        {"repeats:1", "reloads:1", "reloads:2", "reloads:3"}
 
 
 def test_min_support_is_off_by_default_and_works_when_set(window, result):
@@ -171,7 +225,8 @@ def test_min_support_is_off_by_default_and_works_when_set(window, result):
 def test_disabled_rules_remove_nothing(window):
     w, _ = window
     off = FN.apply_rules(w, settings(**{"crawler_ua.enabled": False, "behaviour.enabled": False,
-                                        "internal.enabled": False, "repeated.enabled": False}))
+                                        "internal.enabled": False, "repeated.enabled": False,
+                                        "shared_ip.enabled": False}))
     assert off.keep.all()
 
 
@@ -218,19 +273,22 @@ def test_stage_writes_canonical_clean_events_and_counters(tmp_path, monkeypatch,
     assert str(clean["user_id"].dtype) == "str"
     assert clean["ts"].is_monotonic_increasing
     assert (clean["user_id"] == "777").sum() == 6000
-    assert not clean["user_id"].isin(["5001", "6001", "6002", "6003", "9000001", "qa-robot"]).any()
+    assert not clean["user_id"].isin(["5001", "6002", "6003", "6004", "6005", "9000001",
+                                      "qa-robot", "6100", "6399"]).any()
+    assert (clean["user_id"] == "6001").sum() == 2  # the fast bot's quiet day
     metrics = json.loads((tmp_path / "metrics/filter.json").read_text())
     rules = metrics["rules"]
     assert {r: (rules[r]["rows"], rules[r]["users"]) for r in FN.RULES} == {
-        "crawler_ua": (51, 2), "behaviour": (10200 + 1100 + 82, 3), "internal": (7, 3),
-        "repeated": (4, 1), "min_support": (0, 0)}
+        "crawler_ua": (51, 2), "behaviour": (80 + 10200 + 1100 + 140 + 1440, 5),
+        "internal": (10, 4), "repeated": (44, 2), "shared_ip": (3000, 300),
+        "min_support": (0, 0)}
     assert metrics["input"]["rows"] == len(frame)
     assert metrics["output"]["rows"] == len(clean) == len(frame) - metrics["removed"]["rows"]
     # The committed metrics name offenders by salted hashes; the DVC-cached report by name.
     offenders = json.loads((tmp_path / "reports/filter/offenders.json").read_text())["rules"]
     assert offenders["crawler_ua"]["top_user_agents"][0]["user_agent"] == F.GOOGLEBOT
     assert offenders["behaviour"]["top_users"][0] == {"user_id": "6002", "rows": 10200,
-                                                      "peak_events_per_minute": 8,
+                                                      "peak_events_per_minute": 10,
                                                       "max_events_per_day": 10200}
     assert rules["behaviour"]["top_users"][0] == {**offenders["behaviour"]["top_users"][0],
                                                   "user_id": privacy.pseudonym("6002")}
@@ -314,20 +372,29 @@ def random_window(tmp_path_factory):
 def test_behaviour_matches_pandas_reference(random_window):
     w, frame = random_window
     limits = {"behaviour.max_events_per_minute": 6, "behaviour.max_events_per_day": 170,
-              "behaviour.max_distinct_items_per_day": 52}
+              "behaviour.max_distinct_items_per_day": 52, "behaviour.max_active_hours_per_day": 23,
+              "behaviour.bot_days": 2}
     cfg = settings(**limits)
     removed, _ = FN.rule_behaviour(w, np.ones(len(w), dtype=bool), cfg)
-    got = set(frame.loc[removed, "user_id"])
     sec = frame["ts"].astype("int64") // 1_000_000
-    frame = frame.assign(sec=sec, day=sec // 86_400)
-    expected = set()
+    frame = frame.assign(sec=sec, day=sec // 86_400, hour=sec // 3600 % 24)
+    got = set(zip(frame.loc[removed, "user_id"], frame.loc[removed, "day"]))
+    flagged, days_of = set(), {}
     for user, g in frame.groupby("user_id"):  # the reference: plain, slow, obviously right
+        days_of[user] = set(g["day"])
         s = np.sort(g["sec"].to_numpy())
-        if (np.searchsorted(s, s + 60) - np.arange(len(s))).max() > 6:
-            expected.add(user)
-        if g.groupby("day").size().max() > 170 or g.groupby("day")["item_id"].nunique().max() > 52:
-            expected.add(user)
-    assert got == expected and 5 < len(expected) < 100
+        late = s[np.arange(len(s))[(np.searchsorted(s, s + 60) - np.arange(len(s))) > 6] + 6]
+        flagged |= {(user, d) for d in set(late // 86_400)}  # the day of the event over the limit
+        for day, d in g.groupby("day"):
+            if len(d) > 170 or d["item_id"].nunique() > 52 or d["hour"].nunique() > 23:
+                flagged.add((user, day))
+    expected = set(flagged)
+    for user in {u for u, _ in flagged}:
+        if sum(u == user for u, _ in flagged) >= 2:  # a bot: all its days go
+            expected |= {(user, d) for d in days_of[user]}
+    users = {u for u, _ in expected}
+    assert got == expected and 5 < len(users) < 150
+    assert any(sum(u == x for x, _ in expected) == 1 for u in users)  # a one-day flag stays a day
 
 
 def test_repeated_matches_pandas_reference(random_window):

@@ -1,6 +1,7 @@
 """filter_noise against the simulator's truth: precision and recall of the removed users.
 
-The simulator records which accounts are crawlers, scrapers and admins (table sim_truth). Its
+The simulator records which accounts are crawlers, scrapers, admins, a rotating-id scraper, slow
+crawlers and headless browsers (table sim_truth). Its
 days go through the real fetch_delta and merge_history into a history; validate must pass those
 ordinary days at the default settings, and filter_noise, also at the default settings, must find
 the bots and admins: recall >= 0.95 and precision >= 0.99 of the users it removes as bots or
@@ -72,6 +73,12 @@ def test_default_settings_find_the_bots_and_keep_the_humans(simulated, monkeypat
     assert len(bots) >= 8
     assert recall >= 0.95
     assert precision >= 0.99
+    # Every kind of bot is found, the new ones included: a scraper rotating 300 user ids behind
+    # one IP, a slow crawler under every rate limit, a headless browser no crawler list knows.
+    for kind, group in truth.groupby("kind"):
+        present_ids = set(group["user_id"]) & present
+        assert present_ids, kind
+        assert len(removed & present_ids) >= 0.95 * len(present_ids), (kind, by_kind)
 
     # The heaviest humans stay (only their repeats go).
     users = window.user.values.to_numpy(zero_copy_only=False)[window.user.codes]

@@ -198,7 +198,7 @@ def test_scrubbing_covers_pass_variables_spaced_url_passwords_and_subject_newlin
     assert "s3cret-db-pass" not in text_of(msg) and "pass with space" not in text_of(msg)
 
 
-def test_smtp_down_is_logged_never_raised_and_the_lost_mail_is_counted(
+def test_smtp_down_is_logged_never_raised_and_the_mail_is_sent_when_it_is_back(
         alert_env, monkeypatch, tmp_path, caplog):
     port = free_port()  # nothing listens here
     monkeypatch.setenv("DAILYREC_SMTP_PORT", str(port))
@@ -207,12 +207,33 @@ def test_smtp_down_is_logged_never_raised_and_the_lost_mail_is_counted(
         fail_to_connect("sqlite:///x.db")
     except ConnectionError as err:
         assert notify.alert("source down", error=err, throttle_minutes=0) is False
+        assert notify.alert("redis down", throttle_minutes=0) is False
         assert "could not send mail" in caplog.text
         assert SMTP_PASSWORD not in caplog.text
+        kept = sorted(notify.outbox_dir().glob("*.eml"))
+        assert len(kept) == 2 and all(p.stat().st_mode & 0o077 == 0 for p in kept)
+        assert not any(SMTP_PASSWORD.encode() in p.read_bytes() for p in kept)
         with Mailbox(port=port) as box:  # the SMTP server is back
             monkeypatch.delenv("DAILYREC_SMTP_USER")
-            assert notify.alert("source down", error=err, throttle_minutes=0) is True
-            assert "1 more occurrence(s) of this alert" in text_of(box.messages[0])
+            assert notify.alert("mlflow down", throttle_minutes=0) is True
+            subjects = [m["Subject"] for m in box.messages]
+            # The new mail first, then the kept ones, oldest first, marked delayed.
+            assert subjects == ["[dailyrec] ALERT: mlflow down",
+                                "[delayed] [dailyrec] ALERT: source down",
+                                "[delayed] [dailyrec] ALERT: redis down"]
+            assert box.envelopes[1][1] == ["oncall@example.test"]
+            assert "ConnectionError" in text_of(box.messages[1])
+        assert not list(notify.outbox_dir().glob("*.eml"))
+
+
+def test_the_outbox_is_bounded(alert_env, monkeypatch):
+    monkeypatch.setenv("DAILYREC_SMTP_PORT", str(free_port()))
+    monkeypatch.setattr(notify, "OUTBOX_LIMIT", 3)
+    for k in range(5):
+        assert notify.alert(f"fault {k}", throttle_minutes=0) is False
+    kept = sorted(notify.outbox_dir().glob("*.eml"))
+    assert [notify.email.message_from_bytes(p.read_bytes())["Subject"] for p in kept] == [
+        f"[dailyrec] ALERT: fault {k}" for k in (2, 3, 4)]
 
 
 def test_without_smtp_settings_alerts_are_only_logged(alert_env, monkeypatch, caplog):

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from dailyrec import env as E
 from dailyrec import settings
+from tests.workspace import project_files
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -28,13 +29,10 @@ def run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def copy_repo(dest: Path) -> None:
-    """The tracked files (as they are in the working tree) in a new git repository."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout.split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
+    """The project's files (as they are in the working tree) in a new git repository."""
+    for rel in project_files():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
 
 

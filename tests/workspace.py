@@ -22,11 +22,14 @@ VENV_BIN = Path(sys.executable).parent
 # Pipeline outputs and local state that a copy must not inherit from the developer's tree.
 SKIP_TOP = {"data", "models", "metrics", "reports", "node_modules", "mlruns", "logs", "dvc-remote",
             ".venv", ".git"}
-SKIP_FILES = {"source.db", "mlflow.db", ".dvc/config.local"}
+# dvc.lock records a run of the checkout (after `make demo`, or committed by the daily runner):
+# a copy starts with no run, whatever state the checkout is in.
+SKIP_FILES = {"source.db", "mlflow.db", ".dvc/config.local", "dvc.lock"}
 
 
 def project_files(root: Path = ROOT) -> list[str]:
-    """The project's files: tracked ones plus new ones git does not ignore (read-only git call)."""
+    """The project's files: tracked ones plus new ones git does not ignore (read-only git call),
+    never pipeline outputs, run records, caches, remotes or databases of the checkout."""
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
                          cwd=root, check=True, capture_output=True, text=True).stdout
     files = []

@@ -117,14 +117,14 @@ def rewrite(text: str, wanted: dict[str, list[str]]) -> str:
     after them)."""
     import re
 
-    out, stage, in_deps, indent = [], None, False, ""
+    out, stage = [], None
     lines = text.splitlines(keepends=True)
     i = 0
     while i < len(lines):
         line = lines[i]
         m = re.match(r"^  ([A-Za-z_][\w-]*):\s*$", line)
         if m:
-            stage, in_deps = m.group(1), False
+            stage = m.group(1)
         if stage in wanted and re.match(r"^    deps:\s*$", line):
             out.append(line)
             i += 1

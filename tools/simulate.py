@@ -73,6 +73,12 @@ CRAWLER_UAS = np.array([
 ZONE_OFFSETS_MIN = np.array([0, 0, 60, -300, 330, 540, -480])
 ADMIN_NETWORK = "10.20.0.0/16"
 ADMIN_ID_BASE = 9_000_000
+SLEEP_HOURS = 6
+ROTATOR_POOL = 300  # user ids one scraper rotates through, behind one IP
+ROTATOR_IP = "93.184.216.34"
+# A headless browser whose user agent no crawler list knows.
+HEADLESS_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+               "Chrome/131.0.0.0 Safari/537.36")
 
 
 def build_truth(seed: int, n_users: int) -> pd.DataFrame:
@@ -81,13 +87,21 @@ def build_truth(seed: int, n_users: int) -> pd.DataFrame:
     n_crawlers = max(3, n_users // 2000)
     n_scrapers = max(3, n_users // 2500)
     n_admins = max(2, n_users // 5000)
+    n_slow = max(1, n_users // 10000)
+    n_headless = max(2, n_users // 10000)
     human_ids = rng.permutation(np.arange(1, n_users + 1))
     crawler_ids = human_ids[:n_crawlers] + n_users  # outside the human id range, like real ones
     scraper_ids = human_ids[n_crawlers:n_crawlers + n_scrapers] + 2 * n_users
     admin_ids = ADMIN_ID_BASE + np.arange(1, n_admins + 1)
+    # One scraper behind one IP rotating a pool of user ids (made up, so outside the humans').
+    rotator_ids = 3 * n_users + np.arange(1, ROTATOR_POOL + 1)
+    slow_ids = 4 * n_users + np.arange(1, n_slow + 1)
+    headless_ids = 5 * n_users + np.arange(1, n_headless + 1)
+    kinds = {"crawler": crawler_ids, "scraper": scraper_ids, "admin": admin_ids,
+             "rotator": rotator_ids, "slow_crawler": slow_ids, "headless": headless_ids}
     return pd.DataFrame({
-        "user_id": np.concatenate([crawler_ids, scraper_ids, admin_ids]).astype(str),
-        "kind": np.repeat(["crawler", "scraper", "admin"], [n_crawlers, n_scrapers, n_admins]),
+        "user_id": np.concatenate(list(kinds.values())).astype(str),
+        "kind": np.repeat(list(kinds), [len(v) for v in kinds.values()]),
     })
 
 
@@ -103,6 +117,8 @@ class Population:
         self.user_platform = rng.choice(3, size=n_users, p=[0.5, 0.35, 0.15])
         self.user_ua = rng.integers(0, len(BROWSER_UAS), n_users)
         self.user_ip = _public_ips(rng, n_users)
+        # Everyone sleeps: six hours a day without a session, starting at a personal hour.
+        self.user_sleep = rng.integers(22, 30, n_users) % 24
         item_genre = rng.integers(0, n_genres, n_items)
         popularity = 1.0 / np.arange(1, n_items + 1) ** 1.05  # Zipf
         popularity = popularity[rng.permutation(n_items)]
@@ -146,6 +162,8 @@ def human_events(rng, pop: Population, day_start: pd.Timestamp, n_events: int) -
     lengths = rng.geometric(1 / mean_session, n_sessions)
     # Diurnal: most sessions start in the evening, few at night.
     hours = rng.choice(24, n_sessions, p=_diurnal())
+    asleep = (hours - pop.user_sleep[users]) % 24 < SLEEP_HOURS
+    hours = np.where(asleep, (pop.user_sleep[users] + SLEEP_HOURS) % 24, hours)  # wakes up
     starts = hours * 3600 + rng.integers(0, 3600, n_sessions)
     session = np.repeat(np.arange(n_sessions), lengths)
     offsets = np.arange(len(session)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -217,7 +235,59 @@ def noise_events(rng, pop: Population, truth: pd.DataFrame, day_start: pd.Timest
             "platform": np.zeros(n, dtype=int) if kind != "admin" else rng.choice([0, 1], n),
             "ua": ua, "ip": ip,
         }))
+    frames += [_rotator(rng, pop, truth, day_start, n_human),
+               _slow_crawler(rng, pop, truth, day_start),
+               _headless(rng, pop, truth, day_start, n_human)]
     return pd.concat(frames, ignore_index=True)
+
+
+def _bot_frame(users, items, seconds, day_start, ua, ip) -> pd.DataFrame:
+    n = len(users)
+    return pd.DataFrame({
+        "user": users, "item": items, "type": np.zeros(n, dtype=int),
+        "ts": day_start + pd.to_timedelta(np.clip(seconds, 0, 86_399), unit="s"),
+        "platform": np.zeros(n, dtype=int), "ua": ua, "ip": ip})
+
+
+def _rotator(rng, pop, truth, day_start, n_human) -> pd.DataFrame:
+    """6,000 views a day from one IP over eight hours, each under one of 300 user ids: per id
+    it looks like a light human; per address it is one machine (the shared_ip rule)."""
+    pool = truth.loc[truth["kind"] == "rotator", "user_id"].astype(int).to_numpy()
+    n = int(rng.poisson(6000 * max(1.0, n_human / 200_000)))
+    seconds = 8 * 3600 + np.sort(rng.integers(0, 8 * 3600, n))
+    ua = BROWSER_UAS[rng.integers(0, len(BROWSER_UAS), n)]
+    return _bot_frame(rng.choice(pool, n), rng.integers(1, pop.n_items + 1, n), seconds,
+                      day_start, ua, np.full(n, ROTATOR_IP))
+
+
+def _slow_crawler(rng, pop, truth, day_start) -> pd.DataFrame:
+    """One page every two minutes, around the clock, walking the catalogue in order: far under
+    every rate limit, but active in every hour of the day (the active-hours limit)."""
+    ids = truth.loc[truth["kind"] == "slow_crawler", "user_id"].astype(int).to_numpy()
+    per = 720
+    seconds = np.tile(np.arange(per) * 120, len(ids)) + rng.integers(0, 60, per * len(ids))
+    start = rng.integers(0, pop.n_items, len(ids))
+    items = (np.repeat(start, per) + np.tile(np.arange(per), len(ids))) % pop.n_items + 1
+    k = np.repeat(np.arange(len(ids)), per)
+    ip = _dotted(np.stack([np.full_like(k, 34), 200 + k % 50, np.full_like(k, 12), 7 + k],
+                          axis=1))
+    return _bot_frame(np.repeat(ids, per), items, seconds, day_start,
+                      np.full(per * len(ids), BROWSER_UAS[2]), ip)
+
+
+def _headless(rng, pop, truth, day_start, n_human) -> pd.DataFrame:
+    """A headless browser with an ordinary Chrome user agent: sessions of 30 pages a minute
+    (under the per-minute limit) over 1,500+ distinct items a day (the distinct-items limit)."""
+    ids = truth.loc[truth["kind"] == "headless", "user_id"].astype(int).to_numpy()
+    counts = rng.poisson(1600 * max(1.0, n_human / 200_000), len(ids))
+    users = np.repeat(ids, counts)
+    start = np.repeat(rng.integers(0, 12 * 3600, len(ids)), counts)
+    seconds = start + _cumsum_by_group(np.full(len(users), 2.0), counts)
+    k = np.repeat(np.arange(len(ids)), counts)
+    ip = _dotted(np.stack([np.full_like(k, 52), np.full_like(k, 14), 3 + k % 200, 40 + k % 200],
+                          axis=1))
+    return _bot_frame(users, rng.integers(1, pop.n_items + 1, len(users)), seconds, day_start,
+                      np.full(len(users), HEADLESS_UA), ip)
 
 
 def mess_up(rng, events: pd.DataFrame, day_start: pd.Timestamp) -> pd.DataFrame:

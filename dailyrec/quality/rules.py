@@ -42,8 +42,10 @@ from dailyrec.files import tmp_path
 from dailyrec.history import select_window
 from dailyrec.settings.quality import FilterSettings
 
-RULES = ("crawler_ua", "behaviour", "internal", "repeated", "min_support")
-BOT_RULES = ("crawler_ua", "behaviour", "internal")  # the rules that say "not a human customer"
+# Repeats go before behaviour: a client that fires each action twice is not twice as fast.
+RULES = ("crawler_ua", "internal", "repeated", "behaviour", "shared_ip", "min_support")
+# the rules that say "not a human customer"
+BOT_RULES = ("crawler_ua", "internal", "behaviour", "shared_ip")
 DICTIONARY_COLUMNS = ["user_id", "item_id", "event_type", "source", "user_agent", "ip"]
 PATTERNS_PER_REGEX = 200  # RE2 handles a few hundred alternatives per regex quickly, not 1,500
 
@@ -172,57 +174,69 @@ def grouped(codes: np.ndarray, n_groups: int, alive: np.ndarray) -> tuple[np.nda
     return order[:starts[n_groups]], starts
 
 
+def _runs(keys: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of equal (key, day) in arrays grouped by key and time-ordered inside a key:
+    (start of each run, run id of each position)."""
+    n = len(keys)
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (keys[1:] != keys[:-1]) | (day[1:] != day[:-1])
+    return np.flatnonzero(new_run), np.cumsum(new_run) - 1
+
+
+def _distinct_per_run(run_id: np.ndarray, values: np.ndarray, n_values: int, n_runs: int,
+                      pick: np.ndarray | None = None) -> np.ndarray:
+    """How many distinct values each run holds (only the positions in `pick`, when given)."""
+    if pick is not None:
+        run_id, values = run_id[pick], values[pick]
+    if not len(run_id):
+        return np.zeros(n_runs, dtype=np.int64)
+    pairs = np.unique(run_id.astype(np.int64) * (n_values + 1) + values)
+    return np.bincount(pairs // (n_values + 1), minlength=n_runs)
+
+
 def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
-    """Flag users over any limit on any day of the window; remove all their events."""
+    """Flag the days on which a user is over a limit; remove those user-days, and every event of
+    a user flagged on `bot_days` days or more (a bot, not one bad minute of a human)."""
     n_users = len(w.user.values)
     order, starts = grouped(w.user.codes, n_users, alive)  # by user, in time order
-    u = w.user.codes[order]
-    sec = w.sec[order]
+    u, sec = w.user.codes[order], w.sec[order]
     n = len(order)
-    flagged = np.zeros(n_users, dtype=bool)
-    reasons: dict[str, int] = {}
-
-    # Runs of one user on one day (sec counts from a midnight, so // 86400 is the UTC day).
-    day = sec // 86_400
-    new_run = np.ones(n, dtype=bool)
-    new_run[1:] = (u[1:] != u[:-1]) | (day[1:] != day[:-1])
-    run_start = np.flatnonzero(new_run)
+    day = sec // 86_400  # sec counts from a midnight: // 86400 is the UTC day
+    run_start, run_of = _runs(u, day)
     run_len = np.diff(np.append(run_start, n))
     run_user = u[run_start]
-
-    over_day = np.unique(run_user[run_len > cfg.max_events_per_day])
-    flagged[over_day] = True
-    reasons["max_events_per_day"] = len(over_day)
-
+    n_runs = len(run_start)
+    flags: dict[str, np.ndarray] = {}
+    flags["max_events_per_day"] = run_len > cfg.max_events_per_day
     # More than k events in some 60 s: event i and event i+k of one user less than 60 s apart.
     k = cfg.max_events_per_minute
+    burst_runs = np.zeros(n_runs, dtype=bool)
     if n > k:
         burst = (u[k:] == u[:-k]) & (sec[k:] - sec[:-k] < 60)
-        over_minute = np.unique(u[k:][burst])
-    else:
-        over_minute = np.empty(0, dtype=u.dtype)
-    reasons["max_events_per_minute"] = int((~flagged[over_minute]).sum())
-    flagged[over_minute] = True
-
-    # Distinct items per user-day: only runs longer than the limit can exceed it.
-    limit = cfg.max_distinct_items_per_day
-    candidate = (run_len > limit) & ~flagged[run_user]
-    over_items = np.empty(0, dtype=u.dtype)
-    if candidate.any():
-        pick = np.repeat(candidate, run_len)
-        run_id = np.repeat(np.flatnonzero(candidate), run_len[candidate]).astype(np.int64)
-        n_items = len(w.item.values) + 1
-        pairs = np.unique(run_id * n_items + w.item.codes[order[pick]])
-        distinct = np.bincount(pairs // n_items, minlength=len(run_start))
-        over_items = np.unique(run_user[distinct > limit])
-    reasons["max_distinct_items_per_day"] = len(over_items)
-    flagged[over_items] = True
-
-    removed = flagged[w.user.codes] & alive
-    detail = {"users_by_limit": reasons,
+        burst_runs[run_of[k:][burst]] = True
+    flags["max_events_per_minute"] = burst_runs
+    # Distinct items and active hours per user-day: only runs long enough can exceed them.
+    long_runs = run_len > min(cfg.max_distinct_items_per_day, cfg.max_active_hours_per_day)
+    pick = long_runs[run_of]
+    flags["max_distinct_items_per_day"] = _distinct_per_run(
+        run_of, w.item.codes[order], len(w.item.values), n_runs, pick) > \
+        cfg.max_distinct_items_per_day
+    flags["max_active_hours_per_day"] = _distinct_per_run(
+        run_of, (sec // 3600) % 24, 24, n_runs, pick) > cfg.max_active_hours_per_day
+    flagged_run = np.zeros(n_runs, dtype=bool)
+    for f in flags.values():
+        flagged_run |= f
+    bad_days = np.bincount(run_user[flagged_run], minlength=n_users)
+    bot = bad_days >= cfg.bot_days
+    removed = np.zeros(len(w), dtype=bool)
+    removed[order] = flagged_run[run_of] | bot[u]
+    detail = {"users_by_limit": {name: len(np.unique(run_user[f])) for name, f in flags.items()},
+              "user_days_flagged": int(flagged_run.sum()), "bot_users": int(bot.sum()),
               "limits": {"max_events_per_minute": cfg.max_events_per_minute,
                          "max_events_per_day": cfg.max_events_per_day,
-                         "max_distinct_items_per_day": cfg.max_distinct_items_per_day}}
+                         "max_distinct_items_per_day": cfg.max_distinct_items_per_day,
+                         "max_active_hours_per_day": cfg.max_active_hours_per_day,
+                         "bot_days": cfg.bot_days}}
     top = _top(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")
     # Peak figures for the few top offenders only: their events are a slice, already in time order.
     for t, code in zip(top, _codes_of(w.user.values, [t["user_id"] for t in top])):
@@ -230,6 +244,57 @@ def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[n
         t["peak_events_per_minute"] = int((np.searchsorted(s, s + 60) - np.arange(len(s))).max())
         t["max_events_per_day"] = int(np.unique(s // 86_400, return_counts=True)[1].max())
     detail["top_users"] = top
+    return removed, detail
+
+
+def canonical_ips(values: pa.Array) -> pd.Series:
+    """IP texts as one address each (distinct values, vectorised): the first of an
+    X-Forwarded-For list, without a port ("1.2.3.4:80", "[2001:db8::1]:443"), and an IPv4-mapped
+    IPv6 address as its IPv4 ("::ffff:10.20.1.1" -> "10.20.1.1")."""
+    text = pd.Series(values.to_numpy(zero_copy_only=False), dtype="str")
+    text = text.str.split(",").str[0].str.strip()
+    text = text.str.replace(r"^\[([0-9A-Fa-f:.]+)\](?::\d+)?$", r"\1", regex=True)
+    text = text.str.replace(r"^(\d{1,3}(?:\.\d{1,3}){3}):\d+$", r"\1", regex=True)
+    return text.str.replace(r"^(?i:::ffff:)(\d{1,3}(?:\.\d{1,3}){3})$", r"\1", regex=True)
+
+
+def rule_shared_ip(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
+    """An address that, on a day, carries more events a minute or a day, or more distinct user
+    ids, than a household or an office does: a scraper rotating user ids behind one IP. Its
+    events of that day go. Shared networks that do carry many people (carrier NAT, a campus) are
+    listed in exempt_cidrs."""
+    canon = canonical_ips(w.ip.values)
+    codes_of_canon, distinct = pd.factorize(canon, use_na_sentinel=True)
+    exempt = ips_in_networks(pa.array(distinct.astype(object), pa.string()), cfg.shared_ip_exempt)
+    ip = np.append(codes_of_canon, -1)[w.ip.codes]  # per event: its canonical address
+    usable = alive & (ip >= 0)
+    usable[usable] = ~np.append(exempt, False)[ip[usable]]
+    order, _ = grouped(np.where(ip >= 0, ip, 0), len(distinct), usable)
+    a, sec = ip[order], w.sec[order]
+    n = len(order)
+    run_start, run_of = _runs(a, sec // 86_400)
+    run_len = np.diff(np.append(run_start, n))
+    n_runs = len(run_start)
+    flags = {"max_events_per_day": run_len > cfg.shared_ip_max_events_per_day,
+             "max_users_per_day": _distinct_per_run(run_of, w.user.codes[order],
+                                                    len(w.user.values), n_runs)
+             > cfg.shared_ip_max_users_per_day}
+    k = cfg.shared_ip_max_events_per_minute
+    burst_runs = np.zeros(n_runs, dtype=bool)
+    if n > k:
+        burst = (a[k:] == a[:-k]) & (sec[k:] - sec[:-k] < 60)
+        burst_runs[run_of[k:][burst]] = True
+    flags["max_events_per_minute"] = burst_runs
+    flagged_run = np.zeros(n_runs, dtype=bool)
+    for f in flags.values():
+        flagged_run |= f
+    removed = np.zeros(len(w), dtype=bool)
+    removed[order] = flagged_run[run_of]
+    detail = {"ip_days_by_limit": {name: int(f.sum()) for name, f in flags.items()},
+              "limits": {"max_events_per_minute": k,
+                         "max_events_per_day": cfg.shared_ip_max_events_per_day,
+                         "max_users_per_day": cfg.shared_ip_max_users_per_day},
+              "top_ips": _top(w.ip.codes[removed], w.ip.values, cfg.top_offenders, "ip")}
     return removed, detail
 
 
@@ -256,7 +321,7 @@ def ips_in_networks(values: pa.Array, networks: tuple) -> np.ndarray:
     flags = np.zeros(len(values), dtype=bool)
     if not networks or len(values) == 0:
         return flags
-    text = pd.Series(values.to_numpy(zero_copy_only=False), dtype="str").str.strip()
+    text = canonical_ips(values)
     v4 = text.str.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}").fillna(False).to_numpy(bool)
     if v4.any():
         octets = text[v4].str.split(".", expand=True).astype("int64").to_numpy()
@@ -360,11 +425,12 @@ def apply_rules(w: Window, cfg: FilterSettings) -> Result:
     seconds: dict[str, float] = {}
     enabled = {"crawler_ua": cfg.crawler_enabled, "behaviour": cfg.behaviour_enabled,
                "internal": cfg.internal_enabled, "repeated": cfg.repeated_enabled,
+               "shared_ip": cfg.shared_ip_enabled,
                "min_support": cfg.min_user_events > 1 or cfg.min_item_events > 1}
     functions = {"crawler_ua": rule_crawler_ua, "behaviour": rule_behaviour,
                  "internal": rule_internal, "repeated": rule_repeated,
-                 "min_support": rule_min_support}
-    for rule in RULES:  # five rules, in order
+                 "shared_ip": rule_shared_ip, "min_support": rule_min_support}
+    for rule in RULES:  # six rules, in order
         started = time.perf_counter()
         if enabled[rule] and alive.any():
             removed, detail = functions[rule](w, alive, cfg)
@@ -384,7 +450,7 @@ def rule_metrics(w: Window, result: Result, cfg: FilterSettings) -> dict:
         removed = result.removed_by[rule]
         entry = {"rows": int(removed.sum()), "users": _distinct(w.user.codes[removed]),
                  **result.details[rule]}
-        if rule in ("crawler_ua", "internal") and "top_users" not in entry:
+        if rule in ("crawler_ua", "internal", "shared_ip") and "top_users" not in entry:
             entry["top_users"] = _top(w.user.codes[removed], w.user.values, cfg.top_offenders,
                                       "user_id")
         if rule == "min_support":

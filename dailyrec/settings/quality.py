@@ -86,7 +86,9 @@ def validate(params: Params) -> ValidateSettings:
 FILTER_KEYS: dict[str, tuple[str, ...]] = {
     "crawler_ua": ("enabled", "extra_patterns"),
     "behaviour": ("enabled", "max_events_per_minute", "max_events_per_day",
-                  "max_distinct_items_per_day"),
+                  "max_distinct_items_per_day", "max_active_hours_per_day", "bot_days"),
+    "shared_ip": ("enabled", "max_events_per_minute", "max_events_per_day", "max_users_per_day",
+                  "exempt_cidrs"),
     "internal": ("enabled", "user_ids", "user_id_ranges", "ip_cidrs"),
     "repeated": ("enabled", "dedupe_seconds"),
     "min_support": ("min_user_events", "min_item_events"),
@@ -104,6 +106,13 @@ class FilterSettings:
     max_events_per_minute: int
     max_events_per_day: int
     max_distinct_items_per_day: int
+    max_active_hours_per_day: int
+    bot_days: int
+    shared_ip_enabled: bool
+    shared_ip_max_events_per_minute: int
+    shared_ip_max_events_per_day: int
+    shared_ip_max_users_per_day: int
+    shared_ip_exempt: tuple[Any, ...]
     internal_enabled: bool
     internal_user_ids: tuple[str, ...]
     internal_user_id_ranges: tuple[tuple[int, int], ...]
@@ -139,12 +148,7 @@ def filter_rules(params: Params) -> FilterSettings:
             raise params.fail(f"filter.internal.user_id_ranges[{k}]", "[first, last] whole numbers",
                               pair)
         ranges.append((pair[0], pair[1]))
-    networks = []
-    for k, cidr in enumerate(params.items("filter.internal.ip_cidrs")):
-        try:
-            networks.append(ipaddress.ip_network(str(cidr), strict=False))
-        except ValueError as err:
-            raise ConfigError(f"{params.source}: filter.internal.ip_cidrs[{k}]: {err}") from None
+    networks = _networks(params, "filter.internal.ip_cidrs")
     return FilterSettings(
         run_date=run_date(params),
         window_days=window_days(params),
@@ -156,6 +160,15 @@ def filter_rules(params: Params) -> FilterSettings:
         max_events_per_day=params.integer("filter.behaviour.max_events_per_day", low=1),
         max_distinct_items_per_day=params.integer(
             "filter.behaviour.max_distinct_items_per_day", low=1),
+        max_active_hours_per_day=params.integer("filter.behaviour.max_active_hours_per_day",
+                                                low=1, high=24),
+        bot_days=params.integer("filter.behaviour.bot_days", low=1),
+        shared_ip_enabled=params.flag("filter.shared_ip.enabled"),
+        shared_ip_max_events_per_minute=params.integer("filter.shared_ip.max_events_per_minute",
+                                                       low=1),
+        shared_ip_max_events_per_day=params.integer("filter.shared_ip.max_events_per_day", low=1),
+        shared_ip_max_users_per_day=params.integer("filter.shared_ip.max_users_per_day", low=1),
+        shared_ip_exempt=tuple(_networks(params, "filter.shared_ip.exempt_cidrs")),
         internal_enabled=params.flag("filter.internal.enabled"),
         internal_user_ids=tuple(str(u).strip() for u in params.items("filter.internal.user_ids")),
         internal_user_id_ranges=tuple(ranges),
@@ -165,3 +178,13 @@ def filter_rules(params: Params) -> FilterSettings:
         min_user_events=params.integer("filter.min_support.min_user_events", low=0),
         min_item_events=params.integer("filter.min_support.min_item_events", low=0),
     )
+
+
+def _networks(params: Params, key: str) -> list:
+    networks = []
+    for k, cidr in enumerate(params.items(key)):
+        try:
+            networks.append(ipaddress.ip_network(str(cidr), strict=False))
+        except ValueError as err:
+            raise ConfigError(f"{params.source}: {key}[{k}]: {err}") from None
+    return networks
