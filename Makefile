@@ -21,6 +21,7 @@ demo: install
 	python -m tools.demo
 	@$(MAKE) --no-print-directory stop >/dev/null
 	@$(MAKE) --no-print-directory serve-bg
+	@python -m tools.demo --next-steps
 
 # Azurite (the Azure Blob emulator the azure:// remote tests start), installed into the project,
 # never committed (node_modules/ is ignored).
@@ -38,6 +39,7 @@ reproduce: install
 
 clean-demo:
 	rm -rf data/delta data/history data/quarantine data/clean models metrics reports source.db
+	-git update-ref -d refs/heads/dailyrec-demo
 
 # The recommendations API (docs/serving.md): gunicorn on BIND, reading Redis at REDIS_URL.
 # `serve` runs in the foreground; `serve-bg` starts it in the background (pid in .serve.pid,

@@ -2,17 +2,21 @@
 
     flock /tmp/dailyrec-bench.lock .venv/bin/python bench/filter.py [--events 20000000]
 
-The window comes from the simulator's own generators (humans, crawlers, scrapers, admins), written
-as canonical history partitions once and reused (under --data, default /tmp/dailyrec-bench-filter).
+The window comes from the simulator's own generators (human_events and noise_events: crawlers,
+scrapers, admins, a scraper rotating 300 user ids behind one IP, slow crawlers, headless
+browsers), written as canonical history partitions once and reused (under --data, default
+/tmp/dailyrec-bench-filter; rebuilt when the stamp's spec or version differs).
 Measured in one run:
-- filter_noise: reading the window, the five rules, writing data/clean, and each rule on its own;
-  events per second of the rules and of the whole stage (target: >= 2M events/s);
-- the same rules written in plain pandas (groupby, sort_values), on a smaller window, as the
-  baseline, with our code on that same window: the ratio, and a check that both remove the same
-  rows;
+- filter_noise: reading the window, the six rules (crawler_ua, internal, repeated, behaviour,
+  shared_ip, min_support), writing data/clean, and each rule on its own; events per second of the
+  rules and of the whole stage (target: >= 2M events/s);
+- the same six rules written in plain pandas (groupby, sort_values, ipaddress), on a smaller
+  window, as the baseline, with our code on that same window: the ratio, and a check that both
+  remove the same rows;
 - validate: importing Great Expectations, the delta suites (one day), the window suites (the
   whole window), and the stage end to end in a fresh process;
-- precision and recall of the removed users against the simulator's truth.
+- precision and recall of the users removed by the bot rules against the simulator's truth,
+  overall and per bot kind (crawler, scraper, admin, rotator, slow_crawler, headless).
 The table goes to docs/benchmarks.md (section "filter").
 """
 
@@ -75,10 +79,13 @@ def canonical_day(pop, truth, day: dt.date, human_events: int) -> pa.Table:
                          "t": ev["type"].to_numpy(), "ts": micros})
     event_id = pa.array(np.char.mod("h%016x", pd.util.hash_pandas_object(keys, index=False)
                                     .to_numpy()))
-    table = pa.Table.from_arrays(
-        [event_id, user, item, etype, pa.array(micros, pa.int64()).cast(pa.timestamp("us", "UTC")),
-         pa.array(SOURCES[platform]), ua, pa.array(ev["ip"].to_numpy(dtype=object), pa.string())],
-        schema=S.EVENT_SCHEMA)
+    columns = {"event_id": event_id, "user_id": user, "item_id": item, "event_type": etype,
+               "ts": pa.array(micros, pa.int64()).cast(pa.timestamp("us", "UTC")),
+               "source": pa.array(SOURCES[platform]), "user_agent": ua,
+               "ip": pa.array(ev["ip"].to_numpy(dtype=object), pa.string())}
+    # Columns the simulator does not make (quantity) are NULL, as from a feed without them.
+    table = pa.Table.from_arrays([columns.get(f.name, pa.nulls(len(ev), f.type))
+                                  for f in S.EVENT_SCHEMA], schema=S.EVENT_SCHEMA)
     # The same user, item and type in the same microsecond is one event (fetch_delta and
     # merge_history deduplicate on event_id): keep the first.
     _, first = np.unique(table.column("event_id").to_numpy(zero_copy_only=False),
@@ -91,7 +98,7 @@ def build(data: Path, target_events: int) -> tuple[Path, pd.DataFrame]:
     history = data / "history"
     stamp = data / "stamp.json"
     spec = {"target_events": target_events, "users": USERS, "items": ITEMS, "seed": SEED,
-            "window_days": WINDOW_DAYS, "run_date": RUN_DATE.isoformat(), "version": 2}
+            "window_days": WINDOW_DAYS, "run_date": RUN_DATE.isoformat(), "version": 3}
     truth = SIM.build_truth(SEED, USERS)
     if stamp.exists() and json.loads(stamp.read_text()) == spec:
         return history, truth
@@ -102,6 +109,9 @@ def build(data: Path, target_events: int) -> tuple[Path, pd.DataFrame]:
     per_day = target_events / WINDOW_DAYS
     noise = canonical_day(pop, truth, RUN_DATE, 100_000).num_rows - 100_000
     humans = int(per_day - noise if per_day <= 200_000 + noise else per_day / (1 + noise / 200_000))
+    if humans < 10_000:  # the bots alone make `noise` events a day
+        raise SystemExit(f"--events {target_events:,} leaves {humans:,} human events a day next to "
+                         f"{noise:,} of bots: use at least {(noise + 10_000) * WINDOW_DAYS:,}")
     started = time.perf_counter()
     for k in range(WINDOW_DAYS, 0, -1):  # a loop over days
         day = RUN_DATE - dt.timedelta(days=k)
@@ -136,50 +146,132 @@ def window_files(cfg: FilterSettings, history: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # The baseline: the same rules in plain pandas, written the obvious way.
 
-def pandas_rules(frame: pd.DataFrame, cfg: FilterSettings) -> np.ndarray:
-    """Rows kept. crawler UA per distinct agent with the package's own is_crawler; the rest with
-    groupby / sort_values."""
+def canonical_ip(text: str) -> str | None:
+    """One IP text as one address: the first of an X-Forwarded-For list, without a port, an
+    IPv4-mapped IPv6 address as its IPv4, IPv4 octets in plain decimal; parsed with ipaddress
+    (None when it is no address)."""
     import ipaddress
+    import re
+
+    first = text.split(",")[0].strip()
+    bracket = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::\d+)?", first)
+    if bracket:
+        first = bracket.group(1)
+    v4_port = re.fullmatch(r"(\d{1,3}(?:\.\d{1,3}){3}):\d+", first)
+    if v4_port:
+        first = v4_port.group(1)
+    if re.fullmatch(r"\d{1,3}(?:\.\d{1,3}){3}", first):  # leading zeros are decimal here
+        first = ".".join(str(int(o)) for o in first.split("."))
+    try:
+        address = ipaddress.ip_address(first)
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+def in_networks(text: str, networks) -> bool:
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return any(address in n for n in networks)
+
+
+def pandas_rules(frame: pd.DataFrame, cfg: FilterSettings) -> np.ndarray:
+    """Rows kept, by the six rules in their order, each on the rows the earlier ones left.
+    Strings (user agents, IPs, ids) are judged once per distinct value with the standard library
+    (crawleruseragents.is_crawler, re, ipaddress); events with groupby / sort_values."""
+    import re
 
     import crawleruseragents
 
-    alive = np.ones(len(frame), dtype=bool)
-    agents = frame["user_agent"].dropna().unique()
-    crawler = {ua for ua in agents if crawleruseragents.is_crawler(ua)}
-    alive &= ~frame["user_agent"].isin(crawler).to_numpy()
+    n = len(frame)
+    alive = np.ones(n, dtype=bool)
+    # whole seconds since the epoch (UTC): the day and the hour of the day follow from them
+    sec_all = (frame["ts"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    frame = frame.assign(row=np.arange(n), sec=sec_all.to_numpy(),
+                         day=(sec_all // 86_400).to_numpy(),
+                         hour=(sec_all // 3600 % 24).to_numpy())
+    ip_of = {t: canonical_ip(t) for t in frame["ip"].dropna().unique()}
+    frame["canon_ip"] = frame["ip"].map(ip_of)
 
-    f = frame[alive].assign(row=np.flatnonzero(alive))
-    f = f.sort_values(["user_id", "ts"], kind="stable")
-    sec = f["ts"].astype("int64") // 1_000_000
-    day = sec // 86_400
-    k = cfg.max_events_per_minute
-    ahead = sec.groupby(f["user_id"]).shift(-k)
-    fast = set(f.loc[(ahead - sec) < 60, "user_id"])
-    per_day = f.groupby([f["user_id"], day]).size()
-    busy = set(per_day[per_day > cfg.max_events_per_day].index.get_level_values(0))
-    distinct = f.groupby([f["user_id"], day])["item_id"].nunique()
-    wide = set(distinct[distinct > cfg.max_distinct_items_per_day].index.get_level_values(0))
-    alive &= ~frame["user_id"].isin(fast | busy | wide).to_numpy()
+    def left() -> pd.DataFrame:
+        return frame[alive]
 
-    numeric = pd.to_numeric(frame["user_id"], errors="coerce")
-    internal = frame["user_id"].isin(cfg.internal_user_ids).to_numpy(copy=True)
-    for lo, hi in cfg.internal_user_id_ranges:
-        internal |= ((numeric >= lo) & (numeric <= hi)).to_numpy()
-    ips = frame["ip"].dropna().unique()
+    # 1. crawler_ua: a crawler user agent (per distinct agent; NULL is not a crawler).
+    if cfg.crawler_enabled:
+        agents = left()["user_agent"].dropna().unique()
+        crawler = {ua for ua in agents if crawleruseragents.is_crawler(ua)
+                   or any(re.search(p, ua) for p in cfg.extra_patterns)}
+        alive &= ~frame["user_agent"].isin(crawler).to_numpy()
 
-    def office(ip):
-        try:
-            return any(ipaddress.ip_address(ip) in n for n in cfg.internal_networks)
-        except ValueError:
+    # 2. internal: ids in the list or a numeric id in a range (all their events), and events
+    #    from an internal network (canonical address).
+    if cfg.internal_enabled:
+        f = left()
+
+        def internal_id(user: str) -> bool:
+            if user in cfg.internal_user_ids:
+                return True
+            if re.fullmatch(r"\d{1,18}", user):
+                return any(lo <= int(user) <= hi for lo, hi in cfg.internal_user_id_ranges)
             return False
-    internal |= frame["ip"].isin({ip for ip in ips if office(ip)}).to_numpy()
-    alive &= ~internal
+        users = {u for u in f["user_id"].unique() if internal_id(u)}
+        ips = {a for a in f["canon_ip"].dropna().unique()
+               if in_networks(a, cfg.internal_networks)}
+        hit = f["user_id"].isin(users) | f["canon_ip"].isin(ips)
+        alive[f.loc[hit, "row"].to_numpy()] = False
 
-    f = frame[alive].assign(row=np.flatnonzero(alive))
-    f = f.sort_values(["user_id", "item_id", "event_type", "ts", "row"], kind="stable")
-    gap = f.groupby(["user_id", "item_id", "event_type"])["ts"].diff()
-    repeat = f.loc[(gap < pd.Timedelta(seconds=cfg.dedupe_seconds)).to_numpy(), "row"].to_numpy()
-    alive[repeat] = False
+    # 3. repeated: the same (user, item, type) less than dedupe_seconds after the previous one.
+    if cfg.repeated_enabled:
+        f = left().sort_values(["user_id", "item_id", "event_type", "ts", "row"], kind="stable")
+        gap = f.groupby(["user_id", "item_id", "event_type"])["ts"].diff()
+        repeat = (gap < pd.Timedelta(seconds=cfg.dedupe_seconds)).to_numpy()
+        alive[f.loc[repeat, "row"].to_numpy()] = False
+
+    # 4. behaviour: user-days over a limit lose their events; users with bot_days such days or
+    #    more lose all of theirs.
+    if cfg.behaviour_enabled:
+        f = left().sort_values(["user_id", "ts", "row"], kind="stable")
+        by_day = f.groupby(["user_id", "day"])
+        k = cfg.max_events_per_minute
+        # event i+k of a user less than 60 s after event i: the later event's day is flagged
+        burst = (f["sec"] - f.groupby("user_id")["sec"].shift(k)) < 60
+        flagged = (burst.groupby([f["user_id"], f["day"]]).transform("any")
+                   | (by_day["row"].transform("size") > cfg.max_events_per_day)
+                   | (by_day["item_id"].transform("nunique") > cfg.max_distinct_items_per_day)
+                   | (by_day["hour"].transform("nunique") > cfg.max_active_hours_per_day))
+        bad_days = f.loc[flagged, ["user_id", "day"]].drop_duplicates()["user_id"].value_counts()
+        bots = set(bad_days[bad_days >= cfg.bot_days].index)
+        gone = flagged | f["user_id"].isin(bots)
+        alive[f.loc[gone, "row"].to_numpy()] = False
+
+    # 5. shared_ip: address-days (canonical address, exempt networks left out) over a limit
+    #    lose their events.
+    if cfg.shared_ip_enabled:
+        f = left().dropna(subset=["canon_ip"])
+        exempt = {a for a in f["canon_ip"].unique() if in_networks(a, cfg.shared_ip_exempt)}
+        f = f[~f["canon_ip"].isin(exempt)].sort_values(["canon_ip", "ts", "row"], kind="stable")
+        by_day = f.groupby(["canon_ip", "day"])
+        k = cfg.shared_ip_max_events_per_minute
+        burst = (f["sec"] - f.groupby("canon_ip")["sec"].shift(k)) < 60
+        flagged = (burst.groupby([f["canon_ip"], f["day"]]).transform("any")
+                   | (by_day["row"].transform("size") > cfg.shared_ip_max_events_per_day)
+                   | (by_day["user_id"].transform("nunique") > cfg.shared_ip_max_users_per_day))
+        alive[f.loc[flagged, "row"].to_numpy()] = False
+
+    # 6. min_support: users and items with fewer events left than the minimum (one pass).
+    if cfg.min_user_events > 1 or cfg.min_item_events > 1:
+        f = left()
+        users = f["user_id"].value_counts()
+        items = f["item_id"].value_counts()
+        low = (f["user_id"].isin(users[users < cfg.min_user_events].index)
+               | f["item_id"].isin(items[items < cfg.min_item_events].index))
+        alive[f.loc[low, "row"].to_numpy()] = False
     return alive
 
 
@@ -268,9 +360,22 @@ def main(argv: list[str] | None = None) -> int:
     w = FN.read_window(window_files(cfg, history))
     result = FN.apply_rules(w, cfg)
     removed = result.removed_users(w)
-    bots = set(truth["user_id"]) & set(w.user.values.to_pylist())
+    present = set(w.user.values.to_pylist())
+    bots = set(truth["user_id"]) & present
     hits = removed & bots
     precision, recall = len(hits) / max(len(removed), 1), len(hits) / max(len(bots), 1)
+    # Per kind: recall (a removed human has no kind, so precision is only overall), and which
+    # bot rules removed events of that kind's users.
+    by_rule = {rule: result.removed_users(w, (rule,)) for rule in FN.BOT_RULES}
+    kinds = []
+    for kind, group in truth.groupby("kind", sort=False):
+        ids = set(group["user_id"]) & present
+        rules = sorted(((len(ids & users), rule) for rule, users in by_rule.items()
+                        if ids & users), reverse=True)
+        kinds.append((kind, len(ids & removed), len(ids), ", ".join(r for _, r in rules)))
+        if not ids:
+            print(f"WARNING: no {kind} in the window: data built by an older simulator?",
+                  flush=True)
     del w, result
 
     # Baseline vs ours on the same smaller window.
@@ -284,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     base_keep = pandas_rules(frame, small_cfg)
     base_s = time.perf_counter() - t
     same = bool((base_keep == ours.keep).all())
+    if not same:  # say where they differ: which of our rules removed the rows the baseline kept
+        for name, rows in (("removed by ours only", ~ours.keep & base_keep),
+                           ("removed by the baseline only", ours.keep & ~base_keep)):
+            by = {r: int((ours.removed_by[r] & rows).sum()) for r in FN.RULES}
+            print(f"DIFFERENCE: {int(rows.sum()):,} rows {name} (our rules: {by})", flush=True)
+            print(frame[rows].head(10).to_string(), flush=True)
     small_n = len(sw)
     del sw, frame
 
@@ -292,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     per_rule = m["seconds"]["by_rule"]
     totals = ", ".join(f"{r['wall']:.1f}" for r in runs)
     rows = [
-        ["filter_noise: the five rules", f"{n:,}", f"{rules_s:.1f}", f"{n / rules_s / 1e6:.2f}"],
+        ["filter_noise: the six rules", f"{n:,}", f"{rules_s:.1f}", f"{n / rules_s / 1e6:.2f}"],
         *[[f"  rule {r}", "", f"{per_rule[r]:.2f}", ""] for r in FN.RULES],
         ["filter_noise: read the window (Parquet)", "", f"{m['seconds']['read']:.1f}", ""],
         ["filter_noise: write data/clean", f"{m['output']['rows']:,} kept",
@@ -314,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     body = (
         f"{WINDOW_DAYS}-day window of simulator traffic ({USERS:,} users, {ITEMS:,} items, seed "
-        f"{SEED}; crawlers, scrapers and admins included), {n:,} events, default params.yaml "
+        f"{SEED}; the simulator's crawlers, scrapers, admins, rotating-id scraper, slow crawlers and "
+        f"headless browsers included), {n:,} events, default params.yaml "
         f"settings. One thread. filter_noise: the fastest of 3 runs (stage totals {totals} s); "
         f"the rest: one run.\n\n"
         + markdown_table(["step", "events", "seconds", "M events/s"], rows)
@@ -325,9 +437,13 @@ def main(argv: list[str] | None = None) -> int:
         f"validate on this window: {v['stage']:.0f} s as a stage ({v['expectations']} "
         f"expectations, status {v['status']}); most of it is Great Expectations on the "
         f"{v['window_rows']:,}-row window suite.\n\n"
-        f"Removed {m['removed']['share']:.1%} of the events; bot and admin users found: precision "
-        f"{precision:.3f}, recall {recall:.3f} ({len(hits)} of {len(bots)}; "
-        f"{len(removed - bots)} humans removed)."
+        f"Removed {m['removed']['share']:.1%} of the events; bot and admin users found (removed by "
+        f"{', '.join(FN.BOT_RULES)}): precision {precision:.3f}, recall {recall:.3f} ({len(hits)} "
+        f"of {len(bots)}; {len(removed - bots)} humans removed). By kind: "
+        + ", ".join(f"{kind} {found}/{total}" for kind, found, total, _ in kinds) + ".\n\n"
+        + markdown_table(["bot kind", "in window", "found", "recall", "removed by"],
+                         [[kind, total, found, f"{found / max(total, 1):.3f}", rules or "-"]
+                          for kind, found, total, rules in kinds])
     )
     publish("filter", "validate and filter_noise on a 20M-event window", body)
     return 0 if same else 1

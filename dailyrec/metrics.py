@@ -32,10 +32,19 @@ class ShapeError(ValueError):
 
 
 @dataclass(frozen=True)
+class MayLack:
+    """A key that may be absent (files written before it existed, and tests' examples of them);
+    checked against `expected` when present."""
+
+    expected: Any
+
+
+@dataclass(frozen=True)
 class MetricsFile:
     """A metrics file: its path, the stage that writes it, and its keys with their types.
 
-    shape: key -> a type or tuple of types (dict and list hold anything), or a nested shape.
+    shape: key -> a type or tuple of types (dict and list hold anything), or a nested shape;
+           MayLack(...) around one of these: the key may be absent.
     extra: a regular expression for further top-level keys (eval.json's metric_at_k), number-valued.
     """
 
@@ -71,12 +80,14 @@ class MetricsFile:
 
 
 def _check(shape: dict, payload: dict, where: str, extra: str | None = None) -> None:
-    missing = [k for k in shape if k not in payload]
+    missing = [k for k, t in shape.items() if k not in payload and not isinstance(t, MayLack)]
     unknown = [k for k in payload if k not in shape and not (extra and re.fullmatch(extra, k))]
     if missing or unknown:
         raise ShapeError(f"{where}: missing keys {missing}, unknown keys {unknown}")
     for key, value in payload.items():
         expected = shape.get(key, NUMBER)
+        if isinstance(expected, MayLack):
+            expected = expected.expected
         if isinstance(expected, dict):
             if not isinstance(value, dict):
                 raise ShapeError(f"{where}.{key}: expected an object")
@@ -141,8 +152,17 @@ EVAL = MetricsFile(paths.EVAL_METRICS, "evaluate", {
     "status": str,  # ok, insufficient_data
     "baselines": dict,  # most_popular, published: metric -> value (or None)
     "lift_over_most_popular": OPTIONAL_NUMBER,
+    "protocol": MayLack(OPTIONAL_TEXT),  # the gate's protocol: users, sessions (None: neither)
+    "sessions": MayLack({  # the session protocol (visitors who do not return)
+        "status": str,  # ok, insufficient_data
+        "counts": dict,  # cases, skipped by reason, ...
+        "max_context": int, "item_confidence": NUMBER,
+        "models": dict,  # fold_in, similar_items, most_popular: metric -> value (or None)
+        "lift_over_most_popular": OPTIONAL_NUMBER,  # fold_in's gate metric
+    }),
 }, extra=r"(precision|recall|map|ndcg|hit_rate|coverage)_at_\d+|mean_percentile_rank",
-    doc="the model's metrics at K=20 and eval.k, and its baselines'")
+    doc="the model's metrics at K=20 and eval.k (the user protocol), its baselines', and the "
+        "session protocol's")
 
 GATE = MetricsFile(paths.GATE, "evaluate", {
     "run_date": str, "passed": bool, "reason": str, "metric": str, "value": OPTIONAL_NUMBER,
@@ -150,12 +170,14 @@ GATE = MetricsFile(paths.GATE, "evaluate", {
     "published": OPTIONAL_NUMBER, "published_version": (int, str, type(None)),
     "drop": OPTIONAL_NUMBER, "max_drop": NUMBER,
     "model_md5": OPTIONAL_TEXT,  # the DVC hash of the models/ it judged: publish checks it
+    "protocol": MayLack(OPTIONAL_TEXT),  # users or sessions: which evaluation decided
 }, doc="the publish gate's verdict on one model (publish obeys `passed` for that model only)")
 
 PUBLISH = MetricsFile(paths.PUBLISH_METRICS, "publish", {
-    "run_date": str, "version": str, "previous_version": OPTIONAL_TEXT, "users": int,
-    "users_written": int, "users_without_recommendations": int, "items": int, "top_n": int,
-    "filter_already_liked": bool, "buckets": int, "kept_versions": list,
+    "run_date": str, "version": str, "kind": str, "previous_version": OPTIONAL_TEXT,
+    "users": int, "users_written": int, "users_without_recommendations": int, "items": int,
+    "items_with_similar": int, "top_n": int, "filter_already_liked": bool, "explain_items": int,
+    "buckets": int, "item_buckets": int, "kept_versions": list,
     "removed_versions": list, "seconds": dict, "users_per_second": OPTIONAL_NUMBER,
     "redis": str, "gate": dict, "model_run": dict, "mlflow_alias": (dict, type(None)),
 }, doc="the version served, its users, and how long publishing took (no stage reads it)")

@@ -104,6 +104,38 @@ def baseline_metrics(block: dict | None, cutoff: Any = None) -> tuple[str, dict[
     return label, _ordered(_metric_subset(popular, cutoff or block.get("k")))
 
 
+SESSION_MODELS = (("fold_in", "fold-in"), ("similar_items", "similar items"),
+                  ("most_popular", "most popular"))
+SESSION_COLUMNS = ("ndcg", "recall", "hit_rate")
+
+
+def session_summary(block: dict | None, main_metric: str) -> dict[str, Any] | None:
+    """The session protocol (eval.json `sessions`): its cases, whether the gate used it, and each
+    model's NDCG, recall and hit rate at the main metric's cutoff (eval.json's k when it has none),
+    with the lift over most popular on the main metric (NDCG when it is not a session metric)."""
+    sessions = block.get("sessions") if isinstance(block, dict) else None
+    if not isinstance(sessions, dict):
+        return None
+    k = main_metric.partition("_at_")[2] or block.get("k")
+    models = sessions.get("models") or {}
+    popular = models.get("most_popular") or {}
+    lift_metric = main_metric if _number(popular.get(main_metric)) is not None else f"ndcg_at_{k}"
+    rows = []
+    for name, label in SESSION_MODELS:
+        values = models.get(name)
+        if not isinstance(values, dict):
+            continue
+        rows.append({"model": name, "label": label,
+                     "cells": [_number(values.get(f"{c}_at_{k}")) for c in SESSION_COLUMNS],
+                     "lift": "(baseline)" if name == "most_popular" else
+                     _lift(_number(values.get(lift_metric)), _number(popular.get(lift_metric)))})
+    counts = sessions.get("counts") or {}
+    return {"cases": _number(counts.get("cases")), "status": sessions.get("status"),
+            "gate": block.get("protocol") == "sessions", "cutoff": k,
+            "columns": [_metric_label(f"{c}_at_{k}") for c in SESSION_COLUMNS],
+            "lift_label": f"lift ({_metric_label(lift_metric)})", "rows": rows}
+
+
 def _ordered(metrics: dict[str, float]) -> dict[str, float]:
     def rank(name: str) -> tuple[int, str]:
         stem = name.split("_at_")[0]
@@ -234,6 +266,9 @@ def summarize(snap: metrics.Snapshot, main_metric: str) -> dict[str, Any]:
             "baseline": baseline,
             "baseline_label": baseline_label,
             "status": None if evaluation is None else evaluation["status"],
+            "users": None if evaluation is None else
+            _number(evaluation["counts"].get("evaluated_users")),
+            "sessions": session_summary(evaluation, main_metric),
         },
         "gate": None if gate is None else {"passed": gate["passed"], "reason": gate["reason"]},
         "publish": None if publish is None else {

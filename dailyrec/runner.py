@@ -270,6 +270,7 @@ def run_stage(stage: str, env: dict, log: TextIO, tail_lines: int,
 @dataclass
 class Options:
     commit: bool = False
+    branch: str | None = None  # --commit onto this branch, not the checked-out one
     verbose: bool = False
     mail_report: bool = True
     tail_lines: int = FALLBACK_TAIL_LINES
@@ -286,17 +287,42 @@ def commit_paths() -> list[str]:
     return [p for p in dict.fromkeys(candidates) if Path(p).exists()]
 
 
-def git_commit(day: dt.date, env: dict, log: TextIO) -> str:
+def git_commit(day: dt.date, env: dict, log: TextIO, branch: str | None = None
+               ) -> tuple[str, str | None]:
+    """Commit the day's record; returns (what was done, in words; the commit, or None).
+
+    With `branch`, the commit goes onto that branch (created from HEAD if it does not exist)
+    through a private index: the checked-out branch, the index and the working tree stay as they
+    are (the demo's runs, or a team that keeps the nightly commits off its own branch)."""
     files = commit_paths()
     ignored = subprocess.run(["git", "check-ignore", "--", *files], env=env,
                              capture_output=True, text=True).stdout.split()
     files = [p for p in files if p not in set(ignored)]
-    _git(["git", "add", "--", *files], env, log)
-    staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *files], env=env)
-    if staged.returncode == 0:
-        return "nothing to commit"
-    _git(["git", "commit", "-q", "-m", f"daily run {day.isoformat()}", "--", *files], env, log)
-    return f"committed {_git(['git', 'rev-parse', '--short', 'HEAD'], env, log).strip()}"
+    message = f"daily run {day.isoformat()}"
+    if branch is None:
+        _git(["git", "add", "--", *files], env, log)
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *files], env=env)
+        if staged.returncode == 0:
+            return "nothing to commit", None
+        _git(["git", "commit", "-q", "-m", message, "--", *files], env, log)
+        sha = _git(["git", "rev-parse", "HEAD"], env, log).strip()
+        return f"committed {sha[:7]}", sha
+    ref = f"refs/heads/{branch}"
+    parent = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                            env=env, capture_output=True, text=True).stdout.strip()
+    parent = parent or _git(["git", "rev-parse", "HEAD"], env, log).strip()
+    with tempfile.TemporaryDirectory(prefix="dailyrec-index-") as tmp:
+        private = {**env, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git(["git", "read-tree", parent], private, log)
+        _git(["git", "add", "--", *files], private, log)
+        tree = _git(["git", "write-tree"], private, log).strip()
+    if tree == _git(["git", "rev-parse", f"{parent}^{{tree}}"], env, log).strip():
+        return f"nothing to commit on {branch}", None
+    sha = _git(["git", "commit-tree", tree, "-p", parent, "-m", message], env, log).strip()
+    old = subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref], env=env,
+                         capture_output=True, text=True).stdout.strip()
+    _git(["git", "update-ref", "-m", message, ref, sha, *([old] if old else [])], env, log)
+    return f"committed {sha[:7]} on {branch}", sha
 
 
 def _git(cmd: list[str], env: dict, log: TextIO) -> str:
@@ -494,11 +520,10 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
                 progress("dvc push", "skipped (no default DVC remote)")
             if opts.commit:
                 started = time.monotonic()
-                committed = git_commit(day, env, log)
+                committed, sha = git_commit(day, env, log, opts.branch)
                 progress("git commit", f"{committed} in {time.monotonic() - started:.1f} s")
-                if not pushed:
-                    head = _git(["git", "rev-parse", "HEAD"], env, log).strip()
-                    save_state(pending_push=[*(load_state().get("pending_push") or []), head])
+                if not pushed and sha:
+                    save_state(pending_push=[*(load_state().get("pending_push") or []), sha])
             save_state(last_completed=day.isoformat())
         except StepFailed as failure:
             log.write(f"=== FAILED at {failure.step} ({failure.why}, {failure.kind}) ===\n")
@@ -612,6 +637,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[dt.date
     ap.add_argument("--to", dest="last", type=_date, help="... to this day (default: today, UTC)")
     ap.add_argument("--commit", action="store_true",
                     help="git-commit params.yaml, dvc.lock and the metrics after each good day")
+    ap.add_argument("--branch", metavar="NAME",
+                    help="with --commit: commit onto this branch (created from HEAD), leaving "
+                         "the checked-out branch, the index and the working tree as they are")
     ap.add_argument("--no-report-mail", action="store_true",
                     help="save the daily report under reports/daily/ but do not mail it")
     ap.add_argument("--no-catch-up", action="store_true",
@@ -625,6 +653,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[dt.date
         ap.error("give either --date or --from/--to, not both")
     if args.last and not args.first:
         ap.error("--to needs --from")
+    if args.branch and not args.commit:
+        ap.error("--branch needs --commit")
+    if args.branch and subprocess.run(["git", "check-ref-format", "--branch", args.branch],
+                                      capture_output=True).returncode:
+        ap.error(f"--branch {args.branch!r} is not a valid branch name")
     if args.first:
         last = args.last or today
         if args.first > last:
@@ -664,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     tail_lines, throttle = alert_settings()
-    opts = Options(commit=args.commit, verbose=args.verbose, mail_report=not args.no_report_mail,
+    opts = Options(commit=args.commit, branch=args.branch, verbose=args.verbose,
+                   mail_report=not args.no_report_mail,
                    tail_lines=tail_lines, throttle_minutes=throttle)
     # A stop (systemd timeout, kill) becomes a failure of the running stage, alerted like any.
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -10,7 +10,8 @@ dirty) and the DVC md5 of each of the stage's inputs (as DVC computes them, so t
 with dvc.lock); the model bundle registered as a new version of mlflow.model_name, a pyfunc that
 returns top-N for user ids (dailyrec.model.pyfunc). It writes metrics/mlflow.json:
 {"run_id", "experiment", "model_name", "model_version", "alias"}. evaluate adds its metrics and the gate
-verdict to the same run, so one run holds a day's model and how good it was. publish moves
+verdict to the same run, so one run holds a day's model and how good it was (the session
+protocol's metrics prefixed session_<model>_, e.g. session_fold_in_ndcg_at_20). publish moves
 mlflow.alias to the version it serves; evaluate reads that version as the "published" baseline.
 """
 
@@ -220,6 +221,13 @@ def log_evaluation(settings: MlflowSettings, eval_settings: dict[str, Any], repo
         for name, block in (report.get("baselines") or {}).items():
             if isinstance(block, dict):
                 metrics.update({f"{name}_{k}": v for k, v in block.items()})
+        sessions = report.get("sessions")
+        if isinstance(sessions, dict):  # the session protocol: session_fold_in_ndcg_at_20, ...
+            for name, block in (sessions.get("models") or {}).items():
+                if isinstance(block, dict):
+                    metrics.update({f"session_{name}_{k}": v for k, v in block.items()})
+            metrics["session_cases"] = (sessions.get("counts") or {}).get("cases")
+            metrics["session_lift_over_most_popular"] = sessions.get("lift_over_most_popular")
         metrics["gate_passed"] = 1.0 if gate["passed"] else 0.0
         for key in ("lift", "drop"):
             if isinstance(gate.get(key), (int, float)):
@@ -234,7 +242,8 @@ def log_evaluation(settings: MlflowSettings, eval_settings: dict[str, Any], repo
         # In train's run, git tags stay train's: they are what rebuilds the model.
         tags = {**lineage_tags("evaluate", git=run_id is None),
                 "gate.passed": str(gate["passed"]).lower(),
-                "gate.reason": gate["reason"][:4000]}
+                "gate.reason": gate["reason"][:4000],
+                "gate.protocol": str(gate.get("protocol"))}
         published = (report.get("baselines") or {}).get("published")
         if isinstance(published, dict):
             tags["published.version"] = str(published.get("model_version"))

@@ -32,7 +32,9 @@ DEFAULTS = {
     "REDIS_MAX_CONNECTIONS": 64,
     "RETRY_AFTER": 5,            # seconds, in the Retry-After header of a 503
     "USER_ID_MAX_LENGTH": 128,
-    "USER_ID_PATTERN": r"[A-Za-z0-9._:@+-]+",
+    "USER_ID_PATTERN": r"[A-Za-z0-9._:@+-]+",  # item ids too
+    "MAX_RECENT_ITEMS": 50,      # items in ?recent=
+    "EXPLAIN_TOP": 3,            # contributing items per recommended item with ?explain=1
     "JSON_SORT_KEYS": False,
     # The same error is mailed at most once per this many minutes (the app never reads
     # params.yaml: set DAILYREC_API_ALERT_THROTTLE_MINUTES).

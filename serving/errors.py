@@ -41,7 +41,9 @@ def handle_error(err: Exception):
     if isinstance(err, HTTPException):
         kind = (err.name or "error").lower().replace(" ", "_").replace("'", "")
         _count(kind)
-        return _answer(err.code or 500, kind, err.description or err.name)
+        # The exception's own headers (a 405's Allow) go with the JSON body.
+        extra = {k: v for k, v in err.get_headers() if k.lower() != "content-type"}
+        return _answer(err.code or 500, kind, err.description or err.name, **extra)
     if isinstance(err, (RedisUnavailable, NotPublished)):
         kind = "redis_unavailable" if isinstance(err, RedisUnavailable) else "not_published"
         _count(kind)

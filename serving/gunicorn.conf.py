@@ -10,6 +10,12 @@ import glob
 import os
 import tempfile
 
+# One BLAS thread per worker: the workers and their threads are the concurrency; a fold-in's
+# matrix-vector product split over BLAS threads was 3-10x slower at p99 under load
+# (docs/benchmarks.md, section serve). Set before the workers import NumPy.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 bind = os.environ.get("DAILYREC_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 2)
 # Threads, not one sync process per request: keep-alive connections, and a worker waiting on Redis
@@ -17,6 +23,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 2)
 worker_class = os.environ.get("DAILYREC_WORKER_CLASS", "gthread")
 threads = int(os.environ.get("DAILYREC_THREADS", "4"))
 timeout = 30
+# The app bounds what it accepts (ids of 128 characters, 50 recent items: about 20 KB once
+# URL-encoded); gunicorn's own cap (4 KB, at most 8 KB) would refuse valid requests with an HTML
+# page. Put a proxy's limit in front in production (docs/serving.md).
+limit_request_line = 0
 graceful_timeout = 10
 keepalive = 5
 max_requests = 200_000  # recycle workers now and then; the jitter keeps them from doing it at once

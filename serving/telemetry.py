@@ -2,7 +2,9 @@
 
     dailyrec_http_requests_total{endpoint,method,status}    requests answered
     dailyrec_http_request_duration_seconds{endpoint}        latency histogram (0.5 ms .. 2.5 s)
-    dailyrec_recommendations_total{source}                  lists served: personalized | fallback
+    dailyrec_recommendations_total{source}                  lists served: personalized |
+                                                            session | fallback
+    dailyrec_recent_items_total{known}                      ?recent= items: known | unknown
     dailyrec_fallback_share                                 fallback / all lists served, so far
     dailyrec_errors_total{kind}                             redis_unavailable, not_published,
                                                             bad_request, not_found, internal, ...
@@ -41,6 +43,9 @@ class Telemetry:
         self.recommendations = Counter("dailyrec_recommendations",
                                        "Recommendation lists served, by source", ["source"],
                                        registry=self.registry)
+        self.recent_items = Counter("dailyrec_recent_items",
+                                    "Items given in ?recent=, known to the served version or not",
+                                    ["known"], registry=self.registry)
         self.errors = Counter("dailyrec_errors", "Requests that ended in an error, by kind",
                               ["kind"], registry=self.registry)
 
@@ -84,7 +89,7 @@ class _FallbackShare:
         self.source = source
 
     def collect(self):
-        counts = {"fallback": 0.0, "personalized": 0.0}
+        counts = {"fallback": 0.0, "personalized": 0.0, "session": 0.0}
         for family in self.source.collect():
             if family.name == "dailyrec_recommendations":
                 for sample in family.samples:

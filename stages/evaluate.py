@@ -4,12 +4,14 @@
 
 Inputs   data/clean/events.parquet, models/ (its meta.json must match params.yaml's train
          section), metrics/mlflow.json (the train run); params.yaml run.date, train, eval, mlflow
-Outputs  metrics/eval.json             ALS metrics at K=20 and eval.k, counts, `baselines`
+Outputs  metrics/eval.json             ALS metrics at K=20 and eval.k, counts, `baselines`,
+                                       `sessions` (the session protocol), `protocol`
          metrics/gate.json             {"passed", "reason", ...}: publish obeys `passed`
          metrics/plots/eval_at_k.csv   recall/ndcg/precision at k = 1..max(20, eval.k) per model
 
-The split, the baselines (most popular, the published model) and the gate:
-dailyrec.model.evaluation. Metric definitions: dailyrec.model.ranking.
+The split, the baselines (most popular, the published model), the session protocol (visitors
+who do not return) and the gate: dailyrec.model.evaluation. Metric definitions:
+dailyrec.model.ranking.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def main_body(argv: list[str] | None) -> int:
     out["durations"]["total"] = time.perf_counter() - start
     run_id = None
     if env.mlflow_enabled():
-        flat_curves = {f"{name}_{metric}": values.tolist() for name, c in out["curves"].items()
+        all_curves = {**out["curves"], **out["session_curves"]}
+        flat_curves = {f"{name}_{metric}": values.tolist() for name, c in all_curves.items()
                        for metric, values in c.items() if metric in ("recall", "ndcg")}
         report_for_mlflow = {**report, **{f"duration_s_eval_{k}": round(v, 4)
                                           for k, v in out["durations"].items()}}
@@ -62,7 +65,14 @@ def main_body(argv: list[str] | None) -> int:
     summary = (f"{metric} {report[metric]:.4f}, most-popular "
                f"{report['baselines']['most_popular'][metric]:.4f}"
                if report["status"] == "ok" else report["status"])
+    sessions = report["sessions"]
+    models = sessions["models"]
+    session_summary = (
+        f"sessions: {metric} fold-in {models['fold_in'][metric]:.4f}, similar items "
+        f"{models['similar_items'][metric]:.4f}, most-popular {models['most_popular'][metric]:.4f}"
+        if models["fold_in"] is not None else f"sessions: {sessions['status']}")
     print(f"evaluate {day}: {summary}; {report['counts']['evaluated_users']} users; "
+          f"{session_summary}; {sessions['counts']['cases']} visitor sessions; "
           f"gate {'PASSED' if gate['passed'] else 'FAILED'}: {gate['reason']}"
           + (f" (MLflow run {run_id})" if run_id else ""))
     return 0

@@ -8,7 +8,9 @@ Inputs   models/, metrics/gate.json (must say passed, unless --force), metrics/m
 Outputs  Redis at REDIS_URL (a new complete version; readers see whole versions only)
          metrics/publish.json   the version, its users, how long it took
 
-Then the MLflow alias (mlflow.alias) moves to the served model version. How a version is written,
+Then the MLflow alias (mlflow.alias) moves to the served model version. When the gate says no and
+Redis serves nothing yet (a brand-new deployment), the most-popular list is served as a version
+of its own (kind "popular") so the API answers 200 instead of 503 until a model passes. How a version is written,
 switched to and rolled back: dailyrec.store.writer. Exit 3 when the gate kept the model back.
 """
 
@@ -58,6 +60,7 @@ def print_versions(rows: list[dict]) -> None:
         print("no versions in Redis")
     for r in rows:
         print(f"{'*' if r['served'] else ' '} {r['version']:<16} {r.get('status', '?'):<9} "
+              f"{r.get('kind', 'model'):<8}"
               f"users={r.get('users_written', '-')} created={r.get('created_at', '-')} "
               f"forced={r.get('forced', '0')}")
 
@@ -81,7 +84,17 @@ def run(args, client, layout: K.Layout, where: str) -> int:
 
     with threadpool_limits(1, "blas"):  # implicit warns (and slows) with a threaded BLAS
         bundle = artifacts.load(args.models)
-    gate = gate_decision(args.force, args.models)
+    try:
+        gate = gate_decision(args.force, args.models)
+    except NotPublished as refused:
+        # A brand-new deployment: serve the most-popular list rather than 503s until a model
+        # passes the gate (a no-op once anything is served).
+        popular = writer.publish_popular(bundle, client, cfg, run_date=day, layout=layout,
+                                         reason=str(refused))
+        if popular is None:
+            raise
+        raise NotPublished(f"{refused} Nothing was served yet, so the most-popular list is now "
+                           f"served as version {popular} (kind popular) from {where}.") from None
     run = metrics.MLFLOW.read() or {}
     summary = writer.publish(bundle, client, cfg, run_date=day, layout=layout, gate=gate,
                              model_run=run, progress=False if args.no_progress else None)

@@ -12,6 +12,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from tests import servers  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path_factory, monkeypatch):
+    """Every test gets its own state directory (alert throttle, mail outbox, the runner's
+    memory), so nothing a test leaves there reaches another test, or the checkout's .state/
+    (where `make demo` keeps its own). A test may still point DAILYREC_STATE_DIR elsewhere."""
+    monkeypatch.setenv("DAILYREC_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture(scope="session")
 def postgres():
     server = servers.start_postgres()

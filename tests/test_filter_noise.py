@@ -180,9 +180,30 @@ def test_behaviour_names_the_limit_each_bot_broke(result):
 def test_canonical_ips_normalise_proxies_ports_and_mapped_addresses():
     got = FN.canonical_ips(pa.array(["::ffff:10.20.1.1", "::FFFF:1.2.3.4", "10.20.1.2:5555",
                                      "10.20.1.3, 81.2.69.1", "[2001:db8::1]:443", " 8.8.8.8 ",
-                                     "2001:db8::2", None]))
-    assert got.tolist()[:7] == ["10.20.1.1", "1.2.3.4", "10.20.1.2", "10.20.1.3", "2001:db8::1",
-                                "8.8.8.8", "2001:db8::2"]
+                                     "2001:db8::2", "::ffff:a14:101", "2001:DB8:0::2",
+                                     "010.020.1.1", "unknown", "", "300.1.1.1", None]))
+    assert got.tolist()[:10] == ["10.20.1.1", "1.2.3.4", "10.20.1.2", "10.20.1.3", "2001:db8::1",
+                                 "8.8.8.8", "2001:db8::2", "10.20.1.1", "2001:db8::2",
+                                 "10.20.1.1"]
+    assert got[10:].isna().all()  # not addresses: never one shared "address"
+
+
+def test_one_address_in_many_spellings_is_one_address(tmp_path):
+    def window_of(frame):
+        path = tmp_path / f"{frame['ip'].iloc[0] or 'empty'}.parquet"
+        pq.write_table(F.to_arrow(frame), path)
+        return FN.read_window([path])
+
+    spellings = ["2001:db8::7", "2001:DB8::7", "2001:db8:0::7", "[2001:db8::7]:443"]
+    frame = F.events([str(70_000 + k) for k in range(400)], ["1"] * 400,
+                     DAY2 + np.arange(400) * 60 * SEC, ip=np.array(spellings * 100))
+    frame["event_id"] = "s" + pd.Series(np.arange(400)).astype(str)
+    many = window_of(frame)
+    removed, detail = FN.rule_shared_ip(many, np.ones(len(many), dtype=bool), settings())
+    assert removed.all() and detail["ip_days_by_limit"]["max_users_per_day"] == 1
+    nobody = frame.assign(ip=np.array(["unknown", "", "-", "n/a"] * 100))
+    unknown = window_of(nobody)
+    assert not FN.rule_shared_ip(unknown, np.ones(len(unknown), dtype=bool), settings())[0].any()
 
 
 def test_shared_ip_removes_a_rotating_scraper_not_a_household(window, result):

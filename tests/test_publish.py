@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from dailyrec.errors import Busy, ConfigError
-from dailyrec.model.recommender import ALSRecommender
+from dailyrec.model.recommender import ALSRecommender, PopularRecommender
 from dailyrec.settings import serving as publish_settings
 from dailyrec.settings.serving import PublishSettings
 from dailyrec.store import keys as K
@@ -27,11 +27,14 @@ from tests.params import of, project_params
 
 DAY = dt.date(2026, 11, 21)
 LAYOUT = K.Layout()
-SMALL = PublishSettings(top_n=10, filter_already_liked=True, batch_size=150, keep_versions=3)
+SMALL = PublishSettings(top_n=10, filter_already_liked=True, batch_size=150, keep_versions=3,
+                        similar_items=True, explain_items=5)
 
 
-def settings(top_n=20, filter_already_liked=True, batch_size=100_000, keep_versions=3):
-    return PublishSettings(top_n, filter_already_liked, batch_size, keep_versions)
+def settings(top_n=20, filter_already_liked=True, batch_size=100_000, keep_versions=3,
+             similar_items=True, explain_items=5):
+    return PublishSettings(top_n, filter_already_liked, batch_size, keep_versions, similar_items,
+                           explain_items)
 
 
 def served(client) -> str | None:
@@ -47,7 +50,7 @@ def expected_lists(bundle, users: list[int], top_n: int = 10) -> dict[str, tuple
 
 
 def read_list(store: RecommendationStore, user: str) -> tuple[str, tuple[str, ...] | None]:
-    version, record = store.lookup(user)
+    version, record, _ = store.lookup(user)
     items = tuple(version.item_ids[p] for p, _ in record) if record is not None else None
     return version.name, items
 
@@ -90,7 +93,7 @@ def test_lists_are_implicits_top_n_without_what_users_have(redis_client):
     for u in range(2, 40):  # implicit's own single-user recommend is the reference
         ids, scores = model.model.recommend(u, model.user_items[u], N=10,
                                             filter_already_liked_items=True)
-        version, record = store.lookup(model.user_ids[u])
+        version, record, _ = store.lookup(model.user_ids[u])
         assert [p for p, _ in record] == ids.tolist()
         np.testing.assert_allclose([s for _, s in record], scores, rtol=1e-5)
         assert not set(ids.tolist()) & set(model.user_items[u].indices.tolist())
@@ -172,11 +175,22 @@ def test_command_line_gate_force_metrics_rollback_and_mlflow_alias(redis_server,
     code, _, err = cli(first)
     assert code == 3
     assert "quality gate failed" in err and "ndcg_at_20 0.01 < 0.05" in err
-    assert served(redis_client) is None and not (first / "metrics/publish.json").exists()
+    assert not (first / "metrics/publish.json").exists()
+    # A brand-new deployment: the most-popular list is served, as a version of its own.
+    popular = served(redis_client)
+    assert popular is not None and f"most-popular list is now served as version {popular}" in err
+    meta = pub.version_meta(redis_client, LAYOUT, popular)
+    assert meta["kind"] == "popular" and meta["users"] == "0" and "0.01 < 0.05" in meta["reason"]
+    store = RecommendationStore(redis_client, LAYOUT)
+    version, record, _ = store.lookup("user-3")
+    top, _ = PopularRecommender(tm.bundle(seed=1).user_items).top_list(10)
+    assert record is None and version.kind == "popular" and store.fold_in(version) is None
+    assert [p for p, _ in version.fallback] == top[0].tolist()
 
     (first / "metrics/gate.json").unlink()
     code, _, err = cli(first)
     assert code == 3 and "gate.json is missing or unreadable" in err
+    assert served(redis_client) == popular and "most-popular" not in err  # only once
 
     (first / "metrics/gate.json").write_text(json.dumps(tm.gate_file(False, "too low")))
     code, _, err = cli(first, "--force")
@@ -203,6 +217,7 @@ def test_command_line_gate_force_metrics_rollback_and_mlflow_alias(redis_server,
     code, out, _ = cli(second, "versions")
     assert code == 0
     assert f"* {report2['version']}" in out and f"  {report['version']}" in out
+    assert f"  {popular}" in out and report["previous_version"] == popular
 
     code, out, err = cli(second, "rollback")
     assert code == 0, err
@@ -221,7 +236,7 @@ def test_a_gate_that_judged_another_model_does_not_let_it_through(redis_server, 
     artifacts.save(tm.bundle(n_users=50, seed=2), work / "models")  # retrained, not evaluated
     refused = tm.run_publish(work, redis_server.url)
     assert refused.returncode == 3 and "judged another model" in refused.stderr
-    assert served(redis_client) is None
+    assert pub.version_meta(redis_client, LAYOUT, served(redis_client))["kind"] == "popular"
 
 
 def test_command_line_errors_are_one_clear_line(redis_server, tmp_path):

@@ -24,7 +24,8 @@ from tests import servers
 from tests import tiny_models as tm
 
 DAY = dt.date(2026, 11, 21)
-SETTINGS = PublishSettings(top_n=10, filter_already_liked=True, batch_size=200, keep_versions=3)
+SETTINGS = PublishSettings(top_n=10, filter_already_liked=True, batch_size=200, keep_versions=3,
+                           similar_items=True, explain_items=5)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,8 @@ def test_known_user_gets_personal_list_unknown_the_fallback(app, model, redis_cl
 
     assert client.get("/recommendations/" + "u" * 128).status_code == 200  # longest allowed
     assert client.get("/healthz").get_json() == {"status": "alive"}
-    assert client.get("/readyz").get_json() == {"status": "ready", "model_version": version}
+    assert client.get("/readyz").get_json() == {"status": "ready", "model_version": version,
+                                                 "kind": "model"}
 
 
 @pytest.mark.parametrize("path, message", [

@@ -39,10 +39,12 @@ def test_records_round_trip_and_drop_empty_slots():
 
 def test_layout_keys_belong_to_their_version():
     layout = K.Layout("rec")
-    keys = layout.version_keys("2026-11-21.3", 4)
-    assert keys[:3] == ["rec:v:2026-11-21.3:meta", "rec:v:2026-11-21.3:items",
-                        "rec:v:2026-11-21.3:fallback"]
-    assert keys[3:] == [f"rec:v:2026-11-21.3:b:{i}" for i in range(4)]
+    keys = layout.version_keys("2026-11-21.3", 4, 2)
+    assert keys[:4] == ["rec:v:2026-11-21.3:meta", "rec:v:2026-11-21.3:items",
+                        "rec:v:2026-11-21.3:fallback", "rec:v:2026-11-21.3:factors"]
+    assert keys[4:] == ([f"rec:v:2026-11-21.3:b:{i}" for i in range(4)]
+                        + [f"rec:v:2026-11-21.3:h:{i}" for i in range(4)]
+                        + [f"rec:v:2026-11-21.3:s:{i}" for i in range(2)])
     assert layout.version_pattern("2026-11-21.3") == "rec:v:2026-11-21.3:*"
     assert layout.version_pattern("a*b") == "rec:v:a\\*b:*"
 

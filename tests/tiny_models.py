@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dailyrec.model import artifacts
+from tests.params import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def bundle(n_users: int = 400, n_items: int = 60, seed: int = 0, per_user: int =
     return artifacts.ModelBundle(
         model=model, user_ids=np.array([f"user-{i}" for i in range(n_users)]),
         item_ids=np.array([f"item-{j}" for j in range(n_items)]), user_items=user_items,
-        meta={"seed": seed})
+        meta={"seed": seed, "params": project_params()["train"]})
 
 
 def workdir(path: Path, model: artifacts.ModelBundle, *, gate: dict | None = None,
@@ -52,9 +53,8 @@ def workdir(path: Path, model: artifacts.ModelBundle, *, gate: dict | None = Non
     import yaml
 
     path.mkdir(parents=True, exist_ok=True)
-    from tests.params import project_params
-
-    settings = {"top_n": 10, "filter_already_liked": True, "batch_size": 1000, "keep_versions": 3}
+    settings = {"top_n": 10, "filter_already_liked": True, "batch_size": 1000, "keep_versions": 3,
+                "similar_items": True, "explain_items": 5}
     settings.update(publish or {})
     params = project_params("2026-11-21")
     params["publish"] = settings

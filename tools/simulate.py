@@ -250,10 +250,11 @@ def _bot_frame(users, items, seconds, day_start, ua, ip) -> pd.DataFrame:
 
 
 def _rotator(rng, pop, truth, day_start, n_human) -> pd.DataFrame:
-    """6,000 views a day from one IP over eight hours, each under one of 300 user ids: per id
-    it looks like a light human; per address it is one machine (the shared_ip rule)."""
+    """Up to 6,000 views a day (3% of the humans', at least 300) from one IP over eight hours,
+    each under one of 300 user ids: per id it looks like a light human; per address it is one
+    machine (the shared_ip rule: 300 events over 300 ids still make ~190 distinct ids a day)."""
     pool = truth.loc[truth["kind"] == "rotator", "user_id"].astype(int).to_numpy()
-    n = int(rng.poisson(6000 * max(1.0, n_human / 200_000)))
+    n = int(rng.poisson(min(6000.0, max(300.0, 0.03 * n_human)) * max(1.0, n_human / 200_000)))
     seconds = 8 * 3600 + np.sort(rng.integers(0, 8 * 3600, n))
     ua = BROWSER_UAS[rng.integers(0, len(BROWSER_UAS), n)]
     return _bot_frame(rng.choice(pool, n), rng.integers(1, pop.n_items + 1, n), seconds,

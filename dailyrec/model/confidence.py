@@ -116,14 +116,18 @@ def aggregate(events: pa.Table, config: ConfidenceConfig, now: dt.datetime) -> I
                         events=int(len(weights)), events_ignored=n_ignored)
 
 
+def transform_values(r: np.ndarray, kind: str, alpha: float, eps: float) -> np.ndarray:
+    """r -> c (float64)."""
+    if kind == "linear":
+        return 1.0 + alpha * np.asarray(r, dtype=np.float64)
+    if kind == "log":
+        return 1.0 + alpha * np.log1p(np.asarray(r, dtype=np.float64) / eps)
+    raise ConfigError(f"unknown confidence transform {kind!r}; use one of {list(TRANSFORMS)}")
+
+
 def transform(strength: sp.csr_matrix, kind: str, alpha: float, eps: float) -> sp.csr_matrix:
     """r -> c, as float32 (what implicit fits on). The sparsity pattern is kept as is."""
-    if kind == "linear":
-        values = 1.0 + alpha * strength.data
-    elif kind == "log":
-        values = 1.0 + alpha * np.log1p(strength.data / eps)
-    else:
-        raise ConfigError(f"unknown confidence transform {kind!r}; use one of {list(TRANSFORMS)}")
+    values = transform_values(strength.data, kind, alpha, eps)
     out = sp.csr_matrix((values.astype(np.float32), strength.indices.copy(), strength.indptr.copy()),
                         shape=strength.shape)
     out.has_sorted_indices = strength.has_sorted_indices
@@ -132,3 +136,14 @@ def transform(strength: sp.csr_matrix, kind: str, alpha: float, eps: float) -> s
 
 def confidence(interactions: Interactions, config: ConfidenceConfig) -> sp.csr_matrix:
     return transform(interactions.strength, config.transform, config.alpha, config.eps)
+
+
+def one_event_confidence(config: ConfidenceConfig, event_type: str = "view") -> float:
+    """The confidence that one fresh event of event_type gives its item: what a visitor's recent
+    item counts for when folding in (the API knows the items, not how they were used). A type
+    weighted 0 counts as the lightest weighted type."""
+    weight = config.event_weights.get(event_type, 0.0)
+    if weight <= 0:
+        weight = min(w for w in config.event_weights.values() if w > 0)
+    return float(transform_values(np.array([weight]), config.transform, config.alpha,
+                                  config.eps)[0])

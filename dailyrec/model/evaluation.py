@@ -2,7 +2,8 @@
 
     input   data/clean/events.parquet, models/ (its meta.json must match params.yaml's train section),
             params.yaml (run.date, train, eval, mlflow), metrics/mlflow.json (the train run)
-    output  metrics/eval.json          ALS metrics at K=20 and eval.k, counts, a `baselines` block
+    output  metrics/eval.json          ALS metrics at K=20 and eval.k, counts, a `baselines` block,
+                                       a `sessions` block (the session protocol), `protocol`
             metrics/gate.json          {"passed", "reason", ...}: publish obeys `passed`
             metrics/plots/eval_at_k.csv  recall/ndcg/precision at k = 1..max(20, eval.k) per model
 
@@ -23,9 +24,21 @@ Baselines, on the same split, users and truth:
   or re-running a past day) scoring it would leak the answers, so its configuration (meta.json params)
   is refitted on the split instead ("refit" mode: compares configurations only). The mode is recorded.
 
-The gate: the model's eval.gate_metric must beat most-popular by eval.min_lift (relative), and must not
-fall more than eval.max_drop (relative) below the published model. Too little data (no days before the
-holdout, or fewer than eval.min_test_users users to score) fails the gate with that reason.
+The session protocol (visitors who do not return: a shop of anonymous sessions has next to no
+returning users to score): every visitor of the holdout with >= 2 relevant events, known before it or
+not, whose distinct catalogue items (in time order, ties in file order) number d >= 2: the first
+ceil(d/2) of them (at most eval.session_max_context) are the context, the later ones the targets. On
+the same cases, each recommending max(cutoffs) items and never a context item: fold_in (the split's
+fitted item factors, each context item at one event's confidence: what the API does for a visitor it
+does not know, dailyrec.model.foldin), similar_items (sum of cosines to the context items, same
+factors) and most_popular. Metrics: dailyrec.model.ranking, as for users.
+
+The gate: with at least eval.min_test_users users to score (the user protocol), the model's
+eval.gate_metric must beat most-popular by eval.min_lift (relative), and must not fall more than
+eval.max_drop (relative) below the published model. With fewer users but at least eval.min_test_users
+session cases, fold_in's eval.gate_metric must beat the session most-popular by eval.min_lift (no
+published comparison). Otherwise too little data (no days before the holdout, or too few users and
+sessions) fails the gate with that reason. gate.json's `protocol` says which protocol decided.
 """
 from __future__ import annotations
 
@@ -48,6 +61,7 @@ from dailyrec.files import tmp_path
 from dailyrec.model import als, artifacts
 from dailyrec.model import confidence as C
 from dailyrec.model import ranking as R
+from dailyrec.model.foldin import FoldIn
 from dailyrec.model.recommender import (ALSRecommender, MappedRecommender, PopularRecommender,
                                         Recommender)
 from dailyrec.settings.evaluation import EvalConfig
@@ -66,6 +80,7 @@ class Split:
     users: np.ndarray  # rows of train.user_ids that are evaluated (|T_u| >= 1)
     truth: sp.csr_matrix  # len(users) x catalogue: relevant holdout events per new (user, item)
     counts: dict[str, int] = field(default_factory=dict)
+    relevant: pa.Table | None = None  # the holdout's relevant events, in file order (sessions)
 
     @property
     def n_items(self) -> int:
@@ -84,12 +99,8 @@ def make_split(events: pa.Table, confidence: ConfidenceConfig, holdout_start: dt
     train = C.aggregate(before, confidence, holdout_start)
     relevant = holdout.filter(pc.is_in(holdout["event_type"],
                                        value_set=pa.array(list(relevant_types))))
-    user_rows = pc.index_in(relevant["user_id"], value_set=pa.array(train.user_ids, pa.string()))
-    item_cols = pc.index_in(relevant["item_id"], value_set=pa.array(train.item_ids, pa.string()))
-    u = user_rows.to_numpy(zero_copy_only=False)
-    i = item_cols.to_numpy(zero_copy_only=False)
-    u = np.where(np.isnan(u), -1, u).astype(np.int64) if u.dtype.kind == "f" else u.astype(np.int64)
-    i = np.where(np.isnan(i), -1, i).astype(np.int64) if i.dtype.kind == "f" else i.astype(np.int64)
+    u = _positions(relevant["user_id"], train.user_ids)
+    i = _positions(relevant["item_id"], train.item_ids)
     known_user, known_item = u >= 0, i >= 0
     both = known_user & known_item
     shape = train.shape
@@ -106,7 +117,7 @@ def make_split(events: pa.Table, confidence: ConfidenceConfig, holdout_start: dt
     return Split(
         holdout_start=holdout_start, window_end=window_end, before=before,
         confidence=confidence, train=train,
-        users=users, truth=new[users],
+        users=users, truth=new[users], relevant=relevant,
         counts={
             "events_before_holdout": before.num_rows,
             "holdout_events": holdout.num_rows,
@@ -122,6 +133,111 @@ def make_split(events: pa.Table, confidence: ConfidenceConfig, holdout_start: dt
             "truth_pairs": int(new.nnz),
         })
 
+
+def _positions(values: pa.ChunkedArray | pa.Array, ids: np.ndarray) -> np.ndarray:
+    """Each value's position in ids (int64), -1 where it is not there."""
+    found = pc.index_in(values, value_set=pa.array(ids, pa.string())).to_numpy(zero_copy_only=False)
+    if found.dtype.kind == "f":  # nulls (not found) come back as NaN
+        return np.where(np.isnan(found), -1, found).astype(np.int64)
+    return found.astype(np.int64)
+
+# --- the session protocol: visitors who do not return ---------------------------------------------
+
+SESSION_MODELS = ("fold_in", "similar_items", "most_popular")
+SKIP_REASONS = ("fewer_than_2_events", "no_new_later_item", "unknown_items")
+
+
+@dataclass
+class Sessions:
+    """The session protocol's cases: held-out visitors whose earlier items predict their later
+    ones. Case r is visitor visitor_ids[r]; its context is context[r] (catalogue positions in time
+    order, -1 = padding), its targets row r of truth."""
+
+    visitor_ids: np.ndarray  # str, (m,)
+    context: np.ndarray  # (m, c) int64
+    truth: sp.csr_matrix  # m x catalogue, 1 per target item
+    returning: np.ndarray  # (m,) bool: the visitor had events before the holdout
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def m(self) -> int:
+        return len(self.visitor_ids)
+
+
+def make_sessions(split: Split, max_context: int) -> Sessions:
+    """Every visitor of the holdout with >= 2 relevant events, known before it or not, is a case
+    when it has at least 2 distinct catalogue items: in time order (ties: the events' order in
+    the file), the first ceil(d/2) of its d distinct catalogue items (at least 1, at most
+    max_context) are the context, the later ones the targets. The others are counted by reason:
+    fewer_than_2_events; no_new_later_item (one item, repeated); unknown_items (>= 2 distinct
+    items but fewer than 2 in the catalogue). Vectorised: no loop over visitors or events."""
+    relevant = split.relevant
+    n_items = split.n_items
+    if relevant is None or relevant.num_rows == 0:
+        return _no_sessions(n_items)
+    n = relevant.num_rows
+    visitor, visitor_ids = C.encode_ids(relevant["user_id"])
+    any_item, any_ids = C.encode_ids(relevant["item_id"])
+    item = _positions(relevant["item_id"], split.train.item_ids)
+    ts = pc.cast(relevant["ts"], pa.int64()).to_numpy(zero_copy_only=False)
+    n_visitors = len(visitor_ids)
+    visitor = visitor.astype(np.int64)
+    events = np.bincount(visitor, minlength=n_visitors)
+    distinct_any = np.bincount(np.unique(visitor * len(any_ids) + any_item) // len(any_ids),
+                               minlength=n_visitors)
+    # events in (visitor, time, file order) order; each (visitor, catalogue item) at its first
+    order = np.lexsort((np.arange(n), ts, visitor))
+    v, i = visitor[order], item[order]
+    known = i >= 0
+    v, i = v[known], i[known]
+    _, first = np.unique(v * max(n_items, 1) + i, return_index=True)
+    first.sort()  # back in (visitor, time) order: each visitor's distinct items, first seen first
+    v, i = v[first], i[first]
+    d = np.bincount(v, minlength=n_visitors)  # distinct catalogue items per visitor
+    context_len = np.minimum(np.maximum((d + 1) // 2, 1), max_context)
+    is_case = d >= 2  # then context_len < d: at least one target
+    m = int(is_case.sum())
+    case_of = np.full(n_visitors, -1, dtype=np.int64)
+    case_of[is_case] = np.arange(m)
+    start = np.concatenate([[0], np.cumsum(d)[:-1]])
+    rank = np.arange(len(v)) - start[v]  # 0-based order of the item among the visitor's items
+    mine = is_case[v]
+    in_context = mine & (rank < context_len[v])
+    target = mine & ~in_context
+    width = int(context_len[is_case].max()) if m else 1
+    context = np.full((m, width), -1, dtype=np.int64)
+    context[case_of[v[in_context]], rank[in_context]] = i[in_context]
+    truth = sp.csr_matrix((np.ones(int(target.sum())), (case_of[v[target]], i[target])),
+                          shape=(m, n_items))
+    truth.sort_indices()
+    case_ids = visitor_ids[is_case]
+    returning = pc.is_in(pa.array(case_ids, pa.string()),
+                         value_set=pa.array(split.train.user_ids, pa.string())) \
+        .to_numpy(zero_copy_only=False).astype(bool) if m else np.zeros(0, dtype=bool)
+    fewer = events < 2
+    one_item = ~fewer & (distinct_any < 2)
+    unknown = ~fewer & ~one_item & ~is_case
+    counts = {
+        "holdout_visitors": int(n_visitors), "cases": m,
+        "returning_cases": int(returning.sum()),
+        "context_items": int(in_context.sum()), "target_items": int(target.sum()),
+        "context_capped": int(((d + 1) // 2 > max_context)[is_case].sum()),
+        "skipped": {"fewer_than_2_events": int(fewer.sum()),
+                    "no_new_later_item": int(one_item.sum()),
+                    "unknown_items": int(unknown.sum())},
+    }
+    return Sessions(visitor_ids=case_ids, context=context, truth=truth, returning=returning,
+                    counts=counts)
+
+
+def _no_sessions(n_items: int) -> Sessions:
+    return Sessions(visitor_ids=np.zeros(0, dtype=str), context=np.full((0, 1), -1, np.int64),
+                    truth=sp.csr_matrix((0, n_items)), returning=np.zeros(0, dtype=bool),
+                    counts={"holdout_visitors": 0, "cases": 0, "returning_cases": 0,
+                            "context_items": 0, "target_items": 0, "context_capped": 0,
+                            "skipped": {reason: 0 for reason in SKIP_REASONS}})
+
+
 # --- scoring ------------------------------------------------------------------------------------
 
 @dataclass
@@ -129,6 +245,7 @@ class Scored:
     metrics: dict[str, float]
     curves: dict[str, np.ndarray]  # metric -> values at k = 1..K
     seconds: float
+    recommended: np.ndarray | None = None  # (cases, K) positions, -1 empty (the session models)
 
 
 def score(model: Recommender, split: Split, cutoffs: list[int], batch_cells: int = 8_000_000
@@ -165,6 +282,65 @@ def score(model: Recommender, split: Split, cutoffs: list[int], batch_cells: int
     return Scored(metrics=metrics, curves=curves, seconds=time.perf_counter() - start)
 
 
+def score_sessions(sessions: Sessions, item_factors: np.ndarray, regularization: float,
+                   item_confidence: float, popular: PopularRecommender, cutoffs: list[int],
+                   batch_cells: int = 8_000_000, max_batch: int = 2_000) -> dict[str, Scored]:
+    """Each model recommends max(cutoffs) items per case, never its context items:
+
+    fold_in        the visitor's factors solved from its context items (each with
+                   item_confidence), item factors fixed: implicit's recalculate_user, batched
+                   (dailyrec.model.foldin), what the API does at request time
+    similar_items  score(i) = sum over context items j of cosine(y_i, y_j), same item factors
+    most_popular   the split's most-popular order
+
+    Measured against the targets with dailyrec.model.ranking (the user protocol's definitions)."""
+    K = max(cutoffs)
+    m, n_items = sessions.m, sessions.truth.shape[1]
+    fold = FoldIn(item_factors, regularization)
+    y = fold.item_factors
+    norms = np.linalg.norm(y, axis=1)
+    unit = (y / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+    factors = y.shape[1]
+    batch = max(1, min(max_batch, batch_cells // max(n_items, factors * factors, 1)))
+    recommended = {name: np.full((m, K), -1, dtype=np.int64) for name in SESSION_MODELS}
+    seconds = dict.fromkeys(SESSION_MODELS, 0.0)
+    for lo in range(0, m, batch):  # batches of visitors
+        hi = min(m, lo + batch)
+        context = sessions.context[lo:hi]
+        rows, cols = np.nonzero(context >= 0)
+        clock = time.perf_counter()
+        solved = fold.solve(context, item_confidence)
+        recommended["fold_in"][lo:hi] = fold.recommend(solved, K)[0]  # leaves the context out
+        clock = _tick(seconds, "fold_in", clock)
+        used = (context >= 0)[..., None]
+        scores = (unit[np.maximum(context, 0)] * used).sum(axis=1) @ unit.T
+        scores[rows, context[rows, cols]] = np.nan
+        recommended["similar_items"][lo:hi] = R.top_k(scores, K)
+        clock = _tick(seconds, "similar_items", clock)
+        scores = popular.score(np.arange(hi - lo))
+        scores[rows, context[rows, cols]] = np.nan
+        recommended["most_popular"][lo:hi] = R.top_k(scores, K)
+        _tick(seconds, "most_popular", clock)
+    sizes = np.diff(sessions.truth.indptr)
+    out = {}
+    for name, top in recommended.items():
+        curves = R.curves(R.hits(top, sessions.truth), sizes)
+        metrics: dict[str, float] = {}
+        for c in cutoffs:
+            for metric in R.METRICS:
+                metrics[f"{metric}_at_{c}"] = float(curves[metric][c - 1])
+            metrics[f"coverage_at_{c}"] = R.coverage(top, c, n_items)
+        out[name] = Scored(metrics=metrics, curves=curves, seconds=seconds[name],
+                           recommended=top)
+    return out
+
+
+def _tick(seconds: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    seconds[name] += now - since
+    return now
+
+
 def fit_on_split(split: Split, config: TrainConfig, device: str
                  ) -> tuple[C.Interactions, als.FitResult]:
     """Fit a configuration on the split's training events; returns (its interactions, the fit).
@@ -179,23 +355,38 @@ def fit_on_split(split: Split, config: TrainConfig, device: str
 
 # --- the gate -----------------------------------------------------------------------------------
 
+def _lift(value: float, base: float) -> float:
+    return (value / base - 1.0) if base > 0 else (float("inf") if value > 0 else 0.0)
+
+
+def _lift_sentence(metric: str, value: float, base: float, lift: float, config: EvalConfig,
+                   model: str = "") -> tuple[bool, str]:
+    name = f"{model} {metric}" if model else metric
+    if lift >= config.min_lift:
+        return True, (f"{name} {value:.4f} beats most-popular {base:.4f} by {_pct(lift)} "
+                      f"(needs {_pct(config.min_lift)})")
+    return False, (f"{name} {value:.4f} vs most-popular {base:.4f}: lift {_pct(lift)} is "
+                   f"below the required {_pct(config.min_lift)}")
+
+
+def _gate(config: EvalConfig, protocol: str | None, value=None, base=None, lift=None
+          ) -> dict[str, Any]:
+    return {"metric": config.gate_metric, "value": value, "most_popular": base,
+            "lift": lift if lift is None or np.isfinite(lift) else None,
+            "min_lift": config.min_lift, "published": None, "published_version": None,
+            "drop": None, "max_drop": config.max_drop, "protocol": protocol}
+
+
 def decide(model: dict[str, float], popular: dict[str, float],
            published: dict[str, Any] | None, config: EvalConfig) -> dict[str, Any]:
+    """The user protocol's verdict: the lift over most-popular, and the drop below the published
+    model when there is one."""
     metric = config.gate_metric
     value, base = model[metric], popular[metric]
-    lift = (value / base - 1.0) if base > 0 else (float("inf") if value > 0 else 0.0)
-    gate: dict[str, Any] = {"metric": metric, "value": value, "most_popular": base,
-                            "lift": lift if np.isfinite(lift) else None, "min_lift": config.min_lift,
-                            "published": None, "published_version": None, "drop": None,
-                            "max_drop": config.max_drop}
-    reasons, passed = [], True
-    if lift >= config.min_lift:
-        reasons.append(f"{metric} {value:.4f} beats most-popular {base:.4f} by {_pct(lift)} "
-                       f"(needs {_pct(config.min_lift)})")
-    else:
-        passed = False
-        reasons.append(f"{metric} {value:.4f} vs most-popular {base:.4f}: lift {_pct(lift)} is "
-                       f"below the required {_pct(config.min_lift)}")
+    lift = _lift(value, base)
+    gate = _gate(config, "users", value, base, lift)
+    passed, sentence = _lift_sentence(metric, value, base, lift, config)
+    reasons = [sentence]
     if published is not None:
         ref = published[metric]
         drop = (1.0 - value / ref) if ref > 0 else 0.0
@@ -214,6 +405,23 @@ def decide(model: dict[str, float], popular: dict[str, float],
     return gate
 
 
+def decide_sessions(fold_in: dict[str, float], popular: dict[str, float], users: int, cases: int,
+                    config: EvalConfig) -> dict[str, Any]:
+    """The session protocol's verdict, when too few returning users can be scored: fold-in must
+    beat most-popular on the same cases by eval.min_lift. The published model is not compared."""
+    metric = config.gate_metric
+    value, base = fold_in[metric], popular[metric]
+    lift = _lift(value, base)
+    gate = _gate(config, "sessions", value, base, lift)
+    passed, sentence = _lift_sentence(metric, value, base, lift, config, "fold-in")
+    gate["passed"] = passed
+    gate["reason"] = (("passed: " if passed else "failed: ")
+                      + f"session protocol ({users} returning users with new items, fewer than "
+                        f"eval.min_test_users={config.min_test_users}; {cases} visitor sessions): "
+                      + sentence + "; the published model is not compared in the session protocol")
+    return gate
+
+
 def _pct(x: float) -> str:
     return "inf" if not np.isfinite(x) else f"{x * 100:+.1f}%"
 
@@ -226,33 +434,46 @@ def evaluate(train_config: TrainConfig, config: EvalConfig, run_date: dt.date,
     device = als.resolve_device(train_config.device)
     split = make_split(events, train_config.confidence, holdout_start, window_end,
                        config.relevant_event_types)
+    sessions = make_sessions(split, config.session_max_context)
     report: dict[str, Any] = {
         "run_date": run_date.isoformat(), "holdout_start": holdout_start.isoformat(),
         "holdout_days": config.holdout_days, "k": config.k, "gate_metric": config.gate_metric,
         "counts": split.counts, "device": device,
     }
-    out: dict[str, Any] = {"report": report, "curves": {}, "fit_losses": [], "durations": {}}
-    problem = None
-    if split.train.strength.nnz == 0:
-        problem = (f"not enough history: no events before the holdout start "
-                   f"{holdout_start.date()} (eval.holdout_days={config.holdout_days})")
-    elif len(split.users) < config.min_test_users:
-        problem = (f"too few users to evaluate: {len(split.users)} held-out users with new items, "
-                   f"eval.min_test_users={config.min_test_users}")
-    if problem:
+    out: dict[str, Any] = {"report": report, "curves": {}, "session_curves": {},
+                           "fit_losses": [], "durations": {}}
+    history = split.train.strength.nnz > 0
+    n_users, n_cases = len(split.users), sessions.m
+    users_ok = history and n_users >= config.min_test_users
+    fitted = None
+    if history and (users_ok or n_cases > 0):
+        _, fitted = fit_on_split(split, train_config, device)
+        out["fit_losses"] = fitted.losses
+        out["durations"]["fit"] = fitted.seconds
+    popular_recommender = PopularRecommender(split.train.strength)
+    report["sessions"] = _session_report(sessions, fitted, popular_recommender, train_config,
+                                         config, out)
+    if not users_ok:
         report.update(status="insufficient_data", baselines={"most_popular": None,
                                                              "published": None},
                       lift_over_most_popular=None)
-        out["gate"] = {"passed": False, "reason": f"failed: {problem}", "metric":
-                       config.gate_metric, "value": None, "most_popular": None, "lift": None,
-                       "min_lift": config.min_lift, "published": None, "published_version": None,
-                       "drop": None, "max_drop": config.max_drop}
+        session_models = report["sessions"]["models"]
+        if history and n_cases >= config.min_test_users:
+            out["gate"] = decide_sessions(session_models["fold_in"],
+                                          session_models["most_popular"], n_users, n_cases,
+                                          config)
+        else:
+            problem = (f"not enough history: no events before the holdout start "
+                       f"{holdout_start.date()} (eval.holdout_days={config.holdout_days})"
+                       if not history else
+                       f"too few users to evaluate: {n_users} held-out users with new items and "
+                       f"{n_cases} visitor sessions with a later item, "
+                       f"eval.min_test_users={config.min_test_users}")
+            out["gate"] = {**_gate(config, None), "passed": False, "reason": f"failed: {problem}"}
+        report["protocol"] = out["gate"]["protocol"]
         return out
-    interactions, fitted = fit_on_split(split, train_config, device)
-    out["fit_losses"] = fitted.losses
-    out["durations"]["fit"] = fitted.seconds
     model = score(ALSRecommender(fitted.model), split, config.cutoffs)
-    popular = score(PopularRecommender(split.train.strength), split, config.cutoffs)
+    popular = score(popular_recommender, split, config.cutoffs)
     out["durations"].update(score_model=model.seconds, score_most_popular=popular.seconds)
     report.update(status="ok", **model.metrics)
     curves = {"als": model.curves, "most_popular": popular.curves}
@@ -269,8 +490,34 @@ def evaluate(train_config: TrainConfig, config: EvalConfig, run_date: dt.date,
     report["lift_over_most_popular"] = (model.metrics[config.gate_metric] / base - 1.0) \
         if base > 0 else None
     out["gate"] = decide(model.metrics, popular.metrics, published_block, config)
+    report["protocol"] = "users"
     out["curves"] = curves
     return out
+
+
+def _session_report(sessions: Sessions, fitted: als.FitResult | None,
+                    popular: PopularRecommender, train_config: TrainConfig, config: EvalConfig,
+                    out: dict[str, Any]) -> dict[str, Any]:
+    """eval.json's `sessions` block; scores the session models when there are cases."""
+    item_confidence = C.one_event_confidence(train_config.confidence)
+    block: dict[str, Any] = {
+        "status": "ok" if fitted is not None and sessions.m >= config.min_test_users
+        else "insufficient_data",
+        "counts": sessions.counts, "max_context": config.session_max_context,
+        "item_confidence": item_confidence,
+        "models": dict.fromkeys(SESSION_MODELS), "lift_over_most_popular": None,
+    }
+    if fitted is None or sessions.m == 0:
+        return block
+    scored = score_sessions(sessions, np.asarray(fitted.model.item_factors),
+                            train_config.regularization, item_confidence, popular, config.cutoffs)
+    block["models"] = {name: s.metrics for name, s in scored.items()}
+    base = scored["most_popular"].metrics[config.gate_metric]
+    if base > 0:
+        block["lift_over_most_popular"] = scored["fold_in"].metrics[config.gate_metric] / base - 1
+    out["session_curves"] = {f"session_{name}": s.curves for name, s in scored.items()}
+    out["durations"].update({f"score_session_{name}": s.seconds for name, s in scored.items()})
+    return block
 
 
 def score_published(bundle: artifacts.ModelBundle, split: Split, train_config: TrainConfig,

@@ -8,7 +8,7 @@ Suites (written in code below, thresholds and severities from params.yaml `valid
     delta        the delta's rows: canonical columns and types, no NULL keys, event types in the
                  vocabulary, timestamps inside the fetch window, id formats, event_id unique,
                  freshness (newest event close to run.date)
-    delta_day    the delta's events of the day window: volume within a band of the trailing mean
+    delta_day    the delta's events of the day window: volume within a band of the trailing median
     fetch        every fetched row, kept or quarantined: quarantined share below a threshold
     window       the training window (filter.window_days days, rejected days left out): no NULL
                  keys, event types, timestamps inside the window, event_id unique, not empty
@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from dailyrec import privacy
 from dailyrec import schema as S
 from dailyrec.errors import ConfigError, DataError
-from dailyrec.history import day_rows, select_window
+from dailyrec.history import day_rows, partition_path, select_window
 from dailyrec.quality import rejections as R
 from dailyrec.settings import day_window
 from dailyrec.settings.quality import ValidateSettings
@@ -168,11 +168,13 @@ def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons:
         in_day = pd.DataFrame({"row": np.arange(len(delta))})
     lo, hi, skipped = v["min_events"], None, ""
     if len(trailing) >= v["min_history_days"] and trailing:
-        mean = float(np.mean(trailing))
-        lo = max(v["min_events"], math.floor(mean * v["low"]))
-        hi = math.ceil(mean * v["high"])
+        # The median, not the mean: one admitted outlier day (a confirmed outage, a sale) must
+        # not drag the band so far that the next ordinary day fails.
+        median = float(np.median(trailing))
+        lo = max(v["min_events"], math.floor(median * v["low"]))
+        hi = math.ceil(median * v["high"])
         expected = (f"{lo:,} .. {hi:,} events ({v['low']:g}x .. {v['high']:g}x the trailing "
-                    f"{len(trailing)}-day mean {mean:,.0f})")
+                    f"{len(trailing)}-day median {median:,.0f})")
     else:
         expected = f">= {lo:,} events"
         skipped = (f"band not applied: {len(trailing)} trailing trusted day(s) in history, "
@@ -336,7 +338,10 @@ def trailing_volumes(cfg: ValidateSettings, history: Path, excluded: set[dt.date
     """Row counts of the trusted days before the delta's day (Parquet metadata only)."""
     chosen = select_window(history, cfg.day, cfg.checks["volume"]["trailing_days"], excluded)
     # A rejected day is left out whole: what other runs wrote into it is not a day's volume.
-    return [n for d, n in day_rows(chosen.files).items() if d not in excluded]
+    # So is a day no run fetched as its own (only late arrivals: the day before the history
+    # began): a sliver, not a day.
+    fetched = {d for d in chosen.days if partition_path(history, d).exists()}
+    return [n for d, n in day_rows(chosen.files).items() if d not in excluded and d in fetched]
 
 
 def read_window(files: list[Path]) -> pd.DataFrame:

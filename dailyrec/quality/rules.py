@@ -248,14 +248,32 @@ def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[n
 
 
 def canonical_ips(values: pa.Array) -> pd.Series:
-    """IP texts as one address each (distinct values, vectorised): the first of an
-    X-Forwarded-For list, without a port ("1.2.3.4:80", "[2001:db8::1]:443"), and an IPv4-mapped
-    IPv6 address as its IPv4 ("::ffff:10.20.1.1" -> "10.20.1.1")."""
+    """IP texts as one canonical address each (distinct values, vectorised), or missing when a
+    text is no address ("unknown", ""): the first of an X-Forwarded-For list, without a port
+    ("1.2.3.4:80", "[2001:db8::1]:443"); IPv4 as plain decimal octets ("010.20.1.1" ->
+    "10.20.1.1"); IPv6 compressed and lower case ("2001:DB8:0::1" -> "2001:db8::1"), and an
+    IPv4-mapped one as its IPv4 ("::ffff:10.20.1.1", "::ffff:a14:101" -> "10.20.1.1")."""
     text = pd.Series(values.to_numpy(zero_copy_only=False), dtype="str")
     text = text.str.split(",").str[0].str.strip()
     text = text.str.replace(r"^\[([0-9A-Fa-f:.]+)\](?::\d+)?$", r"\1", regex=True)
     text = text.str.replace(r"^(\d{1,3}(?:\.\d{1,3}){3}):\d+$", r"\1", regex=True)
-    return text.str.replace(r"^(?i:::ffff:)(\d{1,3}(?:\.\d{1,3}){3})$", r"\1", regex=True)
+    out = pd.Series(pd.NA, index=text.index, dtype="str")
+    v4 = text.str.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}").fillna(False).to_numpy(bool)
+    if v4.any():
+        octets = text[v4].str.split(".", expand=True).astype("int64")
+        valid = (octets <= 255).all(axis=1).to_numpy()
+        dotted = octets.astype(str).agg(".".join, axis=1)
+        out[np.flatnonzero(v4)[valid]] = dotted[valid].to_numpy()
+    v6 = text.str.contains(":", regex=False).fillna(False).to_numpy(bool) & ~v4
+    if v6.any():
+        def canonical(addr: str):
+            try:
+                ip = ipaddress.IPv6Address(addr)
+            except ValueError:
+                return pd.NA
+            return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
+        out[np.flatnonzero(v6)] = [canonical(a) for a in text[v6]]  # distinct IPv6 texts only
+    return out
 
 
 def rule_shared_ip(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
@@ -322,26 +340,20 @@ def ips_in_networks(values: pa.Array, networks: tuple) -> np.ndarray:
     if not networks or len(values) == 0:
         return flags
     text = canonical_ips(values)
-    v4 = text.str.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}").fillna(False).to_numpy(bool)
+    v4 = text.str.contains(".", regex=False).fillna(False).to_numpy(bool)
     if v4.any():
         octets = text[v4].str.split(".", expand=True).astype("int64").to_numpy()
-        valid = (octets <= 255).all(axis=1)
         as_int = (octets[:, 0] << 24) | (octets[:, 1] << 16) | (octets[:, 2] << 8) | octets[:, 3]
         hit = np.zeros(len(as_int), dtype=bool)
         for net in (n for n in networks if n.version == 4):  # a loop over configured networks
             lo, hi = int(net.network_address), int(net.broadcast_address)
             hit |= (as_int >= lo) & (as_int <= hi)
-        flags[np.flatnonzero(v4)] = hit & valid
+        flags[np.flatnonzero(v4)] = hit
     v6_networks = [n for n in networks if n.version == 6]
     v6 = text.str.contains(":", regex=False).fillna(False).to_numpy(bool)
     if v6_networks and v6.any():
-        def inside(addr: str) -> bool:
-            try:
-                ip = ipaddress.ip_address(addr)
-            except ValueError:
-                return False
-            return any(ip in n for n in v6_networks)
-        flags[np.flatnonzero(v6)] = [inside(a) for a in text[v6]]  # distinct IPv6 values only
+        addresses = [ipaddress.IPv6Address(a) for a in text[v6]]  # canonical: always valid
+        flags[np.flatnonzero(v6)] = [any(ip in n for n in v6_networks) for ip in addresses]
     return flags
 
 

@@ -52,11 +52,12 @@ def _write_trace() -> None:
 class Params:
     """A parsed params.yaml. Read values through get() or the typed readers, never the raw dict."""
 
-    def __init__(self, raw: dict[str, Any], source: str = "params.yaml"):
+    def __init__(self, raw: dict[str, Any], source: str = "params.yaml", traced: bool = True):
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping of sections at the top level")
         self._raw = raw
         self.source = source
+        self.traced = traced  # False: settings kept elsewhere (a model's meta.json), not params
         global _TRACE_REGISTERED
         if not _TRACE_REGISTERED and os.environ.get(env.PARAMS_TRACE_FILE):
             atexit.register(_write_trace)
@@ -77,7 +78,8 @@ class Params:
 
     def get(self, key: str, default: Any = _MISSING) -> Any:
         """The value at a dotted key. Without a default, a missing key is an error naming it."""
-        _TRACE.add(key)
+        if self.traced:
+            _TRACE.add(key)
         value = self._node(key)
         if value is _MISSING:
             if default is _MISSING:
@@ -199,9 +201,10 @@ def load(path: Path | str | None = None) -> Params:
     return Params(raw, source=str(path))
 
 
-def of(raw: dict[str, Any]) -> Params:
-    """Params from a dict already in memory (tools and tests)."""
-    return Params(raw, source="params")
+def of(raw: dict[str, Any], source: str = "params", traced: bool = True) -> Params:
+    """Params from a dict already in memory (tools and tests; traced=False for settings kept
+    elsewhere, such as a model's meta.json, which are no params.yaml reads)."""
+    return Params(raw, source=source, traced=traced)
 
 
 def run_date(params: Params) -> dt.date:

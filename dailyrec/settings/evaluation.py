@@ -10,7 +10,7 @@ from dailyrec.settings import ConfigError, Params
 
 REPORT_K = 20  # metrics are always reported at 20, and at eval.k
 EVAL_KEYS = ("holdout_days", "k", "relevant_event_types", "min_test_users", "gate_metric",
-             "min_lift", "max_drop", "compare_published")
+             "min_lift", "max_drop", "compare_published", "session_max_context")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class EvalConfig:
     min_lift: float
     max_drop: float
     compare_published: bool
+    session_max_context: int  # the session protocol's context: at most this many first items
 
     @property
     def cutoffs(self) -> list[int]:
@@ -44,7 +45,8 @@ def evaluation(params: Params) -> EvalConfig:
         gate_metric=params.choice("eval.gate_metric", allowed),
         min_lift=params.number("eval.min_lift", low=-1),
         max_drop=params.number("eval.max_drop", low=0),
-        compare_published=params.flag("eval.compare_published"))
+        compare_published=params.flag("eval.compare_published"),
+        session_max_context=params.integer("eval.session_max_context", low=1))
 
 
 __all__ = ["ConfigError", "EvalConfig", "evaluation", "REPORT_K"]

@@ -90,4 +90,5 @@ def train_from_dict(section: dict[str, Any], fallback: dict[str, Any] | None = N
                     ) -> TrainConfig:
     """A train section kept elsewhere (a model's meta.json), checked like params.yaml's. Keys a
     model saved before they existed take their values from `fallback` (today's section)."""
-    return train(of({"train": {**(fallback or {}), **section}}))
+    return train(of({"train": {**(fallback or {}), **section}}, source="models/meta.json",
+                    traced=False))

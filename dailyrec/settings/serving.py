@@ -16,10 +16,13 @@ class PublishSettings:
     filter_already_liked: bool
     batch_size: int  # users scored and written per round
     keep_versions: int  # complete versions kept in Redis, for rollback
+    similar_items: bool  # every item's top_n similar items (GET /items/<id>/similar)
+    explain_items: int  # past items kept per user to explain their list (0: no explanations)
 
 
 def publish(params: Params) -> PublishSettings:
-    params.known("publish", ("top_n", "filter_already_liked", "batch_size", "keep_versions"))
+    params.known("publish", ("top_n", "filter_already_liked", "batch_size", "keep_versions",
+                             "similar_items", "explain_items"))
     top_n = params.integer("publish.top_n", low=1, high=1000)
     batch_size = params.integer("publish.batch_size", low=1, high=10_000_000)
     if batch_size * (record_width(top_n) + 300) > MAX_BATCH_BYTES:
@@ -28,4 +31,6 @@ def publish(params: Params) -> PublishSettings:
     return PublishSettings(top_n=top_n,
                            filter_already_liked=params.flag("publish.filter_already_liked"),
                            batch_size=batch_size,
-                           keep_versions=params.integer("publish.keep_versions", low=1, high=100))
+                           keep_versions=params.integer("publish.keep_versions", low=1, high=100),
+                           similar_items=params.flag("publish.similar_items"),
+                           explain_items=params.integer("publish.explain_items", low=0, high=500))

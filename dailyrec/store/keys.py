@@ -8,6 +8,15 @@
     {prefix}:v:{version}:items     string  JSON list of item ids; records refer to them by position
     {prefix}:v:{version}:fallback  string  the most-popular record, for users the model lacks
     {prefix}:v:{version}:b:{i}     hash    user id -> record, for the users whose bucket is i
+    {prefix}:v:{version}:h:{i}     hash    user id -> the user's most confident past items (a
+                                           record of explain_items positions and confidences)
+    {prefix}:v:{version}:s:{i}     hash    item id -> its similar items' record, for the items
+                                           whose bucket (of item_buckets) is i
+    {prefix}:v:{version}:factors   string  the item factors, float32, items x factors, row-major,
+                                           for folding in visitors at request time
+
+A version's meta also says its kind: "model" (an ALS model that passed the gate) or "popular"
+(the most-popular list only, served before any model has passed a gate: no users, no factors).
 
 A version's keys are written once and never changed, and readers only reach a version through
 `current`, which points at complete versions only: so a reader sees one whole version or another,
@@ -34,7 +43,8 @@ import numpy as np
 
 PREFIX_ENV = "REDIS_KEY_PREFIX"
 DEFAULT_PREFIX = "dailyrec"
-FORMAT = "1"  # bump when the record or key layout changes; the API refuses versions it cannot read
+FORMAT = "2"  # bump when the record or key layout changes; the API refuses versions it cannot read
+READABLE_FORMATS = ("1", "2")  # 1: no similar items, histories or factors
 USERS_PER_BUCKET = 128
 MISSING_ITEM = 0xFFFFFFFF
 
@@ -79,10 +89,22 @@ class Layout:
     def bucket(self, version: str, index: int) -> str:
         return f"{self.prefix}:v:{version}:b:{index}"
 
-    def version_keys(self, version: str, n_buckets: int) -> list[str]:
-        """Every key a version owns, given its bucket count (from its meta)."""
-        fixed = [self.meta(version), self.items(version), self.fallback(version)]
-        return fixed + [self.bucket(version, i) for i in range(n_buckets)]
+    def history(self, version: str, index: int) -> str:
+        return f"{self.prefix}:v:{version}:h:{index}"
+
+    def similar(self, version: str, index: int) -> str:
+        return f"{self.prefix}:v:{version}:s:{index}"
+
+    def factors(self, version: str) -> str:
+        return f"{self.prefix}:v:{version}:factors"
+
+    def version_keys(self, version: str, n_buckets: int, n_item_buckets: int = 0) -> list[str]:
+        """Every key a version may own, given its bucket counts (from its meta); the meta first."""
+        fixed = [self.meta(version), self.items(version), self.fallback(version),
+                 self.factors(version)]
+        return (fixed + [self.bucket(version, i) for i in range(n_buckets)]
+                + [self.history(version, i) for i in range(n_buckets)]
+                + [self.similar(version, i) for i in range(n_item_buckets)])
 
     def version_pattern(self, version: str) -> str:
         """SCAN pattern for a version's keys, for when its meta is gone (a publish killed early)."""

@@ -9,12 +9,18 @@ A publish (stages/publish.py checks the quality gate first):
      items they already have (publish.filter_already_liked), and writes each batch with pipelined
      HSETs (raw RESP built with Arrow: no Python loop per user) while the next batch is scored,
      with a progress bar;
-  6. checks the counts in Redis against what it wrote, then, in ONE atomic Lua script, checks it
+  6. writes each user's most confident past items (publish.explain_items, for explanations), the
+     item factors (for folding in visitors at request time) and every item's top_n similar items
+     (publish.similar_items; implicit's similar_items, cosine of the item factors, in batches);
+  7. checks the counts in Redis against what it wrote, then, in ONE atomic Lua script, checks it
      still holds the lock, marks the version complete and points `current` at it: readers go from
      one whole version to the other at once;
-  7. keeps the newest publish.keep_versions complete versions (and the served one) for rollback and
+  8. keeps the newest publish.keep_versions complete versions (and the served one) for rollback and
      removes the rest with UNLINK (freed off Redis's main thread);
-  8. (the stage) writes metrics/publish.json and moves the MLflow alias to the served version.
+  9. (the stage) writes metrics/publish.json and moves the MLflow alias to the served version.
+
+publish_popular writes a version holding only the most-popular list (kind "popular"): what a
+brand-new deployment serves until a model passes the gate.
 
 The key layout is dailyrec/store/keys.py; connection settings (REDIS_URL, password, TLS) are in
 dailyrec/store/connection.py; the API's half is dailyrec/store/reader.py.
@@ -31,16 +37,20 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from dailyrec.errors import Busy, ConfigError, DataError
 from dailyrec.model import artifacts
+from dailyrec.model.confidence import one_event_confidence
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
+from dailyrec.settings.model import train_from_dict
 from dailyrec.settings.serving import PublishSettings
 from dailyrec.store import keys as K
 
@@ -139,9 +149,10 @@ class PublishLock:
 
 # --- writing a version --------------------------------------------------------------------------
 
-def hset_commands(layout: K.Layout, version: str, buckets: np.ndarray, user_ids,
+def hset_commands(key_of: Callable[[int], str], buckets: np.ndarray, user_ids,
                   records: np.ndarray) -> list[tuple[bytes, memoryview]]:
-    """One raw RESP `HSET bucket user record ...` per run of equal buckets (buckets sorted).
+    """One raw RESP `HSET key_of(bucket) id record ...` per run of equal buckets (buckets
+    sorted).
 
     Arrow builds every user's `$len\\r\\nid\\r\\n$width\\r\\nrecord\\r\\n` in one vectorised join,
     so a bucket's fields are one contiguous slice of a buffer; only the bucket loop is Python.
@@ -167,7 +178,7 @@ def hset_commands(layout: K.Layout, version: str, buckets: np.ndarray, user_ids,
     ends = np.r_[starts[1:], n]
     commands = []
     for bucket, s, e in zip(buckets[starts].tolist(), starts.tolist(), ends.tolist()):
-        key = layout.bucket(version, bucket).encode()
+        key = key_of(bucket).encode()
         header = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * (e - s), len(key), key)
         commands.append((header, data[offsets[s]:offsets[e]]))
     return commands
@@ -192,12 +203,12 @@ def send_commands(client, commands: list[tuple[bytes, memoryview]]) -> int:
     return total
 
 
-def bucket_lengths(client, layout: K.Layout, version: str, n_buckets: int) -> int:
+def bucket_lengths(client, key_of: Callable[[int], str], n_buckets: int) -> int:
     total = 0
     for start in range(0, n_buckets, COMMANDS_PER_ROUND_TRIP):
         pipe = client.pipeline(transaction=False)
         for b in range(start, min(n_buckets, start + COMMANDS_PER_ROUND_TRIP)):
-            pipe.hlen(layout.bucket(version, b))
+            pipe.hlen(key_of(b))
         total += sum(pipe.execute())
     return total
 
@@ -246,10 +257,10 @@ def remove_version(client, layout: K.Layout, version: str) -> None:
     Never the served one."""
     if _text(client.get(layout.current)) == version:
         raise RuntimeError(f"refusing to remove the served version {version}")
-    buckets = client.hget(layout.meta(version), "buckets")
+    buckets, item_buckets = client.hmget(layout.meta(version), "buckets", "item_buckets")
     if buckets is not None:
-        names = layout.version_keys(version, int(buckets))
-        names = names[3:] + names[:3]  # meta last: a crash midway can still find the rest
+        names = layout.version_keys(version, int(buckets), int(item_buckets or 0))
+        names = names[1:] + names[:1]  # meta last: a crash midway can still find the rest
     else:  # killed before its meta was written: find its keys without blocking Redis
         names = [k for k in client.scan_iter(match=layout.version_pattern(version), count=1000)]
     for start in range(0, len(names), 1000):
@@ -282,22 +293,37 @@ def publish(bundle: artifacts.ModelBundle, client, cfg: PublishSettings, *, run_
     t0 = time.perf_counter()
     n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
     _check_bundle(bundle)
+    factors = bundle.model.item_factors
     with PublishLock(client, layout.lock, "publish") as lock:
         removed = tidy(client, layout, cfg.keep_versions)
         previous = _text(client.get(layout.current))
         n_buckets = K.bucket_count(n_users)
+        n_item_buckets = K.bucket_count(n_items) if cfg.similar_items else 0
         version = new_version(client, layout, run_date, {
-            "top_n": cfg.top_n, "buckets": n_buckets, "users": n_users, "items": n_items,
+            "kind": "model", "top_n": cfg.top_n, "buckets": n_buckets, "users": n_users,
+            "items": n_items, "item_buckets": n_item_buckets,
+            "explain_items": cfg.explain_items, "factors": factors.shape[1],
+            "regularization": repr(float(bundle.model.regularization)),
+            "fold_in_confidence": repr(fold_in_confidence(bundle)),
             "filter_already_liked": int(cfg.filter_already_liked), "run_date": run_date.isoformat(),
             "forced": int(bool(gate and gate.get("forced"))),
             "model_run": json.dumps(model_run or {}, sort_keys=True, default=str)})
         try:
-            written, empty, t_score, t_wait = _write_users(bundle, client, layout, version, cfg,
-                                                           n_buckets, lock, progress)
+            added, empty, t_score, t_wait = _write_users(bundle, client, layout, version, cfg,
+                                                         n_buckets, lock, progress)
             t_written = time.perf_counter()
-            _verify(client, layout, version, n_buckets, expected=n_users - empty, written=written)
+            similar = _write_items(bundle, client, layout, version, cfg, n_item_buckets, lock)
+            t_items = time.perf_counter()
+            written = n_users - empty
+            _verify(client, layout, version, n_buckets, expected=written, added=added,
+                    histories=cfg.explain_items > 0)
+            if n_item_buckets and bucket_lengths(client, lambda b: layout.similar(version, b),
+                                                 n_item_buckets) != similar:
+                raise RuntimeError(f"version {version}: Redis holds fewer similar-item lists "
+                                   f"than the {similar} written; not served")
             lock.switch(layout, version, {"status": "complete", "completed_at": _now(),
-                                          "users_written": written})
+                                          "users_written": written,
+                                          "items_with_similar": similar})
         except BaseException:
             try:  # best effort; a killed publish is tidied by the next one
                 remove_version(client, layout, version)
@@ -309,31 +335,93 @@ def publish(bundle: artifacts.ModelBundle, client, cfg: PublishSettings, *, run_
     done = time.perf_counter()
     seconds = done - t0
     return {
-        "version": version, "previous_version": previous, "users": n_users,
+        "version": version, "kind": "model", "previous_version": previous, "users": n_users,
         "users_written": written, "users_without_recommendations": empty, "items": n_items,
-        "top_n": cfg.top_n, "filter_already_liked": cfg.filter_already_liked,
-        "buckets": n_buckets, "kept_versions": kept, "removed_versions": removed,
+        "items_with_similar": similar, "top_n": cfg.top_n,
+        "filter_already_liked": cfg.filter_already_liked, "explain_items": cfg.explain_items,
+        "buckets": n_buckets, "item_buckets": n_item_buckets, "kept_versions": kept,
+        "removed_versions": removed,
         "seconds": {"total": round(seconds, 3), "score_and_encode": round(t_score, 3),
                     "waiting_for_redis": round(t_wait, 3),
-                    "verify_and_switch": round(done - t_written, 3)},
+                    "similar_items_and_factors": round(t_items - t_written, 3),
+                    "verify_and_switch": round(done - t_items, 3)},
         "users_per_second": round(written / seconds, 1) if seconds > 0 else None,
     }
+
+
+def publish_popular(bundle: artifacts.ModelBundle, client, cfg: PublishSettings, *,
+                    run_date: dt.date, layout: K.Layout | None = None, reason: str = "") -> str:
+    """Serve the most-popular list as a version of its own (kind "popular": no users, no
+    factors), if nothing is served yet. Returns the version, or None when one is served."""
+    layout = layout or K.Layout.from_env()
+    with PublishLock(client, layout.lock, "publish") as lock:
+        if client.get(layout.current) is not None:
+            return None
+        tidy(client, layout, cfg.keep_versions)
+        version = new_version(client, layout, run_date, {
+            "kind": "popular", "top_n": cfg.top_n, "buckets": 1, "users": 0,
+            "items": len(bundle.item_ids), "item_buckets": 0, "explain_items": 0,
+            "run_date": run_date.isoformat(), "forced": 0, "reason": reason[:500],
+            "model_run": "{}"})
+        try:
+            _write_items_table(bundle, client, layout, version, cfg)
+            lock.switch(layout, version, {"status": "complete", "completed_at": _now(),
+                                          "users_written": 0})
+        except BaseException:
+            try:
+                remove_version(client, layout, version)
+            except Exception:
+                pass
+            raise
+        return version
+
+
+def fold_in_confidence(bundle: artifacts.ModelBundle) -> float:
+    """What one recent item of a visitor counts for at request time: one fresh view under the
+    model's own confidence settings (its meta.json)."""
+    params = bundle.meta.get("params")
+    if not params:
+        raise DataError(f"{artifacts.MODELS_DIR}/{artifacts.META_FILE} has no train params: "
+                        "rebuild the model with train")
+    return one_event_confidence(train_from_dict(params).confidence)
+
+
+def _write_items_table(bundle, client, layout: K.Layout, version: str,
+                       cfg: PublishSettings) -> None:
+    """The item ids (records refer to items by position) and the most-popular list."""
+    fallback = K.encode_records(*PopularRecommender(bundle.user_items).top_list(cfg.top_n))
+    pipe = client.pipeline(transaction=False)
+    pipe.set(layout.items(version), json.dumps(bundle.item_ids.tolist()))
+    pipe.set(layout.fallback(version), fallback[0].tobytes())
+    pipe.execute()
+
+
+def histories(user_items: sp.csr_matrix, rows: np.ndarray, k: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's k most confident items ((n, k) positions, -1 padded) and their confidences,
+    most confident first (ties: lower position first). Vectorised over the users' CSR rows."""
+    sub = user_items[rows]
+    counts = np.diff(sub.indptr)
+    row_of = np.repeat(np.arange(len(rows)), counts)
+    order = np.lexsort((sub.indices, -sub.data, row_of))
+    rank = np.arange(sub.nnz) - sub.indptr[row_of[order]]
+    keep = rank < k
+    positions = np.full((len(rows), k), -1, dtype=np.int64)
+    confidence = np.zeros((len(rows), k), dtype=np.float32)
+    positions[row_of[order][keep], rank[keep]] = sub.indices[order][keep]
+    confidence[row_of[order][keep], rank[keep]] = sub.data[order][keep]
+    return positions, confidence
 
 
 def _write_users(bundle, client, layout: K.Layout, version: str, cfg: PublishSettings,
                  n_buckets: int,
                  lock, progress: bool | None) -> tuple[int, int, float, float]:
-    """Items table, fallback, then every user's record; returns (written, empty, t_score, t_wait).
-
-    Redis writes run on a second thread while the next batch is scored (both release the GIL).
-    """
-    user_ids, item_ids = bundle.user_ids, bundle.item_ids
+    """Items table, fallback, then every user's record (and history); returns (HSET fields
+    added: lists and histories, users without any item, t_score, t_wait). Redis writes run on a second thread while the next batch is scored (both
+    release the GIL)."""
+    user_ids = bundle.user_ids
     n_users = len(user_ids)
-    fallback = K.encode_records(*PopularRecommender(bundle.user_items).top_list(cfg.top_n))
-    pipe = client.pipeline(transaction=False)
-    pipe.set(layout.items(version), json.dumps(item_ids.tolist()))
-    pipe.set(layout.fallback(version), fallback[0].tobytes())
-    pipe.execute()
+    _write_items_table(bundle, client, layout, version, cfg)
 
     all_ids = pa.array(np.asarray(user_ids, dtype=str))
     buckets = K.buckets_of(all_ids, n_buckets)
@@ -354,8 +442,13 @@ def _write_users(bundle, client, layout: K.Layout, version: str, cfg: PublishSet
             has_any = positions[:, 0] >= 0
             empty += int((~has_any).sum())
             rows = rows[has_any]
-            commands = hset_commands(layout, version, buckets[rows], all_ids.take(rows),
+            ids = all_ids.take(rows)
+            commands = hset_commands(lambda b: layout.bucket(version, b), buckets[rows], ids,
                                      K.encode_records(positions[has_any], scores[has_any]))
+            if cfg.explain_items:
+                commands += hset_commands(lambda b: layout.history(version, b), buckets[rows],
+                                          ids, K.encode_records(*histories(
+                                              bundle.user_items, rows, cfg.explain_items)))
             t_score += time.perf_counter() - t
             t = time.perf_counter()
             if pending is not None:
@@ -372,14 +465,66 @@ def _write_users(bundle, client, layout: K.Layout, version: str, cfg: PublishSet
     return written, empty, t_score, t_wait
 
 
+def similar_items(model, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, scores) of each item's n most similar items (cosine of the item factors,
+    implicit's similar_items), the item itself left out; -1 where fewer exist."""
+    n_items = model.item_factors.shape[0]
+    ids, scores = model.similar_items(rows, N=min(n + 1, n_items))
+    ids, scores = np.atleast_2d(ids).astype(np.int64), np.atleast_2d(scores)
+    # The item itself is usually first, but ties can place it anywhere: move it last, drop it.
+    order = np.argsort(ids == rows[:, None], axis=1, kind="stable")
+    ids = np.take_along_axis(ids, order, axis=1)[:, :n]
+    scores = np.take_along_axis(scores, order, axis=1)[:, :n]
+    missing = (ids == rows[:, None]) | (ids < 0) | ~np.isfinite(scores)
+    if ids.shape[1] < n:
+        pad = n - ids.shape[1]
+        ids = np.hstack([ids, np.full((len(rows), pad), -1)])
+        scores = np.hstack([scores, np.zeros((len(rows), pad))])
+        missing = np.hstack([missing, np.ones((len(rows), pad), dtype=bool)])
+    return np.where(missing, -1, ids), np.where(missing, 0.0, scores)
+
+
+def _write_items(bundle, client, layout: K.Layout, version: str, cfg: PublishSettings,
+                 n_item_buckets: int, lock) -> int:
+    """The item factors, and every item's similar items; returns how many items have a list."""
+    factors = np.ascontiguousarray(bundle.model.item_factors, dtype="<f4")
+    client.set(layout.factors(version), factors.tobytes())
+    if not n_item_buckets:
+        return 0
+    item_ids = pa.array(np.asarray(bundle.item_ids, dtype=str))
+    buckets = K.buckets_of(item_ids, n_item_buckets)
+    order = np.argsort(buckets, kind="stable")
+    batch = max(1, min(cfg.batch_size, 20_000_000 // max(1, len(order))))  # bounds the scores
+    written = 0
+    with threadpool_limits(1, "blas"):
+        for start in range(0, len(order), batch):
+            rows = order[start:start + batch]
+            positions, scores = similar_items(bundle.model, rows, cfg.top_n)
+            has_any = positions[:, 0] >= 0
+            rows = rows[has_any]
+            written += send_commands(client, hset_commands(
+                lambda b: layout.similar(version, b), buckets[rows], item_ids.take(rows),
+                K.encode_records(positions[has_any], scores[has_any])))
+            lock.check()
+    return written
+
+
 def _verify(client, layout: K.Layout, version: str, n_buckets: int, *, expected: int,
-            written: int) -> None:
-    stored = bucket_lengths(client, layout, version, n_buckets)
-    if written != expected or stored != expected:
+            added: int, histories: bool) -> None:
+    """Redis holds what was written: `expected` users (and as many histories); `added` is what
+    the HSETs reported."""
+    stored = bucket_lengths(client, lambda b: layout.bucket(version, b), n_buckets)
+    if added != expected * (2 if histories else 1) or stored != expected:
         raise RuntimeError(f"Redis holds {stored} users for version {version} (HSET added "
-                           f"{written}), expected {expected}; the version is not served")
-    if client.exists(layout.items(version), layout.fallback(version)) != 2:
-        raise RuntimeError(f"version {version}: items or fallback key missing; not served")
+                           f"{added} fields), expected {expected}; the version is not served")
+    if histories and bucket_lengths(client, lambda b: layout.history(version, b),
+                                    n_buckets) != expected:
+        raise RuntimeError(f"version {version}: Redis holds fewer user histories than the "
+                           f"{expected} written; not served")
+    if client.exists(layout.items(version), layout.fallback(version),
+                     layout.factors(version)) != 3:
+        raise RuntimeError(f"version {version}: items, fallback or factors key missing; "
+                           "not served")
 
 
 def _check_bundle(bundle: artifacts.ModelBundle) -> None:
