@@ -29,7 +29,15 @@ AZURITE := node_modules/.bin/azurite-blob
 $(AZURITE):
 	npm install --prefix . --no-save --no-package-lock --no-audit --no-fund azurite@3.37.0
 
-test: install $(AZURITE)
+# Headless Chromium (Debian's package), for the test that `dvc plots show` draws offline.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	       apt-get install -y -q --no-install-recommends chromium; }
+
+test: install $(AZURITE) $(CHROMIUM)
 	python -m pytest -q
 
 # Rebuild a past model from its commit and check it is byte-identical (docs/reproducibility.md).

@@ -1,5 +1,13 @@
 """The metrics files: each one's shape, defined once, for its writer and for its readers.
 
+Two kinds of file. `metrics/NAME.json` is a stage's full record (plain git-tracked outputs in
+dvc.yaml: the report, the runner and filter_noise read them). `metrics/summary/ROW.json` are the DVC
+metrics: the headline numbers of those records, flat and numeric (booleans for verdicts), derived
+here when the record is written, so that `dvc metrics show`, `dvc metrics diff` and `dvc exp show`
+are a table a person can read. Rows are cheap there, columns are not: the summary rows share a
+small set of column names (events, kept, users, ndcg@20, ...), and per-rule and per-baseline
+numbers are rows of their own.
+
 A stage writes its file with `FILE.write(payload)`, which refuses a payload that does not match the
 shape (a key missing, an unknown key, a value of the wrong type), so a change to what a stage writes
 is a change here, where the report and the runner see it too. Readers use `FILE.read(day)`, which
@@ -17,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dailyrec import paths
 from dailyrec.files import write_json
@@ -53,6 +61,8 @@ class MetricsFile:
     shape: dict[str, Any]
     extra: str | None = None
     doc: str = ""
+    summary: Callable[[dict], dict[str, dict]] | None = None  # payload -> {row: flat numbers}
+    rows: tuple[str, ...] = ()  # the summary rows it writes (each is metrics/summary/ROW.json)
 
     def check(self, payload: Any) -> dict:
         if not isinstance(payload, dict):
@@ -61,7 +71,17 @@ class MetricsFile:
         return payload
 
     def write(self, payload: dict, path: Path | None = None) -> None:
-        write_json(path or self.path, self.check(payload))
+        """The record, then its summary rows beside it (under summary/)."""
+        path = Path(path or self.path)
+        write_json(path, self.check(payload))
+        if self.summary is not None:
+            rows = self.summary(payload)
+            assert set(rows) == set(self.rows), (self.name, sorted(rows))
+            for row, values in rows.items():
+                write_json(path.parent / SUMMARY_DIRNAME / f"{row}.json", summary_row(values))
+
+    def summary_paths(self) -> list[Path]:
+        return [SUMMARY_DIR / f"{row}.json" for row in self.rows]
 
     def read(self, day: dt.date | None = None, path: Path | str | None = None) -> dict | None:
         """The file's content, or None: missing, unreadable, not this shape, or (with day) about
@@ -100,6 +120,93 @@ def _check(shape: dict, payload: dict, where: str, extra: str | None = None) -> 
             raise ShapeError(f"{where}.{key}: expected {expected}, got {type(value).__name__}")
 
 
+SUMMARY_DIRNAME = "summary"
+SUMMARY_DIR = paths.METRICS_DIR / SUMMARY_DIRNAME
+
+
+def summary_row(values: dict[str, Any]) -> dict[str, int | float | bool]:
+    """A summary row: numbers and booleans only (None, meaning not measured, is left out: DVC shows
+    '-'); floats rounded to 4 significant decimals so a row stays narrow."""
+    out: dict[str, int | float | bool] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or isinstance(value, int):
+            out[key] = value
+        elif isinstance(value, float):
+            out[key] = round(value, 4)
+        else:
+            raise ShapeError(f"summary {key}: expected a number or a boolean, got "
+                             f"{type(value).__name__}")
+    return out
+
+
+def _at_k(metric: str) -> str:
+    """The gate metric's cutoff ('ndcg_at_20' -> '20'): the K of the summary's ranking columns."""
+    return metric.rsplit("_at_", 1)[-1] if "_at_" in metric else "20"
+
+
+def _ranking(block: dict | None, k: str) -> dict[str, Any]:
+    block = block or {}
+    return {f"{name}@{k}": block.get(f"{name}_at_{k}") for name in ("ndcg", "recall", "precision")}
+
+
+def _fetch_summary(p: dict) -> dict[str, dict]:
+    return {"fetch": {"events": p["fetched"], "kept": p["kept"], "quarantined": p["quarantined"]}}
+
+
+def _history_summary(p: dict) -> dict[str, dict]:
+    return {"history": {"days": p["days"], "events": p["rows"], "quarantined": p["quarantined"]}}
+
+
+def _validation_summary(p: dict) -> dict[str, dict]:
+    return {"validation": {"passed": p["passed"], "failed": p["failed"], "days": p["window_days"],
+                           "events": p["window_events"]}}
+
+
+# dailyrec.quality.rules.RULES, in its order (tests/test_metrics_summary.py checks they agree;
+# importing the rules here would make every stage depend on them).
+FILTER_RULES = ("crawler_ua", "internal", "repeated", "behaviour", "shared_ip", "min_support")
+
+
+def _filter_summary(p: dict) -> dict[str, dict]:
+    rows = {"filter": {"events": p["input"]["rows"], "kept": p["output"]["rows"],
+                       "removed": p["removed"]["rows"], "users": p["output"]["users"],
+                       "items": p["output"]["items"]}}
+    for rule in FILTER_RULES:
+        entry = p["rules"].get(rule) or {}
+        rows[f"rule_{rule}"] = {"removed": entry.get("rows", 0), "users": entry.get("users", 0)}
+    return rows
+
+
+def _train_summary(p: dict) -> dict[str, dict]:
+    return {"train": {"events": p["events"], "users": p["users"], "items": p["items"],
+                      "nonzeros": p["nonzeros"], "fit_s": p["durations_s"].get("fit")}}
+
+
+def _eval_summary(p: dict) -> dict[str, dict]:
+    k = _at_k(p["gate_metric"])
+    baselines = p.get("baselines") or {}
+    sessions = p.get("sessions") or {}
+    models = sessions.get("models") or {}
+    return {
+        "eval": {**_ranking(p, k), "lift": p.get("lift_over_most_popular")},
+        "popular": _ranking(baselines.get("most_popular"), k),
+        "published": _ranking(baselines.get("published"), k),
+        "session_fold_in": {**_ranking(models.get("fold_in"), k),
+                            "lift": sessions.get("lift_over_most_popular")},
+        "session_popular": _ranking(models.get("most_popular"), k),
+    }
+
+
+def _gate_summary(p: dict) -> dict[str, dict]:
+    return {"gate": {"passed": p["passed"], "lift": p["lift"]}}
+
+
+def _publish_summary(p: dict) -> dict[str, dict]:
+    return {"publish": {"users": p["users_written"], "items": p["items"]}}
+
+
 FETCH = MetricsFile(paths.FETCH_METRICS, "fetch_delta", {
     "run_date": str,
     "window": {"start": str, "end": str},
@@ -107,13 +214,15 @@ FETCH = MetricsFile(paths.FETCH_METRICS, "fetch_delta", {
     "quarantined_by_reason": dict,  # reason -> rows
     "ignored_by_type": dict,  # event type a table ignores -> rows
     "tables": dict,  # table -> {fetched, kept, quarantined, duplicates, ignored, columns}
-}, doc="fetched = kept + quarantined + duplicates + ignored, per table and in all")
+}, doc="fetched = kept + quarantined + duplicates + ignored, per table and in all",
+    summary=_fetch_summary, rows=("fetch",))
 
 HISTORY = MetricsFile(paths.HISTORY_METRICS, "merge_history", {
     "run_date": str, "days": int, "first_day": OPTIONAL_TEXT, "last_day": OPTIONAL_TEXT,
     "rows": int, "added": int, "added_by_day": dict, "duplicates_skipped": int,
     "resent": int, "replaced": int, "partitions_removed": list, "quarantined": int,
-}, doc="the history's days and rows, and what this run added")
+}, doc="the history's days and rows, and what this run added",
+    summary=_history_summary, rows=("history",))
 
 VALIDATION = MetricsFile(paths.VALIDATION_METRICS, "validate", {
     "run_date": str, "day": str,
@@ -121,7 +230,8 @@ VALIDATION = MetricsFile(paths.VALIDATION_METRICS, "validate", {
     "passed": bool, "failed": int, "warned": int, "day_rejected": bool,
     "rejected_days": list, "delta_events": int, "window_days": int, "window_events": int,
     "expectations": dict,  # name -> {success, severity, observed, expected, ...}
-}, doc="the verdict and every expectation (filter_noise depends on it: no durations here)")
+}, doc="the verdict and every expectation (filter_noise depends on it: no durations here)",
+    summary=_validation_summary, rows=("validation",))
 
 FILTER = MetricsFile(paths.FILTER_METRICS, "filter_noise", {
     "run_date": str,
@@ -132,14 +242,16 @@ FILTER = MetricsFile(paths.FILTER_METRICS, "filter_noise", {
     "removed": {"rows": int, "share": NUMBER, "bot_or_internal_users": int},
     "rules": dict,  # rule -> {enabled, rows, users, top offenders, ...}
     "seconds": dict, "events_per_second": OPTIONAL_NUMBER,
-}, doc="events and users removed per rule, top offenders")
+}, doc="events and users removed per rule, top offenders",
+    summary=_filter_summary, rows=("filter", *(f"rule_{rule}" for rule in FILTER_RULES)))
 
 TRAIN = MetricsFile(paths.TRAIN_METRICS, "train", {
     "run_date": str, "device": str, "events": int, "events_ignored": int, "users": int,
     "items": int, "nonzeros": int, "density": NUMBER, "iterations": int,
     "final_loss": OPTIONAL_NUMBER, "durations_s": dict, "fit_s_per_iteration": NUMBER,
     "implicit_version": str, "mlflow_run_id": OPTIONAL_TEXT,
-}, doc="the matrix, the fit's durations and loss (no stage reads it)")
+}, doc="the matrix, the fit's durations and loss (no stage reads it)",
+    summary=_train_summary, rows=("train",))
 
 MLFLOW = MetricsFile(paths.MLFLOW_RECORD, "train", {
     "run_id": OPTIONAL_TEXT, "experiment": str, "model_name": str,
@@ -162,7 +274,9 @@ EVAL = MetricsFile(paths.EVAL_METRICS, "evaluate", {
     }),
 }, extra=r"(precision|recall|map|ndcg|hit_rate|coverage)_at_\d+|mean_percentile_rank",
     doc="the model's metrics at K=20 and eval.k (the user protocol), its baselines', and the "
-        "session protocol's")
+        "session protocol's",
+    summary=_eval_summary, rows=("eval", "popular", "published", "session_fold_in",
+                                 "session_popular"))
 
 GATE = MetricsFile(paths.GATE, "evaluate", {
     "run_date": str, "passed": bool, "reason": str, "metric": str, "value": OPTIONAL_NUMBER,
@@ -171,7 +285,8 @@ GATE = MetricsFile(paths.GATE, "evaluate", {
     "drop": OPTIONAL_NUMBER, "max_drop": NUMBER,
     "model_md5": OPTIONAL_TEXT,  # the DVC hash of the models/ it judged: publish checks it
     "protocol": MayLack(OPTIONAL_TEXT),  # users or sessions: which evaluation decided
-}, doc="the publish gate's verdict on one model (publish obeys `passed` for that model only)")
+}, doc="the publish gate's verdict on one model (publish obeys `passed` for that model only)",
+    summary=_gate_summary, rows=("gate",))
 
 PUBLISH = MetricsFile(paths.PUBLISH_METRICS, "publish", {
     "run_date": str, "version": str, "kind": str, "previous_version": OPTIONAL_TEXT,
@@ -180,7 +295,8 @@ PUBLISH = MetricsFile(paths.PUBLISH_METRICS, "publish", {
     "buckets": int, "item_buckets": int, "kept_versions": list,
     "removed_versions": list, "seconds": dict, "users_per_second": OPTIONAL_NUMBER,
     "redis": str, "gate": dict, "model_run": dict, "mlflow_alias": (dict, type(None)),
-}, doc="the version served, its users, and how long publishing took (no stage reads it)")
+}, doc="the version served, its users, and how long publishing took (no stage reads it)",
+    summary=_publish_summary, rows=("publish",))
 
 ALL: tuple[MetricsFile, ...] = (FETCH, HISTORY, VALIDATION, FILTER, TRAIN, EVAL, GATE, PUBLISH,
                                 MLFLOW)

@@ -169,3 +169,30 @@ if __name__ == "__main__":
     push_cmd.add_argument("revs", nargs="+")
     args = ap.parse_args()
     push_revs(args.revs)
+
+
+def default_remote(dvc_dir: Path | str = ".dvc") -> tuple[str | None, str | None]:
+    """(name, url) of DVC's default remote, from .dvc/config and .dvc/config.local (this
+    machine's, read last: it wins), without starting DVC. A relative url is resolved against the
+    .dvc folder as DVC does; credentials in a url are left out. (None, None) without one."""
+    import configparser
+    from urllib.parse import urlsplit, urlunsplit
+
+    config = configparser.ConfigParser(strict=False, interpolation=None,
+                                       comment_prefixes=("#", ";"))
+    dvc_dir = Path(dvc_dir)
+    config.read([dvc_dir / "config", dvc_dir / "config.local"])
+    name = config.get("core", "remote", fallback=None)
+    if not name:
+        return None, None
+    url = config.get(f"'remote \"{name}\"'", "url", fallback=None)
+    if url is None:
+        return name, None
+    parts = urlsplit(url)
+    if parts.scheme and "://" in url:
+        host = parts.hostname or ""
+        url = urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""),
+                          parts.path, "", ""))
+    else:
+        url = str((dvc_dir / url).resolve())
+    return name, url

@@ -493,6 +493,18 @@ def _publish_lines(summary: dict) -> list[str]:
         lines.append(_absent(summary, "publish"))
     if ml and ml.get("run_id"):
         lines.append(f"MLflow run {ml['run_id']}")
+    served = summary.get("served")
+    if served and served.get("error"):
+        lines.append(f"Served now: unknown ({served['error']})")
+    elif served and served.get("model_version"):
+        age = served.get("age_hours")
+        limit = served.get("max_age_hours")
+        line = (f"Served now: version {served['model_version']}, built from the data of "
+                f"{served.get('run_date')}" + ("" if age is None else f", {age:.0f} hours old"))
+        if served.get("stale"):
+            line = f"WARNING: {line}, older than the {limit:g} hours allowed " \
+                   "(serving.max_age_hours): the daily runs are not publishing"
+        lines.append(line)
     return lines
 
 
@@ -500,7 +512,7 @@ def _publish_lines(summary: dict) -> list[str]:
 
 def build(day: dt.date, metrics_dir: Path = METRICS_DIR, reports_dir: Path = REPORTS_DIR,
           settings: ReportSettings | None = None, experiment: str | None = None,
-          notes: list[str] = ()) -> Report:
+          notes: list[str] = (), served: dict | None = None) -> Report:
     """The day's report from its metrics files and the MLflow history. settings and experiment
     default to params.yaml's report and mlflow.experiment."""
     if settings is None or experiment is None:
@@ -513,6 +525,7 @@ def build(day: dt.date, metrics_dir: Path = METRICS_DIR, reports_dir: Path = REP
     metric, runs = settings.main_metric, settings.chart_runs
     summary = summarize(metrics.snapshot(day, metrics_dir), metric)
     summary["notes"] = list(notes)  # what the runner had to say: recoveries, a push to retry
+    summary["served"] = served  # what the API serves now and how old it is (the runner's check)
     experiment = (summary["mlflow"] or {}).get("experiment") or experiment
     points, source = history(summary, metric, runs, reports_dir, experiment)
     earlier = [p for p in points if p.day < day]
@@ -558,11 +571,12 @@ def save(report: Report, reports_dir: Path = REPORTS_DIR) -> list[Path]:
 
 
 def daily_report(day: dt.date, send: bool = True, metrics_dir: Path = METRICS_DIR,
-                 reports_dir: Path = REPORTS_DIR, notes: list[str] = ()) -> tuple[Report, bool]:
+                 reports_dir: Path = REPORTS_DIR, notes: list[str] = (),
+                 served: dict | None = None) -> tuple[Report, bool]:
     """Build, save and (unless send is False) mail the day's report; returns it and whether it
     was mailed."""
     from dailyrec import notify
 
-    report = build(day, metrics_dir, reports_dir, notes=notes)
+    report = build(day, metrics_dir, reports_dir, notes=notes, served=served)
     save(report, reports_dir)
     return report, (notify.send_report(report) if send else False)

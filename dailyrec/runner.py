@@ -539,6 +539,7 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
                   context=context(stage=failure.step, command=command, kind=failure.kind,
                                   exit_status=failure.status),
                   log_tail="\n".join(failure.tail[-opts.tail_lines:]))
+            check_served(day, progress, log, alert, context)
             return DayResult(FAILED, failure)
         except Exception as err:  # noqa: BLE001 - a bug in the runner is a failed run, alerted
             log.write(f"=== FAILED in the runner: {err!r} ===\n")
@@ -547,7 +548,8 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
             kind = err.kind if isinstance(err, errors.DailyrecError) else "bug"
             return DayResult(FAILED, StepFailed("runner", getattr(err, "exit_code", 1), [], 0.0,
                                                 kind, str(err)))
-        make_report(day, send_report and opts.mail_report, progress, log, opts, notes)
+        served = check_served(day, progress, log, alert, context)
+        make_report(day, send_report and opts.mail_report, progress, log, opts, notes, served)
         log.write(f"=== {outcome} in {time.monotonic() - t0:.1f} s ===\n")
     progress("done", f"{outcome} in {time.monotonic() - t0:.1f} s")
     return DayResult(outcome)
@@ -598,15 +600,55 @@ def pull(env: dict, log: TextIO, opts: Options, progress, echo, alert, context) 
                 "workspace"]
 
 
+def check_served(day: dt.date, progress: Callable[[str, str], None], log: TextIO,
+                 alert: Callable[..., None], context: Callable[..., dict]) -> dict:
+    """How old the lists the API serves now are (dailyrec.store.reader.Freshness), against
+    params.yaml's serving.max_age_hours; alerts when they are stale, whatever today's run did
+    (a week of failed runs must not go unnoticed). Returns what the report shows."""
+    from dailyrec.settings.serving import max_age_hours
+    from dailyrec.store import connection
+    from dailyrec.store import keys as K
+    from dailyrec.store.reader import (Freshness, NotPublished, RecommendationStore,
+                                       RedisUnavailable, freshness)
+
+    try:
+        store = RecommendationStore(connection.client(connection.settings_from_env(),
+                                                      timeout=10.0), K.Layout.from_env())
+        fresh = freshness(store.ready())
+    except (NotPublished, RedisUnavailable) as err:
+        progress("served", f"unknown ({err})")
+        log.write(f"served: unknown: {err!r}\n")
+        return {"error": str(err)}
+    try:
+        limit = max_age_hours(settings.load())
+    except errors.ConfigError:
+        limit = fresh.max_age_hours  # what it was published with
+    fresh = Freshness(fresh.version, fresh.run_date, fresh.age_hours, limit)
+    age = "age unknown" if fresh.age_hours is None else f"data {fresh.age_hours:.1f} h old"
+    progress("served", f"version {fresh.version}, {age}"
+                       + (f" (STALE: over serving.max_age_hours {limit:g})" if fresh.stale else ""))
+    log.write(f"served: {json.dumps(fresh.as_dict())}\n")
+    if fresh.stale:
+        alert(f"served recommendations are stale: data {fresh.age_hours:.0f} h old "
+              f"(version {fresh.version})",
+              context=context(served_version=fresh.version, served_run_date=fresh.run_date,
+                              age_hours=round(fresh.age_hours, 1), max_age_hours=limit),
+              log_tail=f"The API serves version {fresh.version}, built from the data of "
+                       f"{fresh.run_date}; serving.max_age_hours is {limit:g}. Daily runs since "
+                       f"then did not publish: see their alerts and logs/daily/.")
+    return fresh.as_dict()
+
+
 def make_report(day: dt.date, send: bool, progress: Callable[[str, str], None],
-                log: TextIO, opts: Options, notes: list[str] = ()) -> None:
+                log: TextIO, opts: Options, notes: list[str] = (),
+                served: dict | None = None) -> None:
     """The business owner's report. Its failure is alerted but does not fail the run: the
     pipeline itself succeeded and its outputs are published."""
     from dailyrec import report
 
     started = time.monotonic()
     try:
-        built, mailed = report.daily_report(day, send=send, notes=list(notes))
+        built, mailed = report.daily_report(day, send=send, notes=list(notes), served=served)
     except Exception as err:  # noqa: BLE001
         log.write(f"report failed: {err!r}\n")
         progress("report", f"FAILED: {type(err).__name__}: {err}")

@@ -166,6 +166,14 @@ def log_training(settings: MlflowSettings, metrics: dict[str, Any], result, meta
                 "device": result.device, "dvc.models.md5": dvc_md5(models_dir) or "",
                 "data.md5": meta["data"]["md5"]}
         mlflow.set_tags(tags)
+        from dailyrec import datasets  # imports mlflow.data
+
+        data = meta["data"]
+        mlflow.log_input(datasets.training_window(
+            str(data_path), data["md5"], pipeline.default_remote(), rows=data["events"],
+            first_event=data["first_event"], last_event=data["last_event"],
+            users=meta["matrix"]["users"], items=meta["matrix"]["items"],
+            nonzeros=meta["matrix"]["nonzeros"]), context="training")
         now_ms = int(time.time() * 1000)
         stepped = [Metric("train_loss", loss, now_ms, step) for step, loss in
                    enumerate(result.losses)]
@@ -193,9 +201,12 @@ def log_training(settings: MlflowSettings, metrics: dict[str, Any], result, meta
 @unavailable
 def log_evaluation(settings: MlflowSettings, eval_settings: dict[str, Any], report: dict[str, Any],
                    gate: dict[str, Any], curves: dict[str, list[float]], fit_losses: list[float],
-                   record: dict[str, Any] | None) -> str:
+                   record: dict[str, Any] | None, holdout: dict[str, Any] | None = None) -> str:
     """Add the evaluation to the train run of metrics/mlflow.json (or a run of its own when there
     is none, or when that run already holds different eval.* params: MLflow params are immutable).
+
+    holdout: {"path", "md5", "window_end"} of the events evaluated on, logged as the run's
+    dataset input with context `eval` (its bounds and counts from the report).
     """
     mlflow, _ = _connect(settings)
     from mlflow.entities import Metric
@@ -233,6 +244,13 @@ def log_evaluation(settings: MlflowSettings, eval_settings: dict[str, Any], repo
             if isinstance(gate.get(key), (int, float)):
                 metrics[f"gate_{key}"] = gate[key]
         mlflow.log_metrics(_numeric(metrics))
+        if holdout is not None and report.get("holdout_start"):
+            from dailyrec import datasets  # imports mlflow.data
+
+            mlflow.log_input(datasets.holdout(
+                holdout["path"], holdout["md5"], pipeline.default_remote(),
+                report["holdout_start"], holdout["window_end"], report.get("counts") or {}),
+                context="eval")
         now_ms = int(time.time() * 1000)
         stepped = [Metric(f"{name}_at_k", v, now_ms, k) for name, values in curves.items()
                    for k, v in enumerate(values, start=1)]

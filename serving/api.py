@@ -18,7 +18,10 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, NotFound
 
+from serving import auth
+
 bp = Blueprint("recommendations", __name__)
+bp.before_request(auth.require_api)  # 401 without a valid token, when tokens are set
 _DIGITS = re.compile(r"[0-9]{1,6}")
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 

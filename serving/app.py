@@ -11,12 +11,15 @@ Configuration, later sources winning:
      the mail password and other DAILYREC_* secrets never land in the app config);
   4. the `config` dict.
 
+Bearer tokens (DAILYREC_API_TOKENS, ...): serving/auth.py.
+
 Run it with gunicorn (serving/gunicorn.conf.py, `make serve`), or `flask --app serving.app run`
 while developing.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 from flask import Flask
@@ -24,7 +27,7 @@ from flask import Flask
 from dailyrec.store import connection
 from dailyrec.store import keys as K
 from dailyrec.store.reader import RecommendationStore
-from serving import api, errors, ops
+from serving import api, auth, errors, ops
 from serving.telemetry import Telemetry
 
 DEFAULTS = {
@@ -39,7 +42,14 @@ DEFAULTS = {
     # The same error is mailed at most once per this many minutes (the app never reads
     # params.yaml: set DAILYREC_API_ALERT_THROTTLE_MINUTES).
     "ALERT_THROTTLE_MINUTES": 60,
+    # Bearer tokens (serving/auth.py): none set, the API is open (and says so in its log).
+    "TOKENS": None,
+    "TOKENS_FILE": None,
+    "METRICS_TOKENS": None,
+    "REQUIRE_TOKENS": False,
 }
+# Read as the raw text of the variable (from_prefixed_env would parse a token as JSON).
+RAW_TEXT_SETTINGS = ("TOKENS", "METRICS_TOKENS", "TOKENS_FILE")
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -48,6 +58,9 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(connection.settings_from_env())
     app.config["REDIS_KEY_PREFIX"] = K.Layout.from_env().prefix
     app.config.from_prefixed_env("DAILYREC_API")
+    for key in RAW_TEXT_SETTINGS:
+        if os.environ.get(f"DAILYREC_API_{key}") is not None:
+            app.config[key] = os.environ[f"DAILYREC_API_{key}"]
     app.config.update(config or {})
     app.json.sort_keys = False
     pattern = app.config["USER_ID_PATTERN"]
@@ -58,6 +71,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["dailyrec.store"] = RecommendationStore(
         client, K.Layout(app.config["REDIS_KEY_PREFIX"]))
     Telemetry().init_app(app)
+    auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     errors.init_app(app)

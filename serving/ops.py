@@ -1,5 +1,6 @@
 """Operations endpoints: /healthz (the process answers), /readyz (Redis answers and a version is
-published), /metrics (Prometheus), /openapi.json (the API contract, serving/openapi.json)."""
+published; "degraded" when its data is stale), /metrics (Prometheus), /openapi.json (the API
+contract, serving/openapi.json)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import functools
 from importlib import resources
 
 from flask import Blueprint, Response, current_app, jsonify
+
+from dailyrec.store.reader import freshness
+from serving import auth
 
 bp = Blueprint("ops", __name__)
 
@@ -18,12 +22,18 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
+    """200 "ready", or 200 "degraded" when the served lists are older than their
+    serving.max_age_hours (still served: better than none; the age says how stale); 503 when
+    Redis does not answer or nothing is published."""
     version = current_app.extensions["dailyrec.store"].ready()  # raises -> 503 via serving.errors
-    return jsonify(status="ready", model_version=version.name, kind=version.kind)
+    fresh = freshness(version)
+    return jsonify(status="degraded" if fresh.stale else "ready", kind=version.kind,
+                   **fresh.as_dict())
 
 
 @bp.get("/metrics")
 def metrics():
+    auth.require("metrics")  # open unless DAILYREC_API_METRICS_TOKENS is set
     body, content_type = current_app.extensions["dailyrec.telemetry"].render()
     return Response(body, content_type=content_type)
 

@@ -8,6 +8,10 @@
     dailyrec_fallback_share                                 fallback / all lists served, so far
     dailyrec_errors_total{kind}                             redis_unavailable, not_published,
                                                             bad_request, not_found, internal, ...
+    dailyrec_served_version_age_seconds                     age of the served lists' data (since
+                                                            its run.date 00:00 UTC), at scrape time
+    dailyrec_served_version_max_age_seconds                 serving.max_age_hours, in seconds
+    dailyrec_served_version_stale                           1 past it, else 0
 
 Under gunicorn (several worker processes) the values live in PROMETHEUS_MULTIPROC_DIR, which
 serving/gunicorn.conf.py sets up, and /metrics adds up every worker's.
@@ -20,7 +24,7 @@ import re
 import time
 import uuid
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
                                disable_created_metrics, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
@@ -77,9 +81,45 @@ class Telemetry:
             multiprocess.MultiProcessCollector(source)
         else:
             source = self.registry
-        share = CollectorRegistry()
-        share.register(_FallbackShare(source))
-        return generate_latest(source) + generate_latest(share), CONTENT_TYPE_LATEST
+        computed = CollectorRegistry()
+        computed.register(_FallbackShare(source))
+        store = current_app.extensions.get("dailyrec.store")
+        if store is not None:
+            computed.register(_Freshness(store))
+        return generate_latest(source) + generate_latest(computed), CONTENT_TYPE_LATEST
+
+
+class _Freshness:
+    """The served version's age, read from Redis at scrape time (no sample while Redis is down
+    or nothing is published: dailyrec_errors_total and /readyz say so)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        from dailyrec.store.reader import NotPublished, RedisUnavailable, freshness
+
+        try:
+            fresh = freshness(self.store.ready())
+        except (NotPublished, RedisUnavailable):
+            return
+        if fresh.age_hours is not None:
+            yield _gauge("dailyrec_served_version_age_seconds",
+                         "Age of the served lists' data: seconds since its run.date 00:00 UTC",
+                         fresh.age_hours * 3600)
+        if fresh.max_age_hours is not None:
+            yield _gauge("dailyrec_served_version_max_age_seconds",
+                         "serving.max_age_hours of the served version, in seconds",
+                         fresh.max_age_hours * 3600)
+        yield _gauge("dailyrec_served_version_stale",
+                     "1 when the served lists are older than serving.max_age_hours",
+                     float(fresh.stale))
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(name, doc)
+    gauge.add_metric([], value)
+    return gauge
 
 
 class _FallbackShare:

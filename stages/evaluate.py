@@ -59,8 +59,11 @@ def main_body(argv: list[str] | None) -> int:
                                           for k, v in out["durations"].items()}}
         eval_params = {k: list(v) if isinstance(v, tuple) else v
                        for k, v in dataclasses.asdict(config).items()}
+        holdout = {"path": str(paths.CLEAN_EVENTS), "md5": dvc_md5(paths.CLEAN_EVENTS),
+                   "window_end": settings.window_end(params).isoformat()}
         run_id = tracking.log_evaluation(mlflow_settings, eval_params, report_for_mlflow, gate,
-                                         flat_curves, out["fit_losses"], metrics.MLFLOW.read())
+                                         flat_curves, out["fit_losses"], metrics.MLFLOW.read(),
+                                         holdout=holdout)
     metric = config.gate_metric
     summary = (f"{metric} {report[metric]:.4f}, most-popular "
                f"{report['baselines']['most_popular'][metric]:.4f}"

@@ -20,6 +20,14 @@ def private_state_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DAILYREC_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
+@pytest.fixture(autouse=True)
+def no_machine_redis(monkeypatch):
+    """Tests never reach the machine's own Redis (where `make demo` publishes): a test that needs
+    one starts its own and says so in REDIS_URL; one that does not gets a port nothing listens
+    on, so a runner that asks what is served hears "unavailable" at once."""
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+
+
 @pytest.fixture(scope="session")
 def postgres():
     server = servers.start_postgres()

@@ -430,3 +430,41 @@ def test_an_unreachable_remote_neither_fails_the_day_nor_loses_its_data(repo, ma
                                                for o in _remote_objects(repo) - before}
     assert "pushed the data of 1 earlier run(s)" in (
         repo.path / "reports" / "daily" / f"{day3}.txt").read_text()
+
+
+def test_stale_served_lists_are_alerted_even_when_the_day_fails(repo, mailbox, redis_server,
+                                                                 redis_client):
+    """The API still serves a version built from 2026-11-01's data (published with
+    serving.max_age_hours 36): every daily run mails an alert that the lists are stale, and the
+    report says how old they are (issue 18.5)."""
+    from dailyrec.settings.serving import PublishSettings
+    from dailyrec.store import writer
+    from tests import tiny_models
+
+    old = dt.date(2026, 11, 1)
+    writer.publish(tiny_models.bundle(n_users=50, n_items=20, seed=3), redis_client,
+                   PublishSettings(top_n=5, filter_already_liked=True, batch_size=100,
+                                   keep_versions=2, similar_items=False, explain_items=0,
+                                   max_age_hours=36), run_date=old, progress=False)
+    env = {**mailbox.env(), "REDIS_URL": redis_server.url}
+    day = dt.date(2026, 11, 20)
+    repo.fail("train", day)
+    failed = repo.daily("--date", str(day), extra_env=env)
+    assert failed.returncode != 0
+    served = [line for line in failed.stdout.splitlines() if line.startswith(f"[{day}] served")]
+    assert len(served) == 1 and "STALE" in served[0] and f"{old}.1" in served[0], failed.stdout
+    subjects = [" ".join(m["Subject"].split()) for m in mailbox.messages]
+    assert any("served recommendations are stale" in s and f"{old}.1" in s for s in subjects), \
+        subjects
+    stale = next(m for m in mailbox.messages if "stale" in m["Subject"])
+    body = stale.get_body(("plain",)).get_content()
+    assert "max_age_hours: 36" in body and f"served_run_date: {old}" in body
+
+    (repo.path / f"fail-train-{day}").unlink()
+    mailbox.messages.clear()
+    good = repo.daily("--date", str(dt.date(2026, 11, 21)), extra_env=env)
+    assert good.returncode == 0, good.stdout + good.stderr
+    report = next(m for m in mailbox.messages if "ALERT" not in m["Subject"])
+    text = report.get_body(("plain",)).get_content()
+    assert f"WARNING: Served now: version {old}.1, built from the data of {old}" in \
+        " ".join(text.split()), text

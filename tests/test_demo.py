@@ -68,7 +68,8 @@ def test_every_printed_step_is_a_command_that_works(demo):
     printed = commands(steps)
     assert [c.split()[0:2] for c in printed] == [
         ["make", "mlflow-ui"], ["make", "reproduce"], [".venv/bin/python", "-m"],
-        [".venv/bin/python", "-m"], [".venv/bin/dvc", "plots"], [".venv/bin/dvc", "exp"],
+        [".venv/bin/python", "-m"], [".venv/bin/dvc", "metrics"], [".venv/bin/dvc", "metrics"],
+        [".venv/bin/dvc", "plots"], [".venv/bin/dvc", "exp"],
         ["git", "log"]], steps
     assert "reports/daily/2026-11-17.html" in steps and "reports/validation/index.html" in steps
 
@@ -101,6 +102,10 @@ def test_dvc_plots_exp_and_the_demo_log(demo):
             assert done.returncode == 0, (command, done.stderr[-2000:])
             if "plots" in command:
                 assert (ws.path / "dvc_plots" / "index.html").exists()
+            if "metrics diff" in command:
+                assert "ndcg@20" in done.stdout or "events" in done.stdout, done.stdout
+            if "metrics show" in command:
+                assert "ndcg@20" in done.stdout and "metrics/summary/eval.json" in done.stdout
             if "exp show" in command:
                 assert "ndcg_at_20" in done.stdout.replace("\n", "") or "ndcg" in done.stdout
             if command.startswith("git log"):

@@ -238,3 +238,60 @@ def _named_people(data, key=None):
     elif key in ("user_id", "ip", "user_agent") and data is not None \
             and not str(data).startswith("h:"):
         yield key, data
+
+
+# --- DVC metrics: headline numbers a person can read (issue 18.1) ---------------------------------
+
+def test_dvc_metrics_are_flat_numbers_and_dvc_metrics_show_is_a_readable_table(traced):
+    """Every declared metrics file of a real run holds numbers and booleans only, no nested object
+    and no text; `dvc metrics show` is one row per file, at most 16 columns (Path included) and
+    200 characters wide."""
+    ws = traced["ws"]
+    found = pipeline.load(ws.path / "dvc.yaml")
+    declared = [o.path for o in found.outputs() if o.kind == "metrics"]
+    assert len(declared) >= 10
+    for path in declared:
+        values = json.loads((ws.path / path).read_text())
+        assert isinstance(values, dict), path
+        bad = {k: v for k, v in values.items()
+               if isinstance(v, (dict, list, str)) or v is None}
+        assert bad == {}, (path, bad)
+    train = json.loads((ws.path / "metrics/summary/train.json").read_text())
+    assert train["nonzeros"] > 0 and train["fit_s"] > 0
+    gate = json.loads((ws.path / "metrics/summary/gate.json").read_text())
+    assert gate["passed"] is True
+    shown = ws.dvc("metrics", "show", env={"COLUMNS": "400"}).stdout
+    lines = [line for line in shown.splitlines() if line.strip()]
+    header = lines[0].split()
+    assert header[0] == "Path" and len(header) <= 16, header
+    assert {line.split()[0] for line in lines[1:]} == set(declared)
+    assert max(len(line) for line in lines) <= 200, max(len(line) for line in lines)
+    for column in ("events", "kept", "quarantined", "removed", "users", "items", "nonzeros",
+                   "fit_s", "ndcg@20", "recall@20", "precision@20", "lift", "passed"):
+        assert column in header, column
+
+
+# --- dvc plots show draws offline (issue 18.2) ------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it
+
+
+def test_dvc_plots_show_draws_its_charts_with_no_network(traced, tmp_path):
+    """The page `dvc plots show` writes carries Vega itself (.dvc/config's plots.html_template):
+    headless Chromium, with every network request refused, draws both charts."""
+    import subprocess
+
+    ws = traced["ws"]
+    out = tmp_path / "plots"
+    ws.dvc("plots", "show", "-o", str(out))
+    page = (out / "index.html").read_text()
+    assert "cdn.jsdelivr.net" not in page and "vegaEmbed(" in page
+    assert page.count("vegaEmbed(") == 2  # recall@k and ndcg@k
+    dom = subprocess.run(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--proxy-server=127.0.0.1:9",
+         "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000",
+         "--dump-dom", (out / "index.html").as_uri()],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    assert dom.count('class="marks"') == 2, dom[-2000:]  # vega-embed's canvas, one per chart
+    assert "vega-embed" in dom

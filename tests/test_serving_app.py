@@ -71,8 +71,10 @@ def test_known_user_gets_personal_list_unknown_the_fallback(app, model, redis_cl
 
     assert client.get("/recommendations/" + "u" * 128).status_code == 200  # longest allowed
     assert client.get("/healthz").get_json() == {"status": "alive"}
-    assert client.get("/readyz").get_json() == {"status": "ready", "model_version": version,
-                                                 "kind": "model"}
+    ready = client.get("/readyz").get_json()
+    assert {k: ready[k] for k in ("status", "model_version", "kind", "run_date", "stale")} == {
+        "status": "ready", "model_version": version, "kind": "model", "run_date": str(DAY),
+        "stale": False}  # published without a max age: none is judged
 
 
 @pytest.mark.parametrize("path, message", [

@@ -218,3 +218,52 @@ def test_bad_mlflow_settings_name_the_key():
         ops.mlflow(of(project_params(**{"mlflow.alias": "v3"})))
     with pytest.raises(ConfigError, match="mlflow.model_name"):
         ops.mlflow(of(project_params(**{"mlflow.model_name": ""})))
+
+
+def test_runs_record_their_training_window_and_holdout_as_mlflow_datasets(days, tmp_path):
+    """Read back through a real MLflow tracking server (the UI's Dataset column): each train run
+    has the training window as a `training` input (DVC path, md5 as digest, rows and dates), and
+    the evaluation its holdout as an `eval` input; the two days trained on different data."""
+    import json as _json
+    from pathlib import Path
+
+    import mlflow
+
+    from tests.servers import free_port, wait_for_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{days['root'] / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        wait_for_port(port, timeout=90, proc=server)
+        client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        digests = []
+        for day in ("day1", "day2"):
+            run = client.get_run(days[day]["mlflow"]["run_id"])
+            inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+                      for i in run.inputs.dataset_inputs}
+            assert set(inputs) == {"training", "eval"}, inputs
+            window, holdout = inputs["training"], inputs["eval"]
+            assert window.name == "training window" and window.source_type == "dvc"
+            source = _json.loads(window.source)
+            assert source["path"] == "data/clean/events.parquet"
+            assert window.digest == source["md5"] and len(window.digest) == 32
+            if day == "day2":  # the file as it is now
+                assert window.digest == dvc_md5(days["root"] / "data/clean/events.parquet")
+            profile = _json.loads(window.profile)
+            assert profile["rows"] == run.data.metrics["events"] > 0  # train.json's counts
+            assert profile["users"] == run.data.metrics["users"] > 0
+            assert profile["first_event"] < profile["last_event"]
+            assert holdout.name == "holdout" and holdout.digest != window.digest
+            held = _json.loads(holdout.profile)
+            assert held["rows"] == days[day]["eval"]["counts"]["holdout_events"] > 0
+            assert held["first_event"] == days[day]["eval"]["holdout_start"]
+            digests.append(window.digest)
+        assert digests[0] != digests[1]  # day 2 trained on more data
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

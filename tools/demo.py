@@ -135,9 +135,15 @@ def next_steps() -> str:
              f"Roll back: serve yesterday's lists ({before}) instead of {served}, in one switch.")
         step(f".venv/bin/python -m stages.publish rollback --to {served}",
              "Roll forward again to today's lists.")
+    step(".venv/bin/dvc metrics show",
+         "the day's headline numbers, one row per stage (events kept, removed per rule, "
+         "NDCG@20 against most-popular, users published).")
+    if len(days) >= 2:
+        step(f".venv/bin/dvc metrics diff {BRANCH}~1 {BRANCH}",
+             "how those numbers moved between the last two days.")
     step(".venv/bin/dvc plots show",
          "evaluate's recall/NDCG/precision curves at k = 1..20 (ALS, most-popular, published), "
-         "written to dvc_plots/index.html.")
+         "written to dvc_plots/index.html; it draws offline (Vega is inside the page).")
     step(".venv/bin/dvc exp show",
          "params and metrics of the workspace as a table; `dvc exp run -S train.factors=16` "
          "tries a change.")

@@ -1,4 +1,4 @@
-"""Settings of publishing: params.yaml `publish`."""
+"""Settings of publishing and of the served lists: params.yaml `publish` and `serving`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ class PublishSettings:
     keep_versions: int  # complete versions kept in Redis, for rollback
     similar_items: bool  # every item's top_n similar items (GET /items/<id>/similar)
     explain_items: int  # past items kept per user to explain their list (0: no explanations)
+    # serving.max_age_hours, written with each version: past it, /readyz says degraded and the
+    # runner alerts. None (library callers that do not say): no age is judged.
+    max_age_hours: float | None = None
+
+
+def max_age_hours(params: Params) -> float:
+    """serving.max_age_hours: how old the served lists' data may get (hours since the end of
+    the data they were built from, run.date 00:00 UTC) before it counts as stale."""
+    params.known("serving", ("max_age_hours",))
+    return params.number("serving.max_age_hours", low=1, high=24 * 365)
 
 
 def publish(params: Params) -> PublishSettings:
@@ -33,4 +43,5 @@ def publish(params: Params) -> PublishSettings:
                            batch_size=batch_size,
                            keep_versions=params.integer("publish.keep_versions", low=1, high=100),
                            similar_items=params.flag("publish.similar_items"),
-                           explain_items=params.integer("publish.explain_items", low=0, high=500))
+                           explain_items=params.integer("publish.explain_items", low=0, high=500),
+                           max_age_hours=max_age_hours(params))

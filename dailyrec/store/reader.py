@@ -11,6 +11,7 @@ switch cannot be half-read. Both keys are passed as KEYS, as Redis Cluster would
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class Version:
     fold_in_confidence: float | None = None  # None: no item factors in this version
     regularization: float = 0.0
     n_factors: int = 0
+    run_date: str | None = None  # the day its data ends (run.date)
+    max_age_hours: float | None = None  # serving.max_age_hours when it was published
     _positions: dict = field(default_factory=dict, compare=False, repr=False)
 
     def positions(self, item_ids: list[str]) -> np.ndarray:
@@ -54,6 +57,37 @@ class Version:
         if not self._positions and self.item_ids:
             self._positions.update(zip(self.item_ids, range(len(self.item_ids))))
         return np.array([self._positions.get(i, -1) for i in item_ids], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How old the served lists' data is: hours since the end of the day they were built from
+    (run.date 00:00 UTC), against serving.max_age_hours as it was when they were published."""
+
+    version: str
+    run_date: str | None
+    age_hours: float | None  # None: a version without a run_date
+    max_age_hours: float | None  # None: published without one; no age is judged
+
+    @property
+    def stale(self) -> bool:
+        return (self.age_hours is not None and self.max_age_hours is not None
+                and self.age_hours > self.max_age_hours)
+
+    def as_dict(self) -> dict:
+        return {"model_version": self.version, "run_date": self.run_date,
+                "age_hours": None if self.age_hours is None else round(self.age_hours, 2),
+                "max_age_hours": self.max_age_hours, "stale": self.stale}
+
+
+def freshness(version: Version, now: dt.datetime | None = None) -> Freshness:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    age = None
+    if version.run_date:
+        data_end = dt.datetime.combine(dt.date.fromisoformat(version.run_date), dt.time(),
+                                       tzinfo=dt.timezone.utc)
+        age = (now - data_end).total_seconds() / 3600
+    return Freshness(version.name, version.run_date, age, version.max_age_hours)
 
 
 # flags=no-writes (Redis >= 7): a read-only script, so it still runs during CLIENT PAUSE WRITE
@@ -191,7 +225,10 @@ class RecommendationStore:
                             explain_items=int(meta.get("explain_items") or 0),
                             fold_in_confidence=float(confidence) if confidence else None,
                             regularization=float(meta.get("regularization") or 0.0),
-                            n_factors=int(meta.get("factors") or 0))
+                            n_factors=int(meta.get("factors") or 0),
+                            run_date=meta.get("run_date") or None,
+                            max_age_hours=float(meta["max_age_hours"])
+                            if meta.get("max_age_hours") else None)
             # keep a few: the served one and any a rollback may return to
             if len(self._versions) >= 4:
                 self._versions.pop(next(iter(self._versions)))

@@ -213,6 +213,12 @@ def bucket_lengths(client, key_of: Callable[[int], str], n_buckets: int) -> int:
     return total
 
 
+def _max_age(cfg: PublishSettings) -> dict[str, str]:
+    """serving.max_age_hours rides with the version: the API reads it from there (it never
+    reads params.yaml)."""
+    return {} if cfg.max_age_hours is None else {"max_age_hours": repr(float(cfg.max_age_hours))}
+
+
 def new_version(client, layout: K.Layout, run_date: dt.date, meta: dict) -> str:
     """Number and register a version (status `writing`) in one transaction."""
     seq = client.incr(layout.sequence)
@@ -306,7 +312,7 @@ def publish(bundle: artifacts.ModelBundle, client, cfg: PublishSettings, *, run_
             "regularization": repr(float(bundle.model.regularization)),
             "fold_in_confidence": repr(fold_in_confidence(bundle)),
             "filter_already_liked": int(cfg.filter_already_liked), "run_date": run_date.isoformat(),
-            "forced": int(bool(gate and gate.get("forced"))),
+            **_max_age(cfg), "forced": int(bool(gate and gate.get("forced"))),
             "model_run": json.dumps(model_run or {}, sort_keys=True, default=str)})
         try:
             added, empty, t_score, t_wait = _write_users(bundle, client, layout, version, cfg,
@@ -361,7 +367,7 @@ def publish_popular(bundle: artifacts.ModelBundle, client, cfg: PublishSettings,
         version = new_version(client, layout, run_date, {
             "kind": "popular", "top_n": cfg.top_n, "buckets": 1, "users": 0,
             "items": len(bundle.item_ids), "item_buckets": 0, "explain_items": 0,
-            "run_date": run_date.isoformat(), "forced": 0, "reason": reason[:500],
+            "run_date": run_date.isoformat(), **_max_age(cfg), "forced": 0, "reason": reason[:500],
             "model_run": "{}"})
         try:
             _write_items_table(bundle, client, layout, version, cfg)
