@@ -3,20 +3,27 @@
     sys.exit(cli.run_stage("train", body, argv))
 
 When the daily runner starts a stage it sets DAILYREC_STAGE_STATUS to a file; the stage writes
-{"stage", "exit_code", "kind", "message"} there as it ends, so the runner learns which stage ran and
-how it ended from the stage itself, not from DVC's console text.
+{"stage", "exit_code", "kind", "message", "peak_rss_mb"} there as it ends, so the runner learns
+which stage ran, how it ended and how much memory it took from the stage itself, not from DVC's
+console text.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import traceback
 from typing import Callable
 
 from dailyrec import env
 from dailyrec.errors import DailyrecError
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _record(stage: str, exit_code: int, kind: str, message: str) -> None:
@@ -26,7 +33,7 @@ def _record(stage: str, exit_code: int, kind: str, message: str) -> None:
     try:
         with open(path, "w") as fh:
             json.dump({"stage": stage, "exit_code": exit_code, "kind": kind,
-                       "message": message[:2000]}, fh)
+                       "message": message[:2000], "peak_rss_mb": peak_rss_mb()}, fh)
     except OSError:  # the runner falls back on the exit status
         pass
 

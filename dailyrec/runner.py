@@ -213,6 +213,7 @@ class StageOutcome:
     kind: str = "ok"
     message: str = ""
     tail: list[str] = field(default_factory=list)
+    peak_rss_mb: float | None = None  # the stage process's own peak, as it reported it
 
 
 def lock_entry(stage: str) -> dict | None:
@@ -254,7 +255,8 @@ def run_stage(stage: str, env: dict, log: TextIO, tail_lines: int,
             how = "ran"
         else:
             how = "unchanged" if lock_entry(stage) == before else "restored"
-        return StageOutcome(stage, how, seconds, tail=list(tail))
+        peak = record.get("peak_rss_mb") if record is not None else None
+        return StageOutcome(stage, how, seconds, tail=list(tail), peak_rss_mb=peak)
     if record is not None and record.get("exit_code"):
         exit_code, kind = int(record["exit_code"]), str(record.get("kind") or "bug")
         message = str(record.get("message") or "")
@@ -376,16 +378,28 @@ def last_completed() -> dt.date | None:
         return None
 
 
+def recorded_outputs(stage: str) -> set[str]:
+    """The outputs of a stage that dvc.lock records a hash for (what a checkout can restore)."""
+    entry = lock_entry(stage) or {}
+    return {o.get("path") for o in entry.get("outs") or [] if o.get("md5") or o.get("hash")}
+
+
 def interrupted_outputs(env: dict) -> dict[str, list[str]]:
-    """Cached outputs that differ from dvc.lock (a stage killed mid-write, or one that wrote its
-    outputs and then failed): {stage: [paths]}, from `dvc status --json`."""
+    """Cached outputs that differ from what dvc.lock records (a stage killed mid-write, or one
+    that wrote its outputs and then failed): {stage: [paths]}, from `dvc status --json`.
+
+    Only outputs dvc.lock has a hash for: one it does not record (a history brought in before
+    the first run, or a dvc.lock that was lost) has nothing to be restored to, and a forced
+    checkout of it would delete it."""
     found = pipeline.load()
     cached = {o.path for o in found.outputs() if o.cache}
     changed: dict[str, list[str]] = {}
     for stage, entries in pipeline.status(env).items():
+        recorded = recorded_outputs(stage)
         for entry in entries if isinstance(entries, list) else []:
             outs = entry.get("changed outs", {}) if isinstance(entry, dict) else {}
-            hit = [p for p, how in outs.items() if how == "modified" and p in cached]
+            hit = [p for p, how in outs.items()
+                   if how == "modified" and p in cached and p in recorded]
             if hit:
                 changed.setdefault(stage, []).extend(hit)
     return changed
@@ -487,7 +501,8 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
             for stage in pipeline.load().order():
                 done = run_stage(stage, env, log, opts.tail_lines, echo)
                 if done.how != "failed":
-                    what = {"ran": f"ran in {done.seconds:.1f} s",
+                    peak = f", peak {done.peak_rss_mb:,.0f} MB" if done.peak_rss_mb else ""
+                    what = {"ran": f"ran in {done.seconds:.1f} s{peak}",
                             "unchanged": "unchanged, skipped",
                             "restored": f"restored from the run-cache in {done.seconds:.1f} s"}
                     progress(stage, what[done.how])
@@ -577,10 +592,18 @@ def simple_step(name: str, cmd: list[str], env: dict, log: TextIO, opts: Options
 def pull(env: dict, log: TextIO, opts: Options, progress, echo, alert, context) -> list[str]:
     """`dvc pull`. A remote that does not answer is not fatal when the workspace already holds
     what dvc.lock records (the usual case on the machine that ran yesterday): the day runs on it,
-    with an alert; on a fresh machine it is (exit 69, the next run retries)."""
+    with an alert; on a fresh machine it is (exit 69, the next run retries).
+
+    Only the stages dvc.lock records outputs of: DVC's checkout deletes a workspace output it has
+    no hash for, and such an output (a history brought in before the first run, or kept while a
+    dvc.lock was lost) is data, not debris. With none recorded there is nothing to pull."""
+    recorded = [s for s in pipeline.load().order() if recorded_outputs(s)]
+    if not recorded:
+        progress("dvc pull", "skipped (dvc.lock records no outputs yet)")
+        return []
     try:
-        simple_step("dvc pull", pipeline.dvc("pull", "--allow-missing"), env, log, opts,
-                    progress, echo)
+        simple_step("dvc pull", pipeline.dvc("pull", "--allow-missing", *recorded), env, log,
+                    opts, progress, echo)
         return []
     except StepFailed as failure:
         cached = {o.path for o in pipeline.load().outputs() if o.cache}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shlex
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ def commands(steps: str) -> list[str]:
 
 
 def run(ws, command: str, **env) -> subprocess.CompletedProcess:
-    args = command.split()
+    args = shlex.split(command)  # as a shell splits the pasted line
     if args[0] == "make":
         args = MAKE + args[1:]
     return ws.run(*args, check=False, env=env)
@@ -107,7 +108,8 @@ def test_dvc_plots_exp_and_the_demo_log(demo):
             if "metrics show" in command:
                 assert "ndcg@20" in done.stdout and "metrics/summary/eval.json" in done.stdout
             if "exp show" in command:
-                assert "ndcg_at_20" in done.stdout.replace("\n", "") or "ndcg" in done.stdout
+                assert "eval.json:ndcg@20" in done.stdout and "train.factors" in done.stdout, \
+                    done.stdout
             if command.startswith("git log"):
                 assert len(done.stdout.splitlines()) >= 3
     assert ws.git("status", "--porcelain").stdout.count("dvc_plots") == 0  # ignored

@@ -207,3 +207,31 @@ def test_recall_curve_is_monotone_and_matches_the_cutoffs(workspace):
     recall = out["curves"]["als"]["recall"]
     assert np.all(np.diff(recall) >= 0) and recall[9] == out["report"]["recall_at_10"]
     assert FIRST_DAY.isoformat() == "2026-11-01"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_most_popular_ranked_from_the_history_alone_equals_the_dense_ranking(seed, monkeypatch):
+    """score() ranks most-popular without a users x catalogue matrix (issue 14): the lists, every
+    metric and the percentile ranks are exactly those of the dense path, heavy users (more items
+    than a batch row is wide), users who had nearly everything and ties in popularity included."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 300, 60
+    rows = []
+    for u in range(n_users):
+        had = 58 if u % 97 == 0 else int(rng.integers(1, 12))  # a few users with nearly all
+        for i in rng.choice(n_items, size=had, replace=False):
+            rows.append((f"u{u}", f"i{i}", "view", "2026-11-10T00:00:00Z"))
+        for i in rng.choice(n_items, size=int(rng.integers(1, 4)), replace=False):
+            rows.append((f"u{u}", f"i{i}", "click", "2026-11-14T10:00:00Z"))
+    split = E.make_split(S.to_table(frame(rows)), CONF, HOLDOUT, END, S.EVENT_TYPES)
+    popular = PopularRecommender(split.train.strength)
+    assert len(set(popular.counts.tolist())) < n_items  # ties in popularity
+    dense_class = type("Dense", (E.Recommender,), {
+        "score": lambda self, r: popular.score(r)})
+    cutoffs = [1, 5, 20]
+    for cells in (8_000_000, 64):  # one batch; many tiny batches
+        sparse = E.score(popular, split, cutoffs, batch_cells=cells)
+        dense = E.score(dense_class(), split, cutoffs, batch_cells=cells)
+        assert sparse.metrics == dense.metrics
+        for name in sparse.curves:
+            assert np.array_equal(sparse.curves[name], dense.curves[name], equal_nan=True)

@@ -144,9 +144,11 @@ def next_steps() -> str:
     step(".venv/bin/dvc plots show",
          "evaluate's recall/NDCG/precision curves at k = 1..20 (ALS, most-popular, published), "
          "written to dvc_plots/index.html; it draws offline (Vega is inside the page).")
-    step(".venv/bin/dvc exp show",
-         "params and metrics of the workspace as a table; `dvc exp run -S train.factors=16` "
-         "tries a change.")
+    step(".venv/bin/dvc exp show --drop '.*' --keep 'Experiment|Created|.*/(eval|popular)"
+         "\\.json:ndcg@20|.*/gate\\.json:passed|train\\.(factors|regularization)'",
+         "experiments as a table: the model's NDCG@20 against most-popular's, the gate and the "
+         "settings tried (`dvc exp show` alone lists every param and metric); "
+         "`dvc exp run -S train.factors=16` tries a change.")
     if days:
         step(f"git log --oneline {BRANCH}", "the demo's daily commits (your branch is untouched).")
     reports = sorted(Path("reports/daily").glob("*.html")) if Path("reports/daily").is_dir() \
