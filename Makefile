@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev,spark]'
 	touch $(STAMP)
 
 demo: install
@@ -37,7 +37,20 @@ $(CHROMIUM):
 	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	       apt-get install -y -q --no-install-recommends chromium; }
 
-test: install $(AZURITE) $(CHROMIUM)
+# checkov (IaC static analysis, tests/test_deploy_iac.py) in a virtualenv of its own under .tools/
+# (ignored by the .gitignore the target writes there): it pins many packages differently from the
+# project. Exact versions: deploy/terraform/checkov.lock.
+CHECKOV := .tools/checkov/bin/checkov
+$(CHECKOV): deploy/terraform/checkov.lock
+	mkdir -p .tools && printf '*\n' > .tools/.gitignore
+	rm -rf .tools/checkov && $(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/pip install -q --disable-pip-version-check -r deploy/terraform/checkov.lock
+	touch $(CHECKOV)
+
+.PHONY: checkov
+checkov: $(CHECKOV)
+
+test: install $(AZURITE) $(CHROMIUM) $(CHECKOV)
 	python -m pytest -q
 
 # Rebuild a past model from its commit and check it is byte-identical (docs/reproducibility.md).

@@ -1,17 +1,19 @@
 """filter_noise: only trusted, human interactions reach training.
 
-    python -m stages.filter_noise [--params params.yaml]
+    python -m stages.filter_noise [--params params.yaml] [--history data/history]
 
-Inputs   data/history (the filter.window_days days before run.date), data/rejections.json (days
-         left out), metrics/validation.json (validate must have passed for this run.date)
+Inputs   data/history (the filter.window_days days before run.date; --history names another,
+         a gs:// or abfss:// URL with filter.engine: spark), data/rejections.json (days left
+         out), metrics/validation.json (validate must have passed for this run.date)
 Outputs  data/clean/events.parquet   canonical events that survive every rule, in history order
          metrics/filter.json         rows and users removed by each rule, top offenders named by
                                      salted hashes only (it is committed to git)
          reports/filter/offenders.json  the same with the offenders' user ids, IPs and user agents
                                      (DVC-cached, never in git)
 
-The rules, in order (crawler_ua, behaviour, internal, repeated, min_support), and their settings
-(params.yaml `filter`): dailyrec.quality.rules.
+The rules, in order (crawler_ua, internal, repeated, behaviour, shared_ip, min_support), and
+their settings (params.yaml `filter`): dailyrec.quality.rules. filter.engine: spark runs the same
+rules as Spark jobs (dailyrec.quality.spark_engine) with the same outputs (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from pathlib import Path
 
 from dailyrec import cli, metrics, paths, privacy, settings
 from dailyrec.errors import ConfigError, DataError
@@ -46,11 +49,21 @@ def main_body(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(description="Filter bots, internal traffic and repeats out of the "
                                              "training window into data/clean/.")
     ap.add_argument("--params", default=None, help="params file (default params.yaml)")
+    ap.add_argument("--history", default=str(paths.HISTORY_DIR),
+                    help="the history (default data/history); with filter.engine: spark also a "
+                         "URL, gs://... or abfss://... (docs/scaling.md)")
     args = ap.parse_args(argv)
     cfg = quality.filter_rules(settings.load(args.params))
+    if "://" in args.history and cfg.engine != "spark":
+        raise ConfigError(f"--history {args.history}: a URL needs filter.engine: spark")
     check_validation(cfg.run_date)
     rejected = rejections.rejected_days(rejections.load(paths.REJECTIONS))
-    counts = rules.run(cfg, paths.HISTORY_DIR, rejected, paths.CLEAN_EVENTS)
+    if cfg.engine == "spark":  # PySpark is imported only where this engine is chosen
+        from dailyrec.quality import spark_engine
+
+        counts = spark_engine.run(cfg, args.history, rejected, paths.CLEAN_EVENTS)
+    else:
+        counts = rules.run(cfg, Path(args.history), rejected, paths.CLEAN_EVENTS)
     write_json(paths.FILTER_OFFENDERS, {"run_date": counts["run_date"], "rules": counts["rules"]})
     metrics.FILTER.write(privacy.pseudonymise(counts))
     removed = ", ".join(f"{r} {m['rows']:,} rows/{m['users']:,} users"

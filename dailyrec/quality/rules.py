@@ -5,15 +5,21 @@
                                                    the events that survive every rule, written
                                                    to out in history order
 
-The rules run in this order; each removes rows the earlier ones left, and counts them:
+The rules run in this order (RULES); each removes rows the earlier ones left, and counts them:
     crawler_ua   events whose user agent matches the `crawler-user-agents` pattern list (plus
                  filter.crawler_ua.extra_patterns)
-    behaviour    users who, on any day of the window, exceed max_events_per_minute (any 60 s),
-                 max_events_per_day or max_distinct_items_per_day: all their events go
     internal     users in filter.internal.user_ids or user_id_ranges (all their events), and
                  events from filter.internal.ip_cidrs (office networks)
     repeated     an event with the same user, item and type as one less than dedupe_seconds
-                 before it (double clicks, reloads): the first is kept
+                 before it (double clicks, reloads): the first is kept. Before behaviour: a
+                 client that fires each action twice is not twice as fast
+    behaviour    user-days over max_events_per_minute (any 60 s), max_events_per_day,
+                 max_distinct_items_per_day or the active-hours limit flag the user on that day;
+                 a user flagged on filter.behaviour.bot_days days loses the whole window, else
+                 only the flagged days
+    shared_ip    addresses behind which too many events a minute or a day, or too many distinct
+                 user ids a day, arrive (rotating-id scrapers); filter.shared_ip.exempt_cidrs
+                 (carrier NAT, the office) are left alone
     min_support  optional: users and items with fewer than min_user_events / min_item_events
                  events left (one pass)
 
@@ -39,7 +45,7 @@ import scipy.sparse as sp
 from dailyrec import schema as S
 from dailyrec.errors import DataError
 from dailyrec.files import tmp_path
-from dailyrec.history import select_window
+from dailyrec.history import Selection, select_window
 from dailyrec.settings.quality import FilterSettings
 
 # Repeats go before behaviour: a client that fires each action twice is not twice as fast.
@@ -90,10 +96,14 @@ def _coded(column: pa.ChunkedArray) -> Coded:
                             .to_numpy(zero_copy_only=False) for c in column.chunks])
     return Coded(codes.astype(np.int32, copy=False), values)
 
+# The window's columns as the rules read them: strings dictionary-encoded (handled once per
+# distinct value), everything else as in the canonical schema.
+WINDOW_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
+                           if f.name in DICTIONARY_COLUMNS else f for f in S.EVENT_SCHEMA])
+
+
 def read_window(files: list[Path], days: list[dt.date] = ()) -> Window:
     """The window's events from its history files, dictionary-encoded, in time order."""
-    dict_schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
-                             if f.name in DICTIONARY_COLUMNS else f for f in S.EVENT_SCHEMA])
     tables = []
     for path in files:  # files, not events
         try:
@@ -101,10 +111,15 @@ def read_window(files: list[Path], days: list[dt.date] = ()) -> Window:
             for f in S.EVENT_SCHEMA:  # files written before a nullable column existed
                 if f.nullable and f.name not in t.column_names:
                     t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
-            tables.append(t.select(list(S.COLUMNS)).cast(dict_schema))
+            tables.append(t.select(list(S.COLUMNS)).cast(WINDOW_SCHEMA))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
             raise DataError(f"{path}: not canonical events ({err})") from None
-    table = pa.concat_tables(tables) if tables else dict_schema.empty_table()
+    return window_of(pa.concat_tables(tables) if tables else WINDOW_SCHEMA.empty_table(), days)
+
+
+def window_of(table: pa.Table, days: list[dt.date] = ()) -> Window:
+    """A Window over events already in WINDOW_SCHEMA, in history order (the order ties in ts
+    keep): the local engine's whole window, or the Spark engine's group of users or addresses."""
     table = table.unify_dictionaries()
     ts = _micros(table)
     if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
@@ -240,11 +255,17 @@ def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[n
     top = _top(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")
     # Peak figures for the few top offenders only: their events are a slice, already in time order.
     for t, code in zip(top, _codes_of(w.user.values, [t["user_id"] for t in top])):
-        s = w.sec[order[starts[code]:starts[code + 1]]]
-        t["peak_events_per_minute"] = int((np.searchsorted(s, s + 60) - np.arange(len(s))).max())
-        t["max_events_per_day"] = int(np.unique(s // 86_400, return_counts=True)[1].max())
+        t.update(peak_figures(w.sec[order[starts[code]:starts[code + 1]]]))
     detail["top_users"] = top
     return removed, detail
+
+
+def peak_figures(sec: np.ndarray) -> dict:
+    """One user's peak events in any 60 s and in one UTC day, from the seconds (counted from a
+    midnight) of their events, in time order."""
+    return {"peak_events_per_minute": int((np.searchsorted(sec, sec + 60)
+                                           - np.arange(len(sec))).max()),
+            "max_events_per_day": int(np.unique(sec // 86_400, return_counts=True)[1].max())}
 
 
 def canonical_ips(values: pa.Array) -> pd.Series:
@@ -382,11 +403,20 @@ def rule_repeated(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np
 def rule_min_support(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
     users = np.bincount(w.user.codes[alive], minlength=len(w.user.values))
     items = np.bincount(w.item.codes[alive], minlength=len(w.item.values))
-    low_users = (users > 0) & (users < cfg.min_user_events)
-    low_items = (items > 0) & (items < cfg.min_item_events)
+    low_users = low_support(users, cfg.min_user_events)
+    low_items = low_support(items, cfg.min_item_events)
     removed = (low_users[w.user.codes] | low_items[w.item.codes]) & alive
-    return removed, {"min_user_events": cfg.min_user_events, "min_item_events": cfg.min_item_events,
-                     "users_below": int(low_users.sum()), "items_below": int(low_items.sum())}
+    return removed, support_detail(cfg, int(low_users.sum()), int(low_items.sum()))
+
+
+def support_detail(cfg: FilterSettings, users_below: int, items_below: int) -> dict:
+    return {"min_user_events": cfg.min_user_events, "min_item_events": cfg.min_item_events,
+            "users_below": users_below, "items_below": items_below}
+
+
+def low_support(events: np.ndarray, minimum: int) -> np.ndarray:
+    """Per user (or item) with events left: fewer than the minimum."""
+    return (events > 0) & (events < minimum)
 
 
 def _top(codes: np.ndarray, values: pa.Array, n: int, label: str) -> list[dict]:
@@ -430,7 +460,8 @@ class Result:
         return set(window.user.values.take(pa.array(codes, pa.int32())).to_pylist())
 
 
-def apply_rules(w: Window, cfg: FilterSettings) -> Result:
+def apply_rules(w: Window, cfg: FilterSettings, rules: tuple[str, ...] = RULES) -> Result:
+    """The rules (all, in order; or the given ones, for the Spark engine's groups) on the window."""
     alive = np.ones(len(w), dtype=bool)
     removed_by: dict[str, np.ndarray] = {}
     details: dict[str, dict] = {}
@@ -442,7 +473,7 @@ def apply_rules(w: Window, cfg: FilterSettings) -> Result:
     functions = {"crawler_ua": rule_crawler_ua, "behaviour": rule_behaviour,
                  "internal": rule_internal, "repeated": rule_repeated,
                  "shared_ip": rule_shared_ip, "min_support": rule_min_support}
-    for rule in RULES:  # six rules, in order
+    for rule in rules:  # at most six, in order
         started = time.perf_counter()
         if enabled[rule] and alive.any():
             removed, detail = functions[rule](w, alive, cfg)
@@ -456,13 +487,17 @@ def apply_rules(w: Window, cfg: FilterSettings) -> Result:
     return Result(keep=alive, removed_by=removed_by, details=details, seconds=seconds)
 
 
+# Rules whose own detail names no users: metrics/filter.json adds their top users.
+TOP_USERS_ADDED = ("crawler_ua", "internal", "shared_ip")
+
+
 def rule_metrics(w: Window, result: Result, cfg: FilterSettings) -> dict:
     rules = {}
     for rule in RULES:
         removed = result.removed_by[rule]
         entry = {"rows": int(removed.sum()), "users": _distinct(w.user.codes[removed]),
                  **result.details[rule]}
-        if rule in ("crawler_ua", "internal", "shared_ip") and "top_users" not in entry:
+        if rule in TOP_USERS_ADDED and "top_users" not in entry:
             entry["top_users"] = _top(w.user.codes[removed], w.user.values, cfg.top_offenders,
                                       "user_id")
         if rule == "min_support":
@@ -471,16 +506,20 @@ def rule_metrics(w: Window, result: Result, cfg: FilterSettings) -> dict:
     return rules
 
 
+# data/clean's Parquet settings. Without the stored Arrow schema a reader gets plain strings back
+# from dictionary columns, i.e. exactly EVENT_SCHEMA. Statistics only for ts (min/max of the
+# string columns cost as much as the rest of the write and help no reader).
+CLEAN_PARQUET = {"store_schema": False, "use_dictionary": DICTIONARY_COLUMNS,
+                 "write_statistics": ["ts"]}
+
+
 def write_clean(w: Window, keep: np.ndarray, path: Path) -> int:
     """The kept events in canonical form. Dictionary columns are written as Parquet dictionary
-    pages without decoding them to Python strings; without the stored Arrow schema a reader gets
-    plain strings back, i.e. exactly EVENT_SCHEMA. Statistics only for ts (min/max of the
-    string columns cost as much as the rest of the write and help no reader)."""
+    pages without decoding them to Python strings."""
     out = w.table.filter(pa.array(keep))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
-    pq.write_table(out, tmp, store_schema=False, use_dictionary=DICTIONARY_COLUMNS,
-                   write_statistics=["ts"])
+    pq.write_table(out, tmp, **CLEAN_PARQUET)
     tmp.replace(path)
     return out.num_rows
 
@@ -490,31 +529,41 @@ def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -
     returns the counts (filter_noise writes them as metrics/filter.json)."""
     started = time.perf_counter()
     chosen = select_window(history, cfg.run_date, cfg.window_days, rejected)
-    used, left_out = chosen.days, chosen.left_out
-    w = read_window(chosen.files, used)
-    w.left_out = left_out
+    w = read_window(chosen.files, chosen.days)
+    w.left_out = chosen.left_out
     read_s = time.perf_counter() - started
     result = apply_rules(w, cfg)
     rules_s = time.perf_counter() - started - read_s
     kept = write_clean(w, result.keep, out)
     write_s = time.perf_counter() - started - read_s - rules_s
-    n = len(w)
-    bot_users = result.removed_users(w)
+    counted = {"input": {"rows": len(w), "users": _distinct(w.user.codes),
+                         "items": _distinct(w.item.codes)},
+               "output": {"rows": kept, "users": _distinct(w.user.codes[result.keep]),
+                          "items": _distinct(w.item.codes[result.keep])},
+               "bot_or_internal_users": len(result.removed_users(w)),
+               "rules": rule_metrics(w, result, cfg)}
     total = time.perf_counter() - started
+    return record(cfg, chosen, counted, {"read": round(read_s, 3), "rules": round(rules_s, 3),
+                                         "write": round(write_s, 3), "total": round(total, 3),
+                                         "by_rule": result.seconds})
+
+
+def record(cfg: FilterSettings, chosen: Selection, counted: dict, seconds: dict) -> dict:
+    """metrics/filter.json from what an engine counted (input, output, bot_or_internal_users,
+    rules) and how long it took (seconds: read, rules, write, total, and the engine's own
+    breakdown); the same for both engines."""
+    used, n, kept = chosen.days, counted["input"]["rows"], counted["output"]["rows"]
     return {
         "run_date": cfg.run_date.isoformat(),
         "window": {"days": len(used), "first_day": used[0].isoformat() if used else None,
                    "last_day": used[-1].isoformat() if used else None,
                    "window_days": cfg.window_days,
-                   "rejected_days_left_out": [d.isoformat() for d in left_out]},
-        "input": {"rows": n, "users": _distinct(w.user.codes), "items": _distinct(w.item.codes)},
-        "output": {"rows": kept, "users": _distinct(w.user.codes[result.keep]),
-                   "items": _distinct(w.item.codes[result.keep])},
+                   "rejected_days_left_out": [d.isoformat() for d in chosen.left_out]},
+        "input": counted["input"],
+        "output": counted["output"],
         "removed": {"rows": n - kept, "share": round((n - kept) / n, 6) if n else 0.0,
-                    "bot_or_internal_users": len(bot_users)},
-        "rules": rule_metrics(w, result, cfg),
-        "seconds": {"read": round(read_s, 3), "rules": round(rules_s, 3),
-                    "write": round(write_s, 3), "total": round(total, 3),
-                    "by_rule": result.seconds},
-        "events_per_second": round(n / rules_s) if rules_s > 0 else None,
+                    "bot_or_internal_users": counted["bot_or_internal_users"]},
+        "rules": counted["rules"],
+        "seconds": seconds,
+        "events_per_second": round(n / seconds["rules"]) if seconds["rules"] > 0 else None,
     }

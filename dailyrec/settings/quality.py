@@ -11,6 +11,8 @@ from dailyrec.settings import ConfigError, Params, run_date
 from dailyrec.settings.ingest import clock_skew, max_late
 
 SEVERITIES = ("warn", "fail")
+# filter.engine: where filter_noise runs; both give the same answer (docs/scaling.md).
+ENGINES = ("local", "spark")
 # validate.<check>: the keys each check takes and what they hold.
 CHECKS: dict[str, dict[str, str]] = {
     "columns": {"severity": "severity"},
@@ -98,6 +100,7 @@ FILTER_KEYS: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class FilterSettings:
     run_date: dt.date
+    engine: str  # one of ENGINES
     window_days: int
     top_offenders: int
     crawler_enabled: bool
@@ -124,7 +127,7 @@ class FilterSettings:
 
 
 def filter_rules(params: Params) -> FilterSettings:
-    params.known("filter", ["window_days", "top_offenders", *FILTER_KEYS])
+    params.known("filter", ["engine", "window_days", "top_offenders", *FILTER_KEYS])
     for rule, keys in FILTER_KEYS.items():
         params.known(f"filter.{rule}", keys)
     extra = params.items("filter.crawler_ua.extra_patterns")
@@ -151,6 +154,7 @@ def filter_rules(params: Params) -> FilterSettings:
     networks = _networks(params, "filter.internal.ip_cidrs")
     return FilterSettings(
         run_date=run_date(params),
+        engine=params.choice("filter.engine", ENGINES),
         window_days=window_days(params),
         top_offenders=params.integer("filter.top_offenders", low=0),
         crawler_enabled=params.flag("filter.crawler_ua.enabled"),
