@@ -642,6 +642,10 @@ def check_served(day: dt.date, progress: Callable[[str, str], None], log: TextIO
         progress("served", f"unknown ({err})")
         log.write(f"served: unknown: {err!r}\n")
         return {"error": str(err)}
+    except Exception as err:  # noqa: BLE001 - a check must never end the run it reports on
+        progress("served", f"unknown ({type(err).__name__}: {err})")
+        log.write(f"served: check failed: {err!r}\n")
+        return {"error": f"{type(err).__name__}: {err}"}
     try:
         limit = max_age_hours(settings.load())
     except errors.ConfigError:
