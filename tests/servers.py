@@ -110,3 +110,52 @@ class Redis:
 
 def start_redis(password: str | None = None) -> Redis:
     return Redis(port=free_port(), password=password).start()
+
+
+@dataclass
+class Gunicorn:
+    """The API under gunicorn (serving/gunicorn.conf.py), as `make serve` runs it."""
+
+    proc: subprocess.Popen
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait(self) -> None:
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_gunicorn(env: dict[str, str], metrics_dir: Path, workers: int = 1,
+                   wait: bool = True) -> Gunicorn:
+    """gunicorn on a free port with `env` over this process's environment (REDIS_PASSWORD left
+    out: the test's Redis has none). wait=False returns before it listens (call .wait())."""
+    import sys
+
+    port = free_port()
+    full = {**os.environ, "DAILYREC_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
+            "DAILYREC_THREADS": "2", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **env}
+    full.pop("REDIS_PASSWORD", None)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "serving/gunicorn.conf.py",
+         "serving.app:create_app()"], cwd=Path(__file__).resolve().parents[1], env=full,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Gunicorn(proc, port)
+    if wait:
+        try:
+            server.wait()
+        except BaseException:
+            server.stop()
+            raise
+    return server

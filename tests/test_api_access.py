@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -142,25 +137,18 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict, dict]:
 
 def test_under_gunicorn_tokens_come_from_the_environment_and_age_is_exported(model, tmp_path):
     redis_server = servers.start_redis()
-    port = servers.free_port()
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "REDIS_URL": redis_server.url, "DAILYREC_BIND": f"127.0.0.1:{port}",
-           "WEB_CONCURRENCY": "2", "DAILYREC_THREADS": "2",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
-           "DAILYREC_API_TOKENS": f"{TOKEN_A},{TOKEN_B}",
-           "DAILYREC_API_METRICS_TOKENS": SCRAPER}
-    gunicorn = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "serving/gunicorn.conf.py",
-         "serving.app:create_app()"], cwd=root, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
+    gunicorn = servers.start_gunicorn({"REDIS_URL": redis_server.url,
+                                       "DAILYREC_API_TOKENS": f"{TOKEN_A},{TOKEN_B}",
+                                       "DAILYREC_API_METRICS_TOKENS": SCRAPER},
+                                      tmp_path, workers=2, wait=False)
+    base = gunicorn.url
     try:
         import redis
 
         stale_day = TODAY - dt.timedelta(days=2)
         pub.publish(model, redis.Redis.from_url(redis_server.url), settings(36),
                     run_date=stale_day, progress=False)
-        servers.wait_for_port(port, proc=gunicorn)
+        gunicorn.wait()
         status, body, headers = _get(f"{base}/recommendations/user-3")
         assert status == 401 and body["error"] == "unauthorized"
         assert headers["WWW-Authenticate"].lower().startswith("bearer")
@@ -172,9 +160,5 @@ def test_under_gunicorn_tokens_come_from_the_environment_and_age_is_exported(mod
         status, _, headers = _get(f"{base}/metrics", SCRAPER)
         assert status == 200 and "dailyrec_served_version_stale 1.0" in headers["_text"]
     finally:
-        gunicorn.send_signal(signal.SIGTERM)
-        try:
-            gunicorn.wait(15)
-        except subprocess.TimeoutExpired:
-            gunicorn.kill()
+        gunicorn.stop()
         redis_server.stop()

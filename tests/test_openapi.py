@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -64,31 +60,9 @@ def model():
     return tm.bundle(n_users=200, n_items=40, seed=3, per_user=4)
 
 
-def _gunicorn(redis_url: str, prefix: str, metrics_dir: Path):
-    port = servers.free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix,
-           "DAILYREC_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1", "DAILYREC_THREADS": "2",
-           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "OPENBLAS_NUM_THREADS": "1"}
-    env.pop("REDIS_PASSWORD", None)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "serving/gunicorn.conf.py",
-         "serving.app:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    try:
-        servers.wait_for_port(port, proc=proc)
-    except BaseException:
-        _stop(proc)
-        raise
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def _gunicorn(redis_url: str, prefix: str, metrics_dir: Path) -> servers.Gunicorn:
+    return servers.start_gunicorn({"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix,
+                                   "OPENBLAS_NUM_THREADS": "1"}, metrics_dir)
 
 
 def _clear(client: redis.Redis, prefix: str) -> None:
@@ -104,9 +78,9 @@ def published_api(redis_server, model, tmp_path_factory):
     client = redis.Redis.from_url(redis_server.url)
     _clear(client, prefix)
     pub.publish(model, client, SETTINGS, run_date=DAY, layout=K.Layout(prefix), progress=False)
-    proc, base = _gunicorn(redis_server.url, prefix, tmp_path_factory.mktemp("metrics"))
-    yield base
-    _stop(proc)
+    server = _gunicorn(redis_server.url, prefix, tmp_path_factory.mktemp("metrics"))
+    yield server.url
+    server.stop()
     _clear(client, prefix)
     client.close()
 
@@ -118,9 +92,9 @@ def unpublished_api(redis_server, tmp_path_factory):
     client = redis.Redis.from_url(redis_server.url)
     _clear(client, prefix)
     client.close()
-    proc, base = _gunicorn(redis_server.url, prefix, tmp_path_factory.mktemp("metrics"))
-    yield base
-    _stop(proc)
+    server = _gunicorn(redis_server.url, prefix, tmp_path_factory.mktemp("metrics"))
+    yield server.url
+    server.stop()
 
 
 def test_the_served_document_is_the_file_in_the_repo(published_api):

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 import json
@@ -221,20 +219,12 @@ def _get(url: str) -> tuple[int, dict, dict]:
 
 def test_redis_stopped_and_restarted_under_running_gunicorn(model, tmp_path):
     redis_server = servers.start_redis()
-    port = servers.free_port()
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "REDIS_URL": redis_server.url, "DAILYREC_BIND": f"127.0.0.1:{port}",
-           "WEB_CONCURRENCY": "1", "DAILYREC_THREADS": "2",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    gunicorn = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "serving/gunicorn.conf.py",
-         "serving.app:create_app()"], cwd=root, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
+    gunicorn = servers.start_gunicorn({"REDIS_URL": redis_server.url}, tmp_path, wait=False)
+    base = gunicorn.url
     try:
         pub.publish(model, connection.client({"REDIS_URL": redis_server.url}), SETTINGS,
                     run_date=DAY, progress=False)
-        servers.wait_for_port(port, proc=gunicorn)
+        gunicorn.wait()
         status, body, _ = _get(f"{base}/recommendations/user-3?n=3")
         assert status == 200 and body["source"] == "personalized"
 
@@ -245,7 +235,7 @@ def test_redis_stopped_and_restarted_under_running_gunicorn(model, tmp_path):
             assert headers["Retry-After"] == "5" and "Traceback" not in json.dumps(body)
         assert _get(f"{base}/readyz")[0] == 503
         assert _get(f"{base}/healthz")[0] == 200
-        assert gunicorn.poll() is None
+        assert gunicorn.proc.poll() is None
 
         redis_server.start()  # same port, empty: publish again, as a scheduler rerun would
         assert _get(f"{base}/recommendations/user-3")[1]["error"] == "not_published"
@@ -260,11 +250,7 @@ def test_redis_stopped_and_restarted_under_running_gunicorn(model, tmp_path):
         assert 'dailyrec_errors_total{kind="redis_unavailable"} 4.0' in metrics
         assert 'dailyrec_recommendations_total{source="personalized"} 2.0' in metrics
     finally:
-        gunicorn.send_signal(signal.SIGTERM)
-        try:
-            gunicorn.wait(15)
-        except subprocess.TimeoutExpired:
-            gunicorn.kill()
+        gunicorn.stop()
         redis_server.stop()
 
 
