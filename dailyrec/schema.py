@@ -397,6 +397,13 @@ def _epoch_micros(numbers: np.ndarray) -> np.ndarray:
         return np.where(usable, np.round(np.where(usable, micros, 0)), NAT).astype(np.int64)
 
 
+def id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of each text id (pandas' SipHash with its fixed key: the same on every run
+    and machine): fetch_delta's duplicate check and validate's per-file facts key ids by it."""
+    values = np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object)
+    return pd.util.hash_array(values, categorize=False)
+
+
 def derive_event_ids(events: pd.DataFrame) -> pd.Series:
     """Content hash of (user_id, item_id, event_type, ts): an exact duplicate gets the same id."""
     key = events[["user_id", "item_id", "event_type"]].copy()

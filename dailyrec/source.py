@@ -394,8 +394,8 @@ def content_hashes(events: pa.Table) -> np.ndarray:
 
 class SeenIds:
     """The event ids fetched so far this run, as sorted 64-bit hashes with the hash of each one's
-    content: memory stays at 16 bytes an event and each chunk costs a binary search plus one
-    merge, never a rescan of the day."""
+    content: memory stays at 16 bytes an event and each chunk costs one sort of the chunk, a
+    binary search of its sorted distinct hashes and one linear merge, never a rescan of the day."""
 
     def __init__(self) -> None:
         self.hashes = np.empty(0, dtype=np.uint64)
@@ -406,26 +406,41 @@ class SeenIds:
         """Remember these ids; returns (fresh, conflict): fresh where an id is new (not seen
         before, not repeated earlier in this batch), conflict where a repeated id comes with
         other content than the first row that had it. The rest are duplicates."""
-        ids = np.asarray(event_ids.to_numpy(zero_copy_only=False), dtype=object)
-        hashes = pd.util.hash_array(ids, categorize=False)
+        hashes = S.id_hashes(event_ids)
         contents = np.asarray(contents, dtype=np.uint64)
-        by_id = pd.Series(contents).groupby(hashes, sort=False).transform("first").to_numpy()
-        first = ~pd.Series(hashes).duplicated().to_numpy()
-        known = np.zeros(len(hashes), dtype=bool)
-        earlier = by_id  # the content of the first row with this id, in this batch or before
+        n = len(hashes)
+        if n == 0:
+            return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
+        # The batch sorted by id hash; stable, so each id's first row in the batch leads its run.
+        order = np.argsort(hashes, kind="stable")
+        sorted_h, sorted_c = hashes[order], contents[order]
+        leads = np.empty(n, dtype=bool)
+        leads[0] = True
+        np.not_equal(sorted_h[1:], sorted_h[:-1], out=leads[1:])
+        run = np.cumsum(leads) - 1  # per sorted row: which distinct id
+        distinct_h, first_c = sorted_h[leads], sorted_c[leads]
+        # Sorted keys: the binary searches walk self.hashes forward (cache-friendly).
+        pos = np.searchsorted(self.hashes, distinct_h)
         if len(self.hashes):
-            pos = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
-            known = self.hashes[pos] == hashes
-            earlier = np.where(known, self.contents[pos], by_id)
-        fresh = first & ~known
-        conflict = ~fresh & (contents != earlier.astype(np.uint64))
-        # Two sorted runs: the stable sort (timsort) merges them in linear time.
-        new_hashes, new_contents = hashes[fresh], contents[fresh]
-        order = np.argsort(new_hashes, kind="stable")
-        merged_h = np.concatenate([self.hashes, new_hashes[order]])
-        merged_c = np.concatenate([self.contents, new_contents[order]])
-        order = np.argsort(merged_h, kind="stable")
-        self.hashes, self.contents = merged_h[order], merged_c[order]
+            at = np.minimum(pos, len(self.hashes) - 1)
+            known = self.hashes[at] == distinct_h
+            earlier = np.where(known, self.contents[at], first_c)
+        else:
+            known, earlier = np.zeros(len(distinct_h), dtype=bool), first_c
+        fresh_sorted = leads & ~known[run]
+        conflict_sorted = ~fresh_sorted & (sorted_c != earlier[run])
+        fresh, conflict = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+        fresh[order], conflict[order] = fresh_sorted, conflict_sorted
+        # The new distinct hashes are sorted already: one linear merge puts each where the search
+        # found its place.
+        new = ~known
+        slots = pos[new] + np.arange(int(new.sum()))  # their places in the merged arrays
+        placed = np.zeros(len(self.hashes) + len(slots), dtype=bool)
+        placed[slots] = True
+        for name, values in (("hashes", distinct_h[new]), ("contents", first_c[new])):
+            merged = np.empty(len(placed), dtype=np.uint64)
+            merged[placed], merged[~placed] = values, getattr(self, name)
+            setattr(self, name, merged)
         return fresh, conflict
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dailyrec import cli, metrics, paths, settings
 from dailyrec.errors import ConfigError, DataError
-from dailyrec.quality import expectations, rejections, validation_report
+from dailyrec.quality import expectations, rejections, validation_report, window_facts
 from dailyrec.settings import quality
 
 
@@ -32,7 +32,8 @@ def run(args) -> int:
     cfg = quality.validate(settings.load(args.params))
     report = validation_report.page_path(paths.VALIDATION_REPORTS, cfg.run_date)
     verdict = expectations.validate(cfg, paths.DELTA_EVENTS, paths.DELTA_QUARANTINE,
-                                    paths.HISTORY_DIR, paths.REJECTIONS, str(report))
+                                    paths.HISTORY_DIR, paths.REJECTIONS, str(report),
+                                    facts_dir=window_facts.default_dir())
     metrics.VALIDATION.write(expectations.payload(cfg, verdict))
     validation_report.write(cfg, verdict, paths.VALIDATION_REPORTS)
     text = validation_report.summary(cfg, verdict, report)

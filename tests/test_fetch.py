@@ -12,7 +12,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
@@ -199,6 +201,7 @@ def test_postgres_and_sqlite_read_the_simulated_log_identically(postgres, tmp_pa
     lite, pg = (S.to_frame(pq.read_table(tmp_path / d / "events.parquet")).sort_values(
         "event_id", ignore_index=True) for d in ("lite", "pg"))
     pd.testing.assert_frame_equal(pg, lite)
+    assert_same_quarantine(tmp_path / "pg", tmp_path / "lite")
     assert from_sqlite["kept"] > 1000
     assert {"user_id:missing", "user_id:invalid", "item_id:missing", "event_type:unknown",
             "ts:future", "ts:unparseable"} <= set(from_sqlite["quarantined_by_reason"])
@@ -206,6 +209,62 @@ def test_postgres_and_sqlite_read_the_simulated_log_identically(postgres, tmp_pa
     assert lite["event_type"].isin(S.EVENT_TYPES).all()
     assert lite["ts"].min() >= pd.Timestamp("2026-11-14", tz="UTC")  # late events included
     assert lite["ts"].max() < pd.Timestamp("2026-11-16 00:10", tz="UTC")
+
+
+def sorted_rows(path) -> pd.DataFrame:
+    frame = pq.read_table(path).to_pandas()
+    return frame.sort_values(list(frame.columns), ignore_index=True)
+
+
+def assert_same_quarantine(left, right):
+    """The same quarantined rows (source, reason, field, value and the raw row as JSON)."""
+    pd.testing.assert_frame_equal(sorted_rows(left / "quarantine.parquet"),
+                                  sorted_rows(right / "quarantine.parquet"))
+
+
+def test_postgres_read_in_many_small_batches_gives_what_sqlite_gives(postgres, tmp_path,
+                                                                     monkeypatch):
+    """With Arrow batches of a few rows from PostgreSQL (many chunks: ids repeated across them)
+    the delta, the quarantine and every count are SQLite's."""
+    from dailyrec import source
+
+    sqlite_url = f"sqlite:///{tmp_path / 'sim.db'}"
+    for url in (sqlite_url, postgres.url):
+        simulate.write(url, start=dt.date(2026, 11, 14), days=2, seed=5, users=150, items=60,
+                       events_per_day=250)
+    params = M.params(M.RUN2)
+    from_sqlite = fetch(params, sqlite_url, tmp_path / "lite")
+    monkeypatch.setattr(source, "ADBC_BATCH_BYTES", 2048)
+    from_postgres = fetch(params, postgres.url, tmp_path / "pg")
+    assert {k: v for k, v in from_postgres.items() if k != "tables"} == \
+        {k: v for k, v in from_sqlite.items() if k != "tables"}
+    assert from_sqlite["quarantined"] > 0 and from_sqlite["duplicates"] > 0
+    pd.testing.assert_frame_equal(sorted_rows(tmp_path / "pg" / "events.parquet"),
+                                  sorted_rows(tmp_path / "lite" / "events.parquet"))
+    assert_same_quarantine(tmp_path / "pg", tmp_path / "lite")
+
+
+def test_seen_ids_marks_first_rows_fresh_and_repeats_with_other_content_conflicts():
+    """SeenIds, batch by batch, against the whole day at once in pandas: an id's first row is
+    fresh, a later row with its content a duplicate, with other content a conflict."""
+    from dailyrec import source
+
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 3_000, 20_000).astype(str)
+    contents = rng.integers(0, 2, 20_000).astype(np.uint64)  # repeats agree about half the time
+    seen, fresh, conflict = source.SeenIds(), [], []
+    for lo in range(0, len(ids), 1_700):  # batches that split repeats across them
+        f, c = seen.add(pa.array(ids[lo:lo + 1_700]), contents[lo:lo + 1_700])
+        fresh.append(f)
+        conflict.append(c)
+    frame = pd.DataFrame({"id": ids, "content": contents})
+    first = ~frame["id"].duplicated()
+    earlier = frame.groupby("id")["content"].transform("first")
+    np.testing.assert_array_equal(np.concatenate(fresh), first.to_numpy())
+    np.testing.assert_array_equal(np.concatenate(conflict),
+                                  (~first & (frame["content"] != earlier)).to_numpy())
+    assert len(seen.hashes) == frame["id"].nunique()
+    assert np.all(seen.hashes[1:] > seen.hashes[:-1])  # sorted, each id once
 
 
 # --- errors: clear, naming the table and column ------------------------------------------------

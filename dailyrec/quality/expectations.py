@@ -43,6 +43,7 @@ from dailyrec import schema as S
 from dailyrec.errors import ConfigError, DataError
 from dailyrec.history import day_rows, partition_path, select_window
 from dailyrec.quality import rejections as R
+from dailyrec.quality import window_facts as F
 from dailyrec.settings import day_window
 from dailyrec.settings.quality import ValidateSettings
 
@@ -199,7 +200,9 @@ def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons:
             Suite("fetch", fetched, fetch_plan)]
 
 
-def window_suites(cfg: ValidateSettings, window: pd.DataFrame, first: dt.date) -> list[Suite]:
+def window_plan(cfg: ValidateSettings, columns: list[str], first: dt.date
+                ) -> tuple[list[Planned], list[Planned]]:
+    """The planned expectations of the window suite and of its distinct-ids suite."""
     lo = dt.datetime.combine(first, dt.time(), tzinfo=dt.timezone.utc)
     hi = dt.datetime.combine(cfg.run_date, dt.time(), tzinfo=dt.timezone.utc)
     def mostly(check: str) -> float:
@@ -211,7 +214,7 @@ def window_suites(cfg: ValidateSettings, window: pd.DataFrame, first: dt.date) -
     plan = [Planned(f"window.not_null.{col}", "not_null",
                     lambda x, n=col: x.ExpectColumnValuesToNotBeNull(
                         column=n, mostly=mostly("not_null")), _share("no NULLs", "not_null"))
-            for col in window.columns]
+            for col in columns]
     min_events = cfg.checks["window"]["min_events"]
     plan += [
         Planned("window.event_types", "event_types",
@@ -232,16 +235,21 @@ def window_suites(cfg: ValidateSettings, window: pd.DataFrame, first: dt.date) -
                 lambda x: x.ExpectTableRowCountToBeBetween(min_value=min_events),
                 f">= {min_events:,} events in the training window"),
     ]
-    # Ids repeat a lot: their format is checked once per distinct id.
-    ids = pd.DataFrame({"id": pd.concat([pd.Series(window["user_id"].unique()),
-                                         pd.Series(window["item_id"].unique())],
-                                        ignore_index=True).astype("str")})
     id_plan = [Planned("window_ids.id_format", "id_format",
                        lambda x: x.ExpectColumnValuesToMatchRegex(column="id",
                                                                   regex=S.ID_REGEX.pattern,
                                                                   mostly=mostly("id_format")),
                        _share(f"every distinct user_id and item_id matches {S.ID_REGEX.pattern}",
                               "id_format"))]
+    return plan, id_plan
+
+
+def window_suites(cfg: ValidateSettings, window: pd.DataFrame, first: dt.date) -> list[Suite]:
+    plan, id_plan = window_plan(cfg, list(window.columns), first)
+    # Ids repeat a lot: their format is checked once per distinct id.
+    ids = pd.DataFrame({"id": pd.concat([pd.Series(window["user_id"].unique()),
+                                         pd.Series(window["item_id"].unique())],
+                                        ignore_index=True).astype("str")})
     return [Suite("window", window, plan), Suite("window_ids", ids, id_plan)]
 
 
@@ -302,12 +310,7 @@ def _outcome(suite: Suite, p: Planned, r, cfg: ValidateSettings) -> Outcome:
         observed = _plain(res["observed_value"])
         out.observed = ", ".join(map(str, observed)) if isinstance(observed, list) else observed
         return out
-    count, total = res.get("unexpected_count"), res.get("element_count")
-    out.unexpected_count = int(count or 0)
-    out.unexpected_percent = float(res["unexpected_percent"]) if \
-        res.get("unexpected_percent") is not None else 0.0
-    out.observed = f"{out.unexpected_count:,} of {int(total or 0):,} rows unexpected " \
-                   f"({out.unexpected_percent:.3g}%)"
+    _fill_counts(out, res)
     if not out.success:
         idx = [i for i in res.get("partial_unexpected_index_list") or [] if isinstance(i, int)]
         cols = [c for c in EXAMPLE_COLUMNS if c in suite.frame.columns] or list(suite.frame.columns)
@@ -315,6 +318,57 @@ def _outcome(suite: Suite, p: Planned, r, cfg: ValidateSettings) -> Outcome:
         out.examples = [{k: _plain(v) for k, v in row.items()} for row in rows.to_dict("records")]
         out.top_values = p.top_values()[:cfg.examples] if p.top_values else []
     return out
+
+
+def _fill_counts(out: Outcome, res: dict) -> None:
+    count, total = res.get("unexpected_count"), res.get("element_count")
+    out.unexpected_count = int(count or 0)
+    out.unexpected_percent = float(res["unexpected_percent"]) if \
+        res.get("unexpected_percent") is not None else 0.0
+    out.observed = f"{out.unexpected_count:,} of {int(total or 0):,} rows unexpected " \
+                   f"({out.unexpected_percent:.3g}%)"
+
+
+def _counted_outcome(suite: str, p: Planned, count: F.Count | int, cfg: ValidateSettings
+                     ) -> Outcome:
+    """The Outcome Great Expectations gives for these counts (its success and percent rules,
+    great_expectations/expectations/expectation.py: _mostly_success, _format_map_output)."""
+    out = Outcome(suite=suite, name=p.name, check=p.check, severity=cfg.severity(p.check),
+                  success=True, observed=None, expected=p.expected, note=p.skipped)
+    if isinstance(count, int):  # the row count
+        out.observed, out.success = count, count >= cfg.checks["window"]["min_events"]
+        return out
+    mostly = cfg.checks[p.check]["mostly"]
+    considered = count.element if count.considered is None else count.considered
+    if count.element and considered:
+        out.success = (considered - count.unexpected) / considered >= mostly
+    percent = count.unexpected / considered * 100 if count.element and considered else None
+    _fill_counts(out, {"unexpected_count": count.unexpected, "element_count": count.element,
+                       "unexpected_percent": percent})
+    return out
+
+
+def window_from_facts(cfg: ValidateSettings, files: list[Path], first: dt.date, facts_dir: Path
+                      ) -> tuple[list[Outcome] | None, int, dict]:
+    """The window suites answered from per-file facts (dailyrec.quality.window_facts): (outcomes,
+    window events, {files, computed, reused}); outcomes is None when Great Expectations must run
+    on the whole window (something fails, or an id is NULL)."""
+    cache = F.WindowFacts(facts_dir)
+    keyed = [cache.of(path) for path in files]
+    cache.prune({key for key, _ in keyed})
+    facts = [f for _, f in keyed]
+    epoch = dt.date(1970, 1, 1)
+    counts = F.window_counts(facts, files, (first - epoch).days, (cfg.run_date - epoch).days,
+                             F.KEY_COLUMNS)
+    stats = {"files": len(files), "computed": cache.computed, "reused": cache.reused}
+    if counts is None:
+        return None, 0, stats
+    plan, id_plan = window_plan(cfg, F.KEY_COLUMNS, first)
+    outcomes = [_counted_outcome("window", p, counts[p.name], cfg) for p in plan] + \
+        [_counted_outcome("window_ids", p, counts[p.name], cfg) for p in id_plan]
+    if not all(o.success for o in outcomes):
+        return None, 0, stats  # GX's own verdict, with example rows
+    return outcomes, counts["window.events"], stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,17 +405,8 @@ def trailing_volumes(cfg: ValidateSettings, history: Path, excluded: set[dt.date
 
 def read_window(files: list[Path]) -> pd.DataFrame:
     """The key columns of the trusted window's files (what training uses), canonical types."""
-    cols = ["event_id", "user_id", "item_id", "event_type", "ts"]
-    schema = pa.schema([S.EVENT_SCHEMA.field(c) for c in cols])
-    tables = []
-    for path in files:  # files, not rows
-        try:
-            tables.append(pq.read_table(path, columns=cols).cast(schema))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
-            raise DataError(f"{path}: not canonical events ({_short(str(err))}); the history "
-                                "partition is damaged") from None
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return table.to_pandas()
+    tables = [F.read_key_columns(path) for path in files]  # files, not rows
+    return (pa.concat_tables(tables) if tables else F.KEY_SCHEMA.empty_table()).to_pandas()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,12 +424,15 @@ class Verdict:
     delta_events: int = 0
     window_events: int = 0
     seconds: float = 0.0
+    window_checked_by: str = ""  # how the window suite ran (printed; not in the metrics)
 
 
 def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, history: Path,
-             ledger_path: Path, report_name: str) -> Verdict:
+             ledger_path: Path, report_name: str, facts_dir: Path | None = None) -> Verdict:
     """Run the suites, update the ledger, and return the verdict (the caller writes the outputs).
-    report_name: where the run's HTML report goes, for the ledger's entry of a rejected day."""
+    report_name: where the run's HTML report goes, for the ledger's entry of a rejected day.
+    facts_dir: where per-file facts of the window are kept (None: Great Expectations reads the
+    whole window)."""
     started = time.perf_counter()
     ledger = R.load(ledger_path)
     delta = read_delta(delta_path)
@@ -407,11 +455,21 @@ def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, his
     first = cfg.run_date - dt.timedelta(days=cfg.window_days)
     chosen = select_window(history, cfg.run_date, cfg.window_days, excluded)
     trusted = chosen.days
-    window_events = 0
+    window_events, checked_by = 0, ""
     if cfg.checks["window"]["enabled"]:
-        window = read_window(chosen.files)
-        window_events = len(window)
-        window_outcomes = run_suites(window_suites(cfg, window, first), cfg)
+        window_outcomes = None
+        if facts_dir is not None:
+            window_outcomes, window_events, facts = window_from_facts(cfg, chosen.files, first,
+                                                                      facts_dir)
+            checked_by = (f"per-file facts ({facts['files']} files: {facts['computed']} read, "
+                          f"{facts['reused']} reused)")
+        if window_outcomes is None:
+            window = read_window(chosen.files)
+            window_events = len(window)
+            window_outcomes = run_suites(window_suites(cfg, window, first), cfg)
+            checked_by = ("Great Expectations on the whole window"
+                          + (f", after {checked_by}" if checked_by else ""))
+            del window
         outcomes += window_outcomes
     window_failed = any(o.failed for o in outcomes if o.suite.startswith("window"))
 
@@ -427,7 +485,7 @@ def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, his
                       window_failed=window_failed,
                       excluded_days=sorted(d.isoformat() for d in excluded),
                       window_days=[d.isoformat() for d in trusted], delta_events=len(delta),
-                      window_events=window_events)
+                      window_events=window_events, window_checked_by=checked_by)
     verdict.seconds = round(time.perf_counter() - started, 3)
     return verdict
 
