@@ -1,4 +1,4 @@
-"""train: fit implicit ALS on the clean window and save the model.
+"""train: fit ALS on the clean window and save the model.
 
     python -m stages.train [--params params.yaml]
 
@@ -9,6 +9,9 @@ Outputs  models/              als.npz, ids.npz, user_items.npz, meta.json (daily
          metrics/mlflow.json  the MLflow run and registered model version of models/
 
 The confidence matrix: dailyrec.model.confidence; the fit and train.device: dailyrec.model.als.
+train.engine: spark fits Spark MLlib's implicit ALS instead (dailyrec.model.spark_als; PySpark is
+imported only then), on the Spark that spark-submit, PYSPARK_SUBMIT_ARGS or SPARK_REMOTE names, and
+saves the same models/ (docs/scaling.md).
 Every run is one MLflow run (dailyrec.tracking); DAILYREC_MLFLOW=off skips tracking.
 """
 
@@ -24,7 +27,7 @@ from dailyrec.settings import model, ops
 
 
 def main_body(argv: list[str] | None) -> int:
-    ap = argparse.ArgumentParser(description="Fit implicit ALS on data/clean into models/.")
+    ap = argparse.ArgumentParser(description="Fit ALS on data/clean into models/.")
     ap.add_argument("--params", default=None, help="params file (default params.yaml)")
     args = ap.parse_args(argv)
     params = settings.load(args.params)

@@ -250,8 +250,10 @@ def commit_for_run(repo: Path, run_id: str) -> str:
     """The commit whose dvc.lock records the model an MLflow run trained."""
     from mlflow.tracking import MlflowClient
 
-    try:
-        tags = MlflowClient().get_run(run_id).data.tags
+    from dailyrec import env
+
+    try:  # the address asked for now, not whatever an earlier call in this process set
+        tags = MlflowClient(tracking_uri=env.mlflow_uri()).get_run(run_id).data.tags
     except Exception as err:  # mlflow raises several types for an unknown run
         raise ReproduceError(f"MLflow run {run_id!r} not found: {err}") from None
     models_hash = next((tags[t] for t in MODELS_HASH_TAGS if tags.get(t)), None)

@@ -1,4 +1,9 @@
-"""implicit ALS: pick the device, fit a confidence matrix, get a CPU model back.
+"""ALS: pick the device, fit a confidence matrix, get an implicit CPU model back.
+
+`train.engine`: `local` fits with implicit (below); `spark` with Spark MLlib's implicit ALS
+(dailyrec.model.spark_als, imported only then), whose factors come back as the same implicit CPU
+model: train, evaluate's refits and tune all fit through `fit` here, so each uses the engine
+configured, and models/ has one format.
 
 `train.device`: `auto` fits on the GPU when implicit was built with CUDA (`pip install .[gpu]`) and
 on the CPU otherwise; `gpu` fails with a clear error when there is no CUDA. BLAS is pinned to one
@@ -49,12 +54,26 @@ def model_class(device: str):
 
 
 def make_model(config: TrainConfig, device: str):
+    from threadpoolctl import threadpool_limits
+
     extra: dict[str, Any] = {} if device == "gpu" else {"num_threads": 0}
     # alpha=1: the matrix already holds the confidence (dailyrec.model.confidence explains why).
-    return model_class(device)(
-        factors=config.factors, regularization=config.regularization, alpha=1.0,
-        iterations=config.iterations, calculate_training_loss=config.track_loss,
-        random_state=config.random_state, **extra)
+    with threadpool_limits(1, "blas"):  # implicit checks the BLAS threads when it is created
+        return model_class(device)(
+            factors=config.factors, regularization=config.regularization, alpha=1.0,
+            iterations=config.iterations, calculate_training_loss=config.track_loss,
+            random_state=config.random_state, **extra)
+
+
+def resolve(config: TrainConfig) -> str:
+    """Where the fit runs: "spark" for train.engine spark (PySpark checked, not started), else
+    the device (resolve_device)."""
+    if config.engine == "spark":
+        from dailyrec.model import spark_als
+
+        spark_als.require_pyspark()
+        return "spark"
+    return resolve_device(config.device)
 
 
 @dataclass
@@ -68,9 +87,14 @@ class FitResult:
 
 def fit(matrix: sp.csr_matrix, config: TrainConfig, device: str | None = None,
         on_iteration: Callable[[int, float, float | None], None] | None = None) -> FitResult:
-    """Fit ALS on a users x items confidence matrix (float32 CSR)."""
+    """Fit ALS on a users x items confidence matrix (float32 CSR), with the engine configured
+    (`device` is implicit's; the spark engine fits where Spark runs and reports device "spark")."""
     from threadpoolctl import threadpool_limits
 
+    if config.engine == "spark":
+        from dailyrec.model import spark_als
+
+        return spark_als.fit(matrix, config)
     device = device or resolve_device(config.device)
     result = FitResult(model=None, device=device)
 

@@ -1,5 +1,8 @@
 """Training: clean events -> the confidence matrix -> ALS -> the saved model bundle.
 
+ALS is implicit's (train.engine local, on train.device) or Spark MLlib's (train.engine spark,
+dailyrec.model.spark_als: the same confidence matrix, the factors saved as implicit's model).
+
     train(config, run_date, window_end, data_path, models_dir) -> (metrics, fit result, meta)
 
 models/ (dailyrec.model.artifacts) is byte-identical for the same data and settings on CPU: nothing
@@ -64,9 +67,17 @@ def build_meta(run_date: dt.date, window_end: dt.datetime, config: TrainConfig, 
         },
         "matrix": {"users": m.shape[0], "items": m.shape[1], "nonzeros": int(m.nnz)},
         "params": config.as_dict(),
+        "engine": config.engine,
         "device": device,
         "implicit_version": implicit.__version__,
+        **({"pyspark_version": _pyspark_version()} if config.engine == "spark" else {}),
     }
+
+
+def _pyspark_version() -> str:
+    import pyspark
+
+    return pyspark.__version__
 
 
 def _iso(value: np.datetime64) -> str:
@@ -76,7 +87,7 @@ def _iso(value: np.datetime64) -> str:
 def train(config: TrainConfig, run_date: dt.date, window_end: dt.datetime, data_path: Path,
           models_dir: Path) -> tuple[dict[str, Any], als.FitResult, dict]:
     """Read, build, fit, save. Returns (metrics, fit result, meta)."""
-    device = als.resolve_device(config.device)  # before the slow part: a gpu request fails at once
+    device = als.resolve(config)  # before the slow part: a gpu request (or no PySpark) fails at once
     durations: dict[str, float] = {}
     t = time.perf_counter()
     events = read_events(data_path)
@@ -99,7 +110,7 @@ def train(config: TrainConfig, run_date: dt.date, window_end: dt.datetime, data_
     m = interactions.strength
     metrics = {
         "run_date": meta["run_date"],
-        "device": device,
+        "device": device,  # "spark" with train.engine spark
         "events": interactions.events,
         "events_ignored": interactions.events_ignored,
         "users": m.shape[0],

@@ -1,4 +1,5 @@
-"""Settings of the model: params.yaml `train` (the confidence matrix and implicit ALS)."""
+"""Settings of the model: params.yaml `train` (the confidence matrix and ALS: implicit, or Spark
+MLlib with train.engine: spark)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from dailyrec.settings import ConfigError, Params, of
 TRANSFORMS = ("linear", "log")
 QUANTITY_TRANSFORMS = ("linear", "log")
 DEVICES = ("auto", "cpu", "gpu")
+# train.engine: who fits ALS: local (implicit, train.device) or spark (Spark MLlib ALS with
+# implicitPrefs, dailyrec.model.spark_als; docs/scaling.md). The two give different models.
+ENGINES = ("local", "spark")
 TRAIN_KEYS = ("event_weights", "decay_half_life_days", "confidence", "alpha", "eps", "factors",
-              "regularization", "iterations", "random_state", "device", "track_loss",
-              "quantity_transform", "quantity_cap")
+              "regularization", "iterations", "random_state", "engine", "spark_blocks", "device",
+              "track_loss", "quantity_transform", "quantity_cap")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class TrainConfig:
     regularization: float
     iterations: int
     random_state: int
+    engine: str  # one of ENGINES
+    spark_blocks: int  # MLlib's numUserBlocks = numItemBlocks (engine spark; shapes its result)
     device: str
     track_loss: bool
 
@@ -82,6 +88,8 @@ def train(params: Params) -> TrainConfig:
         regularization=params.number("train.regularization", low=0),
         iterations=params.integer("train.iterations", low=1),
         random_state=params.integer("train.random_state"),
+        engine=params.choice("train.engine", ENGINES),
+        spark_blocks=params.integer("train.spark_blocks", low=1),
         device=params.choice("train.device", DEVICES),
         track_loss=params.flag("train.track_loss"))
 
