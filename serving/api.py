@@ -18,7 +18,7 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, NotFound
 
-from serving import auth
+from serving import auth, render
 
 bp = Blueprint("recommendations", __name__)
 bp.before_request(auth.require_api)  # 401 without a valid token, when tokens are set
@@ -80,8 +80,18 @@ def _because(version, past: np.ndarray, contributions: np.ndarray) -> list[dict]
 def recommendations(user_id: str):
     _checked_id(user_id, "user_id")
     recent, explain = _recent(), _explain()
-    store = current_app.extensions["dailyrec.store"]
-    telemetry = current_app.extensions["dailyrec.telemetry"]
+    app = current_app._get_current_object()
+    store = app.extensions["dailyrec.store"]
+    telemetry = app.extensions["dailyrec.telemetry"]
+    if not recent and not explain and render.compatible(app):
+        # The hot path: the stored list (or the fallback) as it is, its JSON joined from
+        # per-version pre-encoded pieces; the same body as the general path below.
+        version, raw = store.lookup_record(user_id)
+        n = _n(version)
+        source = "personalized" if raw is not None else "fallback"
+        telemetry.count_list(source)
+        return app.response_class(render.list_body(version, user_id, raw, n),
+                                  mimetype=app.json.mimetype)
     version, record, history = store.lookup(user_id, history=explain)
     n = _n(version)
     seen = version.positions(recent) if recent else np.zeros(0, dtype=np.int64)
@@ -106,7 +116,7 @@ def recommendations(user_id: str):
     else:
         source = "fallback"
         chosen = [(i, s) for i, s in version.fallback if i not in just_seen][:n]
-    telemetry.recommendations.labels(source).inc()
+    telemetry.count_list(source)
     items = [{"id": version.item_ids[i], "score": round(s, 6)} for i, s in chosen]
     if explain:
         if solved is not None and chosen:

@@ -1,7 +1,7 @@
 """gunicorn settings for the API: `gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'`.
 
 Environment overrides: DAILYREC_BIND (127.0.0.1:8000), WEB_CONCURRENCY (worker processes, default
-the CPU count), DAILYREC_THREADS (threads per worker, 4), DAILYREC_WORKER_CLASS (gthread),
+twice the CPU count), DAILYREC_THREADS (threads per worker, 2), DAILYREC_WORKER_CLASS (gthread),
 DAILYREC_ACCESS_LOG (a path or "-"; off by default: at thousands of requests a second it costs
 more than the request), DAILYREC_LOG_LEVEL (info).
 """
@@ -17,11 +17,17 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 bind = os.environ.get("DAILYREC_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 2)
+# Two processes per core, two threads each. Keep-alive connections stay with the worker that
+# accepted them, and the workers race to accept: with one worker per core, half the runs of 4
+# connections on 2 cores had most of them in one process (one GIL: ~2,100 req/s instead of ~5,000);
+# with 4 x 2 every run gave 4,900-5,400, and p99 at 16 connections 6-8.5 ms instead of 7.5-10
+# (docs/benchmarks.md, bench/api_profile.py). Each worker holds its own copy of the served version's
+# item table (and, once a visitor is folded in, its item factors).
+workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * (os.cpu_count() or 1))
 # Threads, not one sync process per request: keep-alive connections, and a worker waiting on Redis
 # still answers others. The work per request is short, so a few threads per process suffice.
 worker_class = os.environ.get("DAILYREC_WORKER_CLASS", "gthread")
-threads = int(os.environ.get("DAILYREC_THREADS", "4"))
+threads = int(os.environ.get("DAILYREC_THREADS", "2"))
 timeout = 30
 # The app bounds what it accepts (ids of 128 characters, 50 recent items: about 20 KB once
 # URL-encoded); gunicorn's own cap (4 KB, at most 8 KB) would refuse valid requests with an HTML

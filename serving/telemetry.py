@@ -52,6 +52,9 @@ class Telemetry:
                                     ["known"], registry=self.registry)
         self.errors = Counter("dailyrec_errors", "Requests that ended in an error, by kind",
                               ["kind"], registry=self.registry)
+        # Each label set's child, looked up once: labels() takes a lock and normalises the values
+        # on every call. Bounded: a client can make up methods.
+        self._children: dict = {}
 
     def init_app(self, app: Flask) -> None:
         app.extensions["dailyrec.telemetry"] = self
@@ -60,17 +63,36 @@ class Telemetry:
 
     @staticmethod
     def _start() -> None:
-        g.started = time.perf_counter()
-        given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        # The objects behind the proxies, once each: every proxy access looks up the context.
+        ctx = g._get_current_object()
+        ctx.started = time.perf_counter()
+        given = request._get_current_object().headers.get("X-Request-ID", "")
+        ctx.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+    def _child(self, metric, *labels):
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            if len(self._children) < 1000:
+                self._children[key] = child
+        return child
+
+    def count_list(self, source: str) -> None:
+        """One recommendation list served from `source`."""
+        self._child(self.recommendations, source).inc()
 
     def _finish(self, response):
-        endpoint = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        self.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-        started = g.get("started")
+        req = request._get_current_object()
+        rule = req.url_rule
+        endpoint = rule.rule if rule is not None else "<unmatched>"
+        self._child(self.requests, endpoint, req.method, str(response.status_code)).inc()
+        ctx = g._get_current_object()
+        started = ctx.get("started")
         if started is not None:
-            self.latency.labels(endpoint).observe(time.perf_counter() - started)
-        response.headers["X-Request-ID"] = request_id()
+            self._child(self.latency, endpoint).observe(time.perf_counter() - started)
+        rid = ctx.get("request_id")
+        response.headers["X-Request-ID"] = rid if rid is not None else request_id()
         return response
 
     def render(self) -> tuple[bytes, str]:

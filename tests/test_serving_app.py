@@ -11,6 +11,7 @@ import urllib.request
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
@@ -143,6 +144,98 @@ def test_unexpected_error_is_a_500_with_request_id_and_an_alert(app, monkeypatch
     [msg] = messages  # one mail for the storm: same route, exception and place in the code
     assert msg["Subject"] == "[dailyrec] ALERT: dailyrec API: RuntimeError on GET /explode/<user>"
     assert "request_id: req-42" in text_of(msg) and "path: /explode/alice" in text_of(msg)
+
+
+LIST_QUERIES = ("", "?n=1", "?n=7", "?explain=0", "?recent=", "?n=3&explain=no")
+
+
+def _without_request_id(answer) -> list:
+    return [(k, v) for k, v in answer.headers if k != "X-Request-ID"]
+
+
+def test_the_hot_paths_bodies_are_the_general_paths_byte_for_byte(app, model, monkeypatch):
+    """A list without ?recent= or ?explain= is joined from pre-encoded pieces (serving/render.py):
+    the same status, headers and bytes as the general path's jsonify, known users and not."""
+    from serving import render
+
+    client = app.test_client()
+    users = [str(u) for u in model.user_ids[:40]] + ["somebody-new", "a.b@c+d:e_f-g"]
+    paths = [f"/recommendations/{u}{q}" for u in users for q in LIST_QUERIES]
+    fast = {path: client.get(path) for path in paths}
+    monkeypatch.setattr(render, "compatible", lambda app: False)  # the general path
+    for path in paths:
+        general = client.get(path)
+        assert fast[path].status_code == general.status_code == 200, path
+        assert fast[path].data == general.data, path
+        assert _without_request_id(fast[path]) == _without_request_id(general), path
+    assert {fast[p].get_json()["source"] for p in paths} == {"personalized", "fallback"}
+
+
+def test_scores_are_encoded_as_json_encodes_round_score_6():
+    import math
+    import random
+    import struct
+
+    from serving import render
+
+    rng = random.Random(3)
+    f32 = [struct.unpack("<f", struct.pack("<f", rng.uniform(-1, 1) * rng.choice(
+        [1e-9, 5e-7, 1e-5, 1e-4, 1e-2, 1, 1e3, 1e8, 1e9, 1e12])))[0] for _ in range(20_000)]
+    edges = [0.0, -0.0, 1e-4, 9.9999e-5, 5e-7, 1.5e-6, 0.5, 0.125, 999999999.9, 1e9, math.nan,
+             math.inf, -math.inf]
+    for scores in [f32[i:i + 20] for i in range(0, len(f32), 20)] + [edges]:
+        for variant in (scores, [abs(s) for s in scores], [abs(s) + 1e-4 for s in scores],
+                        [-abs(s) - 1e-4 for s in scores]):
+            assert render._numbers(variant) == [json.dumps(round(s, 6)) for s in variant]
+
+
+def test_a_version_switch_is_seen_by_the_next_request(app, model, redis_client, monkeypatch):
+    """The pre-encoded item ids belong to one version: the next version (other item ids at the
+    same positions) is served, with its own ids, from the very next request."""
+    import dataclasses
+
+    from serving import render
+
+    client = app.test_client()
+    before = client.get("/recommendations/user-3?n=5").get_json()
+    other = dataclasses.replace(tm.bundle(seed=12),
+                                item_ids=np.array([f"thing-{j}" for j in range(60)]))
+    pub.publish(other, redis_client, SETTINGS, run_date=DAY, progress=False)
+    version = redis_client.get("dailyrec:current").decode()
+    assert version != before["model_version"]
+    for path in ("/recommendations/user-3?n=5", "/recommendations/somebody-new?n=4"):
+        after = client.get(path)
+        body = after.get_json()
+        assert body["model_version"] == version
+        assert all(i["id"].startswith("thing-") for i in body["items"])
+        monkeypatch.setattr(render, "compatible", lambda app: False)
+        assert client.get(path).data == after.data
+        monkeypatch.undo()
+    assert [i["id"] for i in client.get("/recommendations/user-3?n=5").get_json()["items"]] == \
+        expected_items(other, 3, 5)
+
+
+def test_lookups_survive_a_flushed_script_and_threads_give_their_connection_back(app,
+                                                                                   redis_client):
+    import gc
+    import threading
+
+    client = app.test_client()
+    assert client.get("/recommendations/user-3").status_code == 200
+    redis_client.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
+    assert client.get("/recommendations/user-3").get_json()["source"] == "personalized"
+
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(
+        app.test_client().get("/recommendations/user-4").status_code)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    gc.collect()
+    assert answers == [200] * 8
+    pool = app.extensions["dailyrec.store"].client.connection_pool
+    assert len(pool._in_use_connections) <= 1  # only this thread's, kept for its next request
 
 
 def test_metrics_count_requests_latency_fallbacks_and_errors(app):

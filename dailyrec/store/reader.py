@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,10 @@ class Version:
     run_date: str | None = None  # the day its data ends (run.date)
     max_age_hours: float | None = None  # serving.max_age_hours when it was published
     _positions: dict = field(default_factory=dict, compare=False, repr=False)
+    # Per-process values derived from this version (the API's pre-encoded JSON of its item ids,
+    # serving/render.py): a version never changes once complete, so neither do they, and a switch
+    # brings a new Version, with an empty memo.
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def positions(self, item_ids: list[str]) -> np.ndarray:
         """Item ids -> positions in this version's catalogue (-1: unknown)."""
@@ -103,11 +108,31 @@ return {current}
 """
 
 
+def _pack(*args) -> bytes:
+    """One command in RESP, as redis-py packs it (str as UTF-8, ints as their digits)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Held:
+    """A pooled connection that one thread keeps between its lookups (returned to the pool when
+    the thread ends)."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn):
+        self.conn = conn
+
+
 class RecommendationStore:
     def __init__(self, client: redis.Redis, layout: K.Layout):
         self.client = client
         self.layout = layout
         self._lookup = client.register_script(_LOOKUP)  # EVALSHA; reloaded if Redis restarted
+        self._held = threading.local()
         self._versions: dict[str, Version] = {}
         self._fold_ins: dict[str, FoldIn] = {}
         self._latest: Version | None = None
@@ -131,6 +156,15 @@ class RecommendationStore:
             past = K.decode_record(raw[1], version.explain_items)
         return version, record, past
 
+    def lookup_record(self, user_id: str) -> tuple[Version, bytes | None]:
+        """(served version, the user's record as stored, or None if not in it): lookup() without
+        decoding, for a caller that renders the record itself (serving/render.py)."""
+        def keys(v: Version) -> list[str]:
+            return [self.layout.bucket(v.name, K.bucket_of(user_id, v.n_buckets))]
+
+        version, raw = self._read(user_id, keys)
+        return version, raw[0]
+
     def similar(self, item_id: str) -> tuple[Version, list[tuple[int, float]] | None]:
         """(served version, the item's [(item position, similarity)] or None: an item it does
         not know, or a version without similar items)."""
@@ -150,8 +184,8 @@ class RecommendationStore:
             for _ in range(5):
                 hint = self._latest
                 if hint is not None:
-                    replies = self._lookup(keys=[self.layout.current, *keys(hint)],
-                                           args=[hint.name, field_name])
+                    replies = self._eval_lookup([self.layout.current, *keys(hint)],
+                                                [hint.name, field_name])
                 else:
                     replies = [self.client.get(self.layout.current)]
                 current = replies[0].decode() if replies[0] is not None else None
@@ -169,6 +203,39 @@ class RecommendationStore:
             raise RedisUnavailable(str(err)) from err
         except redis.exceptions.TimeoutError as err:
             raise RedisUnavailable(str(err)) from err
+
+    def _eval_lookup(self, keys: list[str], args: list[str]) -> list:
+        """The lookup script's reply. EVALSHA on a connection this thread keeps, packed here:
+        what redis-py's Script call does, without taking a connection from the pool (and checking
+        it) and packing through the client on every request. The same retry as the client's
+        (connection.client: one, no backoff, on a fresh connection); a Redis that lost the
+        script (restarted) gets it through redis-py's Script, which loads it."""
+        held = getattr(self._held, "value", None)
+        if held is None:
+            held = self._held.value = self._hold()
+        conn = held.conn
+        packed = _pack("EVALSHA", self._lookup.sha, len(keys), *keys, *args)
+        for attempt in range(2):
+            try:
+                conn.send_packed_command([packed])
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:
+                return self._lookup(keys=keys, args=args)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                conn.disconnect()  # the next attempt (or request) connects afresh
+                if attempt:
+                    raise
+            except BaseException:
+                conn.disconnect()  # a reply may be left half read
+                raise
+        raise AssertionError("unreachable")
+
+    def _hold(self) -> _Held:
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        held = _Held(conn)
+        weakref.finalize(held, pool.release, conn)  # when the thread (its local) goes
+        return held
 
     def fold_in(self, version: Version) -> FoldIn | None:
         """The version's item factors as a FoldIn, loaded once per process (None: the version
