@@ -220,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             load.append(os.getloadavg()[0])
             steps, wall, out = run_day(ws, env, RUN_DATE)
             train = json.loads((ws / "metrics/train.json").read_text())
+            gate = json.loads((ws / "metrics/gate.json").read_text())
             fit = bare_fit(ws, env)
             load.append(os.getloadavg()[0])
-            results[f] = {"steps": steps, "wall": wall, "train": train, "bare": fit}
+            results[f] = {"steps": steps, "wall": wall, "train": train, "bare": fit, "gate": gate}
             print(f"factors {f}: run {wall:.1f} s, bare fit {fit['fit_s']:.1f} s, "
                   f"ratio {wall / fit['fit_s']:.1f}x", flush=True)
     finally:
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                 + [results[f]["bare"]["fit_s"] for f in factors] + ["-" for _ in factors])
     rows.append(["**ratio**"] + [f"{results[f]['wall'] / results[f]['bare']['fit_s']:.1f}x"
                                  for f in factors] + ["-" for _ in factors])
+    rows.append(["the gate (publish runs only when it passes)"]
+                + ["passed" if results[f]["gate"]["passed"] else "kept back" for f in factors]
+                + ["-" for _ in factors])
     shape = next(iter(results.values()))["bare"]
     body = (f"A {FB.WINDOW_DAYS}-day window of about {args.events:,} simulator events "
             f"({shape['shape'][0]:,} users x {shape['shape'][1]:,} items, {shape['nnz']:,} "
@@ -254,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             f"per step from its own progress lines (peak MB: each stage process's own peak RSS). "
             f"The first day of the fresh workspace took {first_wall:.0f} s. Load average (1 min) "
             f"during the run: {', '.join(f'{x:.1f}' for x in load)}.\n\n"
-            + markdown_table(header, rows))
+            + markdown_table(header, rows)
+            + "\n\nThe gate, per factors value: " + "; ".join(
+                f"{f}: {results[f]['gate']['reason']}" for f in factors) + ".")
     publish("daily", "The whole daily run against a bare fit", body)
     return 0
 

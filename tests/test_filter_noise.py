@@ -428,3 +428,29 @@ def test_repeated_matches_pandas_reference(random_window):
     expected = np.zeros(len(frame), dtype=bool)
     expected[ordered["row"].to_numpy()[(gap < pd.Timedelta(seconds=120)).to_numpy()]] = True
     assert (removed == expected).all() and 100 < expected.sum() < len(frame) / 2
+
+
+def test_days_with_arrivals_come_out_in_the_order_of_one_stable_sort(tmp_path):
+    """read_window sorts each day with arrivals on its own (one day of memory, not the window's):
+    the rows come out as a stable sort by ts of the whole window would put them, ties in file
+    order."""
+    root = tmp_path / "history"
+    rng = np.random.default_rng(4)
+    files = []
+    for k, day in enumerate([dt.date(2026, 11, 18), dt.date(2026, 11, 19)]):
+        start = pd.Timestamp(day, tz="UTC")
+        for name in (history.PARTITION_FILE, f"{history.ARRIVED_PREFIX}2026-11-2{k + 1}.parquet",
+                     f"{history.ARRIVED_PREFIX}2026-11-2{k + 2}.parquet"):
+            seconds = np.sort(rng.integers(0, 86_400, 50)) // 600 * 600  # ties, across files too
+            frame = F.events(rng.integers(1, 9, 50).astype(str), rng.integers(1, 9, 50).astype(str),
+                             start + pd.to_timedelta(seconds, unit="s"))
+            frame["event_id"] = [f"{day}-{name}-{i}" for i in range(50)]
+            path = root / f"day={day.isoformat()}" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(F.to_arrow(frame), path)
+            files.append(path)
+    got = FN.read_window(files).table.column("event_id").to_pylist()
+    whole = pa.concat_tables([pq.read_table(p) for p in files])
+    order = np.argsort(whole.column("ts").cast(pa.int64()).to_numpy(), kind="stable")
+    assert got == whole.column("event_id").take(order).to_pylist()
+    assert got != whole.column("event_id").to_pylist()  # the arrivals did interleave

@@ -103,18 +103,37 @@ WINDOW_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string(
 
 
 def read_window(files: list[Path], days: list[dt.date] = ()) -> Window:
-    """The window's events from its history files, dictionary-encoded, in time order."""
+    """The window's events from its history files, dictionary-encoded, in time order.
+
+    A day's partition is its own file (sorted) and the arrivals other runs wrote into it, whose
+    events interleave with it: each day with arrivals is put in time order on its own (stable, in
+    file order), so the days concatenated are in time order and window_of need not copy the whole
+    window to sort it: the extra memory is one day's, not the window's. The order is the one a
+    stable sort of the whole window gives, since a partition holds its own day's events only."""
     tables = []
-    for path in files:  # files, not events
-        try:
-            t = pq.read_table(path, read_dictionary=DICTIONARY_COLUMNS)
-            for f in S.EVENT_SCHEMA:  # files written before a nullable column existed
-                if f.nullable and f.name not in t.column_names:
-                    t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
-            tables.append(t.select(list(S.COLUMNS)).cast(WINDOW_SCHEMA))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
-            raise DataError(f"{path}: not canonical events ({err})") from None
+    for folder in dict.fromkeys(path.parent for path in files):  # days, in order
+        day = [_read_history_file(path) for path in files if path.parent == folder]
+        tables.append(day[0] if len(day) == 1 else _in_time_order(pa.concat_tables(day)))
     return window_of(pa.concat_tables(tables) if tables else WINDOW_SCHEMA.empty_table(), days)
+
+
+def _read_history_file(path: Path) -> pa.Table:
+    try:
+        t = pq.read_table(path, read_dictionary=DICTIONARY_COLUMNS)
+        for f in S.EVENT_SCHEMA:  # files written before a nullable column existed
+            if f.nullable and f.name not in t.column_names:
+                t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
+        return t.select(list(S.COLUMNS)).cast(WINDOW_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
+        raise DataError(f"{path}: not canonical events ({err})") from None
+
+
+def _in_time_order(table: pa.Table) -> pa.Table:
+    """The table sorted by ts, ties in their order (stable); as it is when already sorted."""
+    ts = _micros(table)
+    if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
+        return table.unify_dictionaries().take(np.argsort(ts, kind="stable"))
+    return table
 
 
 def window_of(table: pa.Table, days: list[dt.date] = ()) -> Window:
@@ -123,7 +142,7 @@ def window_of(table: pa.Table, days: list[dt.date] = ()) -> Window:
     table = table.unify_dictionaries()
     ts = _micros(table)
     if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
-        # Partitions written by merge_history are sorted; sort anything else once, here.
+        # read_window hands the days over in time order; sort anything else once, here.
         table = table.take(np.argsort(ts, kind="stable")).unify_dictionaries()
         ts = _micros(table)
     origin = int(ts[0]) // 86_400_000_000 * 86_400 if len(ts) else 0
