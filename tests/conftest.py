@@ -70,3 +70,31 @@ def azurite():
     server = emulators.start_azurite()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """A Spark session in local[2] for one test module (PySpark is the spark extra)."""
+    from dailyrec import spark as SP
+
+    environ = dict(os.environ)  # PySpark leaves variables of its own behind: later tests see none
+    session = SP.session({"spark.master": "local[2]", "spark.sql.shuffle.partitions": "3",
+                          "spark.ui.enabled": "false", "spark.driver.memory": "2g"})
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    with SP.arrow_only():
+        session.stop()
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A small modeling workspace (tests/modeling_workspace.py: 14 days of clean events), MLflow
+    off, as the working directory (test_train, test_spark_train; test_evaluate has its own)."""
+    from tests.modeling_workspace import make_workspace
+
+    monkeypatch.setenv("DAILYREC_MLFLOW", "off")
+    root = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(root)
+    return root

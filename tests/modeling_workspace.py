@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 from pathlib import Path
 
 import yaml
@@ -46,3 +47,9 @@ def set_run_date(root: Path, day: dt.date) -> None:
     params = yaml.safe_load(path.read_text())
     params["run"]["date"] = day.isoformat()
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of each file in a folder (models/): byte-identical folders have equal digests."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.iterdir())}

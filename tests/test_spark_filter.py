@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -34,19 +33,6 @@ from tools import simulate
 
 SIM_FIRST = dt.date(2026, 11, 14)
 SIM_DAYS = 4
-
-
-@pytest.fixture(scope="module")
-def spark():
-    environ = dict(os.environ)  # PySpark leaves variables of its own behind: later tests see none
-    session = SP.session({"spark.master": "local[2]", "spark.sql.shuffle.partitions": "3",
-                          "spark.ui.enabled": "false", "spark.driver.memory": "2g"})
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    with SP.arrow_only():
-        session.stop()
-    os.environ.clear()
-    os.environ.update(environ)
 
 
 def per_rule(window: FN.Window, result: FN.Result) -> dict[str, set[str]]:

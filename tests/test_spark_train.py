@@ -7,16 +7,13 @@ well above most-popular."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import os
 import sys
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from dailyrec import spark as SP
 from dailyrec.model import als, artifacts, spark_als
 from dailyrec.model import evaluation as E
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
@@ -24,33 +21,7 @@ from dailyrec.settings import model
 from stages import train as T
 from tests import params as raw_params
 from tests.clean_events import human_events
-from tests.modeling_workspace import make_workspace
-
-
-@pytest.fixture(scope="module")
-def spark():
-    environ = dict(os.environ)  # PySpark leaves variables of its own behind: later tests see none
-    session = SP.session({"spark.master": "local[2]", "spark.sql.shuffle.partitions": "3",
-                          "spark.ui.enabled": "false", "spark.driver.memory": "2g"})
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    with SP.arrow_only():
-        session.stop()
-    os.environ.clear()
-    os.environ.update(environ)
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAILYREC_MLFLOW", "off")
-    root = make_workspace(tmp_path / "ws")
-    monkeypatch.chdir(root)
-    return root
-
-
-def digests(directory):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.iterdir())}
+from tests.modeling_workspace import digests
 
 
 def with_engine(engine: str, path: str) -> str:

@@ -1,6 +1,5 @@
 """The train stage: models/ and its metrics, CPU bit-reproducibility, devices, clear errors."""
 
-import hashlib
 import json
 
 import numpy as np
@@ -15,20 +14,7 @@ from dailyrec.model.training import read_events
 from dailyrec.settings import model
 from stages import train as T
 from tests import params as raw_params
-from tests.modeling_workspace import make_workspace, set_run_date
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAILYREC_MLFLOW", "off")
-    root = make_workspace(tmp_path / "ws")
-    monkeypatch.chdir(root)
-    return root
-
-
-def digests(directory):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.iterdir())}
+from tests.modeling_workspace import digests, set_run_date
 
 
 def test_train_writes_the_model_metrics_and_a_byte_identical_rebuild(workspace, capsys):
