@@ -13,6 +13,9 @@ Suites (written in code below, thresholds and severities from params.yaml `valid
     window       the training window (filter.window_days days, rejected days left out): no NULL
                  keys, event types, timestamps inside the window, event_id unique, not empty
     window_ids   the window's distinct user and item ids: id format
+The window suites are answered from each history file's facts, read once and kept by content
+(dailyrec.quality.window_facts: the same outcomes, a day's work instead of the window's); Great
+Expectations runs them on the whole window when that answer fails, or without a facts folder.
 
 A failing expectation of severity `fail` on the delta rejects the day (run.date - 1) in the ledger,
 and the verdict is "failed": nothing downstream runs and yesterday's published lists stay served.
