@@ -17,9 +17,12 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dailyrec import schema as S
+from dailyrec.errors import DataError
 from dailyrec.history import partition_path, select_window
 from dailyrec.quality import expectations as V
 from dailyrec.quality import window_facts as WF
@@ -189,3 +192,17 @@ def test_equal_hashes_are_not_duplicates_unless_the_ids_are(tmp_path):
     assert WF._duplicated_rows(forged, files) == 0
     assert WF._duplicated_rows(facts, files) == 0
     assert np.unique(np.concatenate([f.event_ids for f in forged])).size == 7 * 400 - 3
+
+
+def test_a_file_with_a_null_key_is_refused_on_both_paths(tmp_path):
+    """Why the facts keep no NULL counts: a history file with a NULL key never gets that far."""
+    history = tmp_path / "history"
+    write_days(history, clean_days())
+    days = clean_days()
+    days[DAYS[2]].loc[:0, "event_type"] = None
+    nullable = pa.schema([f.with_nullable(True) for f in S.EVENT_SCHEMA])
+    pq.write_table(F.to_arrow(days[DAYS[2]], nullable), partition_path(history, DAYS[2]))
+    with pytest.raises(DataError, match="not canonical events"):
+        facts_outcomes(settings(), history, tmp_path / "facts")
+    with pytest.raises(DataError, match="not canonical events"):
+        gx_outcomes(settings(), history)

@@ -341,11 +341,10 @@ def _counted_outcome(suite: str, p: Planned, count: F.Count | int, cfg: Validate
     if isinstance(count, int):  # the row count
         out.observed, out.success = count, count >= cfg.checks["window"]["min_events"]
         return out
-    mostly = cfg.checks[p.check]["mostly"]
-    considered = count.element if count.considered is None else count.considered
-    if count.element and considered:
-        out.success = (considered - count.unexpected) / considered >= mostly
-    percent = count.unexpected / considered * 100 if count.element and considered else None
+    if count.element:  # else vacuously true, as in GX
+        out.success = (count.element - count.unexpected) / count.element >= \
+            cfg.checks[p.check]["mostly"]
+    percent = count.unexpected / count.element * 100 if count.element else None
     _fill_counts(out, {"unexpected_count": count.unexpected, "element_count": count.element,
                        "unexpected_percent": percent})
     return out
@@ -355,7 +354,7 @@ def window_from_facts(cfg: ValidateSettings, files: list[Path], first: dt.date, 
                       ) -> tuple[list[Outcome] | None, int, dict]:
     """The window suites answered from per-file facts (dailyrec.quality.window_facts): (outcomes,
     window events, {files, computed, reused}); outcomes is None when Great Expectations must run
-    on the whole window (something fails, or an id is NULL)."""
+    on the whole window (something fails)."""
     cache = F.WindowFacts(facts_dir)
     keyed = [cache.of(path) for path in files]
     cache.prune({key for key, _ in keyed})
@@ -364,8 +363,6 @@ def window_from_facts(cfg: ValidateSettings, files: list[Path], first: dt.date, 
     counts = F.window_counts(facts, files, (first - epoch).days, (cfg.run_date - epoch).days,
                              F.KEY_COLUMNS)
     stats = {"files": len(files), "computed": cache.computed, "reused": cache.reused}
-    if counts is None:
-        return None, 0, stats
     plan, id_plan = window_plan(cfg, F.KEY_COLUMNS, first)
     outcomes = [_counted_outcome("window", p, counts[p.name], cfg) for p in plan] + \
         [_counted_outcome("window_ids", p, counts[p.name], cfg) for p in id_plan]

@@ -1,6 +1,8 @@
 """The training window's checks answered from per-file facts, each history file read once.
 
-    WindowFacts(facts_dir).outcomes(cfg, files, first, plan) -> ([Outcome], stats) or None
+    WindowFacts(facts_dir).of(path) -> (key, FileFacts)   a file's facts, read once, then kept
+    window_counts(facts, paths, first_day, end_day, columns) -> {expectation: Count or rows}
+(dailyrec.quality.expectations.window_from_facts turns the counts into the suite's outcomes.)
 
 Why it is safe to reuse a file's facts: every expectation of the window suite is a sum over rows
 (NULLs, event types, timestamps outside the window, the row count) or a question about distinct
@@ -13,11 +15,12 @@ values (event ids seen twice, ids that break the id format) that per-file facts 
   - timestamps are kept as events per UTC day, and the window's bounds are whole UTC days, so "how
     many events lie outside [first, run.date)" is exact;
   - event ids are kept as 64-bit hashes; ids whose hashes repeat are then read back and compared
-    as text, so a hash collision can never count as a duplicate.
+    as text, so a hash collision can never count as a duplicate;
+  - a history file has no NULL key (read_key_columns refuses one, on this path and on Great
+    Expectations'), so every row counts for every expectation and the NULL checks count 0.
 A new day therefore costs one file's facts: the work grows with the day, not the window. When the
-combined answer fails any expectation (or a user or item id is NULL, where Great Expectations'
-distinct-id frame has a subtlety of its own), the caller runs the Great Expectations suite on the
-whole window instead: a failing window gets GX's own verdict and example rows.
+combined answer fails any expectation, the caller runs the Great Expectations suite on the whole
+window instead: a failing window gets GX's own verdict and example rows.
 
 Entries live under the state directory (DAILYREC_STATE_DIR/window-facts, outside DVC): a lost or
 damaged entry is recomputed, never trusted; entries of files no longer in the window are removed.
@@ -44,7 +47,7 @@ from dailyrec import schema as S
 from dailyrec.errors import DataError
 from dailyrec.files import file_md5
 
-FACTS_VERSION = 1
+FACTS_VERSION = 2
 KEY_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts"]
 KEY_SCHEMA = pa.schema([S.EVENT_SCHEMA.field(c) for c in KEY_COLUMNS])
 MICROS_PER_DAY = 86_400_000_000
@@ -56,7 +59,8 @@ def default_dir() -> Path:
 
 
 def read_key_columns(path: Path) -> pa.Table:
-    """A history file's key columns in their canonical types (what training uses)."""
+    """A history file's key columns in their canonical types (what training uses): NOT NULL, so a
+    file with a NULL key is refused as damaged."""
     try:
         return pq.read_table(path, columns=KEY_COLUMNS).cast(KEY_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
@@ -68,38 +72,37 @@ def read_key_columns(path: Path) -> pa.Table:
 @dataclass
 class FileFacts:
     rows: int
-    nulls: dict[str, int]
-    event_types: dict[str, int]  # non-NULL event_type -> events
-    days: np.ndarray  # int64 UTC day numbers (days since 1970-01-01) of non-NULL ts ...
+    event_types: dict[str, int]  # event_type -> events
+    days: np.ndarray  # int64 UTC day numbers (days since 1970-01-01) of the events ...
     day_counts: np.ndarray  # ... and the events on each
-    event_ids: np.ndarray  # uint64 hashes of the non-NULL event ids, one per row
-    ids: pa.Table  # distinct non-NULL ids: id (string), kind (0 user, 1 item), bad (id format)
+    event_ids: np.ndarray  # uint64 hashes of the event ids, one per row
+    ids: pa.Table  # distinct ids: id (string), kind (0 user, 1 item), bad (id format)
 
     @classmethod
     def of(cls, table: pa.Table) -> "FileFacts":
-        types = pc.value_counts(table["event_type"].drop_null())
-        micros = table["ts"].drop_null().cast(pa.int64()).to_numpy()
+        """The facts of a table as read_key_columns gives it."""
+        types = pc.value_counts(table["event_type"])
+        micros = table["ts"].cast(pa.int64()).to_numpy()
         days, day_counts = np.unique(np.floor_divide(micros, MICROS_PER_DAY), return_counts=True)
         parts = []
         for kind, column in enumerate(("user_id", "item_id")):
-            distinct = pc.unique(table[column].drop_null())
+            distinct = pc.unique(table[column])
             # The test Great Expectations' id-format expectation runs on pandas: str.contains.
-            bad = pd.Series(distinct.to_numpy(zero_copy_only=False), dtype="str").str.contains(
-                S.ID_REGEX.pattern).to_numpy() == False  # noqa: E712 (elementwise)
+            bad = ~pd.Series(distinct.to_numpy(zero_copy_only=False), dtype="str").str.contains(
+                S.ID_REGEX.pattern).to_numpy(dtype=bool)
             parts.append(pa.table({"id": distinct, "kind": pa.array(np.full(len(distinct), kind,
                                                                              dtype=np.int8)),
                                    "bad": pa.array(bad)}))
-        return cls(rows=table.num_rows, nulls={c: table[c].null_count for c in KEY_COLUMNS},
-                   event_types={str(v): int(n) for v, n in zip(types.field("values").to_pylist(),
+        return cls(rows=table.num_rows, event_types={str(v): int(n) for v, n in zip(types.field("values").to_pylist(),
                                                                types.field("counts").to_pylist())},
                    days=days.astype(np.int64), day_counts=day_counts.astype(np.int64),
-                   event_ids=S.id_hashes(table["event_id"].drop_null()),
+                   event_ids=S.id_hashes(table["event_id"]),
                    ids=pa.concat_tables(parts))
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True)
         (folder / "facts.json").write_text(json.dumps(
-            {"rows": self.rows, "nulls": self.nulls, "event_types": self.event_types}))
+            {"rows": self.rows, "event_types": self.event_types}))
         np.savez(folder / "arrays.npz", days=self.days, day_counts=self.day_counts,
                  event_ids=self.event_ids)
         pq.write_table(self.ids, folder / "ids.parquet")
@@ -110,11 +113,9 @@ class FileFacts:
         with np.load(folder / "arrays.npz") as arrays:
             days, counts, hashes = arrays["days"], arrays["day_counts"], arrays["event_ids"]
         ids = pq.read_table(folder / "ids.parquet")
-        facts = cls(rows=int(scalars["rows"]), nulls=scalars["nulls"],
-                    event_types=scalars["event_types"], days=days, day_counts=counts,
-                    event_ids=hashes, ids=ids)
-        if int(counts.sum()) + facts.nulls["ts"] != facts.rows or \
-                len(hashes) + facts.nulls["event_id"] != facts.rows:
+        facts = cls(rows=int(scalars["rows"]), event_types=scalars["event_types"], days=days,
+                    day_counts=counts, event_ids=hashes, ids=ids)
+        if int(counts.sum()) != facts.rows or len(hashes) != facts.rows:
             raise ValueError("inconsistent entry")
         return facts
 
@@ -161,42 +162,36 @@ class WindowFacts:
 
 @dataclass
 class Count:
-    """What Great Expectations counts for a column expectation: rows, rows considered, unexpected.
-    considered is None for not-NULL checks (every row is considered, GX's missing_count is None)."""
+    """What Great Expectations counts for a column expectation: rows, and rows unexpected (with no
+    NULL key, every row is considered)."""
     element: int
-    considered: int | None
     unexpected: int
 
 
 def window_counts(facts: list[FileFacts], paths: list[Path], first_day: int, end_day: int,
-                  columns: list[str]) -> dict[str, Any] | None:
-    """The window suite's counts from the files' facts (None: ask Great Expectations).
+                  columns: list[str]) -> dict[str, Any]:
+    """The window suite's counts from the files' facts, by expectation name.
     first_day / end_day: UTC day numbers of the window's first day and of run.date."""
     rows = sum(f.rows for f in facts)
-    nulls = {c: sum(f.nulls[c] for f in facts) for c in KEY_COLUMNS}
-    if nulls["user_id"] or nulls["item_id"]:
-        return None
-    counts: dict[str, Any] = {f"window.not_null.{c}": Count(rows, None, nulls[c]) for c in columns}
+    counts: dict[str, Any] = {f"window.not_null.{c}": Count(rows, 0) for c in columns}
     types: dict[str, int] = {}
     for f in facts:
         for value, n in f.event_types.items():
             types[value] = types.get(value, 0) + n
-    counts["window.event_types"] = Count(rows, rows - nulls["event_type"],
-                                         sum(n for v, n in types.items() if v not in S.EVENT_TYPES))
+    counts["window.event_types"] = Count(rows, sum(n for v, n in types.items()
+                                                   if v not in S.EVENT_TYPES))
     days = np.concatenate([f.days for f in facts] or [np.empty(0, np.int64)])
     per_day = np.concatenate([f.day_counts for f in facts] or [np.empty(0, np.int64)])
     outside = int(per_day[(days < first_day) | (days >= end_day)].sum())
-    counts["window.ts_in_window"] = Count(rows, rows - nulls["ts"], outside)
-    counts["window.event_id_unique"] = Count(rows, rows - nulls["event_id"],
-                                             _duplicated_rows(facts, paths))
+    counts["window.ts_in_window"] = Count(rows, outside)
+    counts["window.event_id_unique"] = Count(rows, _duplicated_rows(facts, paths))
     counts["window.events"] = rows
     ids = pa.concat_tables([f.ids for f in facts]) if facts else \
         pa.table({"id": pa.array([], pa.string()), "kind": pa.array([], pa.int8()),
                   "bad": pa.array([], pa.bool_())})
     distinct = ids.group_by(["kind", "id"]).aggregate([("bad", "max")])
     n_ids = distinct.num_rows
-    counts["window_ids.id_format"] = Count(n_ids, n_ids,
-                                           int(pc.sum(distinct["bad_max"]).as_py() or 0))
+    counts["window_ids.id_format"] = Count(n_ids, int(pc.sum(distinct["bad_max"]).as_py() or 0))
     return counts
 
 
@@ -211,7 +206,7 @@ def _duplicated_rows(facts: list[FileFacts], paths: list[Path]) -> int:
     candidates = []
     for f, path in zip(facts, paths):
         if np.isin(f.event_ids, repeated).any():  # only the files that hold a candidate
-            ids = read_key_columns(path)["event_id"].drop_null()
+            ids = read_key_columns(path)["event_id"]
             candidates.append(ids.filter(pa.array(np.isin(S.id_hashes(ids), repeated))))
     text = pd.Series(pa.chunked_array(candidates, pa.string()).to_numpy(zero_copy_only=False))
     return int(text.duplicated(keep=False).sum())
