@@ -108,15 +108,6 @@ return {current}
 """
 
 
-def _pack(*args) -> bytes:
-    """One command in RESP, as redis-py packs it (str as UTF-8, ints as their digits)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
-
-
 class _Held:
     """A pooled connection that one thread keeps between its lookups (returned to the pool when
     the thread ends)."""
@@ -205,19 +196,19 @@ class RecommendationStore:
             raise RedisUnavailable(str(err)) from err
 
     def _eval_lookup(self, keys: list[str], args: list[str]) -> list:
-        """The lookup script's reply. EVALSHA on a connection this thread keeps, packed here:
-        what redis-py's Script call does, without taking a connection from the pool (and checking
-        it) and packing through the client on every request. The same retry as the client's
+        """The lookup script's reply. EVALSHA on a connection this thread keeps: what redis-py's
+        Script call does, without taking a connection from the pool (and checking it) on every
+        request. The same retry as the client's
         (connection.client: one, no backoff, on a fresh connection); a Redis that lost the
         script (restarted) gets it through redis-py's Script, which loads it."""
         held = getattr(self._held, "value", None)
         if held is None:
             held = self._held.value = self._hold()
         conn = held.conn
-        packed = _pack("EVALSHA", self._lookup.sha, len(keys), *keys, *args)
+        packed = conn.pack_command("EVALSHA", self._lookup.sha, len(keys), *keys, *args)
         for attempt in range(2):
             try:
-                conn.send_packed_command([packed])
+                conn.send_packed_command(packed)
                 return conn.read_response()
             except redis.exceptions.NoScriptError:
                 return self._lookup(keys=keys, args=args)
