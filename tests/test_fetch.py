@@ -183,21 +183,28 @@ def test_reserved_words_as_table_and_column_names_are_quoted(source_url, tmp_pat
         "user_id": "user", "item_id": "item", "event_type": "type", "ts": "time"}
 
 
+def simulated_log(postgres, tmp_path, **size) -> str:
+    """The simulator's messy log, the same rows in a SQLite file and in the PostgreSQL server;
+    returns the SQLite URL."""
+    sqlite_url = f"sqlite:///{tmp_path / 'sim.db'}"
+    for url in (sqlite_url, postgres.url):
+        simulate.write(url, start=dt.date(2026, 11, 14), days=2, **size)
+    return sqlite_url
+
+
+def counts(metrics: dict) -> dict:
+    """fetch's totals and counts by reason, less the per-table block."""
+    return {k: v for k, v in metrics.items() if k != "tables"}
+
+
 def test_postgres_and_sqlite_read_the_simulated_log_identically(postgres, tmp_path):
     """A realistic messy log (the simulator, tiny) through both dialects: same delta, same
     counts, and every kind of mess the simulator writes is caught."""
-    sqlite_url = f"sqlite:///{tmp_path / 'sim.db'}"
-    for url in (sqlite_url, postgres.url):
-        simulate.write(url, start=dt.date(2026, 11, 14), days=2, seed=3, users=200, items=80,
-                       events_per_day=300)
+    sqlite_url = simulated_log(postgres, tmp_path, seed=3, users=200, items=80, events_per_day=300)
     params = M.params(M.RUN2)
     from_sqlite = fetch(params, sqlite_url, tmp_path / "lite")
     from_postgres = fetch(params, postgres.url, tmp_path / "pg")
-
-    def key(metrics):
-        return {k: v for k, v in metrics.items() if k != "tables"}
-
-    assert key(from_postgres) == key(from_sqlite)
+    assert counts(from_postgres) == counts(from_sqlite)
     lite, pg = (S.to_frame(pq.read_table(tmp_path / d / "events.parquet")).sort_values(
         "event_id", ignore_index=True) for d in ("lite", "pg"))
     pd.testing.assert_frame_equal(pg, lite)
@@ -228,16 +235,12 @@ def test_postgres_read_in_many_small_batches_gives_what_sqlite_gives(postgres, t
     the delta, the quarantine and every count are SQLite's."""
     from dailyrec import source
 
-    sqlite_url = f"sqlite:///{tmp_path / 'sim.db'}"
-    for url in (sqlite_url, postgres.url):
-        simulate.write(url, start=dt.date(2026, 11, 14), days=2, seed=5, users=150, items=60,
-                       events_per_day=250)
+    sqlite_url = simulated_log(postgres, tmp_path, seed=5, users=150, items=60, events_per_day=250)
     params = M.params(M.RUN2)
     from_sqlite = fetch(params, sqlite_url, tmp_path / "lite")
     monkeypatch.setattr(source, "ADBC_BATCH_BYTES", 2048)
     from_postgres = fetch(params, postgres.url, tmp_path / "pg")
-    assert {k: v for k, v in from_postgres.items() if k != "tables"} == \
-        {k: v for k, v in from_sqlite.items() if k != "tables"}
+    assert counts(from_postgres) == counts(from_sqlite)
     assert from_sqlite["quarantined"] > 0 and from_sqlite["duplicates"] > 0
     pd.testing.assert_frame_equal(sorted_rows(tmp_path / "pg" / "events.parquet"),
                                   sorted_rows(tmp_path / "lite" / "events.parquet"))
