@@ -121,7 +121,7 @@ def window(tmp_path_factory):
     cfg = settings()
     w = FN.read_window(history.select_window(root, cfg.run_date, cfg.window_days, set()).files)
     actor_of = dict(zip(frame["event_id"], frame["actor"]))
-    return w, np.array([actor_of[e] for e in w.table.column("event_id").to_pylist()])
+    return w, np.array([actor_of[e] for e in w.to_table().column("event_id").to_pylist()])
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +188,21 @@ def test_canonical_ips_normalise_proxies_ports_and_mapped_addresses():
     assert got[10:].isna().all()  # not addresses: never one shared "address"
 
 
+def test_plain_dotted_quads_skip_the_parser_and_come_out_as_the_parser_writes_them():
+    """canonical_ips takes texts that are already a canonical dotted quad as they are (a regex over
+    the distinct texts) and parses only the rest: on every octet from 0 to 300, with and without
+    leading zeros, in each position, both ways give the same answer."""
+    octets = [str(k) for k in range(301)] + ["00", "01", "007", "0255", "-1", "1a", ""]
+    rng = np.random.default_rng(9)
+    texts = [".".join(rng.choice(octets, 4)) for _ in range(3000)]
+    texts += [f"{a}.1.2.3" for a in octets] + [f"1.2.3.{a}" for a in octets]
+    texts += ["1.2.3.4.5", "1.2.3", "1.2.3.4\n", "1.2.3.4 ", "１.2.3.4", "1.2.3.4:80", None]
+    values = pa.array(texts)
+    fast = FN.canonical_ips(values)
+    assert fast.tolist() == FN._parsed_ips(values).tolist()
+    assert fast.notna().sum() > 1000 and fast.isna().sum() > 1000  # both kinds were there
+
+
 def test_one_address_in_many_spellings_is_one_address(tmp_path):
     def window_of(frame):
         path = tmp_path / f"{frame['ip'].iloc[0] or 'empty'}.parquet"
@@ -226,7 +241,7 @@ def test_repeated_rule_keeps_the_first_of_each_burst(window, result):
     w, actor = window
     removed = result.removed_by["repeated"]
     assert removed_actors(actor, removed) == {"repeats": 1, "reloads": 3, "double_fired": 40}
-    ids = set(w.table.column("event_id").filter(pa.array(removed)).to_pylist())
+    ids = set(w.to_table().column("event_id").filter(pa.array(removed)).to_pylist())
     assert ids - {f"double_fired:{i}" for i in range(1, 80, 2)} == \
         {"repeats:1", "reloads:1", "reloads:2", "reloads:3"}
 
@@ -376,18 +391,24 @@ def test_ips_in_networks_v4_v6_and_junk():
 def random_window(tmp_path_factory):
     rng = np.random.default_rng(3)
     n = 20_000
-    users = rng.integers(0, 150, n)
-    # Some users act in bursts (seconds apart), others spread over two days.
-    fast = users < 20
-    seconds = np.where(fast, rng.integers(0, 3000, n), rng.integers(0, 2 * 86_400, n))
+    users = rng.integers(0, 170, n)
+    # Some users act in bursts (seconds apart), some around midnight (the rules work a day at a
+    # time: a burst or a repeat across midnight must still count), others over two days.
+    fast, midnight = users < 20, users >= 150
+    seconds = np.select([fast, midnight], [rng.integers(0, 3000, n),
+                                           86_400 + rng.integers(-150, 150, n)],
+                        rng.integers(0, 2 * 86_400, n))
     frame = F.events(users.astype(str), rng.integers(0, 60, n).astype(str),
                      DAY1 + seconds * SEC, event_type=rng.choice(["view", "click"], n))
-    frame["event_id"] = "e" + pd.Series(np.arange(n)).astype(str)
+    # And one user over 6 events a minute only across midnight: 4 events before it, 4 after.
+    frame = pd.concat([frame, F.events("900", np.arange(8).astype(str),
+                                       DAY2 + (np.arange(8) * 5 - 20) * SEC)], ignore_index=True)
+    frame["event_id"] = "e" + pd.Series(np.arange(len(frame))).astype(str)
     root = tmp_path_factory.mktemp("random")
     F.write_history(root, frame)
     cfg = settings()
     w = FN.read_window(history.select_window(root, cfg.run_date, cfg.window_days, set()).files)
-    return w, S.to_frame(w.table.cast(S.EVENT_SCHEMA))
+    return w, S.to_frame(w.to_table().cast(S.EVENT_SCHEMA))
 
 
 def test_behaviour_matches_pandas_reference(random_window):
@@ -400,12 +421,14 @@ def test_behaviour_matches_pandas_reference(random_window):
     sec = frame["ts"].astype("int64") // 1_000_000
     frame = frame.assign(sec=sec, day=sec // 86_400, hour=sec // 3600 % 24)
     got = set(zip(frame.loc[removed, "user_id"], frame.loc[removed, "day"]))
-    flagged, days_of = set(), {}
+    flagged, days_of, across_midnight = set(), {}, 0
     for user, g in frame.groupby("user_id"):  # the reference: plain, slow, obviously right
         days_of[user] = set(g["day"])
         s = np.sort(g["sec"].to_numpy())
-        late = s[np.arange(len(s))[(np.searchsorted(s, s + 60) - np.arange(len(s))) > 6] + 6]
+        early = np.arange(len(s))[(np.searchsorted(s, s + 60) - np.arange(len(s))) > 6]
+        late = s[early + 6]
         flagged |= {(user, d) for d in set(late // 86_400)}  # the day of the event over the limit
+        across_midnight += int((s[early] // 86_400 != late // 86_400).sum())
         for day, d in g.groupby("day"):
             if len(d) > 170 or d["item_id"].nunique() > 52 or d["hour"].nunique() > 23:
                 flagged.add((user, day))
@@ -414,7 +437,9 @@ def test_behaviour_matches_pandas_reference(random_window):
         if sum(u == user for u, _ in flagged) >= 2:  # a bot: all its days go
             expected |= {(user, d) for d in days_of[user]}
     users = {u for u, _ in expected}
-    assert got == expected and 5 < len(users) < 150
+    assert got == expected and 5 < len(users) < 170 and across_midnight > 0
+    day1, day2 = (d.value // 86_400_000_000_000 for d in (DAY1, DAY2))
+    assert ("900", day2) in got and ("900", day1) not in got  # the later day only
     assert any(sum(u == x for x, _ in expected) == 1 for u in users)  # a one-day flag stays a day
 
 
@@ -426,8 +451,31 @@ def test_repeated_matches_pandas_reference(random_window):
         ["user_id", "item_id", "event_type", "ts", "row"], kind="stable")
     gap = ordered.groupby(["user_id", "item_id", "event_type"])["ts"].diff()
     expected = np.zeros(len(frame), dtype=bool)
-    expected[ordered["row"].to_numpy()[(gap < pd.Timedelta(seconds=120)).to_numpy()]] = True
+    repeat = (gap < pd.Timedelta(seconds=120)).to_numpy()
+    expected[ordered["row"].to_numpy()[repeat]] = True
+    day = ordered["ts"].dt.floor("D")
+    across_midnight = repeat & (day != day.groupby([ordered["user_id"], ordered["item_id"],
+                                                    ordered["event_type"]]).shift()).to_numpy()
     assert (removed == expected).all() and 100 < expected.sum() < len(frame) / 2
+    assert across_midnight.sum() > 0
+
+
+@pytest.mark.parametrize("share", [0.7, 0.0])
+def test_data_clean_is_written_a_day_at_a_time_as_one_write_would(random_window, tmp_path,
+                                                                  monkeypatch, share):
+    """write_clean reads the columns the rules do not need a day at a time and cuts row groups
+    itself: the file is the one writing the whole kept window at once gives, byte for byte (small
+    row groups here, so that days and row groups cut each other)."""
+    w, _ = random_window
+    monkeypatch.setattr(FN, "ROW_GROUP_ROWS", 3000)
+    keep = np.random.default_rng(5).random(len(w)) < share
+    assert FN.write_clean(w, keep, tmp_path / "streamed.parquet") == keep.sum()
+    pq.write_table(w.to_table().filter(pa.array(keep)), tmp_path / "whole.parquet",
+                   row_group_size=3000, **FN.CLEAN_PARQUET)
+    streamed = (tmp_path / "streamed.parquet").read_bytes()
+    assert streamed == (tmp_path / "whole.parquet").read_bytes()
+    assert pq.ParquetFile(tmp_path / "streamed.parquet").num_row_groups == max(
+        1, -(-int(keep.sum()) // 3000))
 
 
 def test_days_with_arrivals_come_out_in_the_order_of_one_stable_sort(tmp_path):
@@ -449,7 +497,7 @@ def test_days_with_arrivals_come_out_in_the_order_of_one_stable_sort(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(F.to_arrow(frame), path)
             files.append(path)
-    got = FN.read_window(files).table.column("event_id").to_pylist()
+    got = FN.read_window(files).to_table().column("event_id").to_pylist()
     whole = pa.concat_tables([pq.read_table(p) for p in files])
     order = np.argsort(whole.column("ts").cast(pa.int64()).to_numpy(), kind="stable")
     assert got == whole.column("event_id").take(order).to_pylist()

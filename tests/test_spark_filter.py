@@ -37,7 +37,7 @@ SIM_DAYS = 4
 
 def per_rule(window: FN.Window, result: FN.Result) -> dict[str, set[str]]:
     """The local engine's removed event ids, by rule."""
-    ids = np.asarray(window.table.column("event_id").to_pylist(), dtype=object)
+    ids = np.asarray(window.to_table().column("event_id").to_pylist(), dtype=object)
     return {rule: set(ids[mask]) for rule, mask in result.removed_by.items()}
 
 

@@ -24,7 +24,11 @@ The rules run in this order (RULES); each removes rows the earlier ones left, an
                  events left (one pass)
 
 Everything is vectorised: strings are handled once per distinct value (dictionary codes), events
-are grouped with a stable O(n) counting sort (SciPy's COO -> CSR conversion), never a Python loop.
+are grouped with a stable O(n) counting sort (SciPy's COO -> CSR conversion), never a Python loop
+over events. The window in memory is codes and times (read_window); the rules that group events
+work a UTC day at a time, with the seconds before its midnight that its first events are judged
+against (day_spans), and data/clean is written a day at a time: the memory a stage needs beyond
+the codes follows the day, not the window.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,63 +74,136 @@ class Coded:
         """Per-value booleans -> per-event booleans (NULL -> False)."""
         return np.append(flags, False)[self.codes]
 
+    def array(self, start: int, stop: int) -> pa.DictionaryArray:
+        """Rows start:stop as an Arrow dictionary array over all the values."""
+        codes = self.codes[start:stop]
+        nulls = codes < 0
+        return pa.DictionaryArray.from_arrays(codes, self.values,
+                                              mask=nulls if nulls.any() else None)
+
+
+# The window's columns as the rules read them: strings dictionary-encoded (handled once per
+# distinct value), everything else as in the canonical schema. The rules need the dictionary
+# columns and ts; the others (event_id, quantity) are read only to write data/clean, a day at a
+# time, so the window in memory is codes and times: about 36 bytes an event.
+WINDOW_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
+                           if f.name in DICTIONARY_COLUMNS else f for f in S.EVENT_SCHEMA])
+RULE_COLUMNS = [*DICTIONARY_COLUMNS, "ts"]
+PLAIN_COLUMNS = [name for name in S.COLUMNS if name not in DICTIONARY_COLUMNS]  # with ts
+
 
 @dataclass
 class Window:
-    table: pa.Table  # the window's events, dictionary-encoded strings, in history order (by ts)
-    user: Coded
-    item: Coded
-    event_type: Coded
-    user_agent: Coded
-    ip: Coded
+    coded: dict[str, Coded]  # per dictionary column, codes into the window's distinct values
     ts_us: np.ndarray  # int64 microseconds since the epoch, non-decreasing
     sec: np.ndarray  # int32 seconds since the window's first midnight (UTC)
+    plain: Callable[[], Iterable[pa.Table]]  # the PLAIN_COLUMNS, piece by piece, window order
     days: list[dt.date] = field(default_factory=list)
     left_out: list[dt.date] = field(default_factory=list)
 
+    user = property(lambda self: self.coded["user_id"])
+    item = property(lambda self: self.coded["item_id"])
+    event_type = property(lambda self: self.coded["event_type"])
+    user_agent = property(lambda self: self.coded["user_agent"])
+    ip = property(lambda self: self.coded["ip"])
+
     def __len__(self) -> int:
-        return self.table.num_rows
+        return len(self.ts_us)
 
+    def pieces(self) -> Iterator[pa.Table]:
+        """The events in WINDOW_SCHEMA, a piece (a day of history) at a time, in window order:
+        the plain columns as read, the dictionary columns rebuilt from the codes, chunked as
+        the plain ones are (so a table of the pieces is the one reading everything at once
+        gives)."""
+        start = 0
+        for plain in self.plain():
+            stop = start + plain.num_rows
+            if stop > len(self):
+                break
+            bounds = np.cumsum([start, *(len(c) for c in plain.column(0).chunks)])
+            yield pa.Table.from_arrays(
+                [pa.chunked_array([self.coded[f.name].array(a, b) for a, b in
+                                   zip(bounds[:-1], bounds[1:])], f.type)
+                 if f.name in DICTIONARY_COLUMNS else plain.column(f.name)
+                 for f in WINDOW_SCHEMA], schema=WINDOW_SCHEMA)
+            start = stop
+        if start != len(self):
+            raise DataError(f"the window's history changed while filter_noise read it: {len(self):,} "
+                            f"events when the rules ran, {start:,} when writing")
 
-def _coded(column: pa.ChunkedArray) -> Coded:
-    """Codes of a dictionary column whose chunks share one dictionary (after unify)."""
-    if column.num_chunks == 0:
-        return Coded(np.empty(0, np.int32), pa.array([], pa.string()))
-    values = column.chunk(0).dictionary
-    codes = np.concatenate([(pc.fill_null(c.indices, -1) if c.null_count else c.indices)
-                            .to_numpy(zero_copy_only=False) for c in column.chunks])
-    return Coded(codes.astype(np.int32, copy=False), values)
-
-# The window's columns as the rules read them: strings dictionary-encoded (handled once per
-# distinct value), everything else as in the canonical schema.
-WINDOW_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
-                           if f.name in DICTIONARY_COLUMNS else f for f in S.EVENT_SCHEMA])
+    def to_table(self) -> pa.Table:
+        """All the events as one table (tests, small windows: the whole window in memory)."""
+        pieces = list(self.pieces())
+        return pa.concat_tables(pieces) if pieces else WINDOW_SCHEMA.empty_table()
 
 
 def read_window(files: list[Path], days: list[dt.date] = ()) -> Window:
-    """The window's events from its history files, dictionary-encoded, in time order.
+    """The window's events from its history files, as codes and times, in time order.
 
     A day's partition is its own file (sorted) and the arrivals other runs wrote into it, whose
     events interleave with it: each day with arrivals is put in time order on its own (stable, in
-    file order), so the days concatenated are in time order and window_of need not copy the whole
-    window to sort it: the extra memory is one day's, not the window's. The order is the one a
-    stable sort of the whole window gives, since a partition holds its own day's events only."""
-    tables = []
-    for folder in dict.fromkeys(path.parent for path in files):  # days, in order
-        day = [_read_history_file(path) for path in files if path.parent == folder]
-        tables.append(day[0] if len(day) == 1 else _in_time_order(pa.concat_tables(day)))
-    return window_of(pa.concat_tables(tables) if tables else WINDOW_SCHEMA.empty_table(), days)
+    file order); a partition holds its own day's events only, so the days concatenated are in
+    time order, the order a stable sort of the whole window gives. The codes are written into
+    arrays sized from the files' footers, a day at a time, and each day's values are added to the
+    window's in the order Arrow's dictionary unification gives: the codes are the ones unifying
+    the whole window at once gives, without holding it."""
+    by_day = [[path for path in files if path.parent == folder]
+              for folder in dict.fromkeys(path.parent for path in files)]  # days, in order
+    n = sum(_footer(path).num_rows for path in files)
+    codes = {name: np.empty(n, np.int32) for name in DICTIONARY_COLUMNS}
+    values = {name: pa.array([], pa.string()) for name in DICTIONARY_COLUMNS}
+    ts = np.empty(n, np.int64)
+    start = 0
+    for day_files in by_day:  # a loop over days
+        day = _read_day(day_files, RULE_COLUMNS)
+        stop = start + day.num_rows
+        if stop > n:
+            raise DataError(f"{day_files[0].parent}: more rows than its files' footers say")
+        for name in DICTIONARY_COLUMNS:
+            coded = _coded(_unified(values[name], day.column(name)))
+            codes[name][start:stop], values[name] = coded.codes, coded.values
+        ts[start:stop] = _micros(day)
+        if start and stop > start and ts[start] < ts[start - 1]:
+            raise DataError(f"{day_files[0].parent}: holds events earlier than the day before "
+                            "it (a partition holds its own UTC day's events only)")
+        start = stop
+    if start != n:
+        raise DataError(f"the window's files hold {start:,} rows, their footers say {n:,}")
+    return _window({name: Coded(codes[name], values[name]) for name in DICTIONARY_COLUMNS}, ts,
+                   lambda: (_read_day(day_files, PLAIN_COLUMNS) for day_files in by_day), days)
 
 
-def _read_history_file(path: Path) -> pa.Table:
+def _footer(path: Path) -> pq.FileMetaData:
     try:
-        t = pq.read_table(path, read_dictionary=DICTIONARY_COLUMNS)
+        return pq.read_metadata(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise DataError(f"{path}: not a Parquet file ({err})") from None
+
+
+def _read_day(files: list[Path], columns: list[str]) -> pa.Table:
+    tables = [_read_history_file(path, columns) for path in files]
+    return tables[0] if len(tables) == 1 else _in_time_order(pa.concat_tables(tables))
+
+
+def _read_history_file(path: Path, columns: list[str]) -> pa.Table:
+    try:
+        present = set(pq.read_schema(path).names)
+        t = pq.read_table(path, columns=[c for c in columns if c in present],
+                          read_dictionary=[c for c in DICTIONARY_COLUMNS if c in present])
         for f in S.EVENT_SCHEMA:  # files written before a nullable column existed
-            if f.nullable and f.name not in t.column_names:
+            if f.name in columns and f.nullable and f.name not in present:
                 t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
-        return t.select(list(S.COLUMNS)).cast(WINDOW_SCHEMA)
+        return t.select(columns).cast(pa.schema([WINDOW_SCHEMA.field(c) for c in columns]))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
         raise DataError(f"{path}: not canonical events ({err})") from None
+
+
+def _unified(values: pa.Array, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column with one dictionary: the values so far, then its new ones in the order Arrow's
+    unifier adds them (a chunk with no rows carries the values so far in front)."""
+    head = pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), values)
+    return pa.table({"c": pa.chunked_array([head, *column.chunks], column.type)}) \
+        .unify_dictionaries().column("c")
 
 
 def _in_time_order(table: pa.Table) -> pa.Table:
@@ -137,38 +215,40 @@ def _in_time_order(table: pa.Table) -> pa.Table:
 
 
 def window_of(table: pa.Table, days: list[dt.date] = ()) -> Window:
-    """A Window over events already in WINDOW_SCHEMA, in history order (the order ties in ts
-    keep): the local engine's whole window, or the Spark engine's group of users or addresses."""
+    """A Window over events already in memory, in WINDOW_SCHEMA, in history order (the order ties
+    in ts keep): the Spark engine's group of users or addresses, a test's events."""
     table = table.unify_dictionaries()
     ts = _micros(table)
     if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
-        # read_window hands the days over in time order; sort anything else once, here.
         table = table.take(np.argsort(ts, kind="stable")).unify_dictionaries()
         ts = _micros(table)
+    plain = table.select(PLAIN_COLUMNS)
+    return _window({name: _coded(table.column(name)) for name in DICTIONARY_COLUMNS}, ts,
+                   lambda: [plain], days)
+
+
+def _window(coded: dict[str, Coded], ts: np.ndarray, plain: Callable[[], Iterable[pa.Table]],
+            days) -> Window:
     origin = int(ts[0]) // 86_400_000_000 * 86_400 if len(ts) else 0
     sec = (ts // 1_000_000 - origin).astype(np.int32)
-    return Window(table=table, ts_us=ts, sec=sec, days=list(days),
-                  user=_coded(table.column("user_id")),
-                  item=_coded(table.column("item_id")),
-                  event_type=_coded(table.column("event_type")),
-                  user_agent=_coded(table.column("user_agent")), ip=_coded(table.column("ip")))
+    return Window(coded=coded, ts_us=ts, sec=sec, plain=plain, days=list(days))
+
+
+def _coded(column: pa.ChunkedArray) -> Coded:
+    """Codes of a dictionary column whose chunks share one dictionary (after unify)."""
+    if column.num_chunks == 0:
+        return Coded(np.empty(0, np.int32), pa.array([], pa.string()))
+    values = column.chunk(0).dictionary
+    codes = [(pc.fill_null(c.indices, -1) if c.null_count else c.indices)
+             .to_numpy(zero_copy_only=False) for c in column.chunks]
+    return Coded(np.concatenate(codes).astype(np.int32, copy=False) if codes else
+                 np.empty(0, np.int32), values)
 
 
 def _micros(table: pa.Table) -> np.ndarray:
     """ts as int64 microseconds: a zero-copy view of each chunk, one concatenation."""
     chunks = [c.view(pa.int64()).to_numpy() for c in table.column("ts").chunks]
     return np.concatenate(chunks) if chunks else np.empty(0, np.int64)
-
-
-def group_order(codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable counting sort: (order, starts). codes[order] is grouped by code, original order kept
-    inside a group; group g is order[starts[g]:starts[g+1]]. O(n): SciPy's COO -> CSR conversion
-    places entries row by row in input order, which is exactly a counting sort."""
-    n = len(codes)
-    index_type = np.int32 if n < 2**31 - 1 else np.int64
-    grouped = sp.csr_array((np.ones(n, dtype=np.bool_), (codes, np.arange(n, dtype=index_type))),
-                           shape=(max(n_groups, 1), max(n, 1)))
-    return grouped.indices, grouped.indptr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,80 +281,133 @@ def rule_crawler_ua(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[
     return removed, detail
 
 
-def grouped(codes: np.ndarray, n_groups: int, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The alive events grouped by code, in window (time) order inside a group: (order, starts).
-    Dead events go to one extra group at the end, which is cut off."""
-    order, starts = group_order(np.where(alive, codes, n_groups), n_groups + 1)
-    return order[:starts[n_groups]], starts
+def stable_order(codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Positions grouped by code (0..n_groups-1), in their order inside a group: a stable sort by
+    code. A counting sort, O(n + n_groups): SciPy's COO -> CSR conversion places entries row by
+    row in input order; a comparison sort where codes far outnumber the events (a day of a big
+    catalogue), so that the cost follows the day, not the catalogue."""
+    n = len(codes)
+    if n_groups > 4 * n:
+        return np.argsort(codes, kind="stable")
+    index_type = np.int32 if n < 2**31 - 1 else np.int64
+    by_code = sp.csr_array((np.ones(n, dtype=np.bool_), (codes, np.arange(n, dtype=index_type))),
+                           shape=(max(n_groups, 1), max(n, 1)))
+    return by_code.indices
 
 
-def _runs(keys: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Runs of equal (key, day) in arrays grouped by key and time-ordered inside a key:
-    (start of each run, run id of each position)."""
-    n = len(keys)
-    new_run = np.ones(n, dtype=bool)
-    new_run[1:] = (keys[1:] != keys[:-1]) | (day[1:] != day[:-1])
-    return np.flatnonzero(new_run), np.cumsum(new_run) - 1
+def grouped(codes: np.ndarray, n_groups: int, alive: np.ndarray) -> np.ndarray:
+    """The alive events' positions grouped by code, in window (time) order inside a group. Dead
+    events go to one extra group at the end, which is cut off."""
+    return stable_order(np.where(alive, codes, n_groups), n_groups + 1)[:np.count_nonzero(alive)]
 
 
-def _distinct_per_run(run_id: np.ndarray, values: np.ndarray, n_values: int, n_runs: int,
-                      pick: np.ndarray | None = None) -> np.ndarray:
-    """How many distinct values each run holds (only the positions in `pick`, when given)."""
-    if pick is not None:
-        run_id, values = run_id[pick], values[pick]
-    if not len(run_id):
-        return np.zeros(n_runs, dtype=np.int64)
-    pairs = np.unique(run_id.astype(np.int64) * (n_values + 1) + values)
-    return np.bincount(pairs // (n_values + 1), minlength=n_runs)
+def day_spans(w: Window, lead_us: int) -> Iterator[tuple[int, int, int]]:
+    """Per UTC day with events: (first, start, stop). Rows start:stop are the day's events; rows
+    first:start the days-before's events less than lead_us before its midnight, all that judging
+    the day's first events looks back at. The window is in time order, so a day is a slice: the
+    rules work a day at a time, in memory that grows with the day, not the window."""
+    if not len(w):
+        return
+    first_day = int(w.ts_us[0]) // 86_400_000_000
+    midnights = (first_day + np.arange(int(w.sec[-1]) // 86_400 + 2)) * 86_400_000_000
+    bounds = np.searchsorted(w.ts_us, midnights)
+    leads = np.searchsorted(w.ts_us, midnights[:-1] - lead_us)
+    for first, start, stop in zip(leads.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
+        if stop > start:
+            yield first, start, stop
+
+
+@dataclass
+class Runs:
+    """A day's alive events grouped by a key (a user, an address), in time order inside a key, the
+    lead (the minute before midnight) in front: a run is one key's events on one day."""
+    order: np.ndarray  # window positions
+    key: np.ndarray  # per position
+    sec: np.ndarray  # per position
+    start: np.ndarray  # per run: its first position
+    of: np.ndarray  # per position: its run
+    today: np.ndarray  # per run: of the day (not of the lead)
+
+    @property
+    def length(self) -> np.ndarray:
+        return np.diff(np.append(self.start, len(self.order)))
+
+    def over_per_minute(self, k: int) -> np.ndarray:
+        """Per run: more than k events in some 60 s (an event and the k-th after it, of one key,
+        less than 60 s apart: the run of the later one)."""
+        burst_runs = np.zeros(len(self.start), dtype=bool)
+        if len(self.order) > k:
+            burst = (self.key[k:] == self.key[:-k]) & (self.sec[k:] - self.sec[:-k] < 60)
+            burst_runs[self.of[k:][burst]] = True
+        return burst_runs
+
+    def distinct(self, values: np.ndarray, n_values: int, runs: np.ndarray) -> np.ndarray:
+        """Per run (only the chosen runs; 0 for the others): how many distinct values it holds."""
+        pick = runs[self.of]
+        run_of, values = self.of[pick].astype(np.int64), values[pick]
+        pairs = np.unique(run_of * (n_values + 1) + values)
+        return np.bincount(pairs // (n_values + 1), minlength=len(self.start))
+
+
+def day_runs(w: Window, key_of: Callable[[slice], np.ndarray], n_keys: int,
+             alive: np.ndarray) -> Iterator[Runs]:
+    """The window's days as Runs; key_of(rows) gives the rows' keys, -1 for rows left out."""
+    for first, start, stop in day_spans(w, 60_000_000):  # a loop over days
+        rows = slice(first, stop)
+        keys = key_of(rows)
+        order = first + grouped(keys, n_keys, alive[rows] & (keys >= 0))
+        key, today = keys[order - first], order >= start
+        new_run = np.ones(len(order), dtype=bool)
+        new_run[1:] = (key[1:] != key[:-1]) | (today[1:] != today[:-1])
+        run_start = np.flatnonzero(new_run)
+        yield Runs(order=order, key=key, sec=w.sec[order], start=run_start,
+                   of=np.cumsum(new_run, dtype=np.int32) - 1, today=today[run_start])
 
 
 def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
     """Flag the days on which a user is over a limit; remove those user-days, and every event of
     a user flagged on `bot_days` days or more (a bot, not one bad minute of a human)."""
     n_users = len(w.user.values)
-    order, starts = grouped(w.user.codes, n_users, alive)  # by user, in time order
-    u, sec = w.user.codes[order], w.sec[order]
-    n = len(order)
-    day = sec // 86_400  # sec counts from a midnight: // 86400 is the UTC day
-    run_start, run_of = _runs(u, day)
-    run_len = np.diff(np.append(run_start, n))
-    run_user = u[run_start]
-    n_runs = len(run_start)
-    flags: dict[str, np.ndarray] = {}
-    flags["max_events_per_day"] = run_len > cfg.max_events_per_day
-    # More than k events in some 60 s: event i and event i+k of one user less than 60 s apart.
-    k = cfg.max_events_per_minute
-    burst_runs = np.zeros(n_runs, dtype=bool)
-    if n > k:
-        burst = (u[k:] == u[:-k]) & (sec[k:] - sec[:-k] < 60)
-        burst_runs[run_of[k:][burst]] = True
-    flags["max_events_per_minute"] = burst_runs
-    # Distinct items and active hours per user-day: only runs long enough can exceed them.
-    long_runs = run_len > min(cfg.max_distinct_items_per_day, cfg.max_active_hours_per_day)
-    pick = long_runs[run_of]
-    flags["max_distinct_items_per_day"] = _distinct_per_run(
-        run_of, w.item.codes[order], len(w.item.values), n_runs, pick) > \
-        cfg.max_distinct_items_per_day
-    flags["max_active_hours_per_day"] = _distinct_per_run(
-        run_of, (sec // 3600) % 24, 24, n_runs, pick) > cfg.max_active_hours_per_day
-    flagged_run = np.zeros(n_runs, dtype=bool)
-    for f in flags.values():
-        flagged_run |= f
-    bad_days = np.bincount(run_user[flagged_run], minlength=n_users)
-    bot = bad_days >= cfg.bot_days
     removed = np.zeros(len(w), dtype=bool)
-    removed[order] = flagged_run[run_of] | bot[u]
-    detail = {"users_by_limit": {name: len(np.unique(run_user[f])) for name, f in flags.items()},
-              "user_days_flagged": int(flagged_run.sum()), "bot_users": int(bot.sum()),
+    bad_days = np.zeros(n_users, dtype=np.int64)
+    limits = ("max_events_per_day", "max_events_per_minute", "max_distinct_items_per_day",
+              "max_active_hours_per_day")
+    users_by_limit = {name: np.zeros(n_users, dtype=bool) for name in limits}
+    # Distinct items and active hours per user-day: only runs long enough can exceed them.
+    shortest = min(cfg.max_distinct_items_per_day, cfg.max_active_hours_per_day)
+    for r in day_runs(w, lambda rows: w.user.codes[rows], n_users, alive):  # a loop over days
+        long_runs = r.today & (r.length > shortest)
+        flags = {"max_events_per_day": r.length > cfg.max_events_per_day,
+                 "max_events_per_minute": r.over_per_minute(cfg.max_events_per_minute),
+                 "max_distinct_items_per_day": r.distinct(w.item.codes[r.order],
+                                                          len(w.item.values), long_runs)
+                 > cfg.max_distinct_items_per_day,
+                 "max_active_hours_per_day": r.distinct((r.sec // 3600) % 24, 24, long_runs)
+                 > cfg.max_active_hours_per_day}
+        flagged = np.zeros(len(r.start), dtype=bool)
+        for name, hit in flags.items():  # four limits
+            hit &= r.today
+            users_by_limit[name][r.key[r.start[hit]]] = True
+            flagged |= hit
+        removed[r.order[flagged[r.of]]] = True
+        bad_days[r.key[r.start[flagged]]] += 1  # one run per user and day: no repeats
+    bot = bad_days >= cfg.bot_days
+    removed |= bot[w.user.codes] & alive
+    detail = {"users_by_limit": {name: int(f.sum()) for name, f in users_by_limit.items()},
+              "user_days_flagged": int(bad_days.sum()), "bot_users": int(bot.sum()),
               "limits": {"max_events_per_minute": cfg.max_events_per_minute,
                          "max_events_per_day": cfg.max_events_per_day,
                          "max_distinct_items_per_day": cfg.max_distinct_items_per_day,
                          "max_active_hours_per_day": cfg.max_active_hours_per_day,
                          "bot_days": cfg.bot_days}}
     top = _top(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")
-    # Peak figures for the few top offenders only: their events are a slice, already in time order.
-    for t, code in zip(top, _codes_of(w.user.values, [t["user_id"] for t in top])):
-        t.update(peak_figures(w.sec[order[starts[code]:starts[code + 1]]]))
+    # Peak figures for the few top offenders only: their alive events, in time order.
+    codes = _codes_of(w.user.values, [t["user_id"] for t in top])
+    is_top = np.zeros(n_users, dtype=bool)
+    is_top[codes] = True
+    theirs = np.flatnonzero(is_top[w.user.codes] & alive)
+    for t, code in zip(top, codes):
+        t.update(peak_figures(w.sec[theirs[w.user.codes[theirs] == code]]))
     detail["top_users"] = top
     return removed, detail
 
@@ -287,12 +420,27 @@ def peak_figures(sec: np.ndarray) -> dict:
             "max_events_per_day": int(np.unique(sec // 86_400, return_counts=True)[1].max())}
 
 
+# A dotted quad as canonical_ips writes it (no leading zeros, octets <= 255): most addresses are,
+# and a regex over the distinct texts is much cheaper than parsing them.
+CANONICAL_IPV4 = r"^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$"
+
+
 def canonical_ips(values: pa.Array) -> pd.Series:
     """IP texts as one canonical address each (distinct values, vectorised), or missing when a
     text is no address ("unknown", ""): the first of an X-Forwarded-For list, without a port
     ("1.2.3.4:80", "[2001:db8::1]:443"); IPv4 as plain decimal octets ("010.20.1.1" ->
     "10.20.1.1"); IPv6 compressed and lower case ("2001:DB8:0::1" -> "2001:db8::1"), and an
     IPv4-mapped one as its IPv4 ("::ffff:10.20.1.1", "::ffff:a14:101" -> "10.20.1.1")."""
+    done = pc.fill_null(pc.match_substring_regex(values, CANONICAL_IPV4), False)
+    out = pd.Series(values.to_numpy(zero_copy_only=False), dtype="str")
+    rest = np.flatnonzero(~done.to_numpy(zero_copy_only=False))
+    if len(rest):  # the few texts that are not a plain dotted quad already
+        out.iloc[rest] = _parsed_ips(values.take(pa.array(rest))).to_numpy()
+    return out
+
+
+def _parsed_ips(values: pa.Array) -> pd.Series:
+    """canonical_ips by parsing: lists, ports, brackets, leading zeros, IPv6, junk."""
     text = pd.Series(values.to_numpy(zero_copy_only=False), dtype="str")
     text = text.str.split(",").str[0].str.strip()
     text = text.str.replace(r"^\[([0-9A-Fa-f:.]+)\](?::\d+)?$", r"\1", regex=True)
@@ -324,32 +472,24 @@ def rule_shared_ip(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[n
     canon = canonical_ips(w.ip.values)
     codes_of_canon, distinct = pd.factorize(canon, use_na_sentinel=True)
     exempt = ips_in_networks(pa.array(distinct.astype(object), pa.string()), cfg.shared_ip_exempt)
-    ip = np.append(codes_of_canon, -1)[w.ip.codes]  # per event: its canonical address
-    usable = alive & (ip >= 0)
-    usable[usable] = ~np.append(exempt, False)[ip[usable]]
-    order, _ = grouped(np.where(ip >= 0, ip, 0), len(distinct), usable)
-    a, sec = ip[order], w.sec[order]
-    n = len(order)
-    run_start, run_of = _runs(a, sec // 86_400)
-    run_len = np.diff(np.append(run_start, n))
-    n_runs = len(run_start)
-    flags = {"max_events_per_day": run_len > cfg.shared_ip_max_events_per_day,
-             "max_users_per_day": _distinct_per_run(run_of, w.user.codes[order],
-                                                    len(w.user.values), n_runs)
-             > cfg.shared_ip_max_users_per_day}
-    k = cfg.shared_ip_max_events_per_minute
-    burst_runs = np.zeros(n_runs, dtype=bool)
-    if n > k:
-        burst = (a[k:] == a[:-k]) & (sec[k:] - sec[:-k] < 60)
-        burst_runs[run_of[k:][burst]] = True
-    flags["max_events_per_minute"] = burst_runs
-    flagged_run = np.zeros(n_runs, dtype=bool)
-    for f in flags.values():
-        flagged_run |= f
+    # Per IP text (and NULL, last): its address, or -1 when it is none or an exempt one.
+    address = np.append(np.where(np.append(exempt, True)[codes_of_canon], -1, codes_of_canon),
+                        -1).astype(np.int32)
     removed = np.zeros(len(w), dtype=bool)
-    removed[order] = flagged_run[run_of]
-    detail = {"ip_days_by_limit": {name: int(f.sum()) for name, f in flags.items()},
-              "limits": {"max_events_per_minute": k,
+    ip_days = {"max_events_per_day": 0, "max_users_per_day": 0, "max_events_per_minute": 0}
+    for r in day_runs(w, lambda rows: address[w.ip.codes[rows]], len(distinct), alive):
+        flags = {"max_events_per_day": r.length > cfg.shared_ip_max_events_per_day,
+                 "max_users_per_day": r.distinct(w.user.codes[r.order], len(w.user.values),
+                                                 r.today) > cfg.shared_ip_max_users_per_day,
+                 "max_events_per_minute": r.over_per_minute(cfg.shared_ip_max_events_per_minute)}
+        flagged = np.zeros(len(r.start), dtype=bool)
+        for name, hit in flags.items():  # three limits
+            hit &= r.today
+            ip_days[name] += int(hit.sum())
+            flagged |= hit
+        removed[r.order[flagged[r.of]]] = True
+    detail = {"ip_days_by_limit": ip_days,
+              "limits": {"max_events_per_minute": cfg.shared_ip_max_events_per_minute,
                          "max_events_per_day": cfg.shared_ip_max_events_per_day,
                          "max_users_per_day": cfg.shared_ip_max_users_per_day},
               "top_ips": _top(w.ip.codes[removed], w.ip.values, cfg.top_offenders, "ip")}
@@ -402,18 +542,19 @@ def rule_repeated(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np
     n_types = len(w.event_type.values) + 1
     n_keys = (len(w.item.values) + 1) * n_types
     key_type = np.int32 if n_keys < 2**31 - 1 else np.int64
-    key = w.item.codes.astype(key_type) * n_types + w.event_type.codes
-    # Two stable counting sorts, least significant key first: by (item, type), then by user. The
-    # result is grouped by (user, item, type), in time order inside each group.
-    first, _ = grouped(key, n_keys, alive)
-    second, _ = group_order(w.user.codes[first], len(w.user.values))
-    order = first[second]
-    u, k, ts = w.user.codes[order], key[order], w.ts_us[order]
-    repeat = np.zeros(len(order), dtype=bool)
-    repeat[1:] = (u[1:] == u[:-1]) & (k[1:] == k[:-1]) & \
-        (ts[1:] - ts[:-1] < int(cfg.dedupe_seconds * 1_000_000))
+    dedupe_us = int(cfg.dedupe_seconds * 1_000_000)
     removed = np.zeros(len(w), dtype=bool)
-    removed[order[repeat]] = True
+    for first, start, stop in day_spans(w, dedupe_us):  # a loop over days
+        rows = slice(first, stop)
+        key = w.item.codes[rows].astype(key_type) * n_types + w.event_type.codes[rows]
+        # Two stable sorts, least significant key first: by (item, type), then by user. The
+        # result is grouped by (user, item, type), in time order inside each group.
+        by_key = grouped(key, n_keys, alive[rows])
+        order = by_key[stable_order(w.user.codes[rows][by_key], len(w.user.values))]
+        u, k, ts = w.user.codes[rows][order], key[order], w.ts_us[rows][order]
+        repeat = np.zeros(len(order), dtype=bool)
+        repeat[1:] = (u[1:] == u[:-1]) & (k[1:] == k[:-1]) & (ts[1:] - ts[:-1] < dedupe_us)
+        removed[first + order[repeat & (order >= start - first)]] = True
     detail = {"dedupe_seconds": cfg.dedupe_seconds,
               "top_users": _top(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")}
     return removed, detail
@@ -530,17 +671,37 @@ def rule_metrics(w: Window, result: Result, cfg: FilterSettings) -> dict:
 # string columns cost as much as the rest of the write and help no reader).
 CLEAN_PARQUET = {"store_schema": False, "use_dictionary": DICTIONARY_COLUMNS,
                  "write_statistics": ["ts"]}
+ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default: the row groups one write_table call makes
 
 
 def write_clean(w: Window, keep: np.ndarray, path: Path) -> int:
-    """The kept events in canonical form. Dictionary columns are written as Parquet dictionary
-    pages without decoding them to Python strings."""
-    out = w.table.filter(pa.array(keep))
+    """The kept events in canonical form, a day of the window at a time; row groups of
+    ROW_GROUP_ROWS as writing them all at once would cut them (the same file, byte for byte).
+    Dictionary columns are written as Parquet dictionary pages without decoding them to Python
+    strings."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
-    pq.write_table(out, tmp, **CLEAN_PARQUET)
+    try:
+        kept, start, pending = 0, 0, []
+        with pq.ParquetWriter(tmp, WINDOW_SCHEMA, **CLEAN_PARQUET) as writer:
+            for piece in w.pieces():  # a loop over days
+                pending.append(piece.filter(pa.array(keep[start:start + piece.num_rows])))
+                start += piece.num_rows
+                buffered = pa.concat_tables(pending)
+                while buffered.num_rows >= ROW_GROUP_ROWS:
+                    writer.write_table(buffered.slice(0, ROW_GROUP_ROWS), ROW_GROUP_ROWS)
+                    kept += ROW_GROUP_ROWS
+                    buffered = buffered.slice(ROW_GROUP_ROWS)
+                pending = [buffered]
+            rest = pa.concat_tables(pending) if pending else WINDOW_SCHEMA.empty_table()
+            if rest.num_rows or not kept:  # an empty window writes one empty row group, as before
+                writer.write_table(rest, ROW_GROUP_ROWS)
+                kept += rest.num_rows
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written file must not become an output
+        raise
     tmp.replace(path)
-    return out.num_rows
+    return kept
 
 
 def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -> dict:
