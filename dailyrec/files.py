@@ -5,8 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
+
+from dailyrec import env
+
+# A file's MD5 is remembered against its stat (as DVC's own state does), and only for a file last
+# changed this long before: a file rewritten within the clock's granularity of the moment its MD5
+# was noted could otherwise keep the noted times ("racy" files, as git calls them).
+MD5_SETTLED_S = 2.0
+MD5_MEMO = "md5.sqlite"
 
 
 def tmp_path(path: Path) -> Path:
@@ -37,12 +47,55 @@ def write_json(path: Path | str, payload: Any) -> None:
 
 
 def file_md5(path: Path | str) -> str:
-    """MD5 of a file's bytes, read in blocks: the hash DVC records for a file output."""
+    """MD5 of a file's bytes, read in blocks: the hash DVC records for a file output. Remembered
+    under the state directory against the file's device, inode, size, mtime and ctime (a write,
+    a rename over it, a touch all change one of them), so a file no stage rewrote is read once."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns,
+           stat.st_ctime_ns)
+    memo = _md5_memo()
+    try:
+        if memo is not None:
+            found = memo.execute("SELECT md5 FROM md5 WHERE path = ? AND dev = ? AND ino = ? AND "
+                                 "size = ? AND mtime_ns = ? AND ctime_ns = ?", key).fetchone()
+            if found:
+                return found[0]
+        md5 = file_md5_uncached(path)
+        settled = time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > MD5_SETTLED_S * 1e9
+        if memo is not None and settled:
+            with memo:
+                memo.execute("INSERT OR REPLACE INTO md5 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (*key, md5))
+    except sqlite3.Error:  # a memo that cannot be read or written only costs a read of the file
+        return file_md5_uncached(path)
+    finally:
+        if memo is not None:
+            memo.close()
+    return md5
+
+
+def file_md5_uncached(path: Path | str) -> str:
+    """MD5 of a file's bytes, read in blocks."""
     digest = hashlib.md5()
     with Path(path).open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _md5_memo() -> sqlite3.Connection | None:
+    """The memo of file MD5s (one row per path), or None where the state directory is unusable:
+    the hash is then computed, never refused."""
+    try:
+        folder = env.state_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        memo = sqlite3.connect(folder / MD5_MEMO, timeout=5)
+        memo.execute("CREATE TABLE IF NOT EXISTS md5 (path TEXT PRIMARY KEY, dev INTEGER, "
+                     "ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, md5 TEXT)")
+        return memo
+    except (OSError, sqlite3.Error):
+        return None
 
 
 def dvc_md5(path: Path | str) -> str | None:

@@ -69,3 +69,33 @@ def test_an_item_the_model_does_not_know_ranks_after_every_known_item():
     # item 1: two candidates higher, tied with item 3 -> (2 + 0.5) / 3
     assert R.percentile_ranks(scores, np.array([0]), np.array([1])).tolist() == \
         pytest.approx([2.5 / 3])
+
+
+def test_a_large_batch_is_ranked_in_slices_with_the_answer_of_one():
+    """top_k splits a batch of PARALLEL_CELLS or more scores into row slices, one per core: the
+    same positions as ranking it in one piece (NaN, -inf and ties included)."""
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 50, (301, 10_000)).astype(np.float32)  # many ties
+    scores[rng.random(scores.shape) < 0.2] = np.nan
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    scores[7] = np.nan  # a row with nothing left
+    assert scores.size >= R.PARALLEL_CELLS
+    sliced = R.top_k(scores, 25)
+    assert np.array_equal(sliced, R._top_k(scores, 25)) and (sliced[7] == -1).all()
+
+
+def test_most_popular_without_the_excluded_items_is_top_k_of_its_scores():
+    """PopularRecommender.recommend_excluding (the session protocol's baseline) gives top_k of its
+    dense scores with each row's excluded items NaN, -1 past the catalogue."""
+    from dailyrec.model.recommender import PopularRecommender
+
+    rng = np.random.default_rng(3)
+    for n_items, n in ((300, 20), (12, 20)):  # a catalogue smaller than n + the context too
+        users = sp.random(200, n_items, density=0.05, random_state=4, format="csr")
+        popular = PopularRecommender(users)
+        exclude = np.where(rng.random((50, 6)) < 0.7,
+                           popular.order[rng.integers(0, min(n_items, 30), (50, 6))], -1)
+        scores = popular.score(np.arange(50))
+        rows, cols = np.nonzero(exclude >= 0)
+        scores[rows, exclude[rows, cols]] = np.nan
+        assert np.array_equal(popular.recommend_excluding(exclude, n), R.top_k(scores, n))

@@ -378,9 +378,7 @@ def score_sessions(sessions: Sessions, item_factors: np.ndarray, regularization:
         scores[rows, context[rows, cols]] = np.nan
         recommended["similar_items"][lo:hi] = R.top_k(scores, K)
         clock = _tick(seconds, "similar_items", clock)
-        scores = popular.score(np.arange(hi - lo))
-        scores[rows, context[rows, cols]] = np.nan
-        recommended["most_popular"][lo:hi] = R.top_k(scores, K)
+        recommended["most_popular"][lo:hi] = popular.recommend_excluding(context, K)
         _tick(seconds, "most_popular", clock)
     sizes = np.diff(sessions.truth.indptr)
     out = {}

@@ -52,8 +52,9 @@ class FoldIn:
         used = items >= 0
         c = np.where(used, np.broadcast_to(confidence, items.shape), 0.0).astype(np.float64)
         y = self.item_factors[np.where(used, items, 0)].astype(np.float64) * used[..., None]
-        systems = self.gram + np.einsum("mkf,mk,mkg->mfg", y, c - used, y)
-        rhs = np.einsum("mkf,mk->mf", y, c)
+        # Σ_j (c_j − 1) y_j y_jᵀ and Σ_j c_j y_j as stacked matrix products (BLAS), not einsum
+        systems = self.gram + np.swapaxes(y * (c - used)[..., None], 1, 2) @ y
+        rhs = (c[:, None, :] @ y)[:, 0, :]
         factors = np.linalg.solve(systems, rhs[..., None])[..., 0]
         return Solved(factors=factors, systems=systems, items=items, confidence=c)
 

@@ -96,6 +96,17 @@ class PopularRecommender(Recommender):
     def score(self, rows: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.ranks, (len(rows), self.n_items)).copy()
 
+    def recommend_excluding(self, exclude: np.ndarray, n: int) -> np.ndarray:
+        """Per row of exclude ((m, w) positions, -1 = none), the first n items of the order that
+        it does not hold, -1 past the catalogue: top_k of score() with those items NaN, without
+        the (m, n_items) scores (a row's n are among the first n + w items of the order)."""
+        head = self.order[:min(self.n_items, n + exclude.shape[1])]
+        taken = (head[None, :, None] == exclude[:, None, :]).any(axis=2)
+        first = np.argsort(taken, axis=1, kind="stable")[:, :n]  # the free ones first, in order
+        top = head[first]
+        top[np.take_along_axis(taken, first, axis=1)] = -1
+        return np.hstack([top, np.full((len(top), n - top.shape[1]), -1, dtype=top.dtype)])
+
     def top_list(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The fallback list: (1, n) positions and scores; score = the share of users who have the
         item (what the API shows), -1 past the items anyone has."""
