@@ -61,6 +61,21 @@ def test_split_holds_out_new_items_of_known_users_and_counts_the_rest():
         "holdout_pairs_already_had": 1, "evaluated_users": 2, "truth_pairs": 2}
 
 
+def test_split_is_the_same_from_sliced_time_ordered_events_and_from_any_order():
+    """data/clean is in time order, so make_split slices it; events in another order are
+    filtered: the same split either way, with events exactly at the holdout start in the holdout
+    and those exactly at the window end after it."""
+    rows = SPLIT_EVENTS + [("u2", "i2", "view", "2026-11-14T00:00:00Z"),
+                           ("u2", "i3", "view", "2026-11-15T00:00:00Z")]
+    in_order = sorted(rows, key=lambda r: r[3])
+    splits = [E.make_split(S.to_table(frame(r)), CONF, HOLDOUT, END, S.EVENT_TYPES)
+              for r in (in_order, in_order[::-1])]
+    assert splits[0].counts == splits[1].counts
+    assert splits[0].counts["holdout_events"] == 7 and splits[0].counts["events_after_window"] == 2
+    assert (splits[0].truth != splits[1].truth).nnz == 0
+    assert (splits[0].train.strength != splits[1].train.strength).nnz == 0
+
+
 def test_only_relevant_event_types_make_the_truth():
     split = E.make_split(S.to_table(frame(SPLIT_EVENTS)), CONF, HOLDOUT, END, ("purchase",))
     assert split.users.tolist() == [0] and split.truth.toarray().tolist() == [[0, 0, 1]]
