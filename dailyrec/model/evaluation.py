@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from dailyrec.arrays import distinct
 from dailyrec.errors import ConfigError
 from dailyrec.files import tmp_path
 from dailyrec.model import als, artifacts
@@ -191,7 +192,7 @@ def make_sessions(split: Split, max_context: int) -> Sessions:
     n_visitors = len(visitor_ids)
     visitor = visitor.astype(np.int64)
     events = np.bincount(visitor, minlength=n_visitors)
-    distinct_any = np.bincount(np.unique(visitor * len(any_ids) + any_item) // len(any_ids),
+    distinct_any = np.bincount(distinct(visitor * len(any_ids) + any_item) // len(any_ids),
                                minlength=n_visitors)
     # events in (visitor, time, file order) order; each (visitor, catalogue item) at its first
     order = np.lexsort((np.arange(n), ts, visitor))

@@ -39,6 +39,8 @@ from functools import cache
 import numpy as np
 import scipy.sparse as sp
 
+from dailyrec.arrays import distinct
+
 METRICS = ("precision", "recall", "map", "ndcg", "hit_rate")
 # Below this many scores a thread costs more than it saves (an API request ranks one row).
 PARALLEL_CELLS = 2_000_000
@@ -122,7 +124,7 @@ def curves(hit: np.ndarray, truth_sizes: np.ndarray) -> dict[str, np.ndarray]:
 
 def coverage(recommended: np.ndarray, k: int, n_catalogue: int) -> float:
     items = recommended[:, :k]
-    return float(len(np.unique(items[items >= 0])) / n_catalogue) if n_catalogue else 0.0
+    return float(len(distinct(items[items >= 0])) / n_catalogue) if n_catalogue else 0.0
 
 
 def percentile_ranks(scores: np.ndarray, rows: np.ndarray, items: np.ndarray,

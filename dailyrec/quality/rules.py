@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from dailyrec import schema as S
+from dailyrec.arrays import distinct
 from dailyrec.errors import DataError
 from dailyrec.files import tmp_path
 from dailyrec.history import Selection, select_window
@@ -345,7 +346,7 @@ class Runs:
         """Per run (only the chosen runs; 0 for the others): how many distinct values it holds."""
         pick = runs[self.of]
         run_of, values = self.of[pick].astype(np.int64), values[pick]
-        pairs = np.unique(run_of * (n_values + 1) + values)
+        pairs = distinct(run_of * (n_values + 1) + values)
         return np.bincount(pairs // (n_values + 1), minlength=len(self.start))
 
 

@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from dailyrec import env
 from dailyrec import schema as S
+from dailyrec.arrays import repeated
 from dailyrec.errors import DataError
 from dailyrec.files import file_md5
 
@@ -198,15 +199,14 @@ def window_counts(facts: list[FileFacts], paths: list[Path], first_day: int, end
 def _duplicated_rows(facts: list[FileFacts], paths: list[Path]) -> int:
     """Rows whose event id appears more than once in the window (GX's unique: every copy counts).
     Hashes find the candidates; their ids are then compared as text, so collisions never count."""
-    hashes = np.concatenate([f.event_ids for f in facts] or [np.empty(0, np.uint64)])
-    values, counts = np.unique(hashes, return_counts=True)
-    repeated = values[counts > 1]
-    if not len(repeated):
+    candidates = repeated(np.concatenate([f.event_ids for f in facts] or
+                                         [np.empty(0, np.uint64)]))
+    if not len(candidates):
         return 0
-    candidates = []
+    texts = []
     for f, path in zip(facts, paths):
-        if np.isin(f.event_ids, repeated).any():  # only the files that hold a candidate
+        if np.isin(f.event_ids, candidates).any():  # only the files that hold a candidate
             ids = read_key_columns(path)["event_id"]
-            candidates.append(ids.filter(pa.array(np.isin(S.id_hashes(ids), repeated))))
-    text = pd.Series(pa.chunked_array(candidates, pa.string()).to_numpy(zero_copy_only=False))
+            texts.append(ids.filter(pa.array(np.isin(S.id_hashes(ids), candidates))))
+    text = pd.Series(pa.chunked_array(texts, pa.string()).to_numpy(zero_copy_only=False))
     return int(text.duplicated(keep=False).sum())
