@@ -363,3 +363,25 @@ def test_a_second_publish_is_refused_while_one_runs(redis_client):
     redis_client.delete(LAYOUT.lock)
     assert pub.publish(model, redis_client, SMALL, run_date=DAY, progress=False)["users_written"]
     assert served(redis_client) is not None
+
+
+def test_histories_are_each_users_most_confident_items_ties_to_the_lower_position():
+    """The explanations' histories: per user the k most confident items, most confident first,
+    ties to the lower item position, -1 / 0 padded; against a plain per-user reference, on a
+    matrix with many ties whose rows' positions are not in order."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(6)
+    dense = np.where(rng.random((300, 80)) < 0.15, rng.integers(1, 5, (300, 80)), 0)
+    coo = sp.coo_matrix(dense.astype(np.float32))
+    shuffle = np.lexsort((rng.random(coo.nnz), coo.row))  # rows' positions out of order
+    matrix = sp.csr_matrix((coo.data[shuffle], coo.col[shuffle], np.r_[0, np.cumsum(
+        np.bincount(coo.row, minlength=300))]), shape=dense.shape)
+    matrix.has_sorted_indices = False
+    rows = rng.permutation(300)[:200]
+    positions, confidence = pub.histories(matrix, rows, 6)
+    for r, user in enumerate(rows):  # a loop in the test's reference only
+        items = sorted(np.flatnonzero(dense[user]), key=lambda i: (-dense[user, i], i))[:6]
+        assert positions[r].tolist() == items + [-1] * (6 - len(items))
+        assert confidence[r].tolist() == [float(dense[user, i]) for i in items] + \
+            [0.0] * (6 - len(items))
