@@ -347,3 +347,44 @@ def test_great_expectations_is_imported_by_validate_only():
     code = ("import sys; import stages.validate, stages.filter_noise, dailyrec.quality.rules; "
             "assert 'great_expectations' not in sys.modules, 'imported at module level'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=F.ROOT)
+
+
+COMPARED = ("suite", "name", "check", "severity", "success", "observed", "expected",
+            "unexpected_count", "unexpected_percent", "note")
+
+
+def _rows(outcomes):
+    return [{k: getattr(o, k) for k in COMPARED} for o in outcomes]
+
+
+def _tolerated(delta):
+    """A few bad rows of each kind, under the default tolerances: a day that passes."""
+    delta = _with(delta, event_type=(3, "hover"), item_id=(9, "item 12"),
+                  ts=(0, pd.Timestamp("2026-11-10T00:00Z")))
+    return _with(delta, event_id=(11, delta.loc[10, "event_id"]))
+
+
+@pytest.mark.parametrize("delta", ["clean", "tolerated", "no trailing days"])
+def test_a_passing_delta_is_answered_from_counts_as_great_expectations_answers(cfg, good_delta,
+                                                                               delta):
+    """validate's daily case: the delta suites from counts, without importing GX (seconds), the
+    same outcomes GX gives, field by field (observed values, counts, percents, notes)."""
+    frame = _tolerated(good_delta) if delta == "tolerated" else good_delta
+    trailing = [] if delta == "no trailing days" else TRAILING
+    suites = V.delta_suites(cfg, frame, pd.Series(["ts:future"] * 3, dtype="str"), trailing)
+    counted = V.answered(suites, cfg)
+    assert counted is not None, "a passing canonical delta is answered from counts"
+    assert _rows(counted) == _rows(V.run_suites(suites, cfg))
+    if delta == "tolerated":  # the bad rows were counted, not missed
+        by_name = {o.name: o for o in counted}
+        assert by_name["delta.event_types"].unexpected_count == 1
+        assert by_name["delta.event_id_unique"].unexpected_count == 2
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DELTAS))
+def test_a_failing_or_odd_delta_is_left_to_great_expectations(strict, good_delta, name):
+    """Any failure (or a delta counts cannot judge: a missing column, another type, a NULL
+    key) goes to GX, for its verdict and its example rows."""
+    suites = V.delta_suites(strict, BAD_DELTAS[name](good_delta), pd.Series([], dtype="str"),
+                            TRAILING)
+    assert V.answered(suites, strict) is None

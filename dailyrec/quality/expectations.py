@@ -16,6 +16,10 @@ Suites (written in code below, thresholds and severities from params.yaml `valid
 The window suites are answered from each history file's facts, read once and kept by content
 (dailyrec.quality.window_facts: the same outcomes, a day's work instead of the window's); Great
 Expectations runs them on the whole window when that answer fails, or without a facts folder.
+The delta suites are answered the same way in the daily case (a canonical delta that passes):
+each planned expectation also says how to count its answer with GX's own rules (`counted`), and
+GX runs them only when a count fails or the delta is not canonical, for its verdict and example
+rows. Tests compare both answers field by field.
 
 A failing expectation of severity `fail` on the delta rejects the day (run.date - 1) in the ledger,
 and the verdict is "failed": nothing downstream runs and yesterday's published lists stay served.
@@ -70,6 +74,17 @@ class Planned:
     skipped: str = ""  # why the check does not apply today (it then passes, and says so)
     # Exact counts of the most common unexpected values, when GX's (a sample's) are not enough.
     top_values: Callable[[], list[dict]] | None = None
+    # The answer without Great Expectations (rows counted, or a value observed), where the suite
+    # is answered from counts when it passes; None: only GX answers it.
+    counted: Callable[[], "F.Count | Observed"] | None = None
+    mostly: float | None = None  # the tolerance, where it is not the check's `mostly` setting
+
+
+@dataclass
+class Observed:
+    """What Great Expectations observes for a table or aggregate expectation, and its verdict."""
+    value: Any
+    success: bool
 
 
 @dataclass
@@ -118,27 +133,43 @@ def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons:
     def _share(text: str, check: str) -> str:
         return _tolerance(text, mostly(check))
 
+    # The daily case, a canonical delta, is answered from counts: the answers GX gives, without
+    # importing it (seconds); anything else, and any failure, is GX's to judge (see answered()).
+    countable = _countable(delta, quarantine_reasons)
+    n = len(delta)
+
+    def rows(unexpected: Callable[[], Any]) -> Callable[[], F.Count] | None:
+        return (lambda: F.Count(n, int(unexpected()))) if countable else None
+
+    def observed(value: Callable[[], Any], success: Callable[[Any], bool]
+                 ) -> Callable[[], Observed] | None:
+        return (lambda: Observed(value(), bool(success(value())))) if countable else None
+
     plan: list[Planned] = [
         Planned("delta.columns", "columns",
                 lambda x: x.ExpectTableColumnsToMatchSet(column_set=list(S.COLUMNS),
                                                          exact_match=True),
-                f"exactly {list(S.COLUMNS)}"),
+                f"exactly {list(S.COLUMNS)}",
+                # GX observes the columns sorted by name
+                counted=observed(lambda: sorted(delta.columns), lambda _: True)),
     ]
     for f in S.EVENT_SCHEMA:
         plan.append(Planned(f"delta.types.{f.name}", "types",
                             lambda x, n=f.name, t=GX_TYPES[f.type]:
                             x.ExpectColumnValuesToBeOfType(column=n, type_=t),
-                            f"{f.type} (pandas type {GX_TYPES[f.type]})"))
+                            f"{f.type} (pandas type {GX_TYPES[f.type]})",
+                            counted=observed(lambda t=GX_TYPES[f.type]: t, lambda _: True)))
     for col in S.REQUIRED:
         plan.append(Planned(f"delta.not_null.{col}", "not_null",
                             lambda x, n=col: x.ExpectColumnValuesToNotBeNull(
                                 column=n, mostly=mostly("not_null")),
-                            _share("no NULLs", "not_null")))
+                            _share("no NULLs", "not_null"), counted=rows(lambda: 0)))
     plan.append(Planned("delta.event_types", "event_types",
                         lambda x: x.ExpectColumnValuesToBeInSet(
                             column="event_type", value_set=list(S.EVENT_TYPES),
                             mostly=mostly("event_types")),
-                        _share(f"one of {list(S.EVENT_TYPES)}", "event_types")))
+                        _share(f"one of {list(S.EVENT_TYPES)}", "event_types"),
+                        counted=rows(lambda: (~delta["event_type"].isin(S.EVENT_TYPES)).sum())))
     oldest = start - cfg.max_late
     newest = end + cfg.skew
     plan.append(Planned("delta.ts_in_window", "ts_in_window",
@@ -147,21 +178,28 @@ def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons:
                             mostly=mostly("ts_in_window")),
                         _share(f"{_iso(oldest)} .. {_iso(newest)} (late writes up to "
                                f"{cfg.max_late.days} days, clock skew "
-                               f"{cfg.skew.total_seconds() / 60:g} min)", "ts_in_window")))
+                               f"{cfg.skew.total_seconds() / 60:g} min)", "ts_in_window"),
+                        counted=rows(lambda: ((delta["ts"] < oldest) |
+                                              (delta["ts"] > newest)).sum())))
     for col in ("event_id", "user_id", "item_id"):
         plan.append(Planned(f"delta.id_format.{col}", "id_format",
                             lambda x, n=col: x.ExpectColumnValuesToMatchRegex(
                                 column=n, regex=S.ID_REGEX.pattern, mostly=mostly("id_format")),
-                            _share(f"matches {S.ID_REGEX.pattern}", "id_format")))
+                            _share(f"matches {S.ID_REGEX.pattern}", "id_format"),
+                            # GX's pandas test: column.astype(str).str.contains(regex)
+                            counted=rows(lambda name=col: (~delta[name].astype(str).str
+                                                           .contains(S.ID_REGEX.pattern)).sum())))
     plan.append(Planned("delta.event_id_unique", "event_id_unique",
                         lambda x: x.ExpectColumnValuesToBeUnique(
                             column="event_id", mostly=mostly("event_id_unique")),
-                        _share("unique", "event_id_unique")))
+                        _share("unique", "event_id_unique"),
+                        counted=rows(lambda: delta["event_id"].duplicated(keep=False).sum())))
     fresh_from = end - dt.timedelta(minutes=c["freshness"]["max_age_minutes"])
     plan.append(Planned("delta.freshness", "freshness",
                         lambda x: x.ExpectColumnMaxToBeBetween(column="ts", min_value=fresh_from),
                         f"newest event >= {_iso(fresh_from)} ({c['freshness']['max_age_minutes']} "
-                        f"min before run.date)"))
+                        f"min before run.date)",
+                        counted=observed(lambda: delta["ts"].max(), lambda t: t >= fresh_from)))
 
     v = c["volume"]
     # The day's volume counts events of the day window only: the delta also holds late events of
@@ -185,7 +223,9 @@ def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons:
                    f"{v['min_history_days']} needed")
     day_plan = [Planned("delta_day.volume", "volume",
                         lambda x: x.ExpectTableRowCountToBeBetween(min_value=lo, max_value=hi),
-                        expected, skipped)]
+                        expected, skipped,
+                        counted=observed(lambda: len(in_day),
+                                         lambda k: k >= lo and (hi is None or k <= hi)))]
 
     share = c["quarantine_share"]["max"]
     fetch_plan = [Planned("fetch.quarantine_share", "quarantine_share",
@@ -194,13 +234,35 @@ def delta_suites(cfg: ValidateSettings, delta: pd.DataFrame, quarantine_reasons:
                                                                   mostly=max(0.0, 1.0 - share)),
                           f"<= {share:.2%} of fetched rows quarantined",
                           top_values=lambda: [{"value": r, "count": int(n)} for r, n in
-                                              quarantine_reasons.value_counts().items()])]
+                                              quarantine_reasons.value_counts().items()],
+                          counted=(lambda: F.Count(n + len(quarantine_reasons),
+                                                   int((quarantine_reasons != "").sum())))
+                          if countable else None, mostly=max(0.0, 1.0 - share))]
     fetched = pd.DataFrame({"quarantine_reason": pd.concat(
         [pd.Series("", index=range(len(delta)), dtype="str"), quarantine_reasons.astype("str")],
         ignore_index=True)})
     return [Suite("delta", delta, plan),
             Suite("delta_day", in_day.reset_index(drop=True), day_plan),
             Suite("fetch", fetched, fetch_plan)]
+
+
+def _countable(delta: pd.DataFrame, reasons: pd.Series) -> bool:
+    """Whether counts give GX's answers for the delta: canonical columns of the canonical pandas
+    types, rows, no NULL key or reason (GX leaves NULLs out of a share; counts would not)."""
+    return (len(delta) > 0 and set(delta.columns) == set(S.COLUMNS)
+            and all(delta[f.name].dtype.type.__name__ == GX_TYPES[f.type]
+                    for f in S.EVENT_SCHEMA)
+            and not any(delta[c].isna().any() for c in S.REQUIRED)
+            and not reasons.isna().any())
+
+
+def answered(suites: list[Suite], cfg: ValidateSettings) -> list[Outcome] | None:
+    """The suites' outcomes from their counted answers, when every expectation has one and all
+    pass; None when Great Expectations must run (its verdict, its example rows)."""
+    if not all(p.counted is not None for s in suites for p in s.planned):
+        return None
+    outcomes = [_counted_outcome(s.name, p, p.counted(), cfg) for s in suites for p in s.planned]
+    return outcomes if all(o.success for o in outcomes) else None
 
 
 def window_plan(cfg: ValidateSettings, columns: list[str], first: dt.date
@@ -332,8 +394,8 @@ def _fill_counts(out: Outcome, res: dict) -> None:
                    f"({out.unexpected_percent:.3g}%)"
 
 
-def _counted_outcome(suite: str, p: Planned, count: F.Count | int, cfg: ValidateSettings
-                     ) -> Outcome:
+def _counted_outcome(suite: str, p: Planned, count: F.Count | Observed | int,
+                     cfg: ValidateSettings) -> Outcome:
     """The Outcome Great Expectations gives for these counts (its success and percent rules,
     great_expectations/expectations/expectation.py: _mostly_success, _format_map_output)."""
     out = Outcome(suite=suite, name=p.name, check=p.check, severity=cfg.severity(p.check),
@@ -341,9 +403,14 @@ def _counted_outcome(suite: str, p: Planned, count: F.Count | int, cfg: Validate
     if isinstance(count, int):  # the row count
         out.observed, out.success = count, count >= cfg.checks["window"]["min_events"]
         return out
+    if isinstance(count, Observed):  # as _outcome reads GX's observed_value
+        observed = _plain(count.value)
+        out.observed = ", ".join(map(str, observed)) if isinstance(observed, list) else observed
+        out.success = count.success
+        return out
     if count.element:  # else vacuously true, as in GX
-        out.success = (count.element - count.unexpected) / count.element >= \
-            cfg.checks[p.check]["mostly"]
+        mostly = p.mostly if p.mostly is not None else cfg.checks[p.check]["mostly"]
+        out.success = (count.element - count.unexpected) / count.element >= mostly
     percent = count.unexpected / count.element * 100 if count.element else None
     _fill_counts(out, {"unexpected_count": count.unexpected, "element_count": count.element,
                        "unexpected_percent": percent})
@@ -425,6 +492,7 @@ class Verdict:
     window_events: int = 0
     seconds: float = 0.0
     window_checked_by: str = ""  # how the window suite ran (printed; not in the metrics)
+    delta_checked_by: str = ""  # how the delta suites ran (printed; not in the metrics)
 
 
 def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, history: Path,
@@ -438,7 +506,12 @@ def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, his
     delta = read_delta(delta_path)
     reasons = read_quarantine_reasons(quarantine_path)
     trailing = trailing_volumes(cfg, history, R.rejected_days(ledger))
-    outcomes = run_suites(delta_suites(cfg, delta, reasons, trailing), cfg)
+    suites = delta_suites(cfg, delta, reasons, trailing)
+    outcomes = answered(suites, cfg)
+    delta_checked_by = "counts (Great Expectations' rules)"
+    if outcomes is None:
+        outcomes = run_suites(suites, cfg)
+        delta_checked_by = "Great Expectations"
 
     delta_failed = [o for o in outcomes if o.failed]
     rejected_now = cleared = False
@@ -485,7 +558,8 @@ def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, his
                       window_failed=window_failed,
                       excluded_days=sorted(d.isoformat() for d in excluded),
                       window_days=[d.isoformat() for d in trusted], delta_events=len(delta),
-                      window_events=window_events, window_checked_by=checked_by)
+                      window_events=window_events, window_checked_by=checked_by,
+                      delta_checked_by=delta_checked_by)
     verdict.seconds = round(time.perf_counter() - started, 3)
     return verdict
 

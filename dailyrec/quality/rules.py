@@ -129,8 +129,8 @@ class Window:
                  for f in WINDOW_SCHEMA], schema=WINDOW_SCHEMA)
             start = stop
         if start != len(self):
-            raise DataError(f"the window's history changed while filter_noise read it: {len(self):,} "
-                            f"events when the rules ran, {start:,} when writing")
+            raise DataError("the window's history changed while filter_noise read it: "
+                            f"{len(self):,} events when the rules ran, {start:,} when writing")
 
     def to_table(self) -> pa.Table:
         """All the events as one table (tests, small windows: the whole window in memory)."""
@@ -423,7 +423,8 @@ def peak_figures(sec: np.ndarray) -> dict:
 
 # A dotted quad as canonical_ips writes it (no leading zeros, octets <= 255): most addresses are,
 # and a regex over the distinct texts is much cheaper than parsing them.
-CANONICAL_IPV4 = r"^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$"
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+CANONICAL_IPV4 = rf"^(?:{_OCTET}\.){{3}}{_OCTET}$"
 
 
 def canonical_ips(values: pa.Array) -> pd.Series:
