@@ -42,7 +42,8 @@ def main_body(argv: list[str] | None) -> int:
     if env.mlflow_enabled() and config.compare_published:
         published = tracking.load_published(mlflow_settings)
     out = evaluation.evaluate(train_config, config, day, settings.window_end(params),
-                              training.read_events(paths.CLEAN_EVENTS), published=published)
+                              training.read_events(paths.CLEAN_EVENTS, dictionary=True),
+                              published=published)
     report, gate = out["report"], out["gate"]
     # The gate names the model it judged: publish refuses a models/ with another hash.
     gate.update(run_date=report["run_date"], model_md5=dvc_md5(paths.MODELS_DIR))

@@ -53,15 +53,29 @@ class Interactions:
         return self.strength.shape
 
 
-def encode_ids(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Text ids -> (int32 codes, sorted unique ids). Hashes once, then sorts only the distinct ids."""
+def _coded(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(per-row codes, the values they index) of a text column, NOT NULL: hashed once, or, for a
+    column read as a Parquet dictionary, its own codes (its values may include some no row
+    uses: data/clean's dictionaries are the window's)."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    encoded = pc.dictionary_encode(array)
-    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    encoded = array if pa.types.is_dictionary(array.type) else pc.dictionary_encode(array)
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary
+
+
+def encode_ids(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Text ids (plain or dictionary-encoded) -> (int32 codes, sorted unique ids of the rows).
+    Hashes once (or takes the dictionary's codes), then sorts only the distinct ids."""
+    indices, values = _coded(column)
+    used = np.flatnonzero(np.bincount(indices, minlength=len(values)))
+    if len(used) < len(values):  # values no row uses get no code
+        renumber = np.full(len(values), -1, dtype=np.int64)
+        renumber[used] = np.arange(len(used))
+        indices, values = renumber[indices], values.take(pa.array(used))
+    order = pc.sort_indices(values).to_numpy()
     rank = np.empty(len(order), dtype=np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
-    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-    uniques = encoded.dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
+    codes = rank[indices]
+    uniques = values.take(pa.array(order)).to_numpy(zero_copy_only=False)
     return codes, uniques.astype(str)
 
 
@@ -73,14 +87,15 @@ def quantity_scale(quantity: np.ndarray, config: ConfidenceConfig) -> np.ndarray
 
 def event_weights(events: pa.Table, config: ConfidenceConfig, now: dt.datetime) -> np.ndarray:
     """Per event: weight[event_type] * q(quantity) * 0.5 ** (age_days / half_life) (float64)."""
-    types = pc.dictionary_encode(events["event_type"].combine_chunks())
-    known = np.array([config.event_weights.get(t, np.nan)
-                      for t in types.dictionary.to_pylist()], dtype=np.float64)  # a few types
-    if np.isnan(known).any():
-        bad = [t for t, w in zip(types.dictionary.to_pylist(), known) if np.isnan(w)]
+    indices, values = _coded(events["event_type"])
+    names = values.to_pylist()  # a few types
+    known = np.array([config.event_weights.get(t, np.nan) for t in names], dtype=np.float64)
+    present = np.bincount(indices, minlength=len(names)) > 0
+    if np.isnan(known[present]).any():
+        bad = [t for t, w, p in zip(names, known, present) if p and np.isnan(w)]
         raise DataError(f"events have event types {bad} that are not canonical "
                           f"{list(S.EVENT_TYPES)}: the input is not clean data")
-    weights = known[types.indices.to_numpy(zero_copy_only=False)]
+    weights = known[indices]
     if "quantity" in events.column_names and events["quantity"].null_count < len(events):
         quantity = events["quantity"].to_numpy(zero_copy_only=False).astype(np.float64)
         weights *= quantity_scale(quantity, config)

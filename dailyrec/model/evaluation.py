@@ -106,8 +106,8 @@ def make_split(events: pa.Table, confidence: ConfidenceConfig, holdout_start: dt
         after = int(pc.sum(pc.greater_equal(ts, end)).as_py() or 0)
     del micros
     train = C.aggregate(before, confidence, holdout_start)
-    relevant = holdout.filter(pc.is_in(holdout["event_type"],
-                                       value_set=pa.array(list(relevant_types))))
+    relevant = _decoded(holdout.filter(pc.is_in(holdout["event_type"],
+                                                value_set=pa.array(list(relevant_types)))))
     u = _positions(relevant["user_id"], train.user_ids)
     i = _positions(relevant["item_id"], train.item_ids)
     known_user, known_item = u >= 0, i >= 0
@@ -141,6 +141,12 @@ def make_split(events: pa.Table, confidence: ConfidenceConfig, holdout_start: dt
             "evaluated_users": int(len(users)),
             "truth_pairs": int(new.nnz),
         })
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """The table with dictionary-encoded columns as plain values (the holdout: a day's events)."""
+    return table.cast(pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type)
+                                 else f for f in table.schema]))
 
 
 def _positions(values: pa.ChunkedArray | pa.Array, ids: np.ndarray) -> np.ndarray:
