@@ -48,7 +48,8 @@ PARALLEL_CELLS = 2_000_000
 
 @cache
 def _pool() -> tuple[ThreadPoolExecutor, int]:
-    workers = min(len(os.sched_getaffinity(0)), 8)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = min(cores or 1, 8)
     return ThreadPoolExecutor(workers, thread_name_prefix="top_k"), workers
 
 
