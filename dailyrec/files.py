@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -55,24 +56,26 @@ def file_md5(path: Path | str) -> str:
     key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns,
            stat.st_ctime_ns)
     memo = _md5_memo()
-    try:
-        if memo is not None:
+    if memo is None:
+        return file_md5_uncached(path)
+    # A memo that cannot be read or written only costs a read of the file, never a second one.
+    with closing(memo):
+        try:
             found = memo.execute("SELECT md5 FROM md5 WHERE path = ? AND dev = ? AND ino = ? AND "
                                  "size = ? AND mtime_ns = ? AND ctime_ns = ?", key).fetchone()
-            if found:
-                return found[0]
+        except sqlite3.Error:
+            found = None
+        if found:
+            return found[0]
         md5 = file_md5_uncached(path)
-        settled = time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > MD5_SETTLED_S * 1e9
-        if memo is not None and settled:
-            with memo:
-                memo.execute("INSERT OR REPLACE INTO md5 VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (*key, md5))
-    except sqlite3.Error:  # a memo that cannot be read or written only costs a read of the file
-        return file_md5_uncached(path)
-    finally:
-        if memo is not None:
-            memo.close()
-    return md5
+        if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > MD5_SETTLED_S * 1e9:
+            try:
+                with memo:
+                    memo.execute("INSERT OR REPLACE INTO md5 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (*key, md5))
+            except sqlite3.Error:
+                pass
+        return md5
 
 
 def file_md5_uncached(path: Path | str) -> str:
