@@ -397,6 +397,13 @@ def _epoch_micros(numbers: np.ndarray) -> np.ndarray:
         return np.where(usable, np.round(np.where(usable, micros, 0)), NAT).astype(np.int64)
 
 
+def ts_micros(table: pa.Table) -> np.ndarray:
+    """A table's canonical ts column as int64 microseconds since the epoch: a zero-copy view of
+    each chunk, one concatenation."""
+    chunks = [c.view(pa.int64()).to_numpy() for c in table.column("ts").chunks]
+    return np.concatenate(chunks) if chunks else np.empty(0, np.int64)
+
+
 def id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit hash of each text id (pandas' SipHash with its fixed key: the same on every run
     and machine): fetch_delta's duplicate check and validate's per-file facts key ids by it."""

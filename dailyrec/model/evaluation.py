@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from dailyrec import schema as S
 from dailyrec.arrays import distinct
 from dailyrec.errors import ConfigError
 from dailyrec.files import tmp_path
@@ -93,8 +94,7 @@ def make_split(events: pa.Table, confidence: ConfidenceConfig, holdout_start: dt
     ts = events["ts"]
     start = pa.scalar(holdout_start, pa.timestamp("us", tz="UTC"))
     end = pa.scalar(window_end, pa.timestamp("us", tz="UTC"))
-    micros = np.concatenate([c.view(pa.int64()).to_numpy() for c in ts.chunks]) \
-        if ts.num_chunks else np.empty(0, np.int64)
+    micros = S.ts_micros(events)
     if len(micros) < 2 or bool(np.all(micros[1:] >= micros[:-1])):
         # data/clean is in time order (filter_noise writes it so): the parts are slices, no copies
         cut = np.searchsorted(micros, [start.value, end.value])

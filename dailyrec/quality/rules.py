@@ -163,7 +163,7 @@ def read_window(files: list[Path], days: list[dt.date] = ()) -> Window:
         for name in DICTIONARY_COLUMNS:
             coded = _coded(_unified(values[name], day.column(name)))
             codes[name][start:stop], values[name] = coded.codes, coded.values
-        ts[start:stop] = _micros(day)
+        ts[start:stop] = S.ts_micros(day)
         if start and stop > start and ts[start] < ts[start - 1]:
             raise DataError(f"{day_files[0].parent}: holds events earlier than the day before "
                             "it (a partition holds its own UTC day's events only)")
@@ -209,7 +209,7 @@ def _unified(values: pa.Array, column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _in_time_order(table: pa.Table) -> pa.Table:
     """The table sorted by ts, ties in their order (stable); as it is when already sorted."""
-    ts = _micros(table)
+    ts = S.ts_micros(table)
     if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
         return table.unify_dictionaries().take(np.argsort(ts, kind="stable"))
     return table
@@ -219,10 +219,10 @@ def window_of(table: pa.Table, days: list[dt.date] = ()) -> Window:
     """A Window over events already in memory, in WINDOW_SCHEMA, in history order (the order ties
     in ts keep): the Spark engine's group of users or addresses, a test's events."""
     table = table.unify_dictionaries()
-    ts = _micros(table)
+    ts = S.ts_micros(table)
     if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
         table = table.take(np.argsort(ts, kind="stable")).unify_dictionaries()
-        ts = _micros(table)
+        ts = S.ts_micros(table)
     plain = table.select(PLAIN_COLUMNS)
     return _window({name: _coded(table.column(name)) for name in DICTIONARY_COLUMNS}, ts,
                    lambda: [plain], days)
@@ -244,12 +244,6 @@ def _coded(column: pa.ChunkedArray) -> Coded:
              .to_numpy(zero_copy_only=False) for c in column.chunks]
     return Coded(np.concatenate(codes).astype(np.int32, copy=False) if codes else
                  np.empty(0, np.int32), values)
-
-
-def _micros(table: pa.Table) -> np.ndarray:
-    """ts as int64 microseconds: a zero-copy view of each chunk, one concatenation."""
-    chunks = [c.view(pa.int64()).to_numpy() for c in table.column("ts").chunks]
-    return np.concatenate(chunks) if chunks else np.empty(0, np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
