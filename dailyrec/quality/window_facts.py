@@ -83,7 +83,7 @@ class FileFacts:
     def of(cls, table: pa.Table) -> "FileFacts":
         """The facts of a table as read_key_columns gives it."""
         types = pc.value_counts(table["event_type"])
-        micros = table["ts"].cast(pa.int64()).to_numpy()
+        micros = S.ts_micros(table)
         days, day_counts = np.unique(np.floor_divide(micros, MICROS_PER_DAY), return_counts=True)
         parts = []
         for kind, column in enumerate(("user_id", "item_id")):
@@ -94,8 +94,8 @@ class FileFacts:
             parts.append(pa.table({"id": distinct, "kind": pa.array(np.full(len(distinct), kind,
                                                                              dtype=np.int8)),
                                    "bad": pa.array(bad)}))
-        return cls(rows=table.num_rows, event_types={str(v): int(n) for v, n in zip(types.field("values").to_pylist(),
-                                                               types.field("counts").to_pylist())},
+        counts = zip(types.field("values").to_pylist(), types.field("counts").to_pylist())
+        return cls(rows=table.num_rows, event_types={str(v): int(n) for v, n in counts},
                    days=days.astype(np.int64), day_counts=day_counts.astype(np.int64),
                    event_ids=S.id_hashes(table["event_id"]),
                    ids=pa.concat_tables(parts))
