@@ -38,6 +38,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
 
 
+def load() -> str:
+    """The 1-minute load average, as the tables print it beside each row (the machine is shared)."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     def fmt(v):
         if isinstance(v, float):

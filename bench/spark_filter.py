@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import filter as FB  # noqa: E402
-from bench.report import markdown_table, publish  # noqa: E402
+from bench.report import load, markdown_table, publish  # noqa: E402
 from dailyrec import settings  # noqa: E402
 from dailyrec import spark as SP  # noqa: E402
 from dailyrec.model import confidence as C  # noqa: E402
@@ -48,10 +48,6 @@ from dailyrec.model.training import read_events  # noqa: E402
 from dailyrec.quality import rules as FN  # noqa: E402
 from dailyrec.quality import spark_engine as SE  # noqa: E402
 from dailyrec.settings import model, quality  # noqa: E402
-
-
-def load() -> str:
-    return f"{os.getloadavg()[0]:.1f}"
 
 
 def comparable(counts: dict) -> dict:

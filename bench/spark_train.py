@@ -28,7 +28,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import markdown_table, publish  # noqa: E402
+from bench.report import load, markdown_table, publish  # noqa: E402
 from dailyrec import settings  # noqa: E402
 from dailyrec import spark as SP  # noqa: E402
 from dailyrec.model import als, spark_als  # noqa: E402
@@ -39,10 +39,6 @@ from dailyrec.settings import model  # noqa: E402
 from tests.clean_events import human_events  # noqa: E402
 
 FIRST = dt.date(2026, 10, 1)
-
-
-def load() -> str:
-    return f"{os.getloadavg()[0]:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
