@@ -62,23 +62,24 @@ clean-demo:
 	rm -rf data/delta data/history data/quarantine data/clean models metrics reports source.db
 	-git update-ref -d refs/heads/dailyrec-demo
 
-# The recommendations API (docs/serving.md): gunicorn on BIND, reading Redis at REDIS_URL.
+# The recommendations API (docs/serving.md): serving/server.py (granian) on BIND, reading Redis at
+# REDIS_URL.
 # `serve` runs in the foreground; `serve-bg` starts it in the background (pid in .serve.pid,
 # log in logs/serve.log), prints one curl call and its answer, and returns; `stop` stops it.
 BIND ?= 127.0.0.1:8000
 SERVE_PID := .serve.pid
-GUNICORN := gunicorn -c serving/gunicorn.conf.py --bind $(BIND) 'serving.app:create_app()'
+SERVE := DAILYREC_BIND=$(BIND) python -m serving.server
 
 .PHONY: serve serve-bg stop
 
 serve: install
-	$(GUNICORN)
+	$(SERVE)
 
 serve-bg: install
 	@if [ -f $(SERVE_PID) ] && kill -0 $$(cat $(SERVE_PID)) 2>/dev/null; then \
 		echo "the API is already running (pid $$(cat $(SERVE_PID))); make stop first" >&2; exit 1; fi
 	@mkdir -p logs
-	@$(GUNICORN) --daemon --pid $(SERVE_PID) --error-logfile logs/serve.log
+	@$(SERVE) </dev/null >>logs/serve.log 2>&1 & echo $$! > $(SERVE_PID)
 	@user=$$(python -m serving.example http://$(BIND)) && \
 		echo "API running on http://$(BIND) (pid $$(cat $(SERVE_PID)); make stop to stop it)" && \
 		echo "\$$ curl -s 'http://$(BIND)/recommendations/$$user?n=5'" && \

@@ -12,13 +12,14 @@ items and explanations' histories on, as the project publishes):
      decoding, building and encoding the JSON body, the Prometheus counters, and whole requests
      through the WSGI app; with the same for the --baseline code (a `git archive` of that ref, in
      a subprocess), and where cProfile puts the time, by package;
-  2. gunicorn's own share: wrk at 1 connection against a bare WSGI app under the same gunicorn
-     settings, Flask's /healthz, and the known-user route;
+  2. the HTTP server's own share: wrk at 1 connection against a bare WSGI app under the same
+     server and settings, Flask's /healthz, and the known-user route, for each tree under its own
+     server (serving/server.py, granian; a baseline from before it: gunicorn);
   3. under load: wrk (95% known users, 5% unknown -> fallback, n=20) at each --concurrency against
-     gunicorn running the --baseline code and gunicorn running this checkout's, one after the
+     the --baseline code, this checkout with the hot path off, and this checkout, one after the
      other per row, and redis-benchmark GET at the same concurrency; `cat /proc/loadavg` beside
      each row;
-  4. gunicorn settings (workers x threads) for this checkout's code at the same concurrencies.
+  4. server settings (workers x threads) for this checkout's code at the same concurrencies.
 Writes its own section of docs/benchmarks.md (<!-- bench:api_profile -->).
 """
 
@@ -46,7 +47,7 @@ SOURCE = Path(os.environ.get("DAILYREC_PROFILE_SOURCE") or ROOT)
 sys.path.insert(0, str(ROOT))
 if SOURCE != ROOT:
     sys.path.insert(0, str(SOURCE))
-# prometheus_client reads this when first imported: profile what a gunicorn worker runs.
+# prometheus_client reads this when first imported: profile what a server's worker runs.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="dailyrec-profile-"))
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
@@ -59,7 +60,7 @@ DAY = dt.date(2026, 11, 21)
 KNOWN_PATH = "/recommendations/u{user}"
 QUERY = "n=20"
 
-# A bare WSGI app under the same gunicorn settings: what gunicorn itself costs per request.
+# A bare WSGI app under the same server and settings: what the server itself costs per request.
 HELLO_BODY = b'{"status":"alive"}\n'
 
 
@@ -251,11 +252,24 @@ def package_of(filename: str) -> str:
     return "stdlib"
 
 
-# --- 2.-4. gunicorn under wrk --------------------------------------------------------------------
+# --- 2.-4. the HTTP server under wrk ----------------------------------------------------------------
+
+def server_command(source: Path, app: str | None) -> tuple[list[str], str]:
+    """The command that serves `app` (default: the API) the way `source`'s tree serves it, and
+    the server's name: serving/server.py (granian) where the tree has it, else gunicorn with the
+    tree's serving/gunicorn.conf.py (a baseline from before the switch)."""
+    if (source / "serving" / "server.py").exists():
+        target, factory = (app, False) if app else ("serving.app:create_app", True)
+        code = ("from serving import server; server.prepare_environment(); "
+                f"server.server({target!r}, factory={factory}).serve()")
+        return [sys.executable, "-c", code], "granian"
+    return ([str(Path(sys.executable).parent / "gunicorn"), "-c",
+             str(source / "serving" / "gunicorn.conf.py"), f"{app}" if app else
+             "serving.app:create_app()"], "gunicorn")
+
 
 @contextlib.contextmanager
-def gunicorn(redis_url: str, source: Path, env: dict | None = None,
-             app: str = "serving.app:create_app()"):
+def api_server(redis_url: str, source: Path, env: dict | None = None, app: str | None = None):
     from tests import servers
 
     port = servers.free_port()
@@ -263,9 +277,8 @@ def gunicorn(redis_url: str, source: Path, env: dict | None = None,
     full = {**os.environ, "REDIS_URL": redis_url, "DAILYREC_BIND": f"127.0.0.1:{port}",
             "PROMETHEUS_MULTIPROC_DIR": metrics, "PYTHONPATH": f"{source}:{ROOT}",
             **(env or {})}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c",
-                             str(source / "serving" / "gunicorn.conf.py"), app],
-                            cwd=source, env=full, stdout=subprocess.DEVNULL,
+    command, _ = server_command(source, app)
+    proc = subprocess.Popen(command, cwd=source, env=full, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         servers.wait_for_port(port, proc=proc)
@@ -325,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="passes over the concurrencies, before/after order alternating")
     ap.add_argument("--baseline", default="HEAD",
                     help="git ref whose serving/ and dailyrec/ are the 'before' ('' for none)")
-    ap.add_argument("--settings", default="2x4,4x2,4x1",
-                    help="gunicorn workers x threads to compare ('' to skip)")
+    ap.add_argument("--settings", default="2x2,4x1,4x2,8x1",
+                    help="server workers x threads to compare ('' to skip)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # in-process profile of another tree
     args = ap.parse_args(argv)
 
@@ -340,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.serve import WRK_SCRIPT, run_redis_benchmark, wrk_script
 
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.baseline:  # named by its commit in the tables: HEAD moves on
+        args.baseline = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=ROOT,
+                                       check=True, capture_output=True, text=True).stdout.strip()
     rng = np.random.default_rng(5)
     users = [f"u{i}" for i in rng.integers(0, args.users, 1000)]
     print(f"publishing {args.users:,} synthetic users ...", flush=True)
@@ -358,23 +374,24 @@ def main(argv: list[str] | None = None) -> int:
             whole_before = json.loads(out.split("RESULT ", 1)[1])
         print(whole_before, whole_after, flush=True)
 
-        print("gunicorn's share, 1 connection ...", flush=True)
+        print("the server's share, 1 connection ...", flush=True)
         share_rows = []
         hello_script = None
         with wrk_script(WRK_SCRIPT % {"last_user": args.users - 1}) as script, \
                 wrk_script("") as plain:
             hello_script = plain
-            with gunicorn(server.url, ROOT, app="bench.api_profile:hello") as base:
-                r = wrk_row(base + "/healthz", hello_script, 1, args.seconds)
-                share_rows.append(["bare WSGI app (gunicorn alone)", r])
             trees = [("this checkout", ROOT)] + ([(f"baseline ({args.baseline})", before)]
                                                   if before is not None else [])
             for label, tree in trees:
-                with gunicorn(server.url, tree) as base:
+                name = server_command(tree, None)[1]
+                with api_server(server.url, tree, app="bench.api_profile:hello") as base:
                     r = wrk_row(base + "/healthz", hello_script, 1, args.seconds)
-                    share_rows.append([f"Flask /healthz, {label}", r])
+                    share_rows.append([f"bare WSGI app ({name} alone), {label}", r])
+                with api_server(server.url, tree) as base:
+                    r = wrk_row(base + "/healthz", hello_script, 1, args.seconds)
+                    share_rows.append([f"Flask /healthz ({name}), {label}", r])
                     r = wrk_row(base, script, 1, args.seconds)
-                    share_rows.append([f"known user, {label}", r])
+                    share_rows.append([f"known user ({name}), {label}", r])
             for row in share_rows:
                 print(row[0], row[1], flush=True)
 
@@ -382,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
             load_rows = []
             stack = contextlib.ExitStack()
             with stack:
-                after_base = stack.enter_context(gunicorn(server.url, ROOT))
-                before_base = (stack.enter_context(gunicorn(server.url, before))
+                after_base = stack.enter_context(api_server(server.url, ROOT))
+                # this checkout's server with the hot path off: Flask answers every request
+                flask_base = stack.enter_context(api_server(
+                    server.url, ROOT, {"DAILYREC_API_HOT_PATH": "false"}))
+                before_base = (stack.enter_context(api_server(server.url, before))
                                if before is not None else None)
                 for rep in range(args.repeat):
                     for c in concurrencies:
@@ -392,20 +412,21 @@ def main(argv: list[str] | None = None) -> int:
                         b = a = None
                         if rep % 2:
                             a = wrk_row(after_base, script, c, args.seconds)
+                        f = wrk_row(flask_base, script, c, args.seconds)
                         if before_base:
                             b = wrk_row(before_base, script, c, args.seconds)
                         if a is None:
                             a = wrk_row(after_base, script, c, args.seconds)
                         g = run_redis_benchmark(server.port, c, 100_000)
                         g["loadavg"] = loadavg()
-                        load_rows.append((c, b, a, g))
-                        print(c, b, a, g, flush=True)
+                        load_rows.append((c, b, f, a, g))
+                        print(c, b, f, a, g, flush=True)
 
             settings_rows = []
             for setting in [s for s in args.settings.split(",") if s]:
                 workers, threads = setting.split("x")
                 env = {"WEB_CONCURRENCY": workers, "DAILYREC_THREADS": threads}
-                with gunicorn(server.url, ROOT, env) as base:
+                with api_server(server.url, ROOT, env) as base:
                     for c in concurrencies:
                         r = wrk_row(base, script, c, args.seconds)
                         settings_rows.append([f"{workers} x {threads}", c, r])
@@ -431,7 +452,7 @@ def write_section(args, piece_rows, whole_before, whole_after, share_rows, load_
     parts = [
         f"Synthetic model published by publish(): {args.users:,} users, {args.items:,} items, "
         f"top 20, similar items and explanations' histories on; Redis {redis_version} on "
-        "loopback; wrk, gunicorn and Redis share this machine's "
+        "loopback; wrk, the HTTP server and Redis share this machine's "
         f"{os.cpu_count()} cores. Baseline: serving/ and dailyrec/ as at `{args.baseline}` "
         "(`git archive`), run side by side with this checkout's. Load average (1, 5, 15 min, "
         "`/proc/loadavg`) beside each row.",
@@ -447,9 +468,10 @@ def write_section(args, piece_rows, whole_before, whole_after, share_rows, load_
         "**Where a known user's request goes, in-process** (GET /recommendations/<user>?n=20, "
         f"7 batches of {args.calls:,} calls: the median batch's CPU time of this thread per call "
         "(leaves out waiting for Redis, and what other processes take) and the fastest batch's "
-        "wall time per call; PROMETHEUS_MULTIPROC_DIR set, as under "
-        "gunicorn; no per-request log line: gunicorn's access log is off by default and the app "
-        "logs nothing on success). Pieces overlap (the whole-request rows contain the rest).\n\n"
+        "wall time per call; PROMETHEUS_MULTIPROC_DIR set, as in a "
+        "server's worker; no per-request log line: the server's access log is off by default and "
+        "the app logs nothing on success). Pieces overlap (the whole-request rows contain the "
+        "rest).\n\n"
         + markdown_table(["piece", "CPU µs per call", "wall µs per call"], rows))
     names = sorted(set(whole_after["share"]) | set((whole_before or {}).get("share", {})),
                    key=lambda k: -(whole_before or whole_after)["share"].get(k, 0))
@@ -461,14 +483,17 @@ def write_section(args, piece_rows, whole_before, whole_after, share_rows, load_
                  + markdown_table(["package", f"baseline `{args.baseline}`", "this checkout"],
                                   share_table))
     parts.append(
-        "**gunicorn's share**, wrk at 1 connection (one request at a time: µs per request = "
-        "1 / req/s, the whole round trip through wrk, gunicorn, the app and Redis):\n\n"
+        "**The HTTP server's share**, wrk at 1 connection (one request at a time: µs per "
+        "request = 1 / req/s, the whole round trip through wrk, the server, the app and Redis); "
+        "each tree under its own server (this checkout: serving/server.py, granian; a baseline "
+        "from before it: gunicorn with its serving/gunicorn.conf.py):\n\n"
         + markdown_table(["server", "req/s", "µs per request", "p50 ms", "p99 ms", "loadavg"],
                          [[name, round(r["rps"]), _us(r["rps"]), r["p50"], r["p99"],
                            r["loadavg"]] for name, r in share_rows]))
     load = []
-    for c, b, a, g in load_rows:
-        for label, r in (("baseline", b), ("this checkout", a)):
+    for c, b, f, a, g in load_rows:
+        for label, r in (("baseline", b), ("this checkout, hot path off", f),
+                         ("this checkout", a)):
             if r is None:
                 continue
             load.append([c, label, round(r["rps"]), r["p50"], r["p99"],
@@ -478,17 +503,26 @@ def write_section(args, piece_rows, whole_before, whole_after, share_rows, load_
                      "1", g["loadavg"]])
     verdict = []
     for c in dict.fromkeys(r[0] for r in load_rows):
-        pairs = [(b, a) for cc, b, a, _ in load_rows if cc == c and b is not None]
+        pairs = [(b, a) for cc, b, _, a, _ in load_rows if cc == c and b is not None]
         if pairs:
             verdict.append(
                 f"{c} connection{'s' if c > 1 else ''}: "
                 + " / ".join(f"{a['rps'] / b['rps']:.2f}x" for b, a in pairs)
                 + " the baseline's req/s, p99 "
                 + " / ".join(f"{b['p99']:.2f} -> {a['p99']:.2f} ms" for b, a in pairs))
+    at4 = [a for c, _, _, a, _ in load_rows if c == 4]
+    at16 = [a for c, _, _, a, _ in load_rows if c == 16]
+    if at4 and at16:
+        verdict.append(
+            "this checkout at 4 connections: " + " / ".join(f"{a['rps']:,.0f}" for a in at4)
+            + f" req/s (>= 6,000: {'met' if min(a['rps'] for a in at4) >= 6000 else 'NOT met'})"
+            + "; p99 at 16: " + " / ".join(f"{a['p99']:.2f}" for a in at16)
+            + f" ms (< 10 ms: {'met' if max(a['p99'] for a in at16) < 10 else 'NOT met'})")
     parts.append(
         "**Under load**: wrk, 95% known users at random, 5% unknown (the fallback), n=20, "
-        f"{args.seconds} s per row, gunicorn with each side's own serving/gunicorn.conf.py "
-        "(its default workers and threads); the baseline's and this checkout's rows run one after the other "
+        f"{args.seconds} s per row, each side under its own server and settings (its default "
+        "workers and threads); \"hot path off\" is this checkout with DAILYREC_API_HOT_PATH=false "
+        "(Flask answers every request: the server's share alone); the rows run one after the other "
         f"(which goes first alternates between the {args.repeat} passes). "
         "Targets: >= 6,000 req/s at 4 connections, p99 < 10 ms at 16. "
         + "; ".join(verdict) + ".\n\n"
@@ -496,13 +530,21 @@ def write_section(args, piece_rows, whole_before, whole_after, share_rows, load_
                           "vs Redis GET", "loadavg"], load))
     if settings_rows:
         parts.append(
-            "**gunicorn settings** (this checkout; WEB_CONCURRENCY x DAILYREC_THREADS, gthread):"
+            "**Server settings** (this checkout; WEB_CONCURRENCY worker processes x "
+            "DAILYREC_THREADS threads each):"
             "\n\n" + markdown_table(["workers x threads", "connections", "req/s", "p50 ms",
                                      "p99 ms", "errors", "loadavg"],
                                     [[s, c, round(r["rps"]), r["p50"], r["p99"],
                                       r["non_2xx"] or (r["socket_errors"] or 0), r["loadavg"]]
                                      for s, c, r in settings_rows]))
-    parts.append("What changed for the hot path (a list without ?recent= or ?explain=, known user or fallback): the lookup's EVALSHA is packed by hand and sent on a connection each thread keeps (redis-py's Script call took a connection from the pool and checked it with a poll, then packed through the client, on every request); the body is joined from each item's `{\"id\":...,\"score\":` encoded once per version (Version.memo) and the scores formatted in one `%.6f` pass, byte for byte jsonify's output (a test compares them); Prometheus children are looked up once; gunicorn runs 2 workers per core with 2 threads (with 1 per core, keep-alive connections often piled up in one process). Not changed: Flask's own request handling (context, routing, hooks, Response: ~55 µs of /healthz) and gunicorn's (~135-165 µs a request for a bare WSGI app at 1 connection), which together are now most of a request.")
+    parts.append(
+        "What changed: known users' lists and the fallback (no query but ?n=) are answered by "
+        "serving/hot.py in front of Flask (same status, headers, bytes and metrics as the route: "
+        "tests/test_serving_hot.py compares them; anything else, every error included, still "
+        "goes through Flask), and the API runs under granian (serving/server.py) instead of "
+        "gunicorn's gthread workers. Earlier (same section, 2026-12-01): the lookup's EVALSHA "
+        "packed by hand on a connection each thread keeps, bodies joined from per-version "
+        "pre-encoded pieces, Prometheus children looked up once.")
     publish("api_profile", "The API's cost per request (bench/api_profile.py)", "\n\n".join(parts))
 
 

@@ -9,12 +9,12 @@ Everything runs on this machine, against a private redis-server on a free loopba
      against plain redis-py pipelining of the same commands, and against one key per user (MSET);
      Redis memory per user from INFO used_memory;
   3. publish() end to end (score, write, verify, switch) for every user;
-  4. the API (gunicorn with serving/gunicorn.conf.py) under wrk from a separate process at several
+  4. the API (python -m serving.server, as `make serve` runs it) under wrk from a separate process at several
      concurrencies, against redis-benchmark GET at the same concurrencies as the ceiling;
   5. request-time work at --fold-in-items items x --factors factors (issue 13): a second model
      (implicit ALS fitted on synthetic interactions) published twice, explanations' user histories
      off and on (publish's extra seconds for similar items + item factors; Redis bytes per user and
-     per item, key by key), then, against the same gunicorn and Redis, wrk at 1 and 4 connections
+     per item, key by key), then, against the same API server and Redis, wrk at 1 and 4 connections
      for a cached list (known user: the baseline), a similar-items lookup, a fold-in (an unknown
      visitor with 5-20 random known recent items) and a fold-in with explain=1; each row's p99 as
      a multiple of the cached list's, and the 1-minute load average beside it; the one-off cost of
@@ -337,15 +337,14 @@ def wrk_script(text: str):
 
 @contextlib.contextmanager
 def api_server(redis_server, extra_env: dict | None = None):
-    """gunicorn with serving/gunicorn.conf.py on a free port; yields its base URL."""
+    """The API as `make serve` runs it (python -m serving.server) on a free port; yields its base
+    URL."""
     port = servers.free_port()
     metrics_dir = tempfile.mkdtemp(prefix="dailyrec-bench-metrics-")
     env = {**os.environ, "REDIS_URL": redis_server.url, "DAILYREC_BIND": f"127.0.0.1:{port}",
            "PROMETHEUS_MULTIPROC_DIR": metrics_dir, **(extra_env or {})}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c",
-                             "serving/gunicorn.conf.py", "serving.app:create_app()"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "serving.server"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         servers.wait_for_port(port, proc=proc)
         yield f"http://127.0.0.1:{port}"
@@ -601,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fold-in-concurrency", default="1,4")
     ap.add_argument("--profile-requests", type=int, default=1000)
     ap.add_argument("--no-one-blas-thread", dest="one_blas_thread", action="store_false",
-                    help="skip the rows from a second gunicorn started with "
+                    help="skip the rows from a second API server started with "
                          "OPENBLAS_NUM_THREADS=1")
     args = ap.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -686,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n\n".join([
         f"Synthetic model: {n:,} users, {args.items:,} items, {args.factors} factors, "
         f"~{args.items_per_user} items per user; top 20 per user; Redis {redis_version} on "
-        "loopback (no persistence), everything on this one machine (the load generator, gunicorn "
+        "loopback (no persistence), everything on this one machine (the load generator, the API server "
         "and Redis share its cores). Targets: publish >= 100k users/s; API p99 < 10 ms; fold-in "
         "p99 <= 15 ms at 50,000 items and 64 factors. "
         f"1-minute load average at start / before the API rows / before the fold-in model's "
@@ -713,8 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{mem['lists'] / n:.0f} B/user, histories {mem['histories'] / n:.0f} B/user, similar "
         f"items {_mib(mem['similar'])}, item factors {_mib(mem['factors'])}, by MEMORY USAGE).",
         f"**API under load**: wrk ({args.seconds} s per row, 95% known users, 5% unknown -> "
-        "fallback, n=20) against gunicorn with serving/gunicorn.conf.py (gthread, workers = "
-        "cores, 4 threads); ceiling: redis-benchmark GET of a 160-byte value at the same "
+        "fallback, n=20) against the API server (serving/server.py, granian, its default "
+        "workers and threads); ceiling: redis-benchmark GET of a 160-byte value at the same "
         "concurrency. One API request = one Redis round trip (a read-only Lua script: GET "
         "current, HGET the user).\n\n"
         + markdown_table(["connections", "API req/s", "p50 ms", "p99 ms", "errors",
@@ -723,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         f"implicit ALS fitted on {fold_users:,} synthetic users x ~{args.fold_in_items_per_user}"
         f" Zipf-distributed items ({fold.user_items.nnz:,} interactions, "
         f"{args.fit_iterations} iterations, {fit_seconds:.0f} s), published on top of the "
-        "version above while gunicorn runs (a version switch), first with explain_items 0, then "
+        "version above while the API server runs (a version switch), first with explain_items 0, then "
         f"with {args.explain_items}; Redis bytes by MEMORY USAGE of the version's keys.\n\n"
         + markdown_table(["explain_items", "publish s", "scoring s", "similar items + factors s",
                           "lists B/user", "histories B/user", "all keys B/user",
@@ -739,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{loading['get_factors_ms']:.0f} ms, the rest is YᵀY + λI: "
          f"{loading['fold_in_init_ms']:.0f} ms with OpenBLAS's default threads, "
          f"{loading['fold_in_init_1_thread_ms']:.0f} ms with 1). Once per worker and version."),
-        f"**Request-time rows**: wrk, {args.seconds} s per row, n=20, against the same gunicorn "
+        f"**Request-time rows**: wrk, {args.seconds} s per row, n=20, against the same API server "
         "and Redis: a cached list (known users at random: the baseline), a similar-items lookup "
         "(known items at random), a fold-in (an unknown visitor with 5-20 known items at random "
         "in ?recent=: a 64x64 solve, an items x factors matvec, argpartition) and the same with "
@@ -747,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Fold-in p99: {verdict}.\n\n"
         + markdown_table(["request", "connections", "req/s", "p50 ms", "p99 ms",
                           "p99 vs cached list", "errors", "load avg"], request_rows),
-        *([(f"**The same rows from a second gunicorn whose workers were started with "
+        *([(f"**The same rows from a second API server whose workers were started with "
              f"OPENBLAS_NUM_THREADS=1** (the environment only; serving/ unchanged); on its fresh "
              f"workers the first cached-list requests took at most "
              f"{max(first_one['cached']):.1f} ms, the first fold-in requests at most "
@@ -756,9 +755,9 @@ def main(argv: list[str] | None = None) -> int:
                               "p99 vs cached list", "errors", "load avg"], one_thread_rows)]
           if one_thread_rows else []),
         f"**Where a fold-in request's time goes** ({args.profile_requests:,} requests, in this "
-        "process after gunicorn stopped: the steps of serving/api.py's session branch, then "
+        "process after the API server stopped: the steps of serving/api.py's session branch, then "
         "whole requests through Flask's test client, no HTTP), with OpenBLAS's default threads "
-        "(what a gunicorn worker gets) and with 1 BLAS thread.\n\n"
+        "(what a worker gets without OPENBLAS_NUM_THREADS) and with 1 BLAS thread.\n\n"
         + markdown_table(["step", "p50 ms", "p99 ms", "p50 ms, 1 BLAS thread",
                           "p99 ms, 1 BLAS thread"], profile),
     ])

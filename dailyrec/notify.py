@@ -324,7 +324,7 @@ class Throttle:
             return cache[key]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Switching a fresh file to WAL takes an exclusive lock that SQLite's busy timeout does
-        # not wait for: processes opening it at once (a storm hitting every gunicorn worker) got
+        # not wait for: processes opening it at once (a storm hitting every API worker) got
         # "database is locked", throttled only themselves, and each mailed. One at a time here.
         with open(self.path.with_name(self.path.name + ".setup-lock"), "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
@@ -462,7 +462,7 @@ class AlertQueue:
             return False
 
     def _start(self) -> None:
-        with self._lock:  # one sender per process (gunicorn forks workers after import)
+        with self._lock:  # one sender per process (the API server forks its workers)
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="alert-sender",

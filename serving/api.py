@@ -23,6 +23,10 @@ from serving import auth, render
 bp = Blueprint("recommendations", __name__)
 bp.before_request(auth.require_api)  # 401 without a valid token, when tokens are set
 _DIGITS = re.compile(r"[0-9]{1,6}")
+# The exception serving/hot.py met on this request (a failed lookup: Redis down, nothing
+# published...), handed over with it: raised here, so that serving/errors.py answers it as it
+# answers this route's own, without a second call to Redis.
+HOT_PATH_ERROR = "dailyrec.hot_path.error"
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
@@ -78,6 +82,9 @@ def _because(version, past: np.ndarray, contributions: np.ndarray) -> list[dict]
 
 @bp.get("/recommendations/<user_id>")
 def recommendations(user_id: str):
+    failed = request.environ.get(HOT_PATH_ERROR)
+    if failed is not None:
+        raise failed
     _checked_id(user_id, "user_id")
     recent, explain = _recent(), _explain()
     app = current_app._get_current_object()

@@ -87,14 +87,19 @@ def init_app(app: Flask) -> None:
     app.extensions["dailyrec.auth"] = {"api": TokenSet(api), "metrics": TokenSet(metrics)}
 
 
+def bearer_token(authorization: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header ("" for any other header)."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def require(scope: str) -> None:
     """Raise 401 unless the request carries a token of `scope` (a no-op when it has none)."""
     tokens: TokenSet = current_app.extensions["dailyrec.auth"][scope]
     if not tokens.enabled:
         return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if not token:
         raise Unauthorized("a bearer token is required: send `Authorization: Bearer <token>`",
                            www_authenticate=WWWAuthenticate("bearer", {"realm": "dailyrec"}))
     if not tokens.allows(token):

@@ -13,8 +13,8 @@
     dailyrec_served_version_max_age_seconds                 serving.max_age_hours, in seconds
     dailyrec_served_version_stale                           1 past it, else 0
 
-Under gunicorn (several worker processes) the values live in PROMETHEUS_MULTIPROC_DIR, which
-serving/gunicorn.conf.py sets up, and /metrics adds up every worker's.
+Under the API server (several worker processes) the values live in PROMETHEUS_MULTIPROC_DIR,
+which serving/server.py sets up, and /metrics adds up every worker's.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class Telemetry:
         # The objects behind the proxies, once each: every proxy access looks up the context.
         ctx = g._get_current_object()
         ctx.started = time.perf_counter()
-        given = request._get_current_object().headers.get("X-Request-ID", "")
-        ctx.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        ctx.request_id = request_id_from(request._get_current_object().headers.get("X-Request-ID",
+                                                                                   ""))
 
     def _child(self, metric, *labels):
         key = (metric, labels)
@@ -82,15 +82,21 @@ class Telemetry:
         """One recommendation list served from `source`."""
         self._child(self.recommendations, source).inc()
 
+    def answered(self, endpoint: str, method: str, status: str, seconds: float | None) -> None:
+        """One request answered: counted by endpoint, method and status; its time (when known)
+        in the latency histogram."""
+        self._child(self.requests, endpoint, method, status).inc()
+        if seconds is not None:
+            self._child(self.latency, endpoint).observe(seconds)
+
     def _finish(self, response):
         req = request._get_current_object()
         rule = req.url_rule
         endpoint = rule.rule if rule is not None else "<unmatched>"
-        self._child(self.requests, endpoint, req.method, str(response.status_code)).inc()
         ctx = g._get_current_object()
         started = ctx.get("started")
-        if started is not None:
-            self._child(self.latency, endpoint).observe(time.perf_counter() - started)
+        self.answered(endpoint, req.method, str(response.status_code),
+                      None if started is None else time.perf_counter() - started)
         rid = ctx.get("request_id")
         response.headers["X-Request-ID"] = rid if rid is not None else request_id()
         return response
@@ -163,6 +169,11 @@ class _FallbackShare:
                                   "Share of recommendation lists served from the fallback")
         gauge.add_metric([], counts["fallback"] / total if total else 0.0)
         yield gauge
+
+
+def request_id_from(given: str) -> str:
+    """The caller's X-Request-ID when it is a sane one, else a new id."""
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def request_id() -> str:

@@ -113,8 +113,8 @@ def start_redis(password: str | None = None) -> Redis:
 
 
 @dataclass
-class Gunicorn:
-    """The API under gunicorn (serving/gunicorn.conf.py), as `make serve` runs it."""
+class ApiServer:
+    """The API under its HTTP server (serving/server.py), as `make serve` runs it."""
 
     proc: subprocess.Popen
     port: int
@@ -137,21 +137,21 @@ class Gunicorn:
             self.proc.wait()
 
 
-def start_gunicorn(env: dict[str, str], metrics_dir: Path, workers: int = 1,
-                   wait: bool = True) -> Gunicorn:
-    """gunicorn on a free port with `env` over this process's environment (REDIS_PASSWORD left
-    out: the test's Redis has none). wait=False returns before it listens (call .wait())."""
+def start_api(env: dict[str, str], metrics_dir: Path, workers: int = 1,
+              wait: bool = True) -> ApiServer:
+    """`python -m serving.server` on a free port with `env` over this process's environment
+    (REDIS_PASSWORD left out: the test's Redis has none). wait=False returns before it listens
+    (call .wait())."""
     import sys
 
     port = free_port()
     full = {**os.environ, "DAILYREC_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
             "DAILYREC_THREADS": "2", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **env}
     full.pop("REDIS_PASSWORD", None)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "serving/gunicorn.conf.py",
-         "serving.app:create_app()"], cwd=Path(__file__).resolve().parents[1], env=full,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Gunicorn(proc, port)
+    proc = subprocess.Popen([sys.executable, "-m", "serving.server"],
+                            cwd=Path(__file__).resolve().parents[1], env=full,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = ApiServer(proc, port)
     if wait:
         try:
             server.wait()

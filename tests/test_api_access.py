@@ -1,5 +1,5 @@
 """Who may read the lists, and whether they are fresh (issue 18.4, 18.5): bearer tokens and the
-served version's age, on the Flask app and under gunicorn, against a real Redis."""
+served version's age, on the Flask app and under its HTTP server (granian), against a real Redis."""
 
 from __future__ import annotations
 
@@ -129,29 +129,30 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict, dict]:
         with urllib.request.urlopen(request, timeout=10) as answer:
             body = answer.read()
             kind = answer.headers.get("Content-Type", "")
+            # Header names in lower case (HTTP's are case-insensitive; granian sends them so).
             return answer.status, json.loads(body) if "json" in kind else {}, \
-                dict(answer.headers) | {"_text": body.decode()}
+                {k.lower(): v for k, v in answer.headers.items()} | {"_text": body.decode()}
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read()), dict(err.headers)
+        return err.code, json.loads(err.read()), {k.lower(): v for k, v in err.headers.items()}
 
 
-def test_under_gunicorn_tokens_come_from_the_environment_and_age_is_exported(model, tmp_path):
+def test_under_the_server_tokens_come_from_the_environment_and_age_is_exported(model, tmp_path):
     redis_server = servers.start_redis()
-    gunicorn = servers.start_gunicorn({"REDIS_URL": redis_server.url,
+    api_server = servers.start_api({"REDIS_URL": redis_server.url,
                                        "DAILYREC_API_TOKENS": f"{TOKEN_A},{TOKEN_B}",
                                        "DAILYREC_API_METRICS_TOKENS": SCRAPER},
                                       tmp_path, workers=2, wait=False)
-    base = gunicorn.url
+    base = api_server.url
     try:
         import redis
 
         stale_day = TODAY - dt.timedelta(days=2)
         pub.publish(model, redis.Redis.from_url(redis_server.url), settings(36),
                     run_date=stale_day, progress=False)
-        gunicorn.wait()
+        api_server.wait()
         status, body, headers = _get(f"{base}/recommendations/user-3")
         assert status == 401 and body["error"] == "unauthorized"
-        assert headers["WWW-Authenticate"].lower().startswith("bearer")
+        assert headers["www-authenticate"].lower().startswith("bearer")
         assert _get(f"{base}/recommendations/user-3", TOKEN_B)[0] == 200
         assert _get(f"{base}/recommendations/user-3", "not-a-token-at-all")[0] == 401
         status, body, _ = _get(f"{base}/readyz")
@@ -160,5 +161,5 @@ def test_under_gunicorn_tokens_come_from_the_environment_and_age_is_exported(mod
         status, _, headers = _get(f"{base}/metrics", SCRAPER)
         assert status == 200 and "dailyrec_served_version_stale 1.0" in headers["_text"]
     finally:
-        gunicorn.stop()
+        api_server.stop()
         redis_server.stop()

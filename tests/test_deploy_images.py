@@ -6,7 +6,7 @@
 - hadolint lints both Dockerfiles and reports nothing, and every rule they silence has its
   reason written above it;
 - the Dockerfiles hold what the images promise (the CUDA 13 runtime, the scheduler's command,
-  a user without privileges, gunicorn with serving/gunicorn.conf.py, a health check on /healthz),
+  a user without privileges, the API server (serving/server.py), a health check on /healthz),
   and copy only files that exist;
 - deploy/docker/run_job.py, the training image's entry point, runs against a real git
   repository: it checks the project out, runs the command, pushes the day's commit.
@@ -164,9 +164,7 @@ def test_the_serving_image_is_slim_unprivileged_and_checks_its_health():
     assert re.fullmatch(r"python:3\.11-slim-\w+", last["FROM"])
     assert re.fullmatch(r"\d+:\d+", last["USER"]) and not last["USER"].startswith("0")
     assert "/healthz" in last["HEALTHCHECK"] and last["HEALTHCHECK"].startswith("--interval")
-    assert json.loads(last["CMD"]) == ["gunicorn", "-c", "/opt/dailyrec/gunicorn.conf.py",
-                                      "serving.app:create_app()"]
-    assert ("COPY", "serving/gunicorn.conf.py /opt/dailyrec/gunicorn.conf.py") in stage
+    assert json.loads(last["CMD"]) == ["python", "-m", "serving.server"]
     build_runs = " ".join(rest for word, rest in instructions(SERVE) if word == "RUN")
     assert "deploy/install.sh --venv /opt/dailyrec/venv --python python3.11" in build_runs
     assert "--extra" not in build_runs  # the serving set has no CUDA

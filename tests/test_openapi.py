@@ -1,5 +1,5 @@
 """The API contract (issue 13): serving/openapi.json documents every route, the API serves it at
-/openapi.json, and schemathesis fuzzes a real gunicorn + Redis from it: no 500, and no status,
+/openapi.json, and schemathesis fuzzes the real API server + Redis from it: no 500, and no status,
 content type, header or body the document does not describe.
 
 The fuzzing runs every phase schemathesis has for single requests: the document's examples, the
@@ -60,8 +60,8 @@ def model():
     return tm.bundle(n_users=200, n_items=40, seed=3, per_user=4)
 
 
-def _gunicorn(redis_url: str, prefix: str, metrics_dir: Path) -> servers.Gunicorn:
-    return servers.start_gunicorn({"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix,
+def _api_server(redis_url: str, prefix: str, metrics_dir: Path) -> servers.ApiServer:
+    return servers.start_api({"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix,
                                    "OPENBLAS_NUM_THREADS": "1"}, metrics_dir)
 
 
@@ -72,13 +72,13 @@ def _clear(client: redis.Redis, prefix: str) -> None:
 
 @pytest.fixture(scope="module")
 def published_api(redis_server, model, tmp_path_factory):
-    """gunicorn serving a published model (similar items and histories on), under a key prefix of
+    """The API server serving a published model (similar items and histories on), under a key prefix of
     its own (other tests flush the shared Redis, but never while this module runs)."""
     prefix = "openapi-published"
     client = redis.Redis.from_url(redis_server.url)
     _clear(client, prefix)
     pub.publish(model, client, SETTINGS, run_date=DAY, layout=K.Layout(prefix), progress=False)
-    server = _gunicorn(redis_server.url, prefix, tmp_path_factory.mktemp("metrics"))
+    server = _api_server(redis_server.url, prefix, tmp_path_factory.mktemp("metrics"))
     yield server.url
     server.stop()
     _clear(client, prefix)
@@ -87,12 +87,12 @@ def published_api(redis_server, model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unpublished_api(redis_server, tmp_path_factory):
-    """gunicorn on a key prefix where nothing is published: /recommendations answers 503."""
+    """The API server on a key prefix where nothing is published: /recommendations answers 503."""
     prefix = "openapi-nothing-published"
     client = redis.Redis.from_url(redis_server.url)
     _clear(client, prefix)
     client.close()
-    server = _gunicorn(redis_server.url, prefix, tmp_path_factory.mktemp("metrics"))
+    server = _api_server(redis_server.url, prefix, tmp_path_factory.mktemp("metrics"))
     yield server.url
     server.stop()
 

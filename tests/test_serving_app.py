@@ -1,5 +1,5 @@
 """The Flask API against a real Redis: answers, every bad input, errors as JSON, metrics, password
-and TLS connections, and Redis stopped and restarted under a running gunicorn."""
+and TLS connections, and Redis stopped and restarted under the running API server."""
 
 from __future__ import annotations
 
@@ -303,21 +303,22 @@ def test_tls_redis_with_rediss_url(model, tmp_path):
 
 
 def _get(url: str) -> tuple[int, dict, dict]:
+    """(status, JSON body, headers: looked up by name in any case, as HTTP's are)."""
     try:
         with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, json.loads(answer.read()), dict(answer.headers)
+            return answer.status, json.loads(answer.read()), answer.headers
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read()), dict(err.headers)
+        return err.code, json.loads(err.read()), err.headers
 
 
-def test_redis_stopped_and_restarted_under_running_gunicorn(model, tmp_path):
+def test_redis_stopped_and_restarted_under_the_running_api_server(model, tmp_path):
     redis_server = servers.start_redis()
-    gunicorn = servers.start_gunicorn({"REDIS_URL": redis_server.url}, tmp_path, wait=False)
-    base = gunicorn.url
+    api_server = servers.start_api({"REDIS_URL": redis_server.url}, tmp_path, wait=False)
+    base = api_server.url
     try:
         pub.publish(model, connection.client({"REDIS_URL": redis_server.url}), SETTINGS,
                     run_date=DAY, progress=False)
-        gunicorn.wait()
+        api_server.wait()
         status, body, _ = _get(f"{base}/recommendations/user-3?n=3")
         assert status == 200 and body["source"] == "personalized"
 
@@ -328,7 +329,7 @@ def test_redis_stopped_and_restarted_under_running_gunicorn(model, tmp_path):
             assert headers["Retry-After"] == "5" and "Traceback" not in json.dumps(body)
         assert _get(f"{base}/readyz")[0] == 503
         assert _get(f"{base}/healthz")[0] == 200
-        assert gunicorn.proc.poll() is None
+        assert api_server.proc.poll() is None
 
         redis_server.start()  # same port, empty: publish again, as a scheduler rerun would
         assert _get(f"{base}/recommendations/user-3")[1]["error"] == "not_published"
@@ -343,7 +344,7 @@ def test_redis_stopped_and_restarted_under_running_gunicorn(model, tmp_path):
         assert 'dailyrec_errors_total{kind="redis_unavailable"} 4.0' in metrics
         assert 'dailyrec_recommendations_total{source="personalized"} 2.0' in metrics
     finally:
-        gunicorn.stop()
+        api_server.stop()
         redis_server.stop()
 
 

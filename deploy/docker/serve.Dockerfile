@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The serving image: the recommendations API under gunicorn (docs/serving.md, docs/deploy.md).
+# The serving image: the recommendations API under granian, serving/server.py (docs/serving.md,
+# docs/deploy.md).
 #   docker build -f deploy/docker/serve.Dockerfile -t REGION.azurecr.io/dailyrec/serve:TAG .
 # The same image runs the MLflow tracking server on Cloud Run (docs/deploy.md): mlflow is one of
 # the project's pinned dependencies.
@@ -23,7 +24,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DAILYREC_STATE_DIR=/var/lib/dailyrec \
     HOME=/var/lib/dailyrec
 COPY --from=build /opt/dailyrec/venv /opt/dailyrec/venv
-COPY serving/gunicorn.conf.py /opt/dailyrec/gunicorn.conf.py
 # No privileges; the alert throttle's state is the only file the API writes.
 RUN useradd --no-create-home --uid 10001 --user-group dailyrec \
     && mkdir -p /var/lib/dailyrec \
@@ -35,4 +35,4 @@ EXPOSE 8000
 # The slim image has no curl: Python's own client does the request.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-CMD ["gunicorn", "-c", "/opt/dailyrec/gunicorn.conf.py", "serving.app:create_app()"]
+CMD ["python", "-m", "serving.server"]
