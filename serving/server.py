@@ -38,6 +38,7 @@ def prepare_environment() -> str:
     if not metrics:
         metrics = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
             prefix="dailyrec-metrics-")
+    os.makedirs(metrics, exist_ok=True)
     for path in glob.glob(os.path.join(metrics, "*.db")):
         os.remove(path)
     return metrics

@@ -1,0 +1,83 @@
+"""The API's HTTP server (serving/server.py, granian) against a real Redis: several workers answer
+with the hot path on, their metrics add up, a worker that dies is replaced without a person, and
+the longest valid request gets through."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import psutil
+
+from dailyrec.settings.serving import PublishSettings
+from dailyrec.store import writer as pub
+from tests import servers
+from tests import tiny_models as tm
+
+DAY = dt.date(2026, 11, 21)
+SETTINGS = PublishSettings(top_n=10, filter_already_liked=True, batch_size=200, keep_versions=3,
+                           similar_items=False, explain_items=0)
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.status, answer.read()
+
+
+def _workers(server) -> list[psutil.Process]:
+    return [p for p in psutil.Process(server.proc.pid).children() if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _until(condition, seconds: float = 30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not within {seconds} s")
+
+
+def test_a_killed_worker_is_replaced_and_the_counts_add_up(redis_server, redis_client, tmp_path):
+    model = tm.bundle(seed=11)
+    pub.publish(model, redis_client, SETTINGS, run_date=DAY, progress=False)
+    server = servers.start_api({"REDIS_URL": redis_server.url}, tmp_path / "metrics", workers=2)
+    try:
+        first = _until(lambda: len(_workers(server)) == 2 and _workers(server))
+        base = server.url
+        for i in range(40):  # new connections: both workers take some
+            status, body = _get(f"{base}/recommendations/user-{i % 20}?n=3")
+            assert status == 200 and json.loads(body)["source"] == "personalized"
+
+        os.kill(first[0].pid, signal.SIGKILL)
+        replaced = _until(lambda: len(w := _workers(server)) == 2
+                          and first[0].pid not in {p.pid for p in w} and w)
+        assert server.proc.poll() is None
+        for i in range(40):
+            assert _get(f"{base}/recommendations/user-{i % 20}?n=3")[0] == 200
+        assert {p.pid for p in replaced} != {p.pid for p in first}
+
+        # The killed worker's counts are still in the sum: counters never go down.
+        metrics = _get(f"{base}/metrics")[1].decode()
+        assert 'dailyrec_recommendations_total{source="personalized"} 80.0' in metrics
+    finally:
+        server.stop()
+
+
+def test_the_longest_valid_request_reaches_the_app(redis_server, redis_client, tmp_path):
+    """50 recent ids of 128 characters: about 20 KB of request line (the app's own limits)."""
+    model = tm.bundle(seed=11)
+    pub.publish(model, redis_client, SETTINGS, run_date=DAY, progress=False)
+    server = servers.start_api({"REDIS_URL": redis_server.url}, tmp_path / "metrics")
+    try:
+        recent = ",".join(f"{i:03d}" + "x" * 125 for i in range(50))
+        status, body = _get(f"{server.url}/recommendations/someone-new?recent={recent}")
+        assert status == 200 and json.loads(body)["recent"] == {"given": 50, "known": 0,
+                                                                "unknown": 50}
+    finally:
+        server.stop()
