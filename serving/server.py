@@ -7,9 +7,14 @@ line per request on stderr; off by default: at thousands of requests a second it
 than the request), DAILYREC_LOG_LEVEL (info), DAILYREC_WORKER_MAX_RSS_MB (a worker grown past
 this is replaced, 1024), DAILYREC_PID_FILE (where to write the server's pid; none by default).
 
-Why granian rather than gunicorn: a request costs the server far less. With the same app on this
-2-core machine, gunicorn (gthread) answered ~4,000 requests/s at 4 connections and granian
-~7,000 (docs/benchmarks.md, bench/api_profile.py).
+Why granian rather than gunicorn: a request costs the server far less. With Flask answering every
+request (the hot path off), on this 2-core machine, gunicorn's gthread workers answered
+2,650-3,160 requests/s at 4 connections and granian 4,440-4,620; a bare WSGI app 4,100 and 11,300
+at 1 connection (docs/benchmarks.md, bench/api_profile.py).
+
+At start granian warns that there are more workers than cores (on purpose: keep-alive connections
+stay with the worker that accepted them) and, on kernels without net.ipv4.tcp_migrate_req=1, that
+connections queued on a worker being replaced may be reset (set that sysctl on the host).
 """
 
 from __future__ import annotations
