@@ -252,7 +252,7 @@ def package_of(filename: str) -> str:
     return "stdlib"
 
 
-# --- 2.-4. the HTTP server under wrk ----------------------------------------------------------------
+# --- 2.-4. the HTTP server under wrk -------------------------------------------------------------
 
 def server_command(source: Path, app: str | None) -> tuple[list[str], str]:
     """The command that serves `app` (default: the API) the way `source`'s tree serves it, and

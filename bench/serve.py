@@ -9,8 +9,9 @@ Everything runs on this machine, against a private redis-server on a free loopba
      against plain redis-py pipelining of the same commands, and against one key per user (MSET);
      Redis memory per user from INFO used_memory;
   3. publish() end to end (score, write, verify, switch) for every user;
-  4. the API (python -m serving.server, as `make serve` runs it) under wrk from a separate process at several
-     concurrencies, against redis-benchmark GET at the same concurrencies as the ceiling;
+  4. the API (python -m serving.server, as `make serve` runs it) under wrk from a separate
+     process at several concurrencies, against redis-benchmark GET at the same concurrencies as
+     the ceiling;
   5. request-time work at --fold-in-items items x --factors factors (issue 13): a second model
      (implicit ALS fitted on synthetic interactions) published twice, explanations' user histories
      off and on (publish's extra seconds for similar items + item factors; Redis bytes per user and
@@ -599,9 +600,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="publish.explain_items for the fold-in model's second publish")
     ap.add_argument("--fold-in-concurrency", default="1,4")
     ap.add_argument("--profile-requests", type=int, default=1000)
-    ap.add_argument("--no-one-blas-thread", dest="one_blas_thread", action="store_false",
-                    help="skip the rows from a second API server started with "
-                         "OPENBLAS_NUM_THREADS=1")
+    ap.add_argument("--no-blas-per-core", dest="blas_per_core", action="store_false",
+                    help="skip the rows from a second API server whose workers get OpenBLAS's "
+                         "own thread count (serving/server.py sets 1 unless told otherwise)")
     args = ap.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     fold_concurrencies = [int(c) for c in args.fold_in_concurrency.split(",")]
@@ -642,14 +643,17 @@ def main(argv: list[str] | None = None) -> int:
             print(loading, "\nrequest-time rows ...", flush=True)
             request_rows = bench_request_time(base, fold, fold_concurrencies, args.seconds)
             load.append(load_average())
-        one_thread_rows, first_one = [], None
-        if args.one_blas_thread:
-            print("the same rows, workers with OPENBLAS_NUM_THREADS=1 ...", flush=True)
-            with api_server(redis_server, {"OPENBLAS_NUM_THREADS": "1"}) as base:
-                first_one = first_requests_after_switch(base, args.fold_in_users,
+        per_core_rows, first_per_core = [], None
+        if args.blas_per_core:
+            # serving/server.py gives its workers 1 BLAS thread unless the environment says
+            # otherwise: the comparison is with as many threads as cores
+            print("the same rows, workers with a BLAS thread per core ...", flush=True)
+            with api_server(redis_server, {"OPENBLAS_NUM_THREADS": str(os.cpu_count() or 1)}
+                            ) as base:
+                first_per_core = first_requests_after_switch(base, args.fold_in_users,
                                                         args.fold_in_items)
-                print({k: [round(x, 1) for x in v] for k, v in first_one.items()}, flush=True)
-                one_thread_rows = bench_request_time(base, fold, fold_concurrencies,
+                print({k: [round(x, 1) for x in v] for k, v in first_per_core.items()}, flush=True)
+                per_core_rows = bench_request_time(base, fold, fold_concurrencies,
                                                      args.seconds,
                                                      kinds=[KINDS[0], KINDS[2], KINDS[3]])
         print("profiling a fold-in request in-process ...", flush=True)
@@ -685,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n\n".join([
         f"Synthetic model: {n:,} users, {args.items:,} items, {args.factors} factors, "
         f"~{args.items_per_user} items per user; top 20 per user; Redis {redis_version} on "
-        "loopback (no persistence), everything on this one machine (the load generator, the API server "
+        "loopback (no persistence), everything on this one machine (the load generator, the API "
+        "server "
         "and Redis share its cores). Targets: publish >= 100k users/s; API p99 < 10 ms; fold-in "
         "p99 <= 15 ms at 50,000 items and 64 factors. "
         f"1-minute load average at start / before the API rows / before the fold-in model's "
@@ -722,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
         f"implicit ALS fitted on {fold_users:,} synthetic users x ~{args.fold_in_items_per_user}"
         f" Zipf-distributed items ({fold.user_items.nnz:,} interactions, "
         f"{args.fit_iterations} iterations, {fit_seconds:.0f} s), published on top of the "
-        "version above while the API server runs (a version switch), first with explain_items 0, then "
+        "version above while the API server runs (a version switch), first with explain_items 0, "
+        "then "
         f"with {args.explain_items}; Redis bytes by MEMORY USAGE of the version's keys.\n\n"
         + markdown_table(["explain_items", "publish s", "scoring s", "similar items + factors s",
                           "lists B/user", "histories B/user", "all keys B/user",
@@ -747,13 +753,14 @@ def main(argv: list[str] | None = None) -> int:
         + markdown_table(["request", "connections", "req/s", "p50 ms", "p99 ms",
                           "p99 vs cached list", "errors", "load avg"], request_rows),
         *([(f"**The same rows from a second API server whose workers were started with "
-             f"OPENBLAS_NUM_THREADS=1** (the environment only; serving/ unchanged); on its fresh "
+             f"OPENBLAS_NUM_THREADS={os.cpu_count() or 1}** (a BLAS thread per core; the "
+             f"server's default is 1; the environment only, serving/ unchanged); on its fresh "
              f"workers the first cached-list requests took at most "
-             f"{max(first_one['cached']):.1f} ms, the first fold-in requests at most "
-             f"{max(first_one['fold_in']):.1f} ms.\n\n")
+             f"{max(first_per_core['cached']):.1f} ms, the first fold-in requests at most "
+             f"{max(first_per_core['fold_in']):.1f} ms.\n\n")
             + markdown_table(["request", "connections", "req/s", "p50 ms", "p99 ms",
-                              "p99 vs cached list", "errors", "load avg"], one_thread_rows)]
-          if one_thread_rows else []),
+                              "p99 vs cached list", "errors", "load avg"], per_core_rows)]
+          if per_core_rows else []),
         f"**Where a fold-in request's time goes** ({args.profile_requests:,} requests, in this "
         "process after the API server stopped: the steps of serving/api.py's session branch, then "
         "whole requests through Flask's test client, no HTTP), with OpenBLAS's default threads "

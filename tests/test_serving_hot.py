@@ -75,7 +75,8 @@ def test_the_hot_path_answers_as_the_flask_route_does(redis_server, published, m
             f'status="200"}} {float(n)}') in lines
     assert ('dailyrec_http_request_duration_seconds_count{endpoint="/recommendations/<user_id>"}'
             f' {float(n)}') in lines
-    assert 'dailyrec_recommendations_total{source="fallback"} 16.0' in lines  # 2 ids, 4 queries, twice
+    # the 2 unknown ids, 4 queries each, asked twice
+    assert 'dailyrec_recommendations_total{source="fallback"} 16.0' in lines
 
 
 @pytest.mark.parametrize("path, status", [
@@ -101,8 +102,8 @@ def test_everything_else_goes_to_flask_unchanged(redis_server, published, monkey
 def test_a_missing_or_wrong_token_is_flasks_401(redis_server, published, monkeypatch):
     app = create_app({"REDIS_URL": redis_server.url, "TOKENS": TOKEN})
     client = app.test_client()
-    for headers in ({}, {"Authorization": "Bearer " + "x" * 24}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": "Bearer "}):
+    for headers in ({}, {"Authorization": "Bearer " + "x" * 24},
+                    {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer "}):
         answer = client.get("/recommendations/user-3", headers=headers)
         assert answer.status_code == 401 and answer.json["error"] == "unauthorized", headers
         assert answer.headers["WWW-Authenticate"].lower().startswith("bearer")
