@@ -502,6 +502,12 @@ def pg_report(loaded: dict, parts: dict, runs: list[dict], compare: dict, args) 
         f"PostgreSQL hands rows of a parallel or synchronised scan over in varying order, so two "
         f"runs of either code differ in row order) and the same counts per reason "
         f"({'same' if compare['same_metrics'] else 'DIFFERENT'} metrics).\n"
+        f"- The CPU bound: the stage's own process took {now['cpu_s']:.2f} s of CPU in its best "
+        f"run; on {os.cpu_count()} cores, shared with PostgreSQL's server, it cannot take less "
+        f"than {now['cpu_s'] / (os.cpu_count() or 1):.2f} s "
+        f"({rate(now['rows'], now['cpu_s'] / (os.cpu_count() or 1)):,.0f} rows/s) however its "
+        f"steps overlap (now: the driver's reads on a thread of their own, "
+        f"dailyrec/streams.prefetched, while the main thread normalises and writes).\n"
     )
 
 

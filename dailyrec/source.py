@@ -22,6 +22,7 @@ Nothing fetched is lost: fetched = kept + quarantined + duplicates + ignored, pe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections import Counter
 from pathlib import Path
@@ -37,6 +38,7 @@ import sqlalchemy as sa
 from dailyrec import schema as S
 from dailyrec.errors import ConfigError, ServiceUnavailable
 from dailyrec.settings.ingest import SourceSettings, TableConfig, Window
+from dailyrec.streams import prefetched
 
 REQUIRED_SOURCE_FIELDS = ("user_id", "item_id", "event_type", "ts")
 ID_FIELDS = ("event_id", "user_id", "item_id")
@@ -485,18 +487,21 @@ def _fetch(source: SourceSettings, window: Window, url: str, out_dir: Path) -> d
             for cfg in source.tables:
                 mapping, chunks = read_table(engine, cfg, window, source.chunk_rows)
                 counts: Counter[str] = Counter()
-                for raw in chunks:
-                    events, bad, skipped = normalise_table(raw, cfg, mapping, window)
-                    fresh, conflict = seen.add(events["event_id"], content_hashes(events))
-                    writer.write_table(take_rows(events, fresh))
-                    bad = pd.concat([bad, conflict_rows(events, np.flatnonzero(conflict))],
-                                    ignore_index=True)
-                    counts.update(fetched=len(raw), kept=int(fresh.sum()), quarantined=len(bad),
-                                  duplicates=int((~fresh & ~conflict).sum()),
-                                  ignored=sum(skipped.values()))
-                    reasons.update(bad["reason"].value_counts().to_dict())
-                    ignored.update(skipped)
-                    quarantined.append(bad)
+                # the driver fills the next chunk while this one is normalised and written;
+                # closing() stops the reader (and gives its connection back) on an error here
+                with contextlib.closing(prefetched(chunks)) as ahead:
+                    for raw in ahead:
+                        events, bad, skipped = normalise_table(raw, cfg, mapping, window)
+                        fresh, conflict = seen.add(events["event_id"], content_hashes(events))
+                        writer.write_table(take_rows(events, fresh))
+                        bad = pd.concat([bad, conflict_rows(events, np.flatnonzero(conflict))],
+                                        ignore_index=True)
+                        counts.update(fetched=len(raw), kept=int(fresh.sum()), quarantined=len(bad),
+                                      duplicates=int((~fresh & ~conflict).sum()),
+                                      ignored=sum(skipped.values()))
+                        reasons.update(bad["reason"].value_counts().to_dict())
+                        ignored.update(skipped)
+                        quarantined.append(bad)
                 per_table[cfg.name] = {**{k: int(counts[k]) for k in COUNTS}, "columns": mapping}
     finally:
         engine.dispose()
