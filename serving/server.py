@@ -54,6 +54,7 @@ def server(target: str = "serving.app:create_app", factory: bool = True):
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
+    from granian.log import LogLevels
 
     host, _, port = os.environ.get("DAILYREC_BIND", "127.0.0.1:8000").rpartition(":")
     pid_file = os.environ.get("DAILYREC_PID_FILE")
@@ -62,12 +63,10 @@ def server(target: str = "serving.app:create_app", factory: bool = True):
         address=host.strip("[]") or "0.0.0.0", port=int(port),
         workers=_workers(), blocking_threads=int(os.environ.get("DAILYREC_THREADS", "2")),
         http=HTTPModes.http1, websockets=False,
-        # Keep-alive connections stay with the worker that accepted them; a worker whose
-        # threads all wait on Redis still holds its own. The app bounds what it accepts (ids of
-        # 128 characters, 50 recent items: about 20 KB once URL-encoded); granian's buffer (408 KB)
-        # is far above it.
+        # The app bounds what it accepts (ids of 128 characters, 50 recent items: about 20 KB
+        # once URL-encoded); granian's HTTP/1 buffer (408 KB) is far above it.
         http1_settings=HTTP1Settings(keep_alive=True),
-        log_level=os.environ.get("DAILYREC_LOG_LEVEL", "info"),
+        log_level=LogLevels(os.environ.get("DAILYREC_LOG_LEVEL", "info").lower()),
         log_access=os.environ.get("DAILYREC_ACCESS_LOG", "").lower() in ("1", "true", "yes"),
         # Unattended for months: a worker that dies is started again, and one that grows (a
         # leak) is replaced, its open requests given workers_kill_timeout to finish.
