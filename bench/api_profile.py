@@ -260,12 +260,11 @@ def server_command(source: Path, app: str | None) -> tuple[list[str], str]:
     tree's serving/gunicorn.conf.py (a baseline from before the switch)."""
     if (source / "serving" / "server.py").exists():
         target, factory = (app, False) if app else ("serving.app:create_app", True)
-        code = ("from serving import server; server.prepare_environment(); "
-                f"server.server({target!r}, factory={factory}).serve()")
+        code = f"from serving import server; server.main({target!r}, factory={factory})"
         return [sys.executable, "-c", code], "granian"
     return ([str(Path(sys.executable).parent / "gunicorn"), "-c",
-             str(source / "serving" / "gunicorn.conf.py"), f"{app}" if app else
-             "serving.app:create_app()"], "gunicorn")
+             str(source / "serving" / "gunicorn.conf.py"), app or "serving.app:create_app()"],
+            "gunicorn")
 
 
 @contextlib.contextmanager

@@ -23,6 +23,8 @@ from serving import auth, render
 bp = Blueprint("recommendations", __name__)
 bp.before_request(auth.require_api)  # 401 without a valid token, when tokens are set
 _DIGITS = re.compile(r"[0-9]{1,6}")
+# The list route's rule: also the metrics' endpoint label, which serving/hot.py records too.
+LIST_ROUTE = "/recommendations/<user_id>"
 # The exception serving/hot.py met on this request (a failed lookup: Redis down, nothing
 # published...), handed over with it: raised here, so that serving/errors.py answers it as it
 # answers this route's own, without a second call to Redis.
@@ -80,7 +82,7 @@ def _because(version, past: np.ndarray, contributions: np.ndarray) -> list[dict]
             for j in order if past[j] >= 0 and contributions[j] > 0]
 
 
-@bp.get("/recommendations/<user_id>")
+@bp.get(LIST_ROUTE)
 def recommendations(user_id: str):
     failed = request.environ.get(HOT_PATH_ERROR)
     if failed is not None:

@@ -29,9 +29,9 @@ from flask import Flask
 from serving import api, auth, render
 from serving.telemetry import request_id_from
 
-PREFIX = "/recommendations/"
-ENDPOINT = "/recommendations/<user_id>"  # the route's rule: the metrics' endpoint label
-_N_ONLY = re.compile(r"n=[0-9]{1,6}")  # the only query the hot path takes; api._n's digits
+ENDPOINT = api.LIST_ROUTE  # the metrics' endpoint label, as Flask's hooks record it
+PREFIX = ENDPOINT.removesuffix("<user_id>")
+_N_ONLY = re.compile("n=" + api._DIGITS.pattern)  # the only query the hot path takes
 
 
 def install(app: Flask) -> None:

@@ -29,8 +29,8 @@ def _workers() -> int:
     return int(os.environ.get("WEB_CONCURRENCY") or 2 * (os.cpu_count() or 1))
 
 
-def prepare_environment() -> str:
-    """What must be set before a worker imports anything: returns the Prometheus directory."""
+def prepare_environment() -> None:
+    """What must be set before a worker imports anything."""
     # One BLAS thread per worker: the workers and their threads are the concurrency; a fold-in's
     # matrix-vector product split over BLAS threads was 3-10x slower at p99 under load
     # (docs/benchmarks.md, section serve).
@@ -46,7 +46,6 @@ def prepare_environment() -> str:
     os.makedirs(metrics, exist_ok=True)
     for path in glob.glob(os.path.join(metrics, "*.db")):
         os.remove(path)
-    return metrics
 
 
 def server(target: str = "serving.app:create_app", factory: bool = True):
@@ -77,9 +76,9 @@ def server(target: str = "serving.app:create_app", factory: bool = True):
     )
 
 
-def main() -> None:
+def main(target: str = "serving.app:create_app", factory: bool = True) -> None:
     prepare_environment()
-    server().serve()
+    server(target, factory).serve()
 
 
 if __name__ == "__main__":
