@@ -43,6 +43,11 @@ def partition_path(history: Path, day: dt.date) -> Path:
     return history / f"day={day.isoformat()}" / PARTITION_FILE
 
 
+def partition_day(path: Path) -> dt.date:
+    """The day a history file belongs to: its folder's day=YYYY-MM-DD."""
+    return dt.date.fromisoformat(path.parent.name.removeprefix("day="))
+
+
 def partition_files(history: Path, day: dt.date) -> list[Path]:
     """Every file of a day's partition: its own file first, then other runs' arrivals by run date."""
     folder = history / f"day={day.isoformat()}"
@@ -227,7 +232,7 @@ def select_window(history: Path, run_day: dt.date, days: int, rejected: set[dt.d
     present = [d for d in partition_days(history) if first <= d < run_day]
     excluded = {p for d in rejected for p in run_files(history, d + dt.timedelta(days=1))}
     files = [p for d in present for p in partition_files(history, d) if p not in excluded]
-    used = sorted({dt.date.fromisoformat(p.parent.name.removeprefix("day=")) for p in files})
+    used = sorted({partition_day(p) for p in files})
     return Selection(files=files, days=used, left_out=[d for d in present if d in rejected])
 
 
@@ -235,6 +240,6 @@ def day_rows(files: list[Path]) -> dict[dt.date, int]:
     """Events per day of the given history files, from the Parquet footers only."""
     rows: dict[dt.date, int] = {}
     for path in files:
-        day = dt.date.fromisoformat(path.parent.name.removeprefix("day="))
+        day = partition_day(path)
         rows[day] = rows.get(day, 0) + pq.ParquetFile(path).metadata.num_rows
     return rows

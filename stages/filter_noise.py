@@ -10,6 +10,8 @@ Outputs  data/clean/events.parquet   canonical events that survive every rule, i
                                      salted hashes only (it is committed to git)
          reports/filter/offenders.json  the same with the offenders' user ids, IPs and user agents
                                      (DVC-cached, never in git)
+Cache    $DAILYREC_STATE_DIR/day-verdicts/  each day's day-local verdicts, by content hash (outside
+                                     DVC, safe to delete: dailyrec.quality.day_verdicts)
 
 The rules, in order (crawler_ua, internal, repeated, behaviour, shared_ip, min_support), and
 their settings (params.yaml `filter`): dailyrec.quality.rules. filter.engine: spark runs the same

@@ -49,7 +49,10 @@ def spark_per_rule(judged: SE.Judged) -> dict[str, set[str]]:
 
 
 def without_timings(counts: dict) -> dict:
-    return {k: v for k, v in counts.items() if k not in ("seconds", "events_per_second")}
+    """The counts both engines write alike: not timings, nor the local engine's reuse of day
+    verdicts (a cache of its own)."""
+    return {k: v for k, v in counts.items()
+            if k not in ("seconds", "events_per_second", "day_verdicts")}
 
 
 def both_engines(spark, root, cfg: quality.FilterSettings, rejected=frozenset()):

@@ -28,15 +28,22 @@ are grouped with a stable O(n) counting sort (SciPy's COO -> CSR conversion), ne
 over events. The window in memory is codes and times (read_window); the rules that group events
 work a UTC day at a time, with the seconds before its midnight that its first events are judged
 against (day_spans), and data/clean is written a day at a time: the memory a stage needs beyond
-the codes follows the day, not the window.
+the codes follows the day, not the window. So does the work: what repeated, behaviour and
+shared_ip decide about a day is kept per day by content hash and reused by later runs
+(dailyrec.quality.day_verdicts says why that is safe); the window's own decisions (bots over
+several days, min_support) are made every run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import ipaddress
+import json
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,13 +52,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import scipy
 import scipy.sparse as sp
 
 from dailyrec import schema as S
 from dailyrec.arrays import distinct
 from dailyrec.errors import DataError
 from dailyrec.files import tmp_path
-from dailyrec.history import Selection, select_window
+from dailyrec.history import Selection, partition_day, select_window
+from dailyrec.quality.day_verdicts import DayVerdicts, Days, default_dir
 from dailyrec.settings.quality import FilterSettings
 
 # Repeats go before behaviour: a client that fires each action twice is not twice as fast.
@@ -101,6 +110,8 @@ class Window:
     plain: Callable[[], Iterable[pa.Table]]  # the PLAIN_COLUMNS, piece by piece, window order
     days: list[dt.date] = field(default_factory=list)
     left_out: list[dt.date] = field(default_factory=list)
+    # per history day read: its date, its files and its rows (start, stop), in order
+    spans: list[tuple[dt.date, list[Path], int, int]] = field(default_factory=list)
 
     user = property(lambda self: self.coded["user_id"])
     item = property(lambda self: self.coded["item_id"])
@@ -154,7 +165,7 @@ def read_window(files: list[Path], days: list[dt.date] = ()) -> Window:
     codes = {name: np.empty(n, np.int32) for name in DICTIONARY_COLUMNS}
     values = {name: pa.array([], pa.string()) for name in DICTIONARY_COLUMNS}
     ts = np.empty(n, np.int64)
-    start = 0
+    start, spans = 0, []
     for day_files in by_day:  # a loop over days
         day = _read_day(day_files, RULE_COLUMNS)
         stop = start + day.num_rows
@@ -167,11 +178,22 @@ def read_window(files: list[Path], days: list[dt.date] = ()) -> Window:
         if start and stop > start and ts[start] < ts[start - 1]:
             raise DataError(f"{day_files[0].parent}: holds events earlier than the day before "
                             "it (a partition holds its own UTC day's events only)")
+        spans.append((_folder_day(day_files[0]), day_files, start, stop))
         start = stop
     if start != n:
         raise DataError(f"the window's files hold {start:,} rows, their footers say {n:,}")
-    return _window({name: Coded(codes[name], values[name]) for name in DICTIONARY_COLUMNS}, ts,
-                   lambda: (_read_day(day_files, PLAIN_COLUMNS) for day_files in by_day), days)
+    w = _window({name: Coded(codes[name], values[name]) for name in DICTIONARY_COLUMNS}, ts,
+                lambda: (_read_day(day_files, PLAIN_COLUMNS) for day_files in by_day), days)
+    w.spans = spans
+    return w
+
+
+def _folder_day(path: Path) -> dt.date | None:
+    """The history day a file belongs to; None for a file outside a day=YYYY-MM-DD folder."""
+    try:
+        return partition_day(path)
+    except ValueError:
+        return None
 
 
 def _footer(path: Path) -> pq.FileMetaData:
@@ -322,6 +344,7 @@ class Runs:
     start: np.ndarray  # per run: its first position
     of: np.ndarray  # per position: its run
     today: np.ndarray  # per run: of the day (not of the lead)
+    day: tuple[int, int]  # the day's rows (start, stop) in the window
 
     @property
     def length(self) -> np.ndarray:
@@ -344,10 +367,16 @@ class Runs:
         return np.bincount(pairs // (n_values + 1), minlength=len(self.start))
 
 
+RUNS_LEAD_US = 60_000_000  # the per-minute limits look back a minute before midnight
+
+
 def day_runs(w: Window, key_of: Callable[[slice], np.ndarray], n_keys: int,
-             alive: np.ndarray) -> Iterator[Runs]:
-    """The window's days as Runs; key_of(rows) gives the rows' keys, -1 for rows left out."""
-    for first, start, stop in day_spans(w, 60_000_000):  # a loop over days
+             alive: np.ndarray, skip: Container[int] = ()) -> Iterator[Runs]:
+    """The window's days as Runs; key_of(rows) gives the rows' keys, -1 for rows left out.
+    The days starting at a row in skip are left out."""
+    for first, start, stop in day_spans(w, RUNS_LEAD_US):  # a loop over days
+        if start in skip:
+            continue
         rows = slice(first, stop)
         keys = key_of(rows)
         order = first + grouped(keys, n_keys, alive[rows] & (keys >= 0))
@@ -356,21 +385,27 @@ def day_runs(w: Window, key_of: Callable[[slice], np.ndarray], n_keys: int,
         new_run[1:] = (key[1:] != key[:-1]) | (today[1:] != today[:-1])
         run_start = np.flatnonzero(new_run)
         yield Runs(order=order, key=key, sec=w.sec[order], start=run_start,
-                   of=np.cumsum(new_run, dtype=np.int32) - 1, today=today[run_start])
+                   of=np.cumsum(new_run, dtype=np.int32) - 1, today=today[run_start],
+                   day=(start, stop))
 
 
-def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
+BEHAVIOUR_LIMITS = ("max_events_per_day", "max_events_per_minute", "max_distinct_items_per_day",
+                    "max_active_hours_per_day")
+
+
+def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days | None = None
+                   ) -> tuple[np.ndarray, dict]:
     """Flag the days on which a user is over a limit; remove those user-days, and every event of
-    a user flagged on `bot_days` days or more (a bot, not one bad minute of a human)."""
+    a user flagged on `bot_days` days or more (a bot, not one bad minute of a human). Days whose
+    flags `days` gives are not judged again; the days judged are added to it."""
     n_users = len(w.user.values)
     removed = np.zeros(len(w), dtype=bool)
     bad_days = np.zeros(n_users, dtype=np.int64)
-    limits = ("max_events_per_day", "max_events_per_minute", "max_distinct_items_per_day",
-              "max_active_hours_per_day")
-    users_by_limit = {name: np.zeros(n_users, dtype=bool) for name in limits}
+    users_by_limit = {name: np.zeros(n_users, dtype=bool) for name in BEHAVIOUR_LIMITS}
     # Distinct items and active hours per user-day: only runs long enough can exceed them.
     shortest = min(cfg.max_distinct_items_per_day, cfg.max_active_hours_per_day)
-    for r in day_runs(w, lambda rows: w.user.codes[rows], n_users, alive):  # a loop over days
+    for r in day_runs(w, lambda rows: w.user.codes[rows], n_users, alive,
+                      days.given if days is not None else ()):  # a loop over days
         long_runs = r.today & (r.length > shortest)
         flags = {"max_events_per_day": r.length > cfg.max_events_per_day,
                  "max_events_per_minute": r.over_per_minute(cfg.max_events_per_minute),
@@ -380,12 +415,24 @@ def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[n
                  "max_active_hours_per_day": r.distinct((r.sec // 3600) % 24, 24, long_runs)
                  > cfg.max_active_hours_per_day}
         flagged = np.zeros(len(r.start), dtype=bool)
-        for name, hit in flags.items():  # four limits
+        bits = np.zeros(len(r.start), dtype=np.uint8)
+        for k, (name, hit) in enumerate(flags.items()):  # four limits, in BEHAVIOUR_LIMITS order
             hit &= r.today
             users_by_limit[name][r.key[r.start[hit]]] = True
             flagged |= hit
+            bits |= hit.astype(np.uint8) << k
         removed[r.order[flagged[r.of]]] = True
         bad_days[r.key[r.start[flagged]]] += 1  # one run per user and day: no repeats
+        if days is not None:
+            v = days.judged(*r.day)
+            v.behaviour = r.order[flagged[r.of]] - r.day[0]
+            v.flagged, v.limits = r.order[r.start[flagged]] - r.day[0], bits[flagged]
+    for start, v in (days.given.items() if days is not None else ()):  # a loop over days
+        removed[start + v.behaviour] = True
+        users = w.user.codes[start + v.flagged]
+        for k, name in enumerate(BEHAVIOUR_LIMITS):  # four limits
+            users_by_limit[name][users[(v.limits >> k) & 1 == 1]] = True
+        bad_days[users] += 1  # one flag per user and day
     bot = bad_days >= cfg.bot_days
     removed |= bot[w.user.codes] & alive
     detail = {"users_by_limit": {name: int(f.sum()) for name, f in users_by_limit.items()},
@@ -460,11 +507,16 @@ def _parsed_ips(values: pa.Array) -> pd.Series:
     return out
 
 
-def rule_shared_ip(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
+SHARED_IP_LIMITS = ("max_events_per_day", "max_users_per_day", "max_events_per_minute")
+
+
+def rule_shared_ip(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days | None = None
+                   ) -> tuple[np.ndarray, dict]:
     """An address that, on a day, carries more events a minute or a day, or more distinct user
     ids, than a household or an office does: a scraper rotating user ids behind one IP. Its
     events of that day go. Shared networks that do carry many people (carrier NAT, a campus) are
-    listed in exempt_cidrs."""
+    listed in exempt_cidrs. With days, a day judged before on the same events left alive (the
+    window's bots change them) is not judged again; the days judged are added to it."""
     canon = canonical_ips(w.ip.values)
     codes_of_canon, distinct = pd.factorize(canon, use_na_sentinel=True)
     exempt = ips_in_networks(pa.array(distinct.astype(object), pa.string()), cfg.shared_ip_exempt)
@@ -472,18 +524,32 @@ def rule_shared_ip(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[n
     address = np.append(np.where(np.append(exempt, True)[codes_of_canon], -1, codes_of_canon),
                         -1).astype(np.int32)
     removed = np.zeros(len(w), dtype=bool)
-    ip_days = {"max_events_per_day": 0, "max_users_per_day": 0, "max_events_per_minute": 0}
-    for r in day_runs(w, lambda rows: address[w.ip.codes[rows]], len(distinct), alive):
+    counts = np.zeros(len(SHARED_IP_LIMITS), dtype=np.int64)  # address-days over each limit
+    alive_keys = (days.alive_keys(w, alive, shared_ip_salt(cfg), RUNS_LEAD_US)
+                  if days is not None else {})
+    reused = set()
+    for start, v in (days.shared_ip_given(alive_keys) if days is not None else {}).items():
+        removed[start + v.shared_ip] = True
+        counts += v.ip_days
+        reused.add(start)
+    for r in day_runs(w, lambda rows: address[w.ip.codes[rows]], len(distinct), alive, reused):
         flags = {"max_events_per_day": r.length > cfg.shared_ip_max_events_per_day,
                  "max_users_per_day": r.distinct(w.user.codes[r.order], len(w.user.values),
                                                  r.today) > cfg.shared_ip_max_users_per_day,
                  "max_events_per_minute": r.over_per_minute(cfg.shared_ip_max_events_per_minute)}
         flagged = np.zeros(len(r.start), dtype=bool)
-        for name, hit in flags.items():  # three limits
-            hit &= r.today
-            ip_days[name] += int(hit.sum())
+        day_counts = np.zeros(len(SHARED_IP_LIMITS), dtype=np.int64)
+        for k, name in enumerate(SHARED_IP_LIMITS):  # three limits
+            hit = flags[name] & r.today
+            day_counts[k] = int(hit.sum())
             flagged |= hit
         removed[r.order[flagged[r.of]]] = True
+        counts += day_counts
+        if r.day[0] in alive_keys:
+            v = days.updated(*r.day)
+            v.shared_ip_alive, v.ip_days = alive_keys[r.day[0]], day_counts
+            v.shared_ip = r.order[flagged[r.of]] - r.day[0]
+    ip_days = {name: int(n) for name, n in zip(SHARED_IP_LIMITS, counts)}
     detail = {"ip_days_by_limit": ip_days,
               "limits": {"max_events_per_minute": cfg.shared_ip_max_events_per_minute,
                          "max_events_per_day": cfg.shared_ip_max_events_per_day,
@@ -533,14 +599,20 @@ def ips_in_networks(values: pa.Array, networks: tuple) -> np.ndarray:
     return flags
 
 
-def rule_repeated(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np.ndarray, dict]:
-    """The same (user, item, type) less than dedupe_seconds after the previous such event."""
+def rule_repeated(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days | None = None
+                  ) -> tuple[np.ndarray, dict]:
+    """The same (user, item, type) less than dedupe_seconds after the previous such event. Days
+    whose verdicts `days` gives are not judged again; the days judged are added to it."""
     n_types = len(w.event_type.values) + 1
     n_keys = (len(w.item.values) + 1) * n_types
     key_type = np.int32 if n_keys < 2**31 - 1 else np.int64
     dedupe_us = int(cfg.dedupe_seconds * 1_000_000)
     removed = np.zeros(len(w), dtype=bool)
     for first, start, stop in day_spans(w, dedupe_us):  # a loop over days
+        given = days.given_for(start, stop) if days is not None else None
+        if given is not None:
+            removed[start + given.repeated] = True
+            continue
         rows = slice(first, stop)
         key = w.item.codes[rows].astype(key_type) * n_types + w.event_type.codes[rows]
         # Two stable sorts, least significant key first: by (item, type), then by user. The
@@ -550,7 +622,10 @@ def rule_repeated(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np
         u, k, ts = w.user.codes[rows][order], key[order], w.ts_us[rows][order]
         repeat = np.zeros(len(order), dtype=bool)
         repeat[1:] = (u[1:] == u[:-1]) & (k[1:] == k[:-1]) & (ts[1:] - ts[:-1] < dedupe_us)
-        removed[first + order[repeat & (order >= start - first)]] = True
+        hit = first + order[repeat & (order >= start - first)]
+        removed[hit] = True
+        if days is not None:
+            days.judged(start, stop).repeated = hit - start
     detail = {"dedupe_seconds": cfg.dedupe_seconds,
               "top_users": _top(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")}
     return removed, detail
@@ -616,8 +691,54 @@ class Result:
         return set(window.user.values.take(pa.array(codes, pa.int32())).to_pylist())
 
 
-def apply_rules(w: Window, cfg: FilterSettings, rules: tuple[str, ...] = RULES) -> Result:
-    """The rules (all, in order; or the given ones, for the Spark engine's groups) on the window."""
+# The rules whose verdicts on a day are kept and reused (dailyrec.quality.day_verdicts says why
+# that is safe). crawler_ua and internal, which they build on, judge distinct values: they run on
+# the whole window every time, as do the window's own decisions (bots over several days,
+# min_support).
+DAY_REUSED = ("repeated", "behaviour", "shared_ip")
+
+
+def shared_ip_salt(cfg: FilterSettings) -> str:
+    """What shared_ip's verdicts on a day depend on besides the day's key and the events left
+    alive: its settings."""
+    return json.dumps([cfg.shared_ip_max_events_per_minute, cfg.shared_ip_max_events_per_day,
+                       cfg.shared_ip_max_users_per_day, [str(n) for n in cfg.shared_ip_exempt]])
+
+
+def day_local_salt(cfg: FilterSettings) -> str:
+    """What the day-local verdicts depend on besides the days' bytes: the settings crawler_ua,
+    internal, repeated and behaviour read, the crawler pattern list, and the code that judges
+    (this module, the ones it judges with, the libraries' versions). Empty when they may not be
+    reused: a dedupe window that, with behaviour's minute, reaches past the day before."""
+    if cfg.repeated_enabled and cfg.dedupe_seconds + 60 > 86_400:
+        return ""
+    settings = {
+        "crawler_ua": [cfg.crawler_enabled,
+                       crawler_patterns(cfg.extra_patterns) if cfg.crawler_enabled else []],
+        "internal": [cfg.internal_enabled, list(cfg.internal_user_ids),
+                     [list(r) for r in cfg.internal_user_id_ranges],
+                     [str(n) for n in cfg.internal_networks]],
+        "repeated": [cfg.repeated_enabled, cfg.dedupe_seconds],
+        "behaviour": [cfg.behaviour_enabled, *(getattr(cfg, n) for n in BEHAVIOUR_LIMITS)]}
+    return hashlib.md5(json.dumps([_code_version(), settings]).encode()).hexdigest()
+
+
+@functools.cache
+def _code_version() -> str:
+    from dailyrec import arrays
+    from dailyrec.quality import day_verdicts
+
+    code = hashlib.md5()
+    for module in (sys.modules[__name__], arrays, day_verdicts):
+        code.update(Path(module.__file__).read_bytes())
+    versions = [np.__version__, pa.__version__, pd.__version__, scipy.__version__]
+    return code.hexdigest() + "|" + "|".join(versions)
+
+
+def apply_rules(w: Window, cfg: FilterSettings, rules: tuple[str, ...] = RULES,
+                days: Days | None = None) -> Result:
+    """The rules (all, in order; or the given ones, for the Spark engine's groups) on the window;
+    with days, the day-local rules reuse the verdicts it gives and add the ones they find."""
     alive = np.ones(len(w), dtype=bool)
     removed_by: dict[str, np.ndarray] = {}
     details: dict[str, dict] = {}
@@ -632,7 +753,8 @@ def apply_rules(w: Window, cfg: FilterSettings, rules: tuple[str, ...] = RULES) 
     for rule in rules:  # at most six, in order
         started = time.perf_counter()
         if enabled[rule] and alive.any():
-            removed, detail = functions[rule](w, alive, cfg)
+            removed, detail = functions[rule](w, alive, cfg, *(
+                [days] if rule in DAY_REUSED and days is not None else []))
         else:
             removed, detail = np.zeros(len(w), dtype=bool), {}
         detail["enabled"] = enabled[rule]
@@ -708,7 +830,11 @@ def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -
     w = read_window(chosen.files, chosen.days)
     w.left_out = chosen.left_out
     read_s = time.perf_counter() - started
-    result = apply_rules(w, cfg)
+    # the day-local rules' verdicts on days judged before are reused (day_verdicts: why it is safe)
+    verdicts = DayVerdicts(default_dir())
+    days = verdicts.days(w.spans, w.ts_us, day_local_salt(cfg))
+    result = apply_rules(w, cfg, days=days)
+    verdicts.keep(days)
     rules_s = time.perf_counter() - started - read_s
     kept = write_clean(w, result.keep, out)
     write_s = time.perf_counter() - started - read_s - rules_s
@@ -721,14 +847,18 @@ def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -
     total = time.perf_counter() - started
     return record(cfg, chosen, counted, {"read": round(read_s, 3), "rules": round(rules_s, 3),
                                          "write": round(write_s, 3), "total": round(total, 3),
-                                         "by_rule": result.seconds})
+                                         "by_rule": result.seconds},
+                  days.counts())
 
 
-def record(cfg: FilterSettings, chosen: Selection, counted: dict, seconds: dict) -> dict:
+def record(cfg: FilterSettings, chosen: Selection, counted: dict, seconds: dict,
+           day_verdicts: dict | None = None) -> dict:
     """metrics/filter.json from what an engine counted (input, output, bot_or_internal_users,
     rules) and how long it took (seconds: read, rules, write, total, and the engine's own
-    breakdown); the same for both engines."""
+    breakdown); the same for both engines. The local engine adds day_verdicts: the days whose
+    day-local verdicts it reused and the days it judged."""
     used, n, kept = chosen.days, counted["input"]["rows"], counted["output"]["rows"]
+    extra = {"day_verdicts": day_verdicts} if day_verdicts is not None else {}
     return {
         "run_date": cfg.run_date.isoformat(),
         "window": {"days": len(used), "first_day": used[0].isoformat() if used else None,
@@ -742,4 +872,5 @@ def record(cfg: FilterSettings, chosen: Selection, counted: dict, seconds: dict)
         "rules": counted["rules"],
         "seconds": seconds,
         "events_per_second": round(n / seconds["rules"]) if seconds["rules"] > 0 else None,
+        **extra,
     }
