@@ -39,7 +39,7 @@ TIMING = ("seconds", "events_per_second", "day_verdicts")
 
 def day_traffic(day: dt.date, seed: int) -> pd.DataFrame:
     """A day whose verdicts depend on its lead: bursts and repeats on both sides of midnight,
-    bots flagged on some days, humans, a crawler."""
+    bots flagged on some days, humans, a crawler, a scraper rotating user ids."""
     rng = np.random.default_rng(seed)
     midnight = pd.Timestamp(day, tz="UTC")
     n = 3000
@@ -57,8 +57,7 @@ def day_traffic(day: dt.date, seed: int) -> pd.DataFrame:
                      ip=address(early_users))
     crawler = F.events("5001", np.arange(30).astype(str), midnight + np.arange(30) * 60 * SEC,
                        user_agent=F.GOOGLEBOT)
-    # A scraper rotating 25-34 user ids behind one address (shared_ip), some of which behaviour
-    # also flags on some days: what shared_ip sees changes with the window's bots.
+    # A scraper rotating 25-35 user ids behind one address: shared_ip's work.
     ids = 1000 + rng.integers(0, 25 + seed * 2, 400)
     rotator = F.events(ids.astype(str), rng.integers(0, 40, 400).astype(str),
                        midnight + np.sort(rng.integers(3600, 30_000, 400)) * SEC, ip="9.9.9.9")
