@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import filter as FB  # noqa: E402
 from bench.report import markdown_table, publish  # noqa: E402
-from dailyrec.history import partition_path  # noqa: E402
+from dailyrec.history import partition_day, partition_path  # noqa: E402
 from tools import simulate as SIM  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -121,7 +121,7 @@ def build_workspace(data: Path, events: int, redis_url: str) -> tuple[Path, dict
         subprocess.run(args, cwd=ws, env=env, check=True, capture_output=True)
     seeded = 0
     for path in sorted(history.glob("day=*/*.parquet")):
-        day = dt.date.fromisoformat(path.parent.name.removeprefix("day="))
+        day = partition_day(path)
         if day in SOURCE_DAYS:
             continue
         target = partition_path(ws / "data/history", day)

@@ -94,10 +94,10 @@ class DayVerdict:
         with np.load(path) as a:
             if str(a["key"]) != key:
                 raise ValueError("another day's entry")
-            positions = {name: a[name].astype(np.int64)
-                         for name in ("repeated", "behaviour", "flagged", "shared_ip", "ip_days")}
+            int64 = {name: a[name].astype(np.int64)
+                     for name in ("repeated", "behaviour", "flagged", "shared_ip", "ip_days")}
             v = cls(rows=int(a["rows"]), limits=a["limits"].astype(np.uint8),
-                    shared_ip_alive=str(a["shared_ip_alive"]), **positions)
+                    shared_ip_alive=str(a["shared_ip_alive"]), **int64)
         inside = all(((p >= 0) & (p < rows)).all()
                      for p in (v.repeated, v.behaviour, v.flagged, v.shared_ip))
         if v.rows != rows or not inside or len(v.flagged) != len(v.limits) or \
@@ -110,14 +110,9 @@ class DayVerdict:
 class Days:
     """The window's days for the rules that judge a day at a time, each by its first row."""
     keys: dict[int, str] = field(default_factory=dict)  # the days that may be kept
-    rows: dict[int, int] = field(default_factory=dict)  # their rows
     given: dict[int, DayVerdict] = field(default_factory=dict)  # judged before: reused
     found: dict[int, DayVerdict] = field(default_factory=dict)  # judged (in part) by this run
     shared_ip_reused: int = 0
-
-    def given_for(self, start: int, stop: int) -> DayVerdict | None:
-        v = self.given.get(start)
-        return v if v is not None and v.rows == stop - start else None
 
     def judged(self, start: int, stop: int) -> DayVerdict:
         """The entry the day-local rules fill for a day they judge."""
@@ -130,14 +125,15 @@ class Days:
             self.found[start] = dataclasses.replace(self.given[start])
         return self.judged(start, stop)
 
-    def alive_keys(self, w, alive: np.ndarray, salt: str, lead_us: int) -> dict[int, str]:
+    def alive_keys(self, spans, alive: np.ndarray, salt: str) -> dict[int, str]:
         """Per day that may be kept: the MD5 of the day's key, salt, and which of its events and
-        of the lead_us before its midnight are alive (what a window-level decision changes)."""
+        of its lead are alive (what a window-level decision changes). spans: the rules' days,
+        (first, start, stop) as rules.day_spans gives them."""
         out = {}
-        for start, key in self.keys.items():  # a loop over days
-            midnight = (int(w.ts_us[start]) // MICROS_PER_DAY) * MICROS_PER_DAY
-            first = int(np.searchsorted(w.ts_us, midnight - lead_us))
-            stop = start + self.rows[start]
+        for first, start, stop in spans:  # a loop over days
+            key = self.keys.get(start)
+            if key is None:
+                continue
             digest = hashlib.md5(f"{key}|{salt}|{start - first}".encode())
             digest.update(np.packbits(alive[first:stop]).tobytes())
             out[start] = digest.hexdigest()
@@ -178,7 +174,6 @@ class DayVerdicts:
             lead = hashes.get(day - dt.timedelta(days=1), ["-"])
             text = "|".join([salt, "day", *hashes[day], "lead", *lead])
             days.keys[start] = key = hashlib.md5(text.encode()).hexdigest()
-            days.rows[start] = stop - start
             path = self.folder / (key + SUFFIX)
             if path.is_file():
                 try:

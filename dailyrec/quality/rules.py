@@ -525,7 +525,7 @@ def rule_shared_ip(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days
                         -1).astype(np.int32)
     removed = np.zeros(len(w), dtype=bool)
     counts = np.zeros(len(SHARED_IP_LIMITS), dtype=np.int64)  # address-days over each limit
-    alive_keys = (days.alive_keys(w, alive, shared_ip_salt(cfg), RUNS_LEAD_US)
+    alive_keys = (days.alive_keys(day_spans(w, RUNS_LEAD_US), alive, shared_ip_salt(cfg))
                   if days is not None else {})
     reused = set()
     for start, v in (days.shared_ip_given(alive_keys) if days is not None else {}).items():
@@ -609,7 +609,7 @@ def rule_repeated(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days 
     dedupe_us = int(cfg.dedupe_seconds * 1_000_000)
     removed = np.zeros(len(w), dtype=bool)
     for first, start, stop in day_spans(w, dedupe_us):  # a loop over days
-        given = days.given_for(start, stop) if days is not None else None
+        given = days.given.get(start) if days is not None else None
         if given is not None:
             removed[start + given.repeated] = True
             continue
