@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench import filter as FB  # noqa: E402
 from bench.report import markdown_table, publish  # noqa: E402
+from dailyrec import clean  # noqa: E402
+from dailyrec.files import file_md5_uncached  # noqa: E402
 from dailyrec.history import partition_day, partition_path  # noqa: E402
 from tools import simulate as SIM  # noqa: E402
 
@@ -139,6 +141,25 @@ def build_workspace(data: Path, events: int, redis_url: str) -> tuple[Path, dict
     return ws, env, seeded
 
 
+def remote_objects(ws: Path) -> dict[str, int]:
+    """The workspace's local DVC remote: object path -> bytes."""
+    remote = ws / "dvc-remote"
+    return {p.relative_to(remote).as_posix(): p.stat().st_size
+            for p in remote.rglob("*") if p.is_file()} if remote.exists() else {}
+
+
+def pushed(ws: Path, before: dict[str, int]) -> dict:
+    """What the run's `dvc push` added to the remote, and how much of it is data/clean's."""
+    added = {k: v for k, v in remote_objects(ws).items() if k not in before}
+    days = clean.day_files(ws / "data/clean")
+    objects = {f"files/md5/{md5[:2]}/{md5[2:]}": p.stat().st_size
+               for p in days for md5 in [file_md5_uncached(p)]}
+    new = [k for k in objects if k in added]
+    return {"bytes": sum(added.values()), "clean_files": len(days), "clean_new": len(new),
+            "clean_new_bytes": sum(objects[k] for k in new),
+            "clean_bytes": sum(objects.values())}
+
+
 def run_day(ws: Path, env: dict, day: dt.date) -> tuple[dict, float, str]:
     """The scheduler's command; {step: (seconds, peak MB or None, how)}, wall seconds, output."""
     started = time.perf_counter()
@@ -170,7 +191,7 @@ from dailyrec.model import confidence as C, training
 from dailyrec.settings import model
 params = settings.load()
 config = model.train(params)
-events = training.read_events("data/clean/events.parquet")
+events = training.read_events("data/clean")
 matrix = C.confidence(C.aggregate(events, config.confidence, settings.window_end(params)),
                       config.confidence)
 with threadpool_limits(1, "blas"):  # as implicit asks; train does the same
@@ -218,12 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(snapshot, ws, symlinks=True)
             set_params(ws, **{"train.factors": f})
             load.append(os.getloadavg()[0])
+            remote_before = remote_objects(ws)
             steps, wall, out = run_day(ws, env, RUN_DATE)
             train = json.loads((ws / "metrics/train.json").read_text())
             gate = json.loads((ws / "metrics/gate.json").read_text())
             fit = bare_fit(ws, env)
             load.append(os.getloadavg()[0])
-            results[f] = {"steps": steps, "wall": wall, "train": train, "bare": fit, "gate": gate}
+            results[f] = {"steps": steps, "wall": wall, "train": train, "bare": fit, "gate": gate,
+                          "pushed": pushed(ws, remote_before)}
             print(f"factors {f}: run {wall:.1f} s, bare fit {fit['fit_s']:.1f} s, "
                   f"ratio {wall / fit['fit_s']:.1f}x", flush=True)
     finally:
@@ -248,10 +271,19 @@ def main(argv: list[str] | None = None) -> int:
                 + [results[f]["bare"]["fit_s"] for f in factors] + ["-" for _ in factors])
     rows.append(["**ratio**"] + [f"{results[f]['wall'] / results[f]['bare']['fit_s']:.1f}x"
                                  for f in factors] + ["-" for _ in factors])
+    rows.append(["dvc push: MiB added to the remote"]
+                + [f"{results[f]['pushed']['bytes'] / 2**20:.1f}" for f in factors]
+                + ["-" for _ in factors])
+    rows.append(["  of which data/clean's new day files"]
+                + [f"{results[f]['pushed']['clean_new_bytes'] / 2**20:.1f} "
+                   f"({results[f]['pushed']['clean_new']} of "
+                   f"{results[f]['pushed']['clean_files']} files)" for f in factors]
+                + ["-" for _ in factors])
     rows.append(["the gate (publish runs only when it passes)"]
                 + ["passed" if results[f]["gate"]["passed"] else "kept back" for f in factors]
                 + ["-" for _ in factors])
     shape = next(iter(results.values()))["bare"]
+    p = next(iter(results.values()))["pushed"]
     body = (f"A {FB.WINDOW_DAYS}-day window of about {args.events:,} simulator events "
             f"({shape['shape'][0]:,} users x {shape['shape'][1]:,} items, {shape['nnz']:,} "
             f"nonzeros after filter_noise), one new day arriving, `python -m stages.daily` timed "
@@ -259,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             f"The first day of the fresh workspace took {first_wall:.0f} s. Load average (1 min) "
             f"during the run: {', '.join(f'{x:.1f}' for x in load)}.\n\n"
             + markdown_table(header, rows)
+            + f"\n\ndata/clean is {p['clean_bytes'] / 2**20:,.0f} MiB in "
+            f"{p['clean_files']} day files; the push adds the day files whose bytes the remote "
+            f"does not hold yet (the layout before, one file, added all of it every day)."
             + "\n\nThe gate, per factors value: " + "; ".join(
                 f"{f}: {results[f]['gate']['reason']}" for f in factors) + ".")
     publish("daily", "The whole daily run against a bare fit", body)

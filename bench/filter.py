@@ -10,10 +10,13 @@ Measured in one run:
 - filter_noise: reading the window, the six rules (crawler_ua, internal, repeated, behaviour,
   shared_ip, min_support), writing data/clean, and each rule on its own; events per second of the
   rules and of the whole stage (target: >= 2M events/s). Two cases, taking turns 3 times: every
-  day judged (no day verdicts kept: a first run, or a changed day-local setting) and the daily
-  case (the state the run for the day before left: 59 days' day-local verdicts reused,
-  dailyrec.quality.day_verdicts), with a check that both write the same data/clean and counts.
+  day judged and written (no day verdicts nor day files kept: a first run) and the daily case
+  (the state the run for the day before left: 59 days' day-local verdicts reused,
+  dailyrec.quality.day_verdicts, and the day files whose kept events did not change linked,
+  dailyrec.clean.KeptDays), with a check that both write the same data/clean and counts.
   Both find the files' MD5s remembered, as validate leaves them before filter_noise runs;
+- data/clean as a file per day against one file (the layout before): write time, bytes, and what
+  `dvc push` adds after the run for the day before;
 - the same six rules written in plain pandas (groupby, sort_values, ipaddress), on a smaller
   window, as the baseline, with our code on that same window: the ratio, and a check that both
   remove the same rows;
@@ -47,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import markdown_table, publish  # noqa: E402
+from dailyrec import clean  # noqa: E402
 from dailyrec import history as H  # noqa: E402
 from dailyrec import paths  # noqa: E402
 from dailyrec import schema as S  # noqa: E402
@@ -287,21 +291,57 @@ def time_filter(history: Path, params: settings.Params, out: Path, state: Path) 
     cfg = quality.filter_rules(params)
     os.environ["DAILYREC_STATE_DIR"] = str(state)
     started = time.perf_counter()
-    metrics = FN.run(cfg, history, set(), out / "clean" / "events.parquet")
+    metrics = FN.run(cfg, history, set(), out / "clean")
     metrics["wall"] = time.perf_counter() - started
-    metrics["clean"] = file_md5_uncached(out / "clean" / "events.parquet")
+    metrics["clean"] = {p.name: (file_md5_uncached(p), p.stat().st_size)
+                        for p in sorted((out / "clean").iterdir())}
     return metrics
 
 
-CASES = ("every day judged", "daily: the day before's verdicts reused")
+def one_file(w: FN.Window, keep: np.ndarray, path: Path) -> float:
+    """The layout before dailyrec.clean, as the baseline: the kept window as one Parquet file
+    (row groups of 1M rows, the window's dictionaries); seconds to write it."""
+    started = time.perf_counter()
+    settings_ = {**clean.PARQUET, "store_schema": False}
+    rows, start, pending = clean.ROW_GROUP_ROWS, 0, []
+    with pq.ParquetWriter(path, FN.WINDOW_SCHEMA, **settings_) as writer:
+        for piece in w.pieces():  # rules.write_clean as it was at 103cc86
+            pending.append(piece.filter(pa.array(keep[start:start + piece.num_rows])))
+            start += piece.num_rows
+            buffered = pa.concat_tables(pending)
+            while buffered.num_rows >= rows:
+                writer.write_table(buffered.slice(0, rows), rows)
+                buffered = buffered.slice(rows)
+            pending = [buffered]
+        writer.write_table(pa.concat_tables(pending), rows)
+    return time.perf_counter() - started
 
 
-def time_cases(history: Path, out: Path, state: Path) -> dict[str, list[dict]]:
-    """filter_noise for RUN_DATE in both CASES, taking turns 3 times (the machine is shared)."""
+def time_layouts(w: FN.Window, keep: np.ndarray, out: Path) -> dict:
+    """Writing the kept window as day files (best of 3) and as one file (best of 3), in turns."""
+    day_s, one_s = [], []
+    for _ in range(3):
+        shutil.rmtree(out / "layout", ignore_errors=True)
+        (out / "layout").mkdir(parents=True)
+        t = time.perf_counter()
+        FN.write_clean(w, keep, out / "layout" / "days")
+        day_s.append(time.perf_counter() - t)
+        one_s.append(one_file(w, keep, out / "layout" / "one.parquet"))
+    day_bytes = sum(p.stat().st_size for p in (out / "layout" / "days").iterdir())
+    return {"days_s": min(day_s), "one_s": min(one_s), "days_bytes": day_bytes,
+            "one_bytes": (out / "layout" / "one.parquet").stat().st_size}
+
+
+CASES = ("every day judged", "daily: the day before's verdicts and day files reused")
+
+
+def time_cases(history: Path, out: Path, state: Path) -> tuple[dict[str, list[dict]], dict]:
+    """filter_noise for RUN_DATE in both CASES, taking turns 3 times (the machine is shared), and
+    the run for the day before (its data/clean: what a push after this run adds to it)."""
     previous = raw_params()
     previous["run"]["date"] = (RUN_DATE - dt.timedelta(days=1)).isoformat()
     shutil.rmtree(state, ignore_errors=True)
-    time_filter(history, settings.of(previous), out / "previous", state / "previous")
+    before = time_filter(history, settings.of(previous), out / "previous", state / "previous")
     runs: dict[str, list[dict]] = {case: [] for case in CASES}
     for _ in range(3):
         for case in CASES:
@@ -310,8 +350,9 @@ def time_cases(history: Path, out: Path, state: Path) -> dict[str, list[dict]]:
             shutil.copytree(state / "previous", folder)  # the files' MD5s known, as validate
             if case == CASES[0]:  # leaves them before filter_noise runs
                 shutil.rmtree(folder / "day-verdicts")
+                shutil.rmtree(folder / clean.KEPT_FOLDER, ignore_errors=True)
             runs[case].append(time_filter(history, bench_params(), out, folder))
-    return runs
+    return runs, before
 
 
 def time_validate(history: Path, data: Path, raw: dict) -> dict:
@@ -379,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out, ignore_errors=True)
 
     # Best of three runs of the whole stage in each case: the machine is shared and noisy.
-    cases = time_cases(history, out, args.data / "state")
+    cases, before = time_cases(history, out, args.data / "state")
     best = {case: min(runs, key=lambda r: r["wall"]) for case, runs in cases.items()}
     m, daily = best[CASES[0]], best[CASES[1]]
     n = m["input"]["rows"]
@@ -395,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     w = FN.read_window(window_files(cfg, history))
     result = FN.apply_rules(w, cfg)
     removed = result.removed_users(w)
+    layouts = time_layouts(w, result.keep, out)
     present = set(w.user.values.to_pylist())
     bots = set(truth["user_id"]) & present
     hits = removed & bots
@@ -434,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     del sw, frame
 
     v = time_validate(history, args.data, raw_params())
+    # What `dvc push` adds after this run: the day files whose bytes the day before's run did not
+    # write (DVC stores a directory's files by content).
+    known = {md5 for md5, _ in before["clean"].values()}
+    new_files = {name: size for name, (md5, size) in m["clean"].items() if md5 not in known}
+    all_bytes = sum(size for _, size in m["clean"].values())
 
     per_rule, daily_rule = m["seconds"]["by_rule"], daily["seconds"]["by_rule"]
     totals = "; ".join(f"{case}: " + ", ".join(f"{r['wall']:.1f}" for r in runs)
@@ -450,8 +497,14 @@ def main(argv: list[str] | None = None) -> int:
          f"{n / daily_rules_s / 1e6:.2f}"],
         *[[f"  rule {r}", "", f"{daily_rule[r]:.2f}", ""] for r in FN.RULES],
         ["filter_noise: read the window (Parquet)", "", f"{m['seconds']['read']:.1f}", ""],
-        ["filter_noise: write data/clean", f"{m['output']['rows']:,} kept",
+        ["filter_noise: write data/clean, every day written", f"{m['output']['rows']:,} kept",
          f"{m['seconds']['write']:.1f}", ""],
+        [f"filter_noise: write data/clean, daily ({reuse['day_files_reused']} day files linked)",
+         f"{daily['output']['rows']:,} kept", f"{daily['seconds']['write']:.2f}", ""],
+        [f"  data/clean as {len(m['clean'])} day files (best of 3)", "",
+         f"{layouts['days_s']:.1f}", ""],
+        ["  baseline: data/clean as one file (the layout before; best of 3)", "",
+         f"{layouts['one_s']:.1f}", ""],
         ["filter_noise: whole stage (read + rules + write), every day judged", f"{n:,}",
          f"{total_s:.1f}", f"{n / total_s / 1e6:.2f}"],
         ["filter_noise: whole stage, daily", f"{n:,}", f"{daily['wall']:.1f}",
@@ -485,6 +538,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{'yes' if same_out else 'NO'}. Against plain pandas on "
         f"{small_n:,} events: **{base_s / ours_rules_s:.1f}x** faster, same rows removed: "
         f"{'yes' if same else 'NO'}.\n\n"
+        f"data/clean is a file per day (dailyrec.clean): {len(m['clean'])} files, "
+        f"{all_bytes / 2**20:,.0f} MiB, against {layouts['one_bytes'] / 2**20:,.0f} MiB as one "
+        f"file, written in {layouts['days_s']:.1f} s against {layouts['one_s']:.1f} s. After the "
+        f"day before's run, {len(m['clean']) - len(new_files)} of its day files are byte for "
+        f"byte the ones that run wrote, so `dvc push` adds {len(new_files)} files, "
+        f"**{sum(new_files.values()) / 2**20:,.1f} MiB** ({', '.join(sorted(new_files))}), "
+        f"where the one-file layout adds the whole {layouts['one_bytes'] / 2**20:,.0f} MiB "
+        f"every day.\n\n"
         f"validate on this window: {v['stage']:.0f} s as a stage ({v['expectations']} "
         f"expectations, status {v['status']}), the window answered from per-file facts (here "
         f"computed for every file: bench/validate.py times the daily case); the validate rows "

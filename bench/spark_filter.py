@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import filter as FB  # noqa: E402
 from bench.report import load, markdown_table, publish  # noqa: E402
-from dailyrec import settings  # noqa: E402
+from dailyrec import clean, settings  # noqa: E402
 from dailyrec import spark as SP  # noqa: E402
 from dailyrec.model import confidence as C  # noqa: E402
 from dailyrec.model import spark_confidence as SC  # noqa: E402
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     local_runs = []
     for _ in range(2):
         started = time.perf_counter()
-        counts = FN.run(cfg, history, set(), out / "local" / "events.parquet")
+        counts = FN.run(cfg, history, set(), out / "local" / "clean")
         local_runs.append((time.perf_counter() - started, counts, load()))
     local_s, local, local_load = min(local_runs, key=lambda r: r[0])
     n = local["input"]["rows"]
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     sparked_runs = []
     for label in ("cold", "warm"):
         started = time.perf_counter()
-        counts = SE.run(cfg, history, set(), out / "spark" / "events.parquet", spark)
+        counts = SE.run(cfg, history, set(), out / "spark" / "clean", spark)
         wall = time.perf_counter() - started
         sparked_runs.append((wall, counts))
         steps = counts["seconds"]["by_step"]
@@ -238,19 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     spark_s = sparked_runs[-1][0]
     rows += where_by_user_goes(spark, history, cfg)
     same_counts = comparable(sparked_runs[-1][1]) == comparable(local)
-    same_clean = pq.read_table(out / "spark" / "events.parquet").equals(
-        pq.read_table(out / "local" / "events.parquet"))
+    same_clean = all(a.name == b.name and a.read_bytes() == b.read_bytes() for a, b in
+                     zip(*(clean.day_files(out / e / "clean") for e in ("spark", "local")),
+                         strict=True))
 
     # The confidence matrix: Spark triplets against train's build, from the same kept events.
     train = model.train(params)
     now = settings.window_end(params)
     started = time.perf_counter()
-    events = read_events(out / "local" / "events.parquet")
+    events = read_events(out / "local" / "clean")
     local_matrix = C.aggregate(events, train.confidence, now)
     matrix_local_s = time.perf_counter() - started
     del events
     started = time.perf_counter()
-    kept = SP.read_events(spark, [out / "spark" / "events.parquet"])
+    kept = SP.read_events(spark, clean.day_files(out / "spark" / "clean"))
     spark_matrix = SC.interactions(SC.triplets(kept, train.confidence, now, spark))
     matrix_spark_s = time.perf_counter() - started
     same_matrix = (np.array_equal(spark_matrix.user_ids, local_matrix.user_ids)
@@ -271,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     version = spark.version
     spark.stop()
 
-    memory = peak_memory(out / "local" / "events.parquet", history, args.als_factors)
+    memory = peak_memory(out / "local" / "clean", history, args.als_factors)
     history_bytes = sum(p.stat().st_size for p in history.rglob("*.parquet"))
-    clean_bytes = (out / "local" / "events.parquet").stat().st_size
+    clean_bytes = sum(p.stat().st_size for p in clean.day_files(out / "local" / "clean"))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     sizes = {"events": n, "kept": local["output"]["rows"], "history_bytes": history_bytes,
              "clean_bytes": clean_bytes, "peak_rss_bytes_this_process": peak_rss, **als,

@@ -2,7 +2,7 @@
 
 Each train run logs its training window (context `training`) and each evaluation its holdout
 (context `eval`). Neither is uploaded: the data lives in DVC, so a dataset here is metadata only,
-its source the DVC path and remote, its digest the DVC hash (`dvc.lock`'s md5 of the file), its
+its source the DVC path and remote, its digest the DVC hash (`dvc.lock`'s md5 of the file or directory), its
 profile the row count and date range. Two runs trained on the same data show the same digest.
 
 Imported by dailyrec.tracking only when MLflow is on (importing mlflow takes seconds).

@@ -243,8 +243,9 @@ FILTER = MetricsFile(paths.FILTER_METRICS, "filter_noise", {
     "rules": dict,  # rule -> {enabled, rows, users, top offenders, ...}
     "seconds": dict, "events_per_second": OPTIONAL_NUMBER,
     # the local engine: days whose day-local verdicts were reused, days judged this run, days
-    # whose shared_ip verdicts were reused
-    "day_verdicts": MayLack({"reused": int, "judged": int, "shared_ip_reused": int}),
+    # whose shared_ip verdicts were reused, data/clean's day files linked from an earlier run's
+    "day_verdicts": MayLack({"reused": int, "judged": int, "shared_ip_reused": int,
+                             "day_files_reused": int}),
 }, doc="events and users removed per rule, top offenders",
     summary=_filter_summary, rows=("filter", *(f"rule_{rule}" for rule in FILTER_RULES)))
 

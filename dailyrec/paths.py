@@ -25,7 +25,6 @@ VALIDATION_REPORTS = Path("reports/validation")
 
 # filter_noise
 CLEAN_DIR = Path("data/clean")
-CLEAN_EVENTS = CLEAN_DIR / "events.parquet"
 FILTER_METRICS = Path("metrics/filter.json")
 FILTER_OFFENDERS = Path("reports/filter/offenders.json")
 

@@ -149,7 +149,7 @@ def _requirements() -> list[str]:
 @unavailable
 def log_training(settings: MlflowSettings, metrics: dict[str, Any], result, meta: dict[str, Any],
                  models_dir: Path = paths.MODELS_DIR,
-                 data_path: Path = paths.CLEAN_EVENTS) -> dict[str, Any]:
+                 data_path: Path = paths.CLEAN_DIR) -> dict[str, Any]:
     """One MLflow run for a train: params, stepped loss, metrics, lineage tags, registered model."""
     mlflow, experiment = _connect(settings)
     from mlflow.entities import Metric

@@ -2,7 +2,7 @@
 
     python -m stages.evaluate [--params params.yaml]
 
-Inputs   data/clean/events.parquet, models/ (its meta.json must match params.yaml's train
+Inputs   data/clean/ (a file per day), models/ (its meta.json must match params.yaml's train
          section), metrics/mlflow.json (the train run); params.yaml run.date, train, eval, mlflow
 Outputs  metrics/eval.json             ALS metrics at K=20 and eval.k, counts, `baselines`,
                                        `sessions` (the session protocol), `protocol`
@@ -42,7 +42,7 @@ def main_body(argv: list[str] | None) -> int:
     if env.mlflow_enabled() and config.compare_published:
         published = tracking.load_published(mlflow_settings)
     out = evaluation.evaluate(train_config, config, day, settings.window_end(params),
-                              training.read_events(paths.CLEAN_EVENTS, dictionary=True),
+                              training.read_events(paths.CLEAN_DIR, dictionary=True),
                               published=published)
     report, gate = out["report"], out["gate"]
     # The gate names the model it judged: publish refuses a models/ with another hash.
@@ -60,7 +60,7 @@ def main_body(argv: list[str] | None) -> int:
                                           for k, v in out["durations"].items()}}
         eval_params = {k: list(v) if isinstance(v, tuple) else v
                        for k, v in dataclasses.asdict(config).items()}
-        holdout = {"path": str(paths.CLEAN_EVENTS), "md5": dvc_md5(paths.CLEAN_EVENTS),
+        holdout = {"path": str(paths.CLEAN_DIR), "md5": dvc_md5(paths.CLEAN_DIR),
                    "window_end": settings.window_end(params).isoformat()}
         run_id = tracking.log_evaluation(mlflow_settings, eval_params, report_for_mlflow, gate,
                                          flat_curves, out["fit_losses"], metrics.MLFLOW.read(),

@@ -5,13 +5,16 @@
 Inputs   data/history (the filter.window_days days before run.date; --history names another,
          a gs:// or abfss:// URL with filter.engine: spark), data/rejections.json (days left
          out), metrics/validation.json (validate must have passed for this run.date)
-Outputs  data/clean/events.parquet   canonical events that survive every rule, in history order
+Outputs  data/clean/YYYY-MM-DD.parquet  canonical events that survive every rule, a file per
+                                     UTC day, in history order (dailyrec.clean)
          metrics/filter.json         rows and users removed by each rule, top offenders named by
                                      salted hashes only (it is committed to git)
          reports/filter/offenders.json  the same with the offenders' user ids, IPs and user agents
                                      (DVC-cached, never in git)
 Cache    $DAILYREC_STATE_DIR/day-verdicts/  each day's day-local verdicts, by content hash (outside
                                      DVC, safe to delete: dailyrec.quality.day_verdicts)
+         $DAILYREC_STATE_DIR/clean-days/  the day files written, by the day's files and kept events
+                                     (read-only hard links, safe to delete: dailyrec.clean)
 
 The rules, in order (crawler_ua, internal, repeated, behaviour, shared_ip, min_support), and
 their settings (params.yaml `filter`): dailyrec.quality.rules. filter.engine: spark runs the same
@@ -63,9 +66,9 @@ def main_body(argv: list[str] | None) -> int:
     if cfg.engine == "spark":  # PySpark is imported only where this engine is chosen
         from dailyrec.quality import spark_engine
 
-        counts = spark_engine.run(cfg, args.history, rejected, paths.CLEAN_EVENTS)
+        counts = spark_engine.run(cfg, args.history, rejected, paths.CLEAN_DIR)
     else:
-        counts = rules.run(cfg, Path(args.history), rejected, paths.CLEAN_EVENTS)
+        counts = rules.run(cfg, Path(args.history), rejected, paths.CLEAN_DIR)
     write_json(paths.FILTER_OFFENDERS, {"run_date": counts["run_date"], "rules": counts["rules"]})
     metrics.FILTER.write(privacy.pseudonymise(counts))
     removed = ", ".join(f"{r} {m['rows']:,} rows/{m['users']:,} users"

@@ -2,7 +2,7 @@
 
     python -m stages.train [--params params.yaml]
 
-Inputs   data/clean/events.parquet (filter_noise); params.yaml run.date, train, mlflow
+Inputs   data/clean/ (filter_noise: a file per day); params.yaml run.date, train, mlflow
 Outputs  models/              als.npz, ids.npz, user_items.npz, meta.json (dailyrec.model.artifacts;
                               byte-identical for the same data and params on CPU)
          metrics/train.json   durations, loss, device, counts (what varies between runs)
@@ -36,7 +36,7 @@ def main_body(argv: list[str] | None) -> int:
     day = settings.run_date(params)
     start = time.perf_counter()
     counts, result, meta = training.train(config, day, settings.window_end(params),
-                                          paths.CLEAN_EVENTS, paths.MODELS_DIR)
+                                          paths.CLEAN_DIR, paths.MODELS_DIR)
     t = time.perf_counter()
     run = tracking.log_training(mlflow_settings, counts, result, meta) if env.mlflow_enabled() \
         else tracking.disabled_record(mlflow_settings)

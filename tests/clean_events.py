@@ -1,7 +1,7 @@
 """Clean data for the train/evaluate/tune tests, until filter_noise writes data/clean in a test.
 
 Human events from the production simulator (power-law users, Zipf items, genre tastes, sessions),
-in the canonical schema: what data/clean/events.parquet holds. Small and seeded.
+in the canonical schema: what data/clean's day files hold. Small and seeded.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 
+from dailyrec import clean
 from dailyrec import schema as S
 from tools import simulate
 
@@ -42,10 +43,12 @@ def human_events(first_day: dt.date, days: int, users: int = 400, items: int = 1
     return events[list(S.COLUMNS)].reset_index(drop=True)
 
 
-def write_clean(root: Path, events: pd.DataFrame) -> Path:
-    path = Path(root) / "data" / "clean" / "events.parquet"
+def write_clean(root: Path, events: pd.DataFrame | pa.Table) -> Path:
+    """events (in time order) as filter_noise writes them: data/clean's day files."""
+    path = Path(root) / "data" / "clean"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(S.to_table(events), path)
+    with clean.DayWriter(path) as writer:
+        writer.add(events if isinstance(events, pa.Table) else S.to_table(events))
     return path
 
 

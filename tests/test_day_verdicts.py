@@ -21,10 +21,11 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import history
+from dailyrec import clean, history
 from dailyrec.quality import day_verdicts as DV
 from dailyrec.quality import rules as FN
 from dailyrec.settings import quality
@@ -95,13 +96,14 @@ def root(tmp_path):
     return tmp_path
 
 
-def run(root, cfg, name: str, rejected=frozenset()) -> tuple[bytes, dict]:
-    out = root / name / "events.parquet"
+def run(root, cfg, name: str, rejected=frozenset()) -> tuple[dict, dict]:
+    """(data/clean's files' bytes by name, the counts)."""
+    out = root / name / "clean"
     counts = FN.run(cfg, root / "history", set(rejected), out)
-    return out.read_bytes(), counts
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}, counts
 
 
-def fresh(root, cfg, name: str, monkeypatch, rejected=frozenset()) -> tuple[bytes, dict]:
+def fresh(root, cfg, name: str, monkeypatch, rejected=frozenset()) -> tuple[dict, dict]:
     """The same run judging every day: an empty state directory."""
     monkeypatch.setenv("DAILYREC_STATE_DIR", str(root / f"state-{name}"))
     try:
@@ -110,7 +112,7 @@ def fresh(root, cfg, name: str, monkeypatch, rejected=frozenset()) -> tuple[byte
         monkeypatch.setenv("DAILYREC_STATE_DIR", str(root / "state"))
 
 
-def same(a: tuple[bytes, dict], b: tuple[bytes, dict]) -> bool:
+def same(a: tuple[dict, dict], b: tuple[dict, dict]) -> bool:
     def counts(c: dict) -> dict:
         return {k: v for k, v in c.items() if k not in TIMING}
     return a[0] == b[0] and counts(a[1]) == counts(b[1])
@@ -125,6 +127,16 @@ def shared_ip_reused(counts: dict) -> int:
     return counts["day_verdicts"]["shared_ip_reused"]
 
 
+def linked(got: tuple[dict, dict]) -> int:
+    """data/clean's day files linked from the run before (clean.KeptDays), not written."""
+    return got[1]["day_verdicts"]["day_files_reused"]
+
+
+def unchanged(before: tuple[dict, dict], got: tuple[dict, dict]) -> int:
+    """Day files with the bytes the run before wrote for that day: a linked file is one."""
+    return sum(before[0].get(name) == data for name, data in got[0].items())
+
+
 @pytest.fixture(autouse=True)
 def state(root, monkeypatch):
     monkeypatch.setenv("DAILYREC_STATE_DIR", str(root / "state"))
@@ -135,6 +147,7 @@ def test_a_second_run_reuses_every_day_and_writes_the_same(root, monkeypatch):
     assert reuse(first[1]) == (0, 5)
     again = run(root, settings(), "again")
     assert reuse(again[1]) == (5, 0) and shared_ip_reused(again[1]) == 5 and same(first, again)
+    assert again[1]["day_verdicts"]["day_files_reused"] == 5
     # the traffic does exercise the rules that are reused, on both sides of midnight
     rules = first[1]["rules"]
     assert rules["repeated"]["rows"] > 100 and rules["behaviour"]["rows"] > 100
@@ -143,17 +156,18 @@ def test_a_second_run_reuses_every_day_and_writes_the_same(root, monkeypatch):
 
 
 def test_the_next_day_judges_the_new_day_and_the_new_first_day_only(root, monkeypatch):
-    run(root, settings(), "yesterday")
+    yesterday = run(root, settings(), "yesterday")
     today = settings(RUN + dt.timedelta(days=1))
     got = run(root, today, "today")
     # 11-15 now leads with nothing (11-14 left the window): judged again, as is the new 11-19
     assert reuse(got[1]) == (3, 2)
     assert same(got, fresh(root, today, "today-fresh", monkeypatch))
+    assert linked(got) <= unchanged(yesterday, got) and "2026-11-19.parquet" in got[0]
     assert len(list((root / "state" / "day-verdicts").iterdir())) == 5  # 11-14's entry is gone
 
 
 def test_a_rewritten_day_is_judged_again_with_the_day_after_it(root, monkeypatch):
-    run(root, settings(), "before")
+    before = run(root, settings(), "before")
     # an arrival into 11-16, a minute before its midnight: 11-17's lead changes too
     late = F.events("180", ["3", "3"], pd.Timestamp("2026-11-17", tz="UTC") - 30 * SEC)
     late["event_id"] = ["late-1", "late-2"]
@@ -162,14 +176,18 @@ def test_a_rewritten_day_is_judged_again_with_the_day_after_it(root, monkeypatch
     got = run(root, settings(), "after")
     assert reuse(got[1]) == (3, 2)
     assert same(got, fresh(root, settings(), "after-fresh", monkeypatch))
+    # the late events are repeats: every day file is the same, 11-16's written again (its files
+    # are not), the others linked
+    assert linked(got) == 4 and got[0] == before[0]
 
 
 def test_a_rejected_day_leaves_the_day_after_it_without_a_lead(root, monkeypatch):
-    run(root, settings(), "all")
+    every = run(root, settings(), "all")
     rejected = {dt.date(2026, 11, 16)}
     got = run(root, settings(), "rejected", rejected)
     assert reuse(got[1]) == (3, 1)  # 11-17 judged again; 11-16 is out of the window
     assert same(got, fresh(root, settings(), "rejected-fresh", monkeypatch, rejected))
+    assert linked(got) <= unchanged(every, got) and "2026-11-16.parquet" not in got[0]
 
 
 @pytest.mark.parametrize("change", [{"repeated.dedupe_seconds": 30},
@@ -177,10 +195,11 @@ def test_a_rejected_day_leaves_the_day_after_it_without_a_lead(root, monkeypatch
                                     {"crawler_ua.extra_patterns": ["ShopApp/"]},
                                     {"internal.user_ids": ["7"]}])
 def test_a_day_local_setting_judges_every_day_again(root, monkeypatch, change):
-    run(root, settings(), "before")
+    before = run(root, settings(), "before")
     got = run(root, settings(**change), "after")
     assert reuse(got[1]) == (0, 5)
     assert same(got, fresh(root, settings(**change), "after-fresh", monkeypatch))
+    assert linked(got) == unchanged(before, got)  # the day files whose events are the same
 
 
 @pytest.mark.parametrize("change, shared_ip", [
@@ -197,6 +216,7 @@ def test_a_window_setting_reuses_every_day_and_still_takes_effect(root, monkeypa
     got = run(root, settings(**change), "after")
     assert reuse(got[1]) == (5, 0) and shared_ip_reused(got[1]) in shared_ip
     assert same(got, fresh(root, settings(**change), "after-fresh", monkeypatch))
+    assert linked(got) == unchanged(before, got) < 5
     assert got[0] != before[0]  # the change did change the output
 
 
@@ -207,6 +227,20 @@ def test_a_damaged_entry_is_judged_again(root, monkeypatch):
     entries[1].write_bytes(entries[2].read_bytes())  # another day's verdicts (as many rows)
     got = run(root, settings(), "again")
     assert reuse(got[1])[1] >= 1 and same(first, got)
+
+
+def test_a_damaged_day_file_entry_is_written_again(root, monkeypatch):
+    """data/clean's day files kept by an earlier run (clean.KeptDays): read-only, one per day of
+    the window; one cut short or lost is written again, the same bytes as a fresh run's."""
+    first = run(root, settings(), "first")
+    entries = sorted((root / "state" / "clean-days").iterdir())
+    assert len(entries) == 5 and all(e.stat().st_mode & 0o222 == 0 for e in entries)
+    entries[0].chmod(0o644)
+    entries[0].write_bytes(entries[0].read_bytes()[:-100])
+    entries[1].unlink()
+    got = run(root, settings(), "again")
+    assert got[1]["day_verdicts"]["day_files_reused"] == 3 and same(first, got)
+    assert len(list((root / "state" / "clean-days").iterdir())) == 5
 
 
 def test_days_holding_other_days_events_are_all_judged(root, monkeypatch):
@@ -221,6 +255,8 @@ def test_days_holding_other_days_events_are_all_judged(root, monkeypatch):
     got = run(root, settings(), "again")
     assert reuse(got[1]) == (0, 5) and not list((root / "state" / "day-verdicts").glob("*"))
     assert same(got, fresh(root, settings(), "again-fresh", monkeypatch))
+    assert got[1]["day_verdicts"]["day_files_reused"] == 0  # a day file is one day's files
+    assert not list((root / "state" / "clean-days").glob("*"))
 
 
 def test_a_dedupe_window_of_a_day_is_never_reused(root, monkeypatch):
@@ -232,13 +268,12 @@ def test_a_dedupe_window_of_a_day_is_never_reused(root, monkeypatch):
 def test_the_reuse_is_in_the_metrics_file(root, tmp_path):
     counts = run(root, settings(), "first")[1]
     assert json.loads(json.dumps(counts))["day_verdicts"] == {"reused": 0, "judged": 5,
-                                                              "shared_ip_reused": 0}
+                                                              "shared_ip_reused": 0,
+                                                              "day_files_reused": 0}
     assert DV.default_dir() == root / "state" / "day-verdicts"
 
 
 def pa_concat(*tables):
-    import pyarrow as pa
-
     return pa.concat_tables([t.cast(tables[0].schema) for t in tables])
 
 
@@ -251,3 +286,37 @@ def test_files_outside_day_folders_are_never_reused(root, tmp_path):
     salt = FN.day_local_salt(settings())
     days = DV.DayVerdicts(tmp_path / "verdicts").days(w.spans, w.ts_us, salt)
     assert days.keys == {} and days.given == {}
+
+
+def test_a_day_file_is_linked_only_for_the_same_files_and_the_same_kept_events(root):
+    """clean.KeptDays' key is the day's files and which of their events are kept: the same number
+    of other events kept, or a file rewritten with as many rows, is written anew."""
+    cfg = settings()
+    chosen = history.select_window(root / "history", cfg.run_date, cfg.window_days, set())
+    w = FN.read_window(chosen.files, chosen.days)
+    keep = FN.apply_rules(w, cfg).keep
+
+    def files(folder) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+    def write(name: str, mask: np.ndarray, window=w) -> tuple[int, dict[str, bytes]]:
+        kept = clean.KeptDays(root / "kept", "salt")
+        FN.write_clean(window, mask, root / name, kept)
+        FN.write_clean(window, mask, root / f"{name}-fresh")  # nothing linked
+        assert files(root / name) == files(root / f"{name}-fresh")
+        return kept.reused, files(root / name)
+
+    assert write("first", keep)[0] == 0
+    assert write("again", keep)[0] == 5
+    _, files_, start, stop = w.spans[0]
+    swapped = keep.copy()  # on the first day, one event kept instead of another
+    swapped[start + np.flatnonzero(keep[start:stop])[0]] = False
+    swapped[start + np.flatnonzero(~keep[start:stop])[0]] = True
+    assert write("swapped", swapped)[0] == 4
+    # the first day's file rewritten, as many rows, one user agent another: written anew
+    table = pq.read_table(files_[0])
+    agents = table["user_agent"].to_pylist()
+    agents[0] = "Mozilla/5.0 (another)"
+    pq.write_table(table.set_column(table.schema.get_field_index("user_agent"), "user_agent",
+                                    pa.array(agents)), files_[0])
+    assert write("rewritten", swapped, FN.read_window(chosen.files, chosen.days))[0] == 4

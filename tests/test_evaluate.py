@@ -85,7 +85,7 @@ def evaluate(params: settings.Params, published=None) -> dict:
     """evaluate's work on the workspace's data and params (what the stage does before writing)."""
     return E.evaluate(model.train(params), eval_settings.evaluation(params),
                       settings.run_date(params), settings.window_end(params),
-                      training.read_events(paths.CLEAN_EVENTS), published=published)
+                      training.read_events(paths.CLEAN_DIR), published=published)
 
 
 def test_most_popular_scores_distinct_users_and_leaves_out_what_users_had():
@@ -162,7 +162,7 @@ def test_models_of_another_configuration_are_refused(workspace, capsys):
 def test_published_artifact_that_never_saw_the_holdout_is_scored_as_is(workspace, tmp_path):
     """Yesterday's model (same config, data up to the holdout) is the candidate itself: equal scores."""
     params = settings.load()
-    before = pq.read_table("data/clean/events.parquet")
+    before = pq.read_table("data/clean")
     before = before.filter(pc.less(before["ts"], pa.scalar(HOLDOUT, before["ts"].type)))
     pq.write_table(before, tmp_path / "before.parquet")
     yesterday = dt.date(2026, 11, 14)

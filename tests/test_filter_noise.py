@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import history, metrics, privacy
+from dailyrec import clean, history, metrics, privacy
 from dailyrec import schema as S
 from dailyrec.errors import ConfigError
 from dailyrec.quality import rejections as R
@@ -303,7 +303,7 @@ def _stage_dir(tmp_path, monkeypatch, status="passed", run_date=RUN):
 def test_stage_writes_canonical_clean_events_and_counters(tmp_path, monkeypatch, capsys):
     frame = _stage_dir(tmp_path, monkeypatch)
     assert stage.main([]) == 0
-    table = pq.read_table(tmp_path / "data/clean/events.parquet")
+    table = pq.read_table(tmp_path / "data/clean")
     assert table.schema.equals(S.EVENT_SCHEMA, check_metadata=False)
     clean = S.to_frame(table)
     assert str(clean["user_id"].dtype) == "str"
@@ -341,7 +341,7 @@ def test_stage_leaves_rejected_days_out(tmp_path, monkeypatch):
     R.record_rejection(ledger, dt.date(2026, 11, 20), dt.date(2026, 11, 21), ["x"], "r.html")
     R.save(ledger, tmp_path / "data/rejections.json")
     assert stage.main([]) == 0
-    clean = S.to_frame(pq.read_table(tmp_path / "data/clean/events.parquet"))
+    clean = S.to_frame(pq.read_table(tmp_path / "data/clean"))
     assert (clean["ts"] < DAY2).all()
     metrics = json.loads((tmp_path / "metrics/filter.json").read_text())
     assert metrics["window"]["rejected_days_left_out"] == ["2026-11-20"]
@@ -349,7 +349,7 @@ def test_stage_leaves_rejected_days_out(tmp_path, monkeypatch):
     R.admit(ledger, dt.date(2026, 11, 20), "alice", "looked, fine")
     R.save(ledger, tmp_path / "data/rejections.json")
     assert stage.main([]) == 0
-    clean = S.to_frame(pq.read_table(tmp_path / "data/clean/events.parquet"))
+    clean = S.to_frame(pq.read_table(tmp_path / "data/clean"))
     assert (clean["ts"] >= DAY2).any()
 
 
@@ -461,21 +461,17 @@ def test_repeated_matches_pandas_reference(random_window):
 
 
 @pytest.mark.parametrize("share", [0.7, 0.0])
-def test_data_clean_is_written_a_day_at_a_time_as_one_write_would(random_window, tmp_path,
-                                                                  monkeypatch, share):
-    """write_clean reads the columns the rules do not need a day at a time and cuts row groups
-    itself: the file is the one writing the whole kept window at once gives, byte for byte (small
-    row groups here, so that days and row groups cut each other)."""
+def test_data_clean_is_written_a_day_at_a_time_as_one_write_would(random_window, tmp_path, share):
+    """write_clean builds each day's table from the window's codes a history day at a time: the
+    day files are the ones writing the whole kept window at once gives, byte for byte."""
     w, _ = random_window
-    monkeypatch.setattr(FN, "ROW_GROUP_ROWS", 3000)
     keep = np.random.default_rng(5).random(len(w)) < share
-    assert FN.write_clean(w, keep, tmp_path / "streamed.parquet") == keep.sum()
-    pq.write_table(w.to_table().filter(pa.array(keep)), tmp_path / "whole.parquet",
-                   row_group_size=3000, **FN.CLEAN_PARQUET)
-    streamed = (tmp_path / "streamed.parquet").read_bytes()
-    assert streamed == (tmp_path / "whole.parquet").read_bytes()
-    assert pq.ParquetFile(tmp_path / "streamed.parquet").num_row_groups == max(
-        1, -(-int(keep.sum()) // 3000))
+    assert FN.write_clean(w, keep, tmp_path / "streamed") == keep.sum()
+    with clean.DayWriter(tmp_path / "whole") as writer:
+        writer.add(w.to_table().filter(pa.array(keep)))
+    streamed = {p.name: p.read_bytes() for p in (tmp_path / "streamed").iterdir()}
+    assert streamed == {p.name: p.read_bytes() for p in (tmp_path / "whole").iterdir()}
+    assert len(streamed) == (len(np.unique(w.ts_us[keep] // 86_400_000_000)) if share else 0)
 
 
 def test_days_with_arrivals_come_out_in_the_order_of_one_stable_sort(tmp_path):

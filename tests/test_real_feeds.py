@@ -221,7 +221,7 @@ def test_example_an_ecommerce_log(pg, postgres, tmp_path, monkeypatch):
     assert m["fetch"]["fetched"] == m["fetch"]["kept"] + m["fetch"]["ignored"] + \
         m["fetch"]["duplicates"]
     assert m["validation"]["status"] == "passed" and m["train"]["users"] > 100
-    clean = pq.read_table(tmp_path / "data/clean/events.parquet").to_pandas()
+    clean = pq.read_table(tmp_path / "data/clean").to_pandas()
     assert set(clean["event_type"]) == {"view", "add_to_cart", "purchase"}
     assert clean["item_id"].str.fullmatch(r"50000000\d\d").all()
 
@@ -247,7 +247,7 @@ def test_example_a_click_log_without_event_types(pg, postgres, tmp_path, monkeyp
     m = run_stages(tmp_path, monkeypatch, postgres.url, tables, DAYS)
     assert m["fetch"]["quarantined"] == 0 and m["fetch"]["kept"] > 1000
     assert m["validation"]["status"] == "passed" and m["train"]["users"] > 100
-    clean = pq.read_table(tmp_path / "data/clean/events.parquet").to_pandas()
+    clean = pq.read_table(tmp_path / "data/clean").to_pandas()
     assert set(clean["event_type"]) == {"click"}
     assert clean["ts"].dt.microsecond.any()  # the decimals of the seconds are kept
 
@@ -273,6 +273,6 @@ def test_example_a_play_count_table(pg, postgres, tmp_path, monkeypatch):
                                     "ts": "updated_at"}}}
     m = run_stages(tmp_path, monkeypatch, postgres.url, tables, DAYS)
     assert m["fetch"]["quarantined"] == 0 and m["validation"]["status"] == "passed"
-    clean = pq.read_table(tmp_path / "data/clean/events.parquet").to_pandas()
+    clean = pq.read_table(tmp_path / "data/clean").to_pandas()
     assert clean["quantity"].min() >= 1 and clean["quantity"].max() > 5
     assert m["train"]["users"] > 100

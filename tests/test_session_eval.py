@@ -269,7 +269,7 @@ def test_too_few_users_and_sessions_fail_naming_both_counts(tmp_path, monkeypatc
     monkeypatch.setenv("DAILYREC_MLFLOW", "off")
     assert T.main([]) == 0
     out = E.evaluate(model.train(settings.load()), eval_settings.evaluation(settings.load()),
-                     RUN_DATE, END, training.read_events("data/clean/events.parquet"))
+                     RUN_DATE, END, training.read_events("data/clean"))
     gate, evaluation = out["gate"], out["report"]
     users = evaluation["counts"]["evaluated_users"]
     cases = evaluation["sessions"]["counts"]["cases"]

@@ -12,10 +12,9 @@ import json
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import history, paths, settings
+from dailyrec import clean, history, paths, settings
 from dailyrec import spark as SP
 from dailyrec.errors import ConfigError
 from dailyrec.model import confidence as C
@@ -62,18 +61,22 @@ def both_engines(spark, root, cfg: quality.FilterSettings, rejected=frozenset())
                                       set(rejected))
     window = FN.read_window(selection.files, selection.days)
     local_removed = per_rule(window, FN.apply_rules(window, cfg))
-    local = FN.run(cfg, root / "history", set(rejected), root / "local" / "events.parquet")
+    local = FN.run(cfg, root / "history", set(rejected), root / "local" / "clean")
     judged = SE.judge(spark, selection.files, cfg)
     try:
         spark_removed = spark_per_rule(judged)
         counted = SE.count(judged, cfg)
-        SE.write_clean(judged, root / "spark" / "events.parquet")
+        SE.write_clean(judged, root / "spark" / "clean")
     finally:
         judged.release()
     sparked = FN.record(cfg, selection, counted, {"rules": 1.0})
     return (local_removed, spark_removed, without_timings(local), without_timings(sparked),
-            pq.read_table(root / "local" / "events.parquet"),
-            pq.read_table(root / "spark" / "events.parquet"))
+            clean_files(root / "local" / "clean"), clean_files(root / "spark" / "clean"))
+
+
+def clean_files(path) -> dict[str, bytes]:
+    """data/clean's day files by name."""
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
 def assert_same_answer(outcome) -> None:
@@ -81,8 +84,7 @@ def assert_same_answer(outcome) -> None:
     for rule in FN.RULES:
         assert spark_removed[rule] == local_removed[rule], rule
     assert sparked == local
-    assert spark_clean.schema.equals(local_clean.schema)
-    assert spark_clean.equals(local_clean)  # the same events, in the same (history) order
+    assert spark_clean == local_clean  # the same day files, byte for byte
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +151,8 @@ def test_simulated_traffic_same_answer_and_same_confidence_matrix(spark, simulat
     # The confidence matrix: Spark's triplets from the kept events == train's build.
     config = model.train(of(params)).confidence
     now = settings.window_end(of(params))
-    local = C.aggregate(read_events(root / "local" / "events.parquet"), config, now)
-    kept = SP.read_events(spark, [root / "spark" / "events.parquet"])
+    local = C.aggregate(read_events(root / "local" / "clean"), config, now)
+    kept = SP.read_events(spark, clean.day_files(root / "spark" / "clean"))
     sparked = SC.interactions(SC.triplets(kept, config, now, spark))
     assert (sparked.user_ids == local.user_ids).all() and (sparked.item_ids == local.item_ids).all()
     assert (sparked.events, sparked.events_ignored) == (local.events, local.events_ignored)
@@ -176,12 +178,12 @@ def test_stage_with_the_spark_engine_writes_what_the_local_engine_writes(spark, 
         url = ["--history", (tmp_path / paths.HISTORY_DIR).as_uri()] if engine == "spark" else []
         assert stage.main(url) == 0
         written = json.loads((tmp_path / paths.FILTER_METRICS).read_text())
-        outputs[engine] = (pq.read_table(tmp_path / paths.CLEAN_EVENTS),
+        outputs[engine] = (clean_files(tmp_path / paths.CLEAN_DIR),
                            without_timings(written),
                            json.loads((tmp_path / paths.FILTER_OFFENDERS).read_text()))
     (local_clean, local, local_offenders), (spark_clean, sparked, spark_offenders) = \
         outputs["local"], outputs["spark"]
-    assert spark_clean.equals(local_clean) and local_clean.num_rows > 0
+    assert spark_clean == local_clean and local_clean
     assert sparked == local and all(local["rules"][rule]["rows"] for rule in FN.RULES[:-1])
     assert spark_offenders == local_offenders
 

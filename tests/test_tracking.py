@@ -25,6 +25,7 @@ from stages import train as T
 from tests import params as raw_params
 from tests.params import of, project_params
 from tools import tune
+from tests.clean_events import write_clean
 from tests.modeling_workspace import ROOT, make_workspace, set_run_date
 
 DAY1, DAY2 = dt.date(2026, 11, 15), dt.date(2026, 11, 16)
@@ -43,9 +44,9 @@ def days(tmp_path_factory):
     git(root, "init", "-q")
     git(root, "add", "params.yaml", "dvc.yaml")
     git(root, "commit", "-q", "-m", "day 1")
-    full = pq.read_table(root / "data/clean/events.parquet")
+    full = pq.read_table(root / "data/clean")
     day1_end = pa.scalar(dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc), full["ts"].type)
-    pq.write_table(full.filter(pc.less(full["ts"], day1_end)), root / "data/clean/events.parquet")
+    write_clean(root, full.filter(pc.less(full["ts"], day1_end)))
     out = {"root": root}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -61,7 +62,7 @@ def days(tmp_path_factory):
 
         client = mlflow.MlflowClient()
         client.set_registered_model_alias("dailyrec-als", "published", 1)  # what publish does
-        pq.write_table(full, root / "data/clean/events.parquet")
+        write_clean(root, full)
         set_run_date(root, DAY2)
         assert T.main([]) == 0 and E.main([]) == 0
         out["day2"] = {name: json.loads((root / "metrics" / f"{name}.json").read_text())
@@ -250,10 +251,10 @@ def test_runs_record_their_training_window_and_holdout_as_mlflow_datasets(days, 
             window, holdout = inputs["training"], inputs["eval"]
             assert window.name == "training window" and window.source_type == "dvc"
             source = _json.loads(window.source)
-            assert source["path"] == "data/clean/events.parquet"
-            assert window.digest == source["md5"] and len(window.digest) == 32
-            if day == "day2":  # the file as it is now
-                assert window.digest == dvc_md5(days["root"] / "data/clean/events.parquet")
+            assert source["path"] == "data/clean" and source["md5"].endswith(".dir")
+            assert window.digest == source["md5"][:32] and len(window.digest) == 32
+            if day == "day2":  # the directory as it is now
+                assert source["md5"] == dvc_md5(days["root"] / "data/clean")
             profile = _json.loads(window.profile)
             assert profile["rows"] == run.data.metrics["events"] > 0  # train.json's counts
             assert profile["users"] == run.data.metrics["users"] > 0

@@ -1,13 +1,14 @@
 """The train stage: models/ and its metrics, CPU bit-reproducibility, devices, clear errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
 from dailyrec import paths, settings
-from dailyrec.files import file_md5
+from dailyrec.files import dvc_md5
 from dailyrec.model import als, artifacts
 from dailyrec.model import confidence as C
 from dailyrec.model.training import read_events
@@ -25,7 +26,7 @@ def test_train_writes_the_model_metrics_and_a_byte_identical_rebuild(workspace, 
     meta = bundle.meta
     assert meta["device"] == "cpu" and meta["run_date"] == "2026-11-15"
     assert meta["params"]["factors"] == 8 and meta["params"]["confidence"] == "log"
-    assert meta["data"]["md5"] == file_md5(workspace / "data/clean/events.parquet")
+    assert meta["data"]["md5"] == dvc_md5(workspace / "data/clean")
     assert "duration" not in json.dumps(meta)  # time-dependent values live in metrics/, not models/
     users, items = meta["matrix"]["users"], meta["matrix"]["items"]
     assert bundle.model.user_factors.shape == (users, 8)
@@ -52,7 +53,7 @@ def test_train_writes_the_model_metrics_and_a_byte_identical_rebuild(workspace, 
 def test_our_fit_is_implicits_fit_on_the_confidence_matrix(workspace):
     params = settings.load()
     config = model.train(params)
-    interactions = C.aggregate(read_events(paths.CLEAN_EVENTS), config.confidence,
+    interactions = C.aggregate(read_events(paths.CLEAN_DIR), config.confidence,
                                settings.window_end(params))
     matrix = C.confidence(interactions, config.confidence)
     ours = als.fit(matrix, config, "cpu")
@@ -103,9 +104,9 @@ def test_bad_train_params_exit_2_naming_the_key(workspace, capsys, key, value, m
 
 
 def test_missing_clean_data_is_a_clear_error(workspace, capsys):
-    (workspace / "data/clean/events.parquet").unlink()
+    shutil.rmtree(workspace / "data/clean")
     assert T.main([]) == 2
-    assert "data/clean/events.parquet not found: run filter_noise first" in capsys.readouterr().err
+    assert "data/clean not found: run filter_noise first" in capsys.readouterr().err
 
 
 def test_decay_is_measured_from_run_date(workspace):

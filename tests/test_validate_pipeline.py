@@ -11,7 +11,6 @@ back on the following `dvc repro`.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 
 import pandas as pd
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from dailyrec.files import dvc_md5
 from tools import simulate
 from tests import workspace
 
@@ -27,8 +27,8 @@ BAD_DAY = dt.date(2026, 11, 16)  # the day the feed breaks: run.date 2026-11-17 
 STOP = "2026-11-16 06:00:00"
 
 
-def _digest(path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+def _digest(path) -> str | None:
+    return dvc_md5(path)
 
 
 def _break_feed(url: str) -> None:
@@ -47,7 +47,7 @@ def _break_feed(url: str) -> None:
 
 
 def _clean_days(ws) -> set[str]:
-    ts = pq.read_table(ws.path / "data/clean/events.parquet", columns=["ts"]).column("ts")
+    ts = pq.read_table(ws.path / "data/clean", columns=["ts"]).column("ts")
     return set(pd.Series(ts.to_pandas()).dt.strftime("%Y-%m-%d").unique())
 
 
@@ -67,7 +67,7 @@ def ws(tmp_path, redis_server):
 def test_bad_day_stops_the_pipeline_and_stays_out_until_admitted(ws, redis_client):
     ws.set_run_date(BAD_DAY)  # a good day: it fetches what was written on 2026-11-15
     ws.dvc("repro", "filter_noise")
-    clean, filter_metrics = ws.path / "data/clean/events.parquet", ws.path / "metrics/filter.json"
+    clean, filter_metrics = ws.path / "data/clean", ws.path / "metrics/filter.json"
     before = (_digest(clean), _digest(filter_metrics))
     assert "2026-11-15" in _clean_days(ws)
     redis_client.set("dailyrec:test:served", "yesterday's lists")

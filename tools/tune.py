@@ -10,7 +10,7 @@ exactly what was scored. Every trial is a nested MLflow run under one "tune" run
 DAILYREC_MLFLOW=off). --apply writes the best values into params.yaml's train section, keeping its
 comments; `dvc repro` then retrains with them.
 
-Reads data/clean/events.parquet and params.yaml; writes nothing else (a developer tool, not a DVC
+Reads data/clean/ and params.yaml; writes nothing else (a developer tool, not a DVC
 stage).
 """
 
@@ -81,7 +81,7 @@ def to_config(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
 
 
 def tune(params: settings.Params, trials: int, seed: int | None = None,
-         timeout: float | None = None, data_path: Path = paths.CLEAN_EVENTS,
+         timeout: float | None = None, data_path: Path = paths.CLEAN_DIR,
          out=None) -> dict[str, Any]:
     import optuna
 

@@ -1,6 +1,7 @@
 """Evaluation: how good is today's configuration, out of time, against baselines; and the gate.
 
-    input   data/clean/events.parquet, models/ (its meta.json must match params.yaml's train section),
+    input   data/clean/ (a file per day), models/ (its meta.json must match params.yaml's
+            train section),
             params.yaml (run.date, train, eval, mlflow), metrics/mlflow.json (the train run)
     output  metrics/eval.json          ALS metrics at K=20 and eval.k, counts, a `baselines` block,
                                        a `sessions` block (the session protocol), `protocol`

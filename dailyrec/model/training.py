@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from dailyrec import clean
 from dailyrec import schema as S
 from dailyrec.errors import ConfigError, DataError
-from dailyrec.files import file_md5
+from dailyrec.files import dvc_md5
 from dailyrec.model import als, artifacts
 from dailyrec.model import confidence as C
 from dailyrec.settings.model import TrainConfig
@@ -35,19 +35,20 @@ DICTIONARY_COLUMNS = ("user_id", "item_id", "event_type")
 
 def read_events(path: Path, columns: list[str] | None = None, dictionary: bool = False
                 ) -> pa.Table:
-    """Canonical events (the key columns by default) from a Parquet file; with dictionary, the
-    DICTIONARY_COLUMNS dictionary-encoded (what confidence.aggregate and make_split take)."""
+    """Canonical events (the key columns by default) from data/clean's day files (or one Parquet
+    file); with dictionary, the DICTIONARY_COLUMNS dictionary-encoded (what confidence.aggregate
+    and make_split take)."""
     if not Path(path).exists():
         raise ConfigError(f"{path} not found: run filter_noise first")
-    names = pq.read_schema(path).names
-    columns = columns or C.MATRIX_COLUMNS + (["quantity"] if "quantity" in names else [])
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise DataError(f"{path}: not canonical events, missing columns {missing}")
-    coded = [c for c in DICTIONARY_COLUMNS if c in columns] if dictionary else []
-    table = pq.read_table(path, columns=columns, read_dictionary=coded)
-    fields = [S.EVENT_SCHEMA.field(n) for n in columns]
     try:
+        names = clean.columns_of(path)
+        columns = columns or C.MATRIX_COLUMNS + (["quantity"] if "quantity" in names else [])
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise DataError(f"{path}: not canonical events, missing columns {missing}")
+        coded = [c for c in DICTIONARY_COLUMNS if c in columns] if dictionary else []
+        table = clean.read(path, columns, read_dictionary=coded)
+        fields = [S.EVENT_SCHEMA.field(n) for n in columns]
         return table.cast(pa.schema([f.with_type(pa.dictionary(pa.int32(), f.type))
                                      if f.name in coded else f for f in fields]))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
@@ -69,7 +70,7 @@ def build_meta(run_date: dt.date, window_end: dt.datetime, config: TrainConfig, 
         "window_end": window_end.isoformat(),
         "data": {
             "path": str(data_path),
-            "md5": file_md5(data_path),
+            "md5": dvc_md5(data_path),
             "events": interactions.events,
             "events_ignored": interactions.events_ignored,
             "first_event": None if first is None else _iso(first),

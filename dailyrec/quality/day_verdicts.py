@@ -164,7 +164,7 @@ class DayVerdicts:
         """Keys for the window's days (spans: each day's date, files and rows, in order), and
         the verdicts found under them. No keys when a day holds another day's events."""
         days = Days()
-        if not salt or not _aligned(spans, ts_us):
+        if not salt or not aligned(spans, ts_us):
             return days
         hashes = {day: [file_md5(p) for p in files] for day, files, start, stop in spans
                   if files}
@@ -198,7 +198,7 @@ class DayVerdicts:
             pass
 
 
-def _aligned(spans, ts_us: np.ndarray) -> bool:
+def aligned(spans, ts_us: np.ndarray) -> bool:
     """Every day's rows lie in its own UTC day (the window is in time order: its first and last
     row say so); a file outside a day=YYYY-MM-DD folder has no day."""
     for day, _, start, stop in spans:  # a loop over days

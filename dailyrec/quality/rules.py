@@ -28,7 +28,8 @@ are grouped with a stable O(n) counting sort (SciPy's COO -> CSR conversion), ne
 over events. The window in memory is codes and times (read_window); the rules that group events
 work a UTC day at a time, with the seconds before its midnight that its first events are judged
 against (day_spans), and data/clean is written a day at a time: the memory a stage needs beyond
-the codes follows the day, not the window. So does the work: what repeated, behaviour and
+the codes follows the day, not the window, and so does what a run changes in it: a file per
+day (dailyrec.clean), the same bytes while the day's kept events are. So does the work: what repeated, behaviour and
 shared_ip decide about a day is kept per day by content hash and reused by later runs
 (dailyrec.quality.day_verdicts says why that is safe); the window's own decisions (bots over
 several days, min_support) are made every run.
@@ -55,12 +56,13 @@ import pyarrow.parquet as pq
 import scipy
 import scipy.sparse as sp
 
+from dailyrec import clean, env
 from dailyrec import schema as S
 from dailyrec.arrays import distinct
 from dailyrec.errors import DataError
-from dailyrec.files import tmp_path
+from dailyrec.files import file_md5
 from dailyrec.history import Selection, partition_day, select_window
-from dailyrec.quality.day_verdicts import DayVerdicts, Days, default_dir
+from dailyrec.quality.day_verdicts import DayVerdicts, Days, aligned, default_dir
 from dailyrec.settings.quality import FilterSettings
 
 # Repeats go before behaviour: a client that fires each action twice is not twice as fast.
@@ -132,16 +134,28 @@ class Window:
             stop = start + plain.num_rows
             if stop > len(self):
                 break
-            bounds = np.cumsum([start, *(len(c) for c in plain.column(0).chunks)])
-            yield pa.Table.from_arrays(
-                [pa.chunked_array([self.coded[f.name].array(a, b) for a, b in
-                                   zip(bounds[:-1], bounds[1:])], f.type)
-                 if f.name in DICTIONARY_COLUMNS else plain.column(f.name)
-                 for f in WINDOW_SCHEMA], schema=WINDOW_SCHEMA)
+            yield self._piece(plain, start)
             start = stop
         if start != len(self):
             raise DataError("the window's history changed while filter_noise read it: "
                             f"{len(self):,} events when the rules ran, {start:,} when writing")
+
+    def piece(self, span: int) -> pa.Table:
+        """The events of one of the spans (a history day), as pieces() gives them."""
+        _, files, start, stop = self.spans[span]
+        plain = _read_day(files, PLAIN_COLUMNS)
+        if plain.num_rows != stop - start:
+            raise DataError(f"{files[0].parent}: changed while filter_noise read it: "
+                            f"{stop - start:,} events when the rules ran, {plain.num_rows:,} now")
+        return self._piece(plain, start)
+
+    def _piece(self, plain: pa.Table, start: int) -> pa.Table:
+        bounds = np.cumsum([start, *(len(c) for c in plain.column(0).chunks)])
+        return pa.Table.from_arrays(
+            [pa.chunked_array([self.coded[f.name].array(a, b) for a, b in
+                               zip(bounds[:-1], bounds[1:])], f.type)
+             if f.name in DICTIONARY_COLUMNS else plain.column(f.name)
+             for f in WINDOW_SCHEMA], schema=WINDOW_SCHEMA)
 
     def to_table(self) -> pa.Table:
         """All the events as one table (tests, small windows: the whole window in memory)."""
@@ -723,6 +737,16 @@ def day_local_salt(cfg: FilterSettings) -> str:
     return hashlib.md5(json.dumps([_code_version(), settings]).encode()).hexdigest()
 
 
+def kept_days_salt() -> str:
+    """What a day file depends on besides the day's files and which events were kept: the code
+    that reads the files and writes the day (this module, dailyrec.clean, the schema) and the
+    libraries' versions."""
+    code = hashlib.md5(_code_version().encode())
+    for module in (clean, S):
+        code.update(Path(module.__file__).read_bytes())
+    return code.hexdigest()
+
+
 @functools.cache
 def _code_version() -> str:
     from dailyrec import arrays
@@ -784,42 +808,36 @@ def rule_metrics(w: Window, result: Result, cfg: FilterSettings) -> dict:
     return rules
 
 
-# data/clean's Parquet settings. Without the stored Arrow schema a reader gets plain strings back
-# from dictionary columns, i.e. exactly EVENT_SCHEMA. Statistics only for ts (min/max of the
-# string columns cost as much as the rest of the write and help no reader).
-CLEAN_PARQUET = {"store_schema": False, "use_dictionary": DICTIONARY_COLUMNS,
-                 "write_statistics": ["ts"]}
-ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default: the row groups one write_table call makes
-
-
-def write_clean(w: Window, keep: np.ndarray, path: Path) -> int:
-    """The kept events in canonical form, a day of the window at a time; row groups of
-    ROW_GROUP_ROWS as writing them all at once would cut them (the same file, byte for byte).
-    Dictionary columns are written as Parquet dictionary pages without decoding them to Python
-    strings."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        kept, start, pending = 0, 0, []
-        with pq.ParquetWriter(tmp, WINDOW_SCHEMA, **CLEAN_PARQUET) as writer:
+def write_clean(w: Window, keep: np.ndarray, out: Path, kept: clean.KeptDays | None = None
+                ) -> int:
+    """The kept events as data/clean's day files (dailyrec.clean), a day of the window at a time:
+    the dictionary columns go from the window's codes to each day's own sorted values without
+    decoding them to Python strings. With kept, a day whose files and kept events an earlier run
+    wrote is that run's file, linked: not read again nor written (only where each history day
+    holds its own UTC day's events, so that a day file is made of one day's files)."""
+    if kept is None or not w.spans or not aligned(w.spans, w.ts_us):
+        start = 0
+        with clean.DayWriter(out) as writer:
             for piece in w.pieces():  # a loop over days
-                pending.append(piece.filter(pa.array(keep[start:start + piece.num_rows])))
+                writer.add(piece.filter(pa.array(keep[start:start + piece.num_rows])))
                 start += piece.num_rows
-                buffered = pa.concat_tables(pending)
-                while buffered.num_rows >= ROW_GROUP_ROWS:
-                    writer.write_table(buffered.slice(0, ROW_GROUP_ROWS), ROW_GROUP_ROWS)
-                    kept += ROW_GROUP_ROWS
-                    buffered = buffered.slice(ROW_GROUP_ROWS)
-                pending = [buffered]
-            rest = pa.concat_tables(pending) if pending else WINDOW_SCHEMA.empty_table()
-            if rest.num_rows or not kept:  # an empty window writes one empty row group, as before
-                writer.write_table(rest, ROW_GROUP_ROWS)
-                kept += rest.num_rows
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a half-written file must not become an output
-        raise
-    tmp.replace(path)
-    return kept
+        return writer.rows
+    keys = {}  # file name -> key, for the days written here
+    with clean.DayWriter(out) as writer:
+        for span, (day, files, start, stop) in enumerate(w.spans):  # a loop over days
+            mask = keep[start:stop]
+            rows = int(mask.sum())
+            if not rows:
+                continue
+            key = kept.key([file_md5(p) for p in files], mask)
+            found = kept.find(key, rows)
+            if found is not None:
+                writer.add_file(day, found, rows)
+            else:
+                writer.add(w.piece(span).filter(pa.array(mask)))
+                keys[clean.day_name(day)] = key
+    kept.keep({keys[name]: out / name for name in writer.written})
+    return writer.rows
 
 
 def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -> dict:
@@ -836,7 +854,8 @@ def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -
     result = apply_rules(w, cfg, days=days)
     verdicts.keep(days)
     rules_s = time.perf_counter() - started - read_s
-    kept = write_clean(w, result.keep, out)
+    kept_days = clean.KeptDays(env.state_dir() / clean.KEPT_FOLDER, kept_days_salt())
+    kept = write_clean(w, result.keep, out, kept_days)
     write_s = time.perf_counter() - started - read_s - rules_s
     counted = {"input": {"rows": len(w), "users": _distinct(w.user.codes),
                          "items": _distinct(w.item.codes)},
@@ -848,7 +867,7 @@ def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -
     return record(cfg, chosen, counted, {"read": round(read_s, 3), "rules": round(rules_s, 3),
                                          "write": round(write_s, 3), "total": round(total, 3),
                                          "by_rule": result.seconds},
-                  days.counts())
+                  {**days.counts(), "day_files_reused": kept_days.reused})
 
 
 def record(cfg: FilterSettings, chosen: Selection, counted: dict, seconds: dict,

@@ -20,7 +20,7 @@ One definition per rule: Spark moves and counts events; every decision is the lo
                  address is in exactly one; top offenders ranked over the whole window as
                  rules._top ranks them: most rows, ties by first appearance in history order.
   6. write       the kept events, sorted in history order by Spark, streamed by this process into
-                 data/clean/events.parquet with the local engine's settings (rules.CLEAN_PARQUET).
+                 data/clean's day files by the local engine's writer (dailyrec.clean).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dailyrec import clean
 from dailyrec import schema as S
 from dailyrec import spark as SP
-from dailyrec.files import tmp_path
 from dailyrec.history import select_window
 from dailyrec.quality import rules as R
 from dailyrec.settings.quality import FilterSettings
@@ -378,7 +378,8 @@ def _add_peaks(judged, top: list[dict]) -> None:
 
 
 def write_clean(judgement: Judged, out: Path) -> int:
-    """Step 6: the kept events, in history order, as the local engine writes them."""
+    """Step 6: the kept events, in history order, as the local engine writes them (data/clean's
+    day files, dailyrec.clean: the same bytes)."""
     from pyspark.sql import functions as F
 
     judged = judgement.events
@@ -391,16 +392,11 @@ def write_clean(judgement: Judged, out: Path) -> int:
         (pafs.LocalFileSystem(), target)
     parts = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(root))
                    if Path(info.path).name.startswith("part-"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(out)
-    rows = 0
-    with pq.ParquetWriter(tmp, S.EVENT_SCHEMA, **R.CLEAN_PARQUET) as writer:
+    with clean.DayWriter(out) as writer:
         for part in parts:  # Spark's range partitions, in order
-            table = pq.read_table(part, filesystem=fs).select(list(S.COLUMNS))
-            writer.write_table(table.cast(S.EVENT_SCHEMA))
-            rows += table.num_rows
-    tmp.replace(out)
+            writer.add(pq.read_table(part, filesystem=fs).select(list(S.COLUMNS))
+                       .cast(S.EVENT_SCHEMA))
     fs.delete_dir(root)
     if not os.environ.get(STAGING_URL):
         shutil.rmtree(staging, ignore_errors=True)
-    return rows
+    return writer.rows
