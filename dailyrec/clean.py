@@ -178,15 +178,20 @@ class DayWriter:
                 self._day, self._linked = int(days[start]), False
             self._pending.append(table.slice(start, stop - start))
 
-    def add_file(self, day: dt.date, source: Path, rows: int) -> None:
-        """A day's file as an earlier run wrote it (KeptDays), linked in whole; days in order."""
+    def add_file(self, day: dt.date, source: Path, rows: int) -> bool:
+        """A day's file as an earlier run wrote it (KeptDays), linked in whole; days in order.
+        False when it cannot be linked or copied (gone meanwhile): write the day instead."""
         number = (day - EPOCH).days
         if self._day is not None and number <= self._day:
             raise DataError(f"{self.out}: day {day} added after {np.datetime64(self._day, 'D')}")
         self._flush()
+        try:
+            _link_or_copy(source, self.staging / day_name(day))
+        except OSError:
+            return False
         self._day, self._linked = number, True
-        _link_or_copy(source, self.staging / day_name(day))
         self.rows += rows
+        return True
 
     def _flush(self) -> None:
         if not self._pending:
@@ -275,7 +280,11 @@ def _link_or_copy(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        tmp.replace(target)
     except OSError:
-        shutil.copyfile(source, tmp)
-    tmp.replace(target)
+        tmp.unlink(missing_ok=True)
+        raise

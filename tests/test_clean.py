@@ -151,3 +151,15 @@ def test_a_day_over_a_row_group_is_cut_as_one_write_would(tmp_path, monkeypatch)
     assert meta.num_row_groups == -(-full.num_rows // 100) > 1
     assert pd.Series([meta.row_group(i).num_rows for i in range(meta.num_row_groups)]).sum() == \
         full.num_rows
+
+
+def test_a_kept_day_gone_before_it_is_linked_is_written(tmp_path):
+    """KeptDays found a file that is gone when it is linked (the state folder cleaned meanwhile):
+    the writer says so, the day is written from its events, and nothing is left beside it."""
+    full = events(days=2)
+    with clean.DayWriter(tmp_path / "clean") as writer:
+        assert not writer.add_file(FIRST, tmp_path / "gone.parquet", 10)
+        writer.add(full)
+    assert write(tmp_path / "fresh", full) == \
+        {p.name: p.read_bytes() for p in sorted((tmp_path / "clean").iterdir())}
+    assert writer.rows == full.num_rows

@@ -28,11 +28,11 @@ are grouped with a stable O(n) counting sort (SciPy's COO -> CSR conversion), ne
 over events. The window in memory is codes and times (read_window); the rules that group events
 work a UTC day at a time, with the seconds before its midnight that its first events are judged
 against (day_spans), and data/clean is written a day at a time: the memory a stage needs beyond
-the codes follows the day, not the window, and so does what a run changes in it: a file per
-day (dailyrec.clean), the same bytes while the day's kept events are. So does the work: what repeated, behaviour and
+the codes follows the day, not the window. So does the work: what repeated, behaviour and
 shared_ip decide about a day is kept per day by content hash and reused by later runs
 (dailyrec.quality.day_verdicts says why that is safe); the window's own decisions (bots over
-several days, min_support) are made every run.
+several days, min_support) are made every run. data/clean is a file per day (dailyrec.clean),
+the same bytes while the day's kept events are, and a day an earlier run wrote is linked.
 """
 
 from __future__ import annotations
@@ -831,11 +831,10 @@ def write_clean(w: Window, keep: np.ndarray, out: Path, kept: clean.KeptDays | N
                 continue
             key = kept.key([file_md5(p) for p in files], mask)
             found = kept.find(key, rows)
-            if found is not None:
-                writer.add_file(day, found, rows)
-            else:
-                writer.add(w.piece(span).filter(pa.array(mask)))
-                keys[clean.day_name(day)] = key
+            if found is not None and writer.add_file(day, found, rows):
+                continue
+            writer.add(w.piece(span).filter(pa.array(mask)))
+            keys[clean.day_name(day)] = key
     kept.keep({keys[name]: out / name for name in writer.written})
     return writer.rows
 
