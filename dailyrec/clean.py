@@ -37,10 +37,10 @@ import pyarrow.parquet as pq
 
 from dailyrec import schema as S
 from dailyrec.errors import DataError
+from dailyrec.files import replace_dir, tmp_path
 
 SUFFIX = ".parquet"
 KEPT_FOLDER = "clean-days"  # KeptDays, under $DAILYREC_STATE_DIR
-US_PER_DAY = 86_400_000_000
 EPOCH = dt.date(1970, 1, 1)
 # The text columns written as dictionary pages. Statistics only for ts (min/max of the string
 # columns cost as much as the rest of the write and help no reader).
@@ -165,7 +165,7 @@ class DayWriter:
         """Events later than (or as late as) every event added before."""
         if not table.num_rows:
             return
-        days = S.ts_micros(table) // US_PER_DAY
+        days = S.ts_micros(table) // S.MICROS_PER_DAY
         cuts = np.flatnonzero(np.diff(days)) + 1
         for start, stop in zip([0, *cuts], [*cuts, len(days)]):
             if self._day is not None and (days[start] < self._day or  # it would replace a day
@@ -216,11 +216,7 @@ class DayWriter:
         except BaseException:
             _remove(self.staging)
             raise
-        old = self.out.with_name(f".{self.out.name}.{os.getpid()}.{uuid.uuid4().hex}.old")
-        if self.out.exists():
-            self.out.rename(old)
-        self.staging.rename(self.out)
-        _remove(old)
+        replace_dir(self.staging, self.out)
 
 
 def _remove(path: Path) -> None:
@@ -277,7 +273,7 @@ class KeptDays:
 
 def _link_or_copy(source: Path, target: Path) -> None:
     """target becomes source's bytes (a hard link where the filesystem allows), atomically."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = tmp_path(target)
     tmp.unlink(missing_ok=True)
     try:
         try:

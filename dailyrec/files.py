@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 from contextlib import closing
@@ -23,6 +24,16 @@ MD5_MEMO = "md5.sqlite"
 def tmp_path(path: Path) -> Path:
     """A temporary sibling of path (same directory, so the rename is atomic), unique per process."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the folder `new` in place of `target` with two renames (the old one goes last): a
+    reader sees the old folder or the new one, never half of each."""
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path: Path | str, text: str) -> None:

@@ -397,6 +397,9 @@ def _epoch_micros(numbers: np.ndarray) -> np.ndarray:
         return np.where(usable, np.round(np.where(usable, micros, 0)), NAT).astype(np.int64)
 
 
+MICROS_PER_DAY = 86_400_000_000  # a UTC day of ts
+
+
 def ts_micros(table: pa.Table) -> np.ndarray:
     """A table's canonical ts column as int64 microseconds since the epoch: a zero-copy view of
     each chunk, one concatenation."""

@@ -42,7 +42,7 @@ def events(days: int = 4, first: dt.date = FIRST, seed: int = 3) -> pa.Table:
 
 
 def day_of(table: pa.Table, day: dt.date) -> pa.Table:
-    days = S.ts_micros(table) // clean.US_PER_DAY
+    days = S.ts_micros(table) // S.MICROS_PER_DAY
     return table.filter(pa.array(days == (day - dt.date(1970, 1, 1)).days))
 
 

@@ -284,7 +284,8 @@ def test_files_outside_day_folders_are_never_reused(root, tmp_path):
     w = FN.read_window([loose])
     assert w.spans[0][0] is None
     salt = FN.day_local_salt(settings())
-    days = DV.DayVerdicts(tmp_path / "verdicts").days(w.spans, w.ts_us, salt)
+    hashes = DV.file_hashes(w.spans, w.ts_us)
+    days = DV.DayVerdicts(tmp_path / "verdicts").days(w.spans, hashes, salt)
     assert days.keys == {} and days.given == {}
 
 
@@ -301,7 +302,7 @@ def test_a_day_file_is_linked_only_for_the_same_files_and_the_same_kept_events(r
 
     def write(name: str, mask: np.ndarray, window=w) -> tuple[int, dict[str, bytes]]:
         kept = clean.KeptDays(root / "kept", "salt")
-        FN.write_clean(window, mask, root / name, kept)
+        FN.write_clean(window, mask, root / name, kept, DV.file_hashes(window.spans, window.ts_us))
         FN.write_clean(window, mask, root / f"{name}-fresh")  # nothing linked
         assert files(root / name) == files(root / f"{name}-fresh")
         return kept.reused, files(root / name)

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from dailyrec import paths
 from dailyrec.errors import ConfigError
-from dailyrec.files import tmp_path, write_text
+from dailyrec.files import replace_dir, tmp_path, write_text
 
 MODELS_DIR = paths.MODELS_DIR
 MODEL_FILE = "als.npz"
@@ -93,15 +93,6 @@ def save(bundle: ModelBundle, directory: Path | str = MODELS_DIR) -> None:
     write_text(staging / META_FILE,
                json.dumps(bundle.meta, indent=2, sort_keys=True, default=str) + "\n")
     replace_dir(staging, directory)
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Put the folder `new` in place of `target` with two renames (the old one goes last)."""
-    old = target.with_name(f".{target.name}.{os.getpid()}.old")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load(directory: Path | str = MODELS_DIR) -> ModelBundle:

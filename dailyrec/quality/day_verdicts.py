@@ -1,9 +1,10 @@
 """The rules' verdicts on each history day, kept by content hash and reused by later runs.
 
-    DayVerdicts(folder).days(spans, ts_us, salt) -> Days   the window's days, with the verdicts
+    DayVerdicts(folder).days(spans, hashes, salt) -> Days   the window's days, with the verdicts
                                                            of the days judged before
     DayVerdicts.keep(days)                                  store the days this run judged; drop
                                                            the entries of days no longer in it
+    file_hashes(spans, ts_us) -> {day: MD5s} | None         what a day's entries are keyed by
 
 What is reused, and why it is safe. Four of the six rules judge a day on its own:
   - crawler_ua and internal judge an event by its own values;
@@ -44,16 +45,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dailyrec import env
-from dailyrec.files import file_md5
+from dailyrec import schema as S
+from dailyrec.files import file_md5, tmp_path
 
-MICROS_PER_DAY = 86_400_000_000
 SUFFIX = ".npz"
 
 
@@ -78,7 +78,7 @@ class DayVerdict:
     # over each limit (rules.SHARED_IP_LIMITS)
 
     def save(self, path: Path, key: str) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = tmp_path(path)
         try:
             with tmp.open("wb") as fh:
                 np.savez(fh, key=np.str_(key), rows=np.int64(self.rows), repeated=self.repeated,
@@ -159,15 +159,14 @@ class DayVerdicts:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
-    def days(self, spans: list[tuple[dt.date, list[Path], int, int]], ts_us: np.ndarray,
-             salt: str) -> Days:
-        """Keys for the window's days (spans: each day's date, files and rows, in order), and
-        the verdicts found under them. No keys when a day holds another day's events."""
+    def days(self, spans: list[tuple[dt.date, list[Path], int, int]],
+             hashes: dict[dt.date, list[str]] | None, salt: str) -> Days:
+        """Keys for the window's days (spans: each day's date, files and rows, in order;
+        hashes: their files' MD5s, as file_hashes gives them), and the verdicts found under
+        them. No keys without hashes (a day holds another day's events)."""
         days = Days()
-        if not salt or not aligned(spans, ts_us):
+        if not salt or hashes is None:
             return days
-        hashes = {day: [file_md5(p) for p in files] for day, files, start, stop in spans
-                  if files}
         for day, files, start, stop in spans:  # a loop over days
             if stop == start:
                 continue
@@ -198,6 +197,14 @@ class DayVerdicts:
             pass
 
 
+def file_hashes(spans, ts_us: np.ndarray) -> dict[dt.date, list[str]] | None:
+    """Each day's files' MD5s, what a day's cached results (these verdicts, data/clean's day
+    files) are keyed by; None when a day's rows are not all its own UTC day's."""
+    if not aligned(spans, ts_us):
+        return None
+    return {day: [file_md5(p) for p in files] for day, files, start, stop in spans if files}
+
+
 def aligned(spans, ts_us: np.ndarray) -> bool:
     """Every day's rows lie in its own UTC day (the window is in time order: its first and last
     row say so); a file outside a day=YYYY-MM-DD folder has no day."""
@@ -206,7 +213,7 @@ def aligned(spans, ts_us: np.ndarray) -> bool:
             return False
         if stop > start:
             number = (day - dt.date(1970, 1, 1)).days
-            if ts_us[start] // MICROS_PER_DAY != number or \
-                    ts_us[stop - 1] // MICROS_PER_DAY != number:
+            if ts_us[start] // S.MICROS_PER_DAY != number or \
+                    ts_us[stop - 1] // S.MICROS_PER_DAY != number:
                 return False
     return True

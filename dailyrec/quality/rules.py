@@ -60,9 +60,8 @@ from dailyrec import clean, env
 from dailyrec import schema as S
 from dailyrec.arrays import distinct
 from dailyrec.errors import DataError
-from dailyrec.files import file_md5
 from dailyrec.history import Selection, partition_day, select_window
-from dailyrec.quality.day_verdicts import DayVerdicts, Days, aligned, default_dir
+from dailyrec.quality.day_verdicts import DayVerdicts, Days, default_dir, file_hashes
 from dailyrec.settings.quality import FilterSettings
 
 # Repeats go before behaviour: a client that fires each action twice is not twice as fast.
@@ -808,14 +807,15 @@ def rule_metrics(w: Window, result: Result, cfg: FilterSettings) -> dict:
     return rules
 
 
-def write_clean(w: Window, keep: np.ndarray, out: Path, kept: clean.KeptDays | None = None
-                ) -> int:
+def write_clean(w: Window, keep: np.ndarray, out: Path, kept: clean.KeptDays | None = None,
+                hashes: dict[dt.date, list[str]] | None = None) -> int:
     """The kept events as data/clean's day files (dailyrec.clean), a day of the window at a time:
     the dictionary columns go from the window's codes to each day's own sorted values without
-    decoding them to Python strings. With kept, a day whose files and kept events an earlier run
-    wrote is that run's file, linked: not read again nor written (only where each history day
-    holds its own UTC day's events, so that a day file is made of one day's files)."""
-    if kept is None or not w.spans or not aligned(w.spans, w.ts_us):
+    decoding them to Python strings. With kept and hashes (the spans' files' MD5s,
+    day_verdicts.file_hashes: only where each history day holds its own UTC day's events, so that
+    a day file is made of one day's files), a day whose files and kept events an earlier run wrote
+    is that run's file, linked: not read again nor written."""
+    if kept is None or hashes is None:
         start = 0
         with clean.DayWriter(out) as writer:
             for piece in w.pieces():  # a loop over days
@@ -829,7 +829,7 @@ def write_clean(w: Window, keep: np.ndarray, out: Path, kept: clean.KeptDays | N
             rows = int(mask.sum())
             if not rows:
                 continue
-            key = kept.key([file_md5(p) for p in files], mask)
+            key = kept.key(hashes[day], mask)
             found = kept.find(key, rows)
             if found is not None and writer.add_file(day, found, rows):
                 continue
@@ -849,12 +849,13 @@ def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -
     read_s = time.perf_counter() - started
     # the day-local rules' verdicts on days judged before are reused (day_verdicts: why it is safe)
     verdicts = DayVerdicts(default_dir())
-    days = verdicts.days(w.spans, w.ts_us, day_local_salt(cfg))
+    hashes = file_hashes(w.spans, w.ts_us)  # None: a day holds another day's events
+    days = verdicts.days(w.spans, hashes, day_local_salt(cfg))
     result = apply_rules(w, cfg, days=days)
     verdicts.keep(days)
     rules_s = time.perf_counter() - started - read_s
     kept_days = clean.KeptDays(env.state_dir() / clean.KEPT_FOLDER, kept_days_salt())
-    kept = write_clean(w, result.keep, out, kept_days)
+    kept = write_clean(w, result.keep, out, kept_days, hashes)
     write_s = time.perf_counter() - started - read_s - rules_s
     counted = {"input": {"rows": len(w), "users": _distinct(w.user.codes),
                          "items": _distinct(w.item.codes)},

@@ -51,7 +51,6 @@ from dailyrec.files import file_md5
 FACTS_VERSION = 2
 KEY_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts"]
 KEY_SCHEMA = pa.schema([S.EVENT_SCHEMA.field(c) for c in KEY_COLUMNS])
-MICROS_PER_DAY = 86_400_000_000
 _SALT = hashlib.md5(f"{FACTS_VERSION}|{KEY_SCHEMA}|{S.ID_REGEX.pattern}".encode()).hexdigest()[:12]
 
 
@@ -84,7 +83,7 @@ class FileFacts:
         """The facts of a table as read_key_columns gives it."""
         types = pc.value_counts(table["event_type"])
         micros = S.ts_micros(table)
-        days, day_counts = np.unique(np.floor_divide(micros, MICROS_PER_DAY), return_counts=True)
+        days, day_counts = np.unique(np.floor_divide(micros, S.MICROS_PER_DAY), return_counts=True)
         parts = []
         for kind, column in enumerate(("user_id", "item_id")):
             distinct = pc.unique(table[column])
