@@ -77,11 +77,10 @@ def read(path: Path | str, columns: list[str], read_dictionary: list[str] = ()) 
                       for c in columns]).empty_table()
 
 
-def canonical(column: pa.ChunkedArray | pa.Array, ranks: Ranks | None = None,
-              name: str = "") -> pa.DictionaryArray:
+def canonical(column: pa.ChunkedArray | pa.Array, ranks: Ranks, name: str) -> pa.DictionaryArray:
     """A text column as a dictionary array over the values its rows use, sorted: the same array
-    for the same rows whatever dictionary (or none) they came with. ranks (per column name) keeps
-    each value's place in the sorted dictionary, for pieces that share one (the window's)."""
+    for the same rows whatever dictionary (or none) they came with. ranks keeps each value's place
+    in the sorted dictionary per column name, for pieces that share one (the window's)."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     if not chunks:
         return pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), pa.array([], pa.string()))
@@ -98,10 +97,7 @@ def canonical(column: pa.ChunkedArray | pa.Array, ranks: Ranks | None = None,
     present = np.zeros(len(dictionary), bool)
     present[codes if valid is None else codes[valid]] = True
     used = np.flatnonzero(present)
-    if ranks is not None:
-        order = used[np.argsort(ranks.of(name, dictionary)[used])]
-    else:
-        order = used[pc.sort_indices(dictionary.take(pa.array(used))).to_numpy()]
+    order = used[np.argsort(ranks.of(name, dictionary)[used])]
     renumber = np.zeros(max(len(dictionary), 1), np.int32)
     renumber[order] = np.arange(len(order), dtype=np.int32)
     indices = pa.array(renumber[codes], pa.int32(), mask=None if valid is None else ~valid)

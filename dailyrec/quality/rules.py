@@ -68,7 +68,7 @@ from dailyrec.settings.quality import FilterSettings
 RULES = ("crawler_ua", "internal", "repeated", "behaviour", "shared_ip", "min_support")
 # the rules that say "not a human customer"
 BOT_RULES = ("crawler_ua", "internal", "behaviour", "shared_ip")
-DICTIONARY_COLUMNS = ["user_id", "item_id", "event_type", "source", "user_agent", "ip"]
+DICTIONARY_COLUMNS = clean.DICTIONARY_COLUMNS  # the text columns but event_id
 PATTERNS_PER_REGEX = 200  # RE2 handles a few hundred alternatives per regex quickly, not 1,500
 
 
@@ -96,9 +96,9 @@ class Coded:
 # The window's columns as the rules read them: strings dictionary-encoded (handled once per
 # distinct value), everything else as in the canonical schema. The rules need the dictionary
 # columns and ts; the others (event_id, quantity) are read only to write data/clean, a day at a
-# time, so the window in memory is codes and times: about 36 bytes an event.
-WINDOW_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
-                           if f.name in DICTIONARY_COLUMNS else f for f in S.EVENT_SCHEMA])
+# time, so the window in memory is codes and times: about 36 bytes an event. The schema is
+# data/clean's files' (dailyrec.clean), which the kept events are written in.
+WINDOW_SCHEMA = clean.FILE_SCHEMA
 RULE_COLUMNS = [*DICTIONARY_COLUMNS, "ts"]
 PLAIN_COLUMNS = [name for name in S.COLUMNS if name not in DICTIONARY_COLUMNS]  # with ts
 
