@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -328,7 +329,9 @@ def test_stage_writes_canonical_clean_events_and_counters(tmp_path, monkeypatch,
                                                       "max_events_per_day": 10200}
     assert rules["behaviour"]["top_users"][0] == {**offenders["behaviour"]["top_users"][0],
                                                   "user_id": privacy.pseudonym("6002")}
-    committed = (tmp_path / "metrics/filter.json").read_text()
+    # the pseudonyms' random hex left out: "h:18d50016a81d" is not user 5001
+    committed = re.sub(r'"h:[0-9a-f]{12}"', '"h:"',
+                       (tmp_path / "metrics/filter.json").read_text())
     for name in ("6002", "5001", "9000001", "qa-robot", "Googlebot", "10.20."):
         assert name not in committed, name
     assert metrics["window"]["days"] == 2 and metrics["window"]["rejected_days_left_out"] == []
