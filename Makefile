@@ -85,10 +85,17 @@ serve-bg: install
 		echo "\$$ curl -s 'http://$(BIND)/recommendations/$$user?n=5'" && \
 		curl -s "http://$(BIND)/recommendations/$$user?n=5" && echo
 
+# SIGTERM, then up to 15 s: stopping can take the workers' kill timeout (10 s, serving/server.py),
+# and a 10 s wait said "stopped" while the server still ran; past 15 s, SIGKILL.
 stop:
 	@if [ ! -f $(SERVE_PID) ]; then echo "the API is not running (no $(SERVE_PID))"; exit 0; fi; \
 	pid=$$(cat $(SERVE_PID)); kill $$pid 2>/dev/null || true; \
-	for i in $$(seq 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.2; done; \
+	for i in $$(seq 75); do kill -0 $$pid 2>/dev/null || break; sleep 0.2; done; \
+	if kill -0 $$pid 2>/dev/null; then \
+		echo "the API (pid $$pid) was still running 15 s after SIGTERM: killing it and its workers"; \
+		pkill -KILL -P $$pid 2>/dev/null; kill -KILL $$pid 2>/dev/null; \
+		for i in $$(seq 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.2; done; fi; \
+	if kill -0 $$pid 2>/dev/null; then echo "the API (pid $$pid) is still running" >&2; exit 1; fi; \
 	rm -f $(SERVE_PID); echo "the API stopped (pid $$pid)"
 
 # The MLflow UI over MLFLOW_TRACKING_URI (default sqlite:///mlflow.db), on 127.0.0.1:MLFLOW_PORT;
