@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 
@@ -38,12 +39,14 @@ def main_body(argv: list[str] | None) -> int:
     day = settings.run_date(params)
     evaluation.check_models(paths.MODELS_DIR, train_config, day)
     start = time.perf_counter()
-    published = None
-    if env.mlflow_enabled() and config.compare_published:
-        published = tracking.load_published(mlflow_settings)
-    out = evaluation.evaluate(train_config, config, day, settings.window_end(params),
-                              training.read_events(paths.CLEAN_DIR, dictionary=True),
-                              published=published)
+    # The published model is looked up on a thread while the split is made and fitted: MLflow's
+    # import and queries are mostly one core's Python, the split mostly one core's NumPy.
+    compare = config.compare_published
+    with tracking.ahead(functools.partial(tracking.load_published, mlflow_settings) if compare
+                        else tracking.preload) as lookup:
+        out = evaluation.evaluate(train_config, config, day, settings.window_end(params),
+                                  training.read_events(paths.CLEAN_DIR, dictionary=True),
+                                  published=lookup.result if lookup and compare else None)
     report, gate = out["report"], out["gate"]
     # The gate names the model it judged: publish refuses a models/ with another hash.
     gate.update(run_date=report["run_date"], model_md5=dvc_md5(paths.MODELS_DIR))

@@ -96,8 +96,9 @@ def run(args, client, layout: K.Layout, where: str) -> int:
         raise NotPublished(f"{refused} Nothing was served yet, so the most-popular list is now "
                            f"served as version {popular} (kind popular) from {where}.") from None
     run = metrics.MLFLOW.read() or {}
-    summary = writer.publish(bundle, client, cfg, run_date=day, layout=layout, gate=gate,
-                             model_run=run, progress=False if args.no_progress else None)
+    with tracking.ahead():  # MLflow's imports on a thread while scoring: the alias moves at once
+        summary = writer.publish(bundle, client, cfg, run_date=day, layout=layout, gate=gate,
+                                 model_run=run, progress=False if args.no_progress else None)
     summary.update(run_date=day.isoformat(), redis=where, gate=gate, model_run=run,
                    mlflow_alias=None)
     if run.get("model_version") is not None and env.mlflow_enabled():

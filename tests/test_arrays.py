@@ -18,3 +18,23 @@ def test_distinct_and_repeated_are_what_np_unique_says(values):
     assert np.array_equal(distinct(values), expected)
     assert distinct(values).dtype == values.dtype
     assert np.array_equal(repeated(values), expected[counts > 1])
+
+
+def test_in_slices_covers_the_range_in_order_on_threads_only_when_large():
+    import threading
+
+    from dailyrec import arrays
+
+    seen = []
+
+    def work(lo, hi):
+        seen.append(threading.current_thread().name)
+        return (lo, hi)
+
+    assert arrays.in_slices(10, work, arrays.PARALLEL_CELLS - 1) == [(0, 10)]
+    assert seen == [threading.current_thread().name]  # small: one call, on this thread
+    for n in (2, 3, 1001):
+        slices = arrays.in_slices(n, work, arrays.PARALLEL_CELLS)
+        assert slices[0][0] == 0 and slices[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(slices, slices[1:])) and len(slices) > 1
+    assert any(name.startswith("dailyrec-slices") for name in seen)

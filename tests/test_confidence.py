@@ -144,3 +144,27 @@ def test_ids_read_as_parquet_dictionaries_give_the_same_matrix(tmp_path):
     want = C.aggregate(training.read_events(tmp_path / "events.parquet"), config(), NOW)
     assert got.user_ids.tolist() == want.user_ids.tolist() == ["u1", "u2"]
     assert (got.strength != want.strength).nnz == 0 and got.events == want.events
+
+
+@pytest.mark.parametrize("half_life", [0.0, 3.5])
+def test_weights_of_a_large_window_computed_in_slices_are_the_expressions_bits(half_life):
+    """event_weights works on slices of events, one per core: each weight has the bits of
+    weight[type] * q(quantity) * 2 ** -(max(now - ts, 0) / 1 day / half_life) for that event."""
+    from dailyrec.arrays import PARALLEL_CELLS
+
+    rng = np.random.default_rng(8)
+    n = PARALLEL_CELLS + 12_345
+    now_us = int(NOW.timestamp() * 1_000_000)
+    micros = now_us - rng.integers(-3_600_000_000, 40 * 86_400_000_000, n)
+    types = np.array(["view", "click", "purchase"])[rng.integers(0, 3, n)]
+    quantity = np.where(rng.random(n) < 0.3, np.nan, rng.integers(1, 300, n).astype(float))
+    events = pa.table({"ts": pa.array(micros.astype("datetime64[us]")).cast(
+                           pa.timestamp("us", tz="UTC")),
+                       "event_type": pa.array(types).dictionary_encode(),
+                       "quantity": pa.array(quantity, from_pandas=True)})
+    got = C.event_weights(events, config(decay_half_life_days=half_life), NOW)
+    expected = np.array([WEIGHTS[t] for t in types.tolist()])
+    expected *= np.log2(1.0 + np.minimum(np.where(np.isnan(quantity), 1.0, quantity), 100.0))
+    if half_life:
+        expected *= np.exp2(-(np.maximum(now_us - micros, 0) / 86_400e6) / half_life)
+    assert np.array_equal(got.view(np.uint64), expected.view(np.uint64))

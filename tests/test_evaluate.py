@@ -169,7 +169,7 @@ def test_published_artifact_that_never_saw_the_holdout_is_scored_as_is(workspace
     training.train(model.train(params), yesterday, settings.day_window(yesterday)[1],
                    tmp_path / "before.parquet", tmp_path / "published")
     bundle = artifacts.load(tmp_path / "published")
-    out = evaluate(params, published=(bundle, {"model_version": 7, "run_id": "r"}))
+    out = evaluate(params, published=lambda: (bundle, {"model_version": 7, "run_id": "r"}))
     published = out["report"]["baselines"]["published"]
     assert published["mode"] == "artifact" and published["model_version"] == 7
     assert published["ndcg_at_20"] == pytest.approx(out["report"]["ndcg_at_20"])
@@ -181,13 +181,13 @@ def test_published_model_that_saw_the_holdout_is_refitted_on_the_split(workspace
     params = settings.load()
     bundle = artifacts.load("models")  # trained through the held-out day: it knows the answers
     bundle.meta["params"]["factors"] = 4
-    out = evaluate(params, published=(bundle, {"model_version": 3, "run_id": "r"}))
+    out = evaluate(params, published=lambda: (bundle, {"model_version": 3, "run_id": "r"}))
     published = out["report"]["baselines"]["published"]
     assert published["mode"] == "refit"
     assert published["ndcg_at_20"] != out["report"]["ndcg_at_20"]
     # the same configuration refitted is the candidate itself
     bundle.meta["params"]["factors"] = model.train(params).factors
-    same = evaluate(params, published=(bundle, {"model_version": 3, "run_id": "r"}))
+    same = evaluate(params, published=lambda: (bundle, {"model_version": 3, "run_id": "r"}))
     assert same["report"]["baselines"]["published"]["ndcg_at_20"] == \
         same["report"]["ndcg_at_20"]
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from dailyrec.arrays import PARALLEL_CELLS
 from dailyrec.model import ranking as R
 
 # Two users, a catalogue of 6 items, K = 3.
@@ -64,6 +65,19 @@ def test_percentile_ranks_and_expected_percentile_rank():
     assert R.expected_percentile_rank(ranks, np.array([2.0, 1.0, 1.0])) == pytest.approx(1.5 / 4)
 
 
+def test_percentile_ranks_of_a_large_batch_are_counted_in_slices_with_the_answer_of_one():
+    rng = np.random.default_rng(6)
+    scores = np.round(rng.standard_normal((300, 5_000)), 1).astype(np.float32)  # ties
+    scores[rng.random(scores.shape) < 0.05] = np.nan
+    rows, items = np.sort(rng.integers(0, 300, 2_000)), rng.integers(0, 5_000, 2_000)
+    keep = ~np.isnan(scores[rows, items])
+    rows, items = rows[keep], items[keep]
+    assert len(rows) * scores.shape[1] >= PARALLEL_CELLS
+    one = np.concatenate([R.percentile_ranks(scores, rows[j:j + 1], items[j:j + 1])
+                          for j in range(0, len(rows), 97)])  # single pairs: no slices
+    assert np.array_equal(R.percentile_ranks(scores, rows, items)[::97], one)
+
+
 def test_an_item_the_model_does_not_know_ranks_after_every_known_item():
     scores = np.array([[0.3, -np.inf, 0.2, -np.inf]])
     # item 1: two candidates higher, tied with item 3 -> (2 + 0.5) / 3
@@ -79,9 +93,47 @@ def test_a_large_batch_is_ranked_in_slices_with_the_answer_of_one():
     scores[rng.random(scores.shape) < 0.2] = np.nan
     scores[rng.random(scores.shape) < 0.1] = -np.inf
     scores[7] = np.nan  # a row with nothing left
-    assert scores.size >= R.PARALLEL_CELLS
+    assert scores.size >= PARALLEL_CELLS
     sliced = R.top_k(scores, 25)
     assert np.array_equal(sliced, R._top_k(scores, 25)) and (sliced[7] == -1).all()
+    assert np.array_equal(sliced, stable_top_k(scores, 25))
+
+
+def stable_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """top_k's definition, written plainly: a stable sort of each whole row, best first."""
+    b, n = scores.shape
+    order = np.argsort(np.where(np.isnan(scores), np.inf, -scores), axis=1, kind="stable")
+    top = np.full((b, k), -1, dtype=np.int64)
+    top[:, :min(k, n)] = order[:, :k]
+    top[:, :min(k, n)][~np.isfinite(np.take_along_axis(scores, order[:, :k], axis=1))] = -1
+    return top
+
+
+def test_top_k_is_the_stable_sort_of_each_row_cut_at_k():
+    """Whatever path top_k takes (one row; a floor from every 8th item of a wide row; rows with
+    more candidates than that floor expects sorted whole; float32 or float64), its answer is the
+    stable descending sort of each row: ties at the k-th place go to the lower item index too."""
+    rng = np.random.default_rng(5)
+    paths = {"row": 0, "sampled": 0, "heavy": 0}
+    for _ in range(600):
+        b = 1 if rng.random() < 0.3 else int(rng.integers(2, 40))
+        n, k = int(rng.integers(1, 4000)), int(rng.integers(1, 45))
+        scores = rng.standard_normal((b, n)).astype(rng.choice([np.float32, np.float64]))
+        if rng.random() < 0.5:
+            scores = np.round(scores, int(rng.integers(0, 2)))  # ties, at the k-th place too
+        if rng.random() < 0.2:
+            scores[rng.random(scores.shape) < 0.3] *= -0.0  # -0.0 ties with 0.0
+        for value, share in ((np.nan, rng.random()), (-np.inf, rng.random() * 0.3),
+                             (np.inf, 0.001)):
+            if rng.random() < 0.4:
+                scores[rng.random(scores.shape) < share] = value
+        if rng.random() < 0.3:
+            scores[rng.integers(0, b, int(rng.integers(1, b + 1)))] = 0.0  # users without factors
+        paths["row"] += b == 1
+        paths["sampled"] += b > 1 and n >= R.SAMPLE_FROM * min(k, n)
+        paths["heavy"] += b > 1 and bool(((scores == 0).sum(axis=1) > R.HEAVY * k).any())
+        assert np.array_equal(R.top_k(scores, k), stable_top_k(scores, k)), (b, n, k)
+    assert min(paths.values()) > 20, paths
 
 
 def test_most_popular_without_the_excluded_items_is_top_k_of_its_scores():

@@ -268,3 +268,30 @@ def test_runs_record_their_training_window_and_holdout_as_mlflow_datasets(days, 
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_work_ahead_runs_on_a_thread_and_keeps_its_error_for_the_caller(monkeypatch):
+    """tracking.ahead: MLflow's imports (or the published model's lookup) run on a thread while
+    the stage computes; an error waits in the Future for whoever asks, and MLflow off means no
+    thread at all."""
+    import threading
+
+    from dailyrec import tracking
+
+    def lookup():
+        return threading.current_thread().name
+
+    monkeypatch.setenv("DAILYREC_MLFLOW", "on")
+    with tracking.ahead(lookup) as future:
+        assert future.result().startswith("mlflow")
+
+    def down():
+        raise OSError("MLflow down")
+
+    with tracking.ahead(down) as future:
+        pass  # the block's own work is not interrupted
+    with pytest.raises(OSError, match="MLflow down"):
+        future.result()
+    monkeypatch.setenv("DAILYREC_MLFLOW", "off")
+    with tracking.ahead(lookup) as future:
+        assert future is None

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from dailyrec import schema as S
+from dailyrec.arrays import in_slices
 from dailyrec.errors import ConfigError, DataError
 from dailyrec.settings.model import TRANSFORMS, ConfidenceConfig
 
@@ -95,20 +96,30 @@ def event_weights(events: pa.Table, config: ConfidenceConfig, now: dt.datetime) 
         bad = [t for t, w, p in zip(names, known, present) if p and np.isnan(w)]
         raise DataError(f"events have event types {bad} that are not canonical "
                           f"{list(S.EVENT_TYPES)}: the input is not clean data")
-    weights = known[indices]
-    if "quantity" in events.column_names and events["quantity"].null_count < len(events):
-        quantity = events["quantity"].to_numpy(zero_copy_only=False).astype(np.float64)
-        weights *= quantity_scale(quantity, config)
-    if config.decay_half_life_days > 0:
-        # 0.5 ** (max(now - ts, 0) / 1 day / half_life), in place: the same operations in the
-        # same order as the expression (the same bits), without an array per step
-        age = int(now.timestamp() * 1_000_000) - pc.cast(events["ts"], pa.int64()).to_numpy()
-        np.maximum(age, 0, out=age)
-        decay = np.divide(age, 86_400e6)
-        del age
-        np.negative(decay, out=decay)
-        np.divide(decay, config.decay_half_life_days, out=decay)
-        weights *= np.exp2(decay, out=decay)
+    quantity = events["quantity"].to_numpy(zero_copy_only=False).astype(np.float64) \
+        if "quantity" in events.column_names and events["quantity"].null_count < len(events) \
+        else None
+    ts = pc.cast(events["ts"], pa.int64()).to_numpy() if config.decay_half_life_days > 0 else None
+    now_us, half_life = int(now.timestamp() * 1_000_000), config.decay_half_life_days
+    weights = np.empty(len(indices), dtype=np.float64)
+
+    def weigh(lo: int, hi: int) -> None:  # events lo..hi: each event's own arithmetic
+        part = known[indices[lo:hi]]
+        if quantity is not None:
+            part *= quantity_scale(quantity[lo:hi], config)
+        if ts is not None:
+            # 0.5 ** (max(now - ts, 0) / 1 day / half_life), in place: the same operations in
+            # the same order as the expression (the same bits), without an array per step
+            age = now_us - ts[lo:hi]
+            np.maximum(age, 0, out=age)
+            decay = np.divide(age, 86_400e6)
+            del age
+            np.negative(decay, out=decay)
+            np.divide(decay, half_life, out=decay)
+            part *= np.exp2(decay, out=decay)
+        weights[lo:hi] = part
+
+    in_slices(len(weights), weigh, len(weights))  # one slice per core: the same bits
     return weights
 
 

@@ -49,7 +49,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -503,8 +503,11 @@ def _pct(x: float) -> str:
 # --- evaluating a configuration ------------------------------------------------------------------
 
 def evaluate(train_config: TrainConfig, config: EvalConfig, run_date: dt.date,
-             window_end: dt.datetime, events: pa.Table, published=None) -> dict[str, Any]:
-    """Everything but the writing. `published`: (bundle, info) or None."""
+             window_end: dt.datetime, events: pa.Table,
+             published: Callable[[], tuple[artifacts.ModelBundle, dict] | None] | None = None
+             ) -> dict[str, Any]:
+    """Everything but the writing. `published`: None, or a function giving (bundle, info) or
+    None, called once the candidate is scored (the stage looks it up meanwhile)."""
     holdout_start = window_end - dt.timedelta(days=config.holdout_days)
     device = als.resolve_device(train_config.device)
     split = make_split(events, train_config.confidence, holdout_start, window_end,
@@ -553,6 +556,7 @@ def evaluate(train_config: TrainConfig, config: EvalConfig, run_date: dt.date,
     report.update(status="ok", **model.metrics)
     curves = {"als": model.curves, "most_popular": popular.curves}
     published_block = None
+    published = published() if published is not None else None
     if published is not None:
         bundle, info = published
         published_scored, mode = score_published(bundle, split, train_config, config, device,

@@ -32,60 +32,91 @@ last, never recommended). Everything is vectorised over a batch of users.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
-
 import numpy as np
 import scipy.sparse as sp
 
-from dailyrec.arrays import distinct
+from dailyrec.arrays import distinct, in_slices
 
 METRICS = ("precision", "recall", "map", "ndcg", "hit_rate")
-# Below this many scores a thread costs more than it saves (an API request ranks one row).
-PARALLEL_CELLS = 2_000_000
-
-
-@cache
-def _pool() -> tuple[ThreadPoolExecutor, int]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(cores or 1, 8)
-    return ThreadPoolExecutor(workers, thread_name_prefix="top_k"), workers
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """(b, n) scores -> (b, k) item indices, best first; -1 where no finite-scored item is left.
 
-    Among tied scores the lower item index comes first (within the k selected). Rows are
-    independent, and NumPy's partition and sorts release the GIL: a large batch is ranked in
-    slices of rows, one per core (the same answer as one slice)."""
+    Among tied scores the lower item index comes first, the k-th place included: the answer is
+    np.argsort's stable order of the scores, descending, NaN (excluded) last, cut at k. Rows are
+    independent, and NumPy releases the GIL in its passes: a large batch is ranked in slices of
+    rows, one per core (the same answer as one slice)."""
     b, n = scores.shape
-    if b * n >= PARALLEL_CELLS and b > 1:
-        pool, workers = _pool()
-        if workers > 1:
-            bounds = np.linspace(0, b, min(workers, b) + 1).astype(np.int64)
-            return np.vstack(list(pool.map(lambda lo, hi: _top_k(scores[lo:hi], k),
-                                           bounds[:-1], bounds[1:])))
-    return _top_k(scores, k)
+    parts = in_slices(b, lambda lo, hi: _top_k(scores[lo:hi], k), b * n)
+    return parts[0] if len(parts) == 1 else np.vstack(parts)
+
+
+# A row of n >= SAMPLE_FROM * k items finds a floor for its k-th best score among every
+# SAMPLE_STRIDE-th item; rows left with more than HEAVY * k candidates at or above it (mass ties,
+# such as a user without factors) are sorted whole.
+SAMPLE_STRIDE, SAMPLE_FROM, HEAVY = 8, 64, 32
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     b, n = scores.shape
+    top = np.full((b, k), -1, dtype=np.int64)
     k_eff = min(k, n)
-    # Excluded (NaN) last; +inf rather than NaN keeps argpartition on its fast path.
-    negated = np.where(np.isnan(scores), np.inf, -scores)
-    if k_eff < n:
-        part = np.argpartition(negated, k_eff - 1, axis=1)[:, :k_eff]
-    else:
-        part = np.broadcast_to(np.arange(n), (b, n)).copy()
-    values = np.take_along_axis(negated, part, axis=1)
-    order = np.lexsort((part, values), axis=1)
-    top = np.take_along_axis(part, order, axis=1)
-    top_scores = np.take_along_axis(scores, top, axis=1)
-    top[~np.isfinite(top_scores)] = -1
-    if k_eff < k:
-        top = np.hstack([top, np.full((b, k - k_eff), -1, dtype=top.dtype)])
+    if b == 0 or k_eff == 0:
+        return top
+    if b == 1:  # one visitor of the API: fewer NumPy calls
+        return _top_k_row(scores, k, k_eff)
+    # The k-th best score of any subset of a row is a floor for the row's own k-th best: only the
+    # scores at or above it can be in the top k, a few times k of them instead of the whole row.
+    sample = scores[:, ::SAMPLE_STRIDE] if n >= SAMPLE_FROM * k_eff else scores
+    negated = np.negative(sample)
+    np.fmin(negated, np.inf, out=negated)  # NaN -> +inf: last, and partition's fast path
+    floor = -np.partition(negated, k_eff - 1, axis=1)[:, k_eff - 1]
+    del negated
+    above = scores >= floor[:, None]  # NaN never is; a -inf floor (few scored) keeps them all
+    limit = max(HEAVY * k_eff, 1024)
+    if np.count_nonzero(above) > limit * b // 2:
+        heavy = np.flatnonzero(np.count_nonzero(above, axis=1) > limit)
+        if len(heavy):
+            above[heavy] = False
+            negated = np.negative(scores[heavy])
+            np.fmin(negated, np.inf, out=negated)
+            top[heavy, :k_eff] = np.argsort(negated, axis=1, kind="stable")[:, :k_eff]
+    cells = np.flatnonzero(above)  # row-major: by row, then item
+    rows, cols = np.divmod(cells, n)
+    order = _best_first(rows, scores.reshape(-1)[cells])
+    rows, cols = rows[order], cols[order]
+    counts = np.bincount(rows, minlength=b)
+    place = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
+    first = place < k_eff
+    top[rows[first], place[first]] = cols[first]
+    picked = np.take_along_axis(scores, np.maximum(top, 0), axis=1)
+    top[~np.isfinite(picked)] = -1  # excluded or unknown items fill a row that ran out
     return top
+
+
+def _top_k_row(scores: np.ndarray, k: int, k_eff: int) -> np.ndarray:
+    negated = np.negative(scores[0])
+    np.fmin(negated, np.inf, out=negated)
+    if k_eff < len(negated):
+        kth = np.partition(negated, k_eff - 1)[k_eff - 1]
+        candidates = np.flatnonzero(negated <= kth)  # ascending: a stable sort keeps ties so
+    else:
+        candidates = np.arange(len(negated))
+    best = candidates[np.argsort(negated[candidates], kind="stable")[:k_eff]]
+    best[~np.isfinite(scores[0, best])] = -1
+    return np.concatenate([best, np.full(k - k_eff, -1, dtype=np.int64)])[None, :]
+
+
+def _best_first(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The order that sorts (rows ascending, values descending), ties kept in their order."""
+    if values.dtype != np.float32:
+        return np.lexsort((np.arange(len(rows)), -values, rows))
+    # One stable integer sort of (row, value) packed in 64 bits: float32 bits made to sort like
+    # the numbers (+ 0.0 turns -0.0 into 0.0, which ties with it)
+    bits = (np.negative(values) + np.float32(0.0)).view(np.uint32)
+    bits = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64)
+    return np.argsort((rows.astype(np.uint64) << np.uint64(32)) | bits, kind="stable")
 
 
 def hits(recommended: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
@@ -130,18 +161,24 @@ def coverage(recommended: np.ndarray, k: int, n_catalogue: int) -> float:
 
 def percentile_ranks(scores: np.ndarray, rows: np.ndarray, items: np.ndarray,
                      chunk_cells: int = 4_000_000) -> np.ndarray:
-    """Percentile rank of scores[rows[j], items[j]] among the non-NaN entries of its row."""
+    """Percentile rank of scores[rows[j], items[j]] among the non-NaN entries of its row. A large
+    batch is counted in slices of pairs, one per core (NumPy's passes release the GIL)."""
     out = np.empty(len(rows), dtype=np.float64)
-    candidates = (~np.isnan(scores)).sum(axis=1)
+    candidates = scores.shape[1] - np.count_nonzero(np.isnan(scores), axis=1)
     step = max(1, chunk_cells // max(1, scores.shape[1]))
-    for start in range(0, len(rows), step):  # chunks of (user, item) pairs, to bound memory
-        r, i = rows[start:start + step], items[start:start + step]
-        own = scores[r, i][:, None]
-        block = scores[r]
-        # count_nonzero is several times faster than summing the boolean arrays
-        higher = np.count_nonzero(block > own, axis=1)
-        tied = np.count_nonzero(block == own, axis=1) - 1  # NaN never equals: excluded never tie
-        out[start:start + step] = (higher + 0.5 * tied) / np.maximum(candidates[r] - 1, 1)
+
+    def count(start: int, stop: int) -> None:
+        for lo in range(start, stop, step):  # chunks of (user, item) pairs, to bound memory
+            hi = min(stop, lo + step)
+            r, i = rows[lo:hi], items[lo:hi]
+            own = scores[r, i][:, None]
+            block = scores[r]
+            # count_nonzero is several times faster than summing the boolean arrays
+            higher = np.count_nonzero(block > own, axis=1)
+            tied = np.count_nonzero(block == own, axis=1) - 1  # NaN never equals: never ties
+            out[lo:hi] = (higher + 0.5 * tied) / np.maximum(candidates[r] - 1, 1)
+
+    in_slices(len(rows), count, len(rows) * scores.shape[1])
     return out
 
 
