@@ -35,7 +35,7 @@ def main_body(argv: list[str] | None) -> int:
     mlflow_settings = ops.mlflow(params)  # checked before the fit, not after it
     day = settings.run_date(params)
     start = time.perf_counter()
-    with tracking.ahead():  # MLflow's imports on a thread during the fit: logging starts at once
+    with tracking.ahead():  # MLflow's imports on a thread meanwhile: logging starts at once
         counts, result, meta = training.train(config, day, settings.window_end(params),
                                               paths.CLEAN_DIR, paths.MODELS_DIR)
     t = time.perf_counter()

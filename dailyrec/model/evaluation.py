@@ -556,9 +556,9 @@ def evaluate(train_config: TrainConfig, config: EvalConfig, run_date: dt.date,
     report.update(status="ok", **model.metrics)
     curves = {"als": model.curves, "most_popular": popular.curves}
     published_block = None
-    published = published() if published is not None else None
-    if published is not None:
-        bundle, info = published
+    found = published() if published is not None else None
+    if found is not None:
+        bundle, info = found
         published_scored, mode = score_published(bundle, split, train_config, config, device,
                                                   model)
         published_block = {**published_scored.metrics, **info, "mode": mode}
