@@ -2,6 +2,7 @@
 
     distinct(values) -> sorted distinct values     np.unique(values), by sorting
     in_slices(n, work, cells) -> [work(lo, hi)...]   slices of range(n), one per core
+    without_huge_pages()                            NumPy's arrays on ordinary pages from now on
 
 NumPy 2.3+ answers np.unique without counts or indices from a hash table, 6-12x slower than a
 sort on a day of events and over 100x on 20M mostly distinct integers (18 s against 0.15 s on
@@ -56,3 +57,18 @@ def in_slices(n: int, work: Callable[[int, int], T], cells: int) -> list[T]:
         return [work(0, n)]
     bounds = np.linspace(0, n, min(workers, n) + 1).astype(np.int64).tolist()
     return list(pool.map(work, bounds[:-1], bounds[1:]))
+
+
+def without_huge_pages() -> bool | None:
+    """From now on NumPy does not ask the kernel for transparent huge pages for its arrays (what
+    NUMPY_MADVISE_HUGEPAGE=0 does when NumPy loads; unset, it asks for every array of 4 MB or
+    more). Where the kernel's THP defrag setting is `madvise` (Debian's default), the first touch
+    of such an array can stall on memory compaction: the stages that read the window make
+    hundreds of short-lived arrays of 20M rows, and spent 2-3 s of system time there
+    (docs/benchmarks.md, "window_stages"). NUMPY_MADVISE_HUGEPAGE set in the environment wins.
+    Returns the setting before, None when it was left alone."""
+    if os.environ.get("NUMPY_MADVISE_HUGEPAGE") is not None:
+        return None
+    from numpy._core.multiarray import _set_madvise_hugepage  # what numpy/__init__.py calls
+
+    return bool(_set_madvise_hugepage(False))

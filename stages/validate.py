@@ -22,13 +22,14 @@ import getpass
 import sys
 from pathlib import Path
 
-from dailyrec import cli, metrics, paths, settings
+from dailyrec import arrays, cli, metrics, paths, settings
 from dailyrec.errors import ConfigError, DataError
 from dailyrec.quality import expectations, rejections, validation_report, window_facts
 from dailyrec.settings import quality
 
 
 def run(args) -> int:
+    arrays.without_huge_pages()  # the window's arrays: less system time (docs/benchmarks.md)
     cfg = quality.validate(settings.load(args.params))
     report = validation_report.page_path(paths.VALIDATION_REPORTS, cfg.run_date)
     verdict = expectations.validate(cfg, paths.DELTA_EVENTS, paths.DELTA_QUARANTINE,

@@ -38,3 +38,22 @@ def test_in_slices_covers_the_range_in_order_on_threads_only_when_large():
         assert slices[0][0] == 0 and slices[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(slices, slices[1:])) and len(slices) > 1
     assert any(name.startswith("dailyrec-slices") for name in seen)
+
+
+@pytest.mark.parametrize("env, after", [(None, False), ("1", True), ("0", False)])
+def test_without_huge_pages_turns_numpys_request_off_unless_the_environment_says(env, after):
+    """The window stages call arrays.without_huge_pages(): NumPy's arrays on ordinary pages from
+    then on, unless NUMPY_MADVISE_HUGEPAGE says otherwise (a fresh process each: it is global)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from dailyrec import arrays; arrays.without_huge_pages(); "
+            "from numpy._core.multiarray import _set_madvise_hugepage as setting; "
+            "print(setting(True))")  # returns the setting it replaces
+    environ = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if env is not None:
+        environ["NUMPY_MADVISE_HUGEPAGE"] = env
+    out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == str(after)
