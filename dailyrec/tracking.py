@@ -329,10 +329,10 @@ def bundle_path(model_dir: Path) -> str:
 
 
 @unavailable
-def load_published(settings: MlflowSettings):
-    """(ModelBundle, {"model_version", "run_id"}) of the published model, or None."""
-    from dailyrec.model import artifacts
-
+def fetch_published(settings: MlflowSettings) -> tuple[Path, dict] | None:
+    """The published model's bundle folder, downloaded from the registry, with {"model_version",
+    "run_id"}; None when nothing is published. It sets nothing process-wide, so it may run on a
+    thread (tracking.ahead) while the caller computes."""
     version = published_version(settings)
     if version is None:
         return None
@@ -340,12 +340,24 @@ def load_published(settings: MlflowSettings):
 
     local = Path(mlflow.artifacts.download_artifacts(
         f"models:/{settings.model_name}/{version.version}"))
+    return local / bundle_path(local), {"model_version": int(version.version),
+                                        "run_id": version.run_id}
+
+
+def open_published(found: tuple[Path, dict] | None):
+    """fetch_published's answer as (ModelBundle, info), or None. On the caller's own thread: the
+    BLAS limit below is the whole process's while it lasts, and a fit running beside it would
+    find it lifted when it ends."""
+    if found is None:
+        return None
+    from dailyrec.model import artifacts
+
+    path, info = found
     import implicit.cpu.als  # noqa: F401  loaded first: a BLAS loaded inside the limit escapes it
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, "blas"):  # implicit warns about a threaded BLAS when loading
-        bundle = artifacts.load(local / bundle_path(local))
-    return bundle, {"model_version": int(version.version), "run_id": version.run_id}
+        return artifacts.load(path), info
 
 
 def move_alias(settings: MlflowSettings, model_version, throttle_minutes: float) -> dict:

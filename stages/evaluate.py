@@ -42,11 +42,13 @@ def main_body(argv: list[str] | None) -> int:
     # The published model is looked up on a thread while the split is made and fitted: MLflow's
     # import and queries are mostly one core's Python, the split mostly one core's NumPy.
     compare = config.compare_published
-    with tracking.ahead(functools.partial(tracking.load_published, mlflow_settings) if compare
+    with tracking.ahead(functools.partial(tracking.fetch_published, mlflow_settings) if compare
                         else tracking.preload) as lookup:
+        published = (lambda: tracking.open_published(lookup.result())) if lookup and compare \
+            else None
         out = evaluation.evaluate(train_config, config, day, settings.window_end(params),
                                   training.read_events(paths.CLEAN_DIR, dictionary=True),
-                                  published=lookup.result if lookup and compare else None)
+                                  published=published)
     report, gate = out["report"], out["gate"]
     # The gate names the model it judged: publish refuses a models/ with another hash.
     gate.update(run_date=report["run_date"], model_md5=dvc_md5(paths.MODELS_DIR))
