@@ -112,7 +112,7 @@ def event_weights(events: pa.Table, config: ConfidenceConfig, now: dt.datetime) 
             # the same order as the expression (the same bits), without an array per step
             age = now_us - ts[lo:hi]
             np.maximum(age, 0, out=age)
-            decay = np.divide(age, 86_400e6)
+            decay = np.divide(age, S.MICROS_PER_DAY)
             del age
             np.negative(decay, out=decay)
             np.divide(decay, half_life, out=decay)

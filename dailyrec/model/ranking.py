@@ -69,8 +69,7 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     # The k-th best score of any subset of a row is a floor for the row's own k-th best: only the
     # scores at or above it can be in the top k, a few times k of them instead of the whole row.
     sample = scores[:, ::SAMPLE_STRIDE] if n >= SAMPLE_FROM * k_eff else scores
-    negated = np.negative(sample)
-    np.fmin(negated, np.inf, out=negated)  # NaN -> +inf: last, and partition's fast path
+    negated = _negated(sample)
     floor = -np.partition(negated, k_eff - 1, axis=1)[:, k_eff - 1]
     del negated
     above = scores >= floor[:, None]  # NaN never is; a -inf floor (few scored) keeps them all
@@ -79,8 +78,7 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
         heavy = np.flatnonzero(np.count_nonzero(above, axis=1) > limit)
         if len(heavy):
             above[heavy] = False
-            negated = np.negative(scores[heavy])
-            np.fmin(negated, np.inf, out=negated)
+            negated = _negated(scores[heavy])
             top[heavy, :k_eff] = np.argsort(negated, axis=1, kind="stable")[:, :k_eff]
     cells = np.flatnonzero(above)  # row-major: by row, then item
     rows, cols = np.divmod(cells, n)
@@ -96,8 +94,7 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _top_k_row(scores: np.ndarray, k: int, k_eff: int) -> np.ndarray:
-    negated = np.negative(scores[0])
-    np.fmin(negated, np.inf, out=negated)
+    negated = _negated(scores[0])
     if k_eff < len(negated):
         kth = np.partition(negated, k_eff - 1)[k_eff - 1]
         candidates = np.flatnonzero(negated <= kth)  # ascending: a stable sort keeps ties so
@@ -106,6 +103,13 @@ def _top_k_row(scores: np.ndarray, k: int, k_eff: int) -> np.ndarray:
     best = candidates[np.argsort(negated[candidates], kind="stable")[:k_eff]]
     best[~np.isfinite(scores[0, best])] = -1
     return np.concatenate([best, np.full(k - k_eff, -1, dtype=np.int64)])[None, :]
+
+
+def _negated(scores: np.ndarray) -> np.ndarray:
+    """-scores with NaN (excluded) as +inf: ascending is best first, excluded last, and
+    partition stays on its fast path (NaN slows it down)."""
+    negated = np.negative(scores)
+    return np.fmin(negated, np.inf, out=negated)
 
 
 def _best_first(rows: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -265,7 +265,7 @@ def window_of(table: pa.Table, days: list[dt.date] = ()) -> Window:
 
 def _window(coded: dict[str, Coded], ts: np.ndarray, plain: Callable[[], Iterable[pa.Table]],
             days) -> Window:
-    origin = int(ts[0]) // 86_400_000_000 * 86_400 if len(ts) else 0
+    origin = int(ts[0]) // S.MICROS_PER_DAY * 86_400 if len(ts) else 0
     sec = (ts // 1_000_000 - origin).astype(np.int32)
     return Window(coded=coded, ts_us=ts, sec=sec, plain=plain, days=list(days))
 
@@ -338,8 +338,8 @@ def day_spans(w: Window, lead_us: int) -> Iterator[tuple[int, int, int]]:
     rules work a day at a time, in memory that grows with the day, not the window."""
     if not len(w):
         return
-    first_day = int(w.ts_us[0]) // 86_400_000_000
-    midnights = (first_day + np.arange(int(w.sec[-1]) // 86_400 + 2)) * 86_400_000_000
+    first_day = int(w.ts_us[0]) // S.MICROS_PER_DAY
+    midnights = (first_day + np.arange(int(w.sec[-1]) // 86_400 + 2)) * S.MICROS_PER_DAY
     bounds = np.searchsorted(w.ts_us, midnights)
     leads = np.searchsorted(w.ts_us, midnights[:-1] - lead_us)
     for first, start, stop in zip(leads.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
