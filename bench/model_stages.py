@@ -2,21 +2,24 @@
 
     flock /tmp/dailyrec-bench.lock .venv/bin/python bench/model_stages.py [--baseline 00a2643]
         [--rounds 3] [--stages train,evaluate,publish] [--baseline-env NAME=VALUE]
+        [--section NAME]
 
 On the workspace bench/daily.py leaves (its measured day, factors 64: 20M events, the gate
-passed), after one untimed run of each stage with this checkout, each round runs
+passed), after one untimed run of each stage with each side, each round runs
 `python -m stages.<stage>` for each of --stages (default train, evaluate, publish; validate and
 filter_noise may be given too), with the baseline's dailyrec/ and stages/ (`git archive`) and with
 this checkout's, the order swapped every round, on the same data, MLflow store and Redis. Between
 runs the MLflow alias goes back to the version bench/daily.py published first, so every evaluate
 scores the same published baseline (the artefact, as in the daily case). It checks that both give
 the same outputs (models/ and data/clean byte for byte, the same metrics but timings), and
-reports the best wall time and system CPU time of each stage process.
-Section "model_stages" for the default stages, "window_stages" for validate,filter_noise.
+reports the best wall time and system CPU time of each stage process. A baseline commit has a
+state folder of its own ($DAILYREC_STATE_DIR, a copy of the workspace's), so that filter_noise's
+day verdicts and day files, keyed by the code, stay each side's own rather than each side
+evicting the other's. Section "model_stages" for the default stages, "window_stages" for
+others, or --section.
 
 --baseline-env NAME=VALUE makes the baseline this checkout with that environment variable set
-instead of a commit: the same code, so the same caches keyed by the code (filter_noise's day
-verdicts and day files), which a baseline commit's other code would miss every other run.
+instead of a commit (the same code, the same state folder).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -64,6 +68,15 @@ def run_stage(tree: tuple[Path, dict], stage: str, ws: Path, env: dict) -> tuple
     return time.perf_counter() - started, os.times().children_system - before.children_system
 
 
+def copy_state(source: str, target: str) -> None:
+    """A state file for the baseline's folder: day files linked (read-only, replaced, never
+    edited: 400 MB), the rest copied (the MD5 memo is a SQLite database)."""
+    if source.endswith(".parquet"):
+        os.link(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
 def untimed(value):
     """A metrics document without its timings (seconds, rates)."""
     if isinstance(value, dict):
@@ -101,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated, in run order")
     ap.add_argument("--baseline-env", default=None, metavar="NAME=VALUE",
                     help="the baseline is this checkout with this variable set")
+    ap.add_argument("--section", default=None,
+                    help="docs/benchmarks.md's section (default: model_stages for the default "
+                         "stages, else window_stages)")
     args = ap.parse_args(argv)
     stages = args.stages.split(",")
     ws = args.data / "ws"
@@ -110,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         name, _, value = args.baseline_env.partition("=")
         trees = {f"this checkout, {name}={value}": (ROOT, {name: value}),
                  "this checkout": (ROOT, {})}
-    else:
-        trees = {f"baseline {args.baseline}": (baseline_tree(args.baseline, args.data), {}),
+    else:  # the baseline's own state folder: its caches keyed by its code stay its own
+        state = args.data / f"state-{args.baseline}"
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.copytree(ws / ".state", state, copy_function=copy_state)
+        trees = {f"baseline {args.baseline}": (baseline_tree(args.baseline, args.data),
+                                               {"DAILYREC_STATE_DIR": str(state)}),
                  "this checkout": (ROOT, {})}
     port = free_port()
     redis = start_redis(port, args.data)
@@ -139,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     seen: dict[str, dict] = {}
     load = [os.getloadavg()[0]]
     try:
-        for stage in stages:  # untimed: the caches keyed by the code are this checkout's
-            run_stage((ROOT, {}), stage, ws, env)
-            if stage == "publish":  # the only stage that moves the alias
-                serve(served)
+        for name in trees:  # untimed: each side's caches keyed by its code filled
+            for stage in stages:
+                run_stage(trees[name], stage, ws, env)
+                if stage == "publish":  # the only stage that moves the alias
+                    serve(served)
         for r in range(args.rounds):
             for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
                 for stage in stages:
@@ -195,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                  "train": "models/ byte for byte", "evaluate": "metrics/eval.json and gate.json"
                  }[s] for s in stages if s != "publish")
             + ", timings aside): yes, checked after every run.")
-    section = "model_stages" if stages == list(STAGES) else "window_stages"
+    section = args.section or ("model_stages" if stages == list(STAGES) else "window_stages")
     title = ("train, evaluate and publish" if section == "model_stages"
              else " and ".join(stages)) + f" against {base.removeprefix('baseline ')}"
     publish(section, title, body)

@@ -20,6 +20,7 @@ import yaml
 
 from dailyrec import paths
 from dailyrec.errors import ConfigError
+from dailyrec.files import parse_yaml
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def parse(spec: dict) -> Pipeline:
 
 def parse_text(text: str, where: str = str(paths.DVC_FILE)) -> Pipeline:
     try:
-        return parse(yaml.safe_load(text) or {})
+        return parse(parse_yaml(text) or {})
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: not valid YAML ({err})") from None
 

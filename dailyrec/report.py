@@ -570,6 +570,27 @@ def save(report: Report, reports_dir: Path = REPORTS_DIR) -> list[Path]:
     return written
 
 
+def preload() -> None:
+    """Import what build() imports later (MLflow's client and, for a database URI, its SQL store;
+    matplotlib): about 3 s of one core's Python that the runner does on a thread while DVC and
+    the stages run, instead of at the end of the day. Nothing is connected or written; an import
+    that fails is left for build() to meet and handle."""
+    try:
+        uri = env.mlflow_uri()
+        if not _sqlite_missing(uri):
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            from mlflow.tracking import MlflowClient  # noqa: F401
+
+            if uri.split(":", 1)[0] not in ("http", "https", "databricks", "file"):
+                from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure  # noqa: F401
+    except Exception:  # noqa: BLE001 - build() meets it again, and handles it
+        pass
+
+
 def daily_report(day: dt.date, send: bool = True, metrics_dir: Path = METRICS_DIR,
                  reports_dir: Path = REPORTS_DIR, notes: list[str] = (),
                  served: dict | None = None) -> tuple[Report, bool]:

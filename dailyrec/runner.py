@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ import yaml
 from dailyrec import env as env_settings
 from dailyrec import errors, notify, paths, pipeline, settings
 from dailyrec.env import STAGE_STATUS_FILE
+from dailyrec.files import parse_yaml
 from dailyrec.settings import ops
 
 EXIT_NOT_PUBLISHED = errors.NotPublished.exit_code
@@ -219,7 +221,7 @@ class StageOutcome:
 def lock_entry(stage: str) -> dict | None:
     """The stage's entry in dvc.lock (what DVC recorded for its last successful run)."""
     try:
-        lock = yaml.safe_load(paths.DVC_LOCK.read_text()) or {}
+        lock = parse_yaml(paths.DVC_LOCK.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return None
     return (lock.get("stages") or {}).get(stage)
@@ -463,6 +465,8 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
     paths.DAILY_LOGS.mkdir(parents=True, exist_ok=True)
     log_path = paths.DAILY_LOGS / f"{day.isoformat()}.log"
     t0 = time.monotonic()
+    # the report's imports, while this process only waits for DVC and the stages
+    threading.Thread(target=_preload_report, name="report-imports").start()
 
     def progress(step: str, what: str) -> None:
         print(f"[{day}] {step:<18} {what}", file=opts.out, flush=True)
@@ -570,6 +574,12 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
     return DayResult(outcome)
 
 
+def _preload_report() -> None:
+    from dailyrec import report
+
+    report.preload()
+
+
 def simple_step(name: str, cmd: list[str], env: dict, log: TextIO, opts: Options,
                 progress: Callable[[str, str], None], echo: Callable[[str], None]) -> None:
     tail: collections.deque = collections.deque(maxlen=opts.tail_lines)
@@ -596,13 +606,17 @@ def pull(env: dict, log: TextIO, opts: Options, progress, echo, alert, context) 
 
     Only the stages dvc.lock records outputs of: DVC's checkout deletes a workspace output it has
     no hash for, and such an output (a history brought in before the first run, or kept while a
-    dvc.lock was lost) is data, not debris. With none recorded there is nothing to pull."""
-    recorded = [s for s in pipeline.load().order() if recorded_outputs(s)]
+    dvc.lock was lost) is data, not debris. With none recorded there is nothing to pull; with
+    every stage recorded (the usual day), no targets: the same outputs, and DVC parses dvc.yaml
+    and dvc.lock once instead of twice per target (1 s less at 7 stages)."""
+    order = pipeline.load().order()
+    recorded = [s for s in order if recorded_outputs(s)]
     if not recorded:
         progress("dvc pull", "skipped (dvc.lock records no outputs yet)")
         return []
+    targets = [] if recorded == order else recorded
     try:
-        simple_step("dvc pull", pipeline.dvc("pull", "--allow-missing", *recorded), env, log,
+        simple_step("dvc pull", pipeline.dvc("pull", "--allow-missing", *targets), env, log,
                     opts, progress, echo)
         return []
     except StepFailed as failure:

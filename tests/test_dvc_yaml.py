@@ -295,3 +295,21 @@ def test_dvc_plots_show_draws_its_charts_with_no_network(traced, tmp_path):
         capture_output=True, text=True, timeout=120, check=True).stdout
     assert dom.count('class="marks"') == 2, dom[-2000:]  # vega-embed's canvas, one per chart
     assert "vega-embed" in dom
+
+
+def test_yaml_is_parsed_in_c_as_safe_load_parses_it():
+    """The runner (dvc.lock, twice per stage), dvc.yaml's reader and params.yaml's read YAML with
+    libyaml's parser (files.parse_yaml): the documents yaml.safe_load gives. DVC parses with
+    ruamel.yaml's C parser, ruamel.yaml.clib, which ruamel.yaml 0.19 no longer installs: it is
+    pinned, and without it every dvc command parses dvc.yaml and dvc.lock in Python
+    (docs/benchmarks.md, "fixed_cost")."""
+    import yaml
+    from ruamel.yaml import main as ruamel_main
+
+    from dailyrec import files
+
+    assert files.SAFE_LOADER is yaml.CSafeLoader and ruamel_main.CParser is not None
+    tricky = ("a: &x {b: 1e-3, c: 2026-11-21, d: '007', e: null, f: [on, yes, 0o17, .inf]}\n"
+              "g: *x\nh: |\n  two\n  lines\n")
+    for text in (tricky, (ROOT / "dvc.yaml").read_text(), (ROOT / "params.yaml").read_text()):
+        assert files.parse_yaml(text) == yaml.safe_load(text)

@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -501,3 +502,51 @@ def test_days_with_arrivals_come_out_in_the_order_of_one_stable_sort(tmp_path):
     order = np.argsort(whole.column("ts").cast(pa.int64()).to_numpy(), kind="stable")
     assert got == whole.column("event_id").take(order).to_pylist()
     assert got != whole.column("event_id").to_pylist()  # the arrivals did interleave
+
+
+def test_window_codes_are_those_of_unifying_day_by_day(tmp_path):
+    """The window's codes: the values and codes are the ones unifying the days' row groups one
+    after another gives (the order the rules' ties and top lists follow: a faster reading must
+    keep it), each value once, and they decode to the events' strings. Days with arrivals,
+    several row groups a day, values shared across days, and NULLs."""
+    root = tmp_path / "history"
+    rng = np.random.default_rng(11)
+    files = []
+    for k, day in enumerate([dt.date(2026, 11, 17), dt.date(2026, 11, 18), dt.date(2026, 11, 19)]):
+        start = pd.Timestamp(day, tz="UTC")
+        names = [history.PARTITION_FILE] + ([f"{history.ARRIVED_PREFIX}2026-11-2{k}.parquet"]
+                                            if k != 1 else [])
+        for name in names:
+            seconds = np.sort(rng.integers(0, 86_400, 300))
+            frame = F.events(rng.integers(1, 40 + 30 * k, 300).astype(str),
+                             rng.integers(1, 25, 300).astype(str),
+                             start + pd.to_timedelta(seconds, unit="s"))
+            frame["ip"] = np.where(rng.random(300) < 0.2, None,
+                                   [f"10.0.{k}.{i}" for i in rng.integers(0, 50, 300)])
+            path = root / f"day={day.isoformat()}" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(F.to_arrow(frame), path, row_group_size=70)  # several chunks a day
+            files.append(path)
+    w = FN.read_window(files)
+
+    def day_by_day(name):  # the reference: the values so far in front of each day's chunks
+        values, codes = pa.array([], pa.string()), []
+        for folder in dict.fromkeys(p.parent for p in files):
+            day = FN._read_day([p for p in files if p.parent == folder], FN.RULE_COLUMNS)
+            head = pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), values)
+            column = pa.table({"c": pa.chunked_array([head, *day.column(name).chunks])}) \
+                .unify_dictionaries().column("c")
+            values = column.chunk(0).dictionary
+            codes += [pc.fill_null(c.indices, -1).to_numpy(zero_copy_only=False)
+                      for c in column.chunks]
+        return values, np.concatenate(codes)
+
+    table = w.to_table()
+    for name in FN.DICTIONARY_COLUMNS:
+        values, codes = day_by_day(name)
+        assert w.coded[name].values.equals(values), name
+        np.testing.assert_array_equal(w.coded[name].codes, codes)
+        assert len(set(values.to_pylist())) == len(values), name
+        decoded = [None if c < 0 else values[c].as_py() for c in codes]
+        assert decoded == table.column(name).cast(pa.string()).to_pylist(), name
+    assert (w.ip.codes < 0).sum() > 0 and len(w.item.values) > 1

@@ -29,6 +29,7 @@ import yaml
 
 from dailyrec import env
 from dailyrec.errors import ConfigError
+from dailyrec.files import parse_yaml
 
 __all__ = ["ConfigError", "Params", "load", "run_date", "day_window", "set_run_date"]
 
@@ -195,7 +196,7 @@ def load(path: Path | str | None = None) -> Params:
         raise ConfigError(f"{path}: parameters file not found (run from the project root)")
     try:
         with path.open() as fh:
-            raw = yaml.safe_load(fh) or {}
+            raw = parse_yaml(fh) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     return Params(raw, source=str(path))
