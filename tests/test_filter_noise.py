@@ -235,7 +235,7 @@ def test_shared_ip_removes_a_rotating_scraper_not_a_household(window, result):
 def test_internal_rule_by_id_range_list_and_network(window, result):
     w, actor = window
     # Office addresses mapped to IPv6, with a port or behind a proxy are the office's too.
-    assert result.details["internal"]["rows_by_marker"] == {"user_id": 5, "ip_cidr": 5}
+    assert result.details["internal"]["rows_by_marker"] == {"user_ids": 5, "ip_cidrs": 5}
     assert result.keep[actor == "home"].all()  # the same employee at home is a customer
 
 
@@ -330,6 +330,10 @@ def test_stage_writes_canonical_clean_events_and_counters(tmp_path, monkeypatch,
                                                       "max_events_per_day": 10200}
     assert rules["behaviour"]["top_users"][0] == {**offenders["behaviour"]["top_users"][0],
                                                   "user_id": privacy.pseudonym("6002")}
+    # only names are pseudonymised: every count is the count (internal's by-marker rows were
+    # once under a key "user_id", and the committed file held a hash where 5 belonged)
+    assert rules["internal"]["rows_by_marker"] == offenders["internal"]["rows_by_marker"] \
+        == {"user_ids": 5, "ip_cidrs": 5}
     # the pseudonyms' random hex left out: "h:18d50016a81d" is not user 5001
     committed = re.sub(r'"h:[0-9a-f]{12}"', '"h:"',
                        (tmp_path / "metrics/filter.json").read_text())

@@ -583,7 +583,8 @@ def rule_internal(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np
     user_hit = w.user.lookup(by_id) & alive
     ip_hit = w.ip.lookup(by_ip) & alive & ~user_hit
     removed = user_hit | ip_hit
-    detail = {"rows_by_marker": {"user_id": int(user_hit.sum()), "ip_cidr": int(ip_hit.sum())},
+    # keys named after the settings: a key "user_id" would be pseudonymised in metrics/filter.json
+    detail = {"rows_by_marker": {"user_ids": int(user_hit.sum()), "ip_cidrs": int(ip_hit.sum())},
               "top_ips": _top(w.ip.codes[removed], w.ip.values, cfg.top_offenders, "ip")}
     return removed, detail
 
