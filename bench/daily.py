@@ -100,13 +100,8 @@ def set_params(ws: Path, **values) -> None:
         yaml.dump(data, fh)
 
 
-def build_workspace(data: Path, events: int, redis_url: str) -> tuple[Path, dict, int]:
-    """The copy, its history (58 days), its source (2 days) and its environment."""
-    history, _truth = FB.build(data / "window", events)
-    ws = data / "ws"
-    shutil.rmtree(ws, ignore_errors=True)
-    ws.mkdir(parents=True)
-    project_copy(ws)
+def workspace_env(ws: Path, redis_url: str) -> dict:
+    """The environment the workspace's runs get: its own MLflow, state, source and Redis, no mail."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "REDIS_URL": redis_url, "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}",
            "DAILYREC_STATE_DIR": str(ws / ".state"),
@@ -116,6 +111,17 @@ def build_workspace(data: Path, events: int, redis_url: str) -> tuple[Path, dict
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@dailyrec.invalid"}
     for name in [n for n in env if n.startswith("DAILYREC_SMTP")]:
         env.pop(name)
+    return env
+
+
+def build_workspace(data: Path, events: int, redis_url: str) -> tuple[Path, dict, int]:
+    """The copy, its history (58 days), its source (2 days) and its environment."""
+    history, _truth = FB.build(data / "window", events)
+    ws = data / "ws"
+    shutil.rmtree(ws, ignore_errors=True)
+    ws.mkdir(parents=True)
+    project_copy(ws)
+    env = workspace_env(ws, redis_url)
     set_params(ws, **{"filter.window_days": FB.WINDOW_DAYS})
     # Committed before any data: the history is DVC's (an output of merge_history), never git's.
     for args in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
@@ -160,10 +166,13 @@ def pushed(ws: Path, before: dict[str, int]) -> dict:
             "clean_bytes": sum(objects.values())}
 
 
-def run_day(ws: Path, env: dict, day: dt.date) -> tuple[dict, float, str]:
-    """The scheduler's command; {step: (seconds, peak MB or None, how)}, wall seconds, output."""
+def run_day(ws: Path, env: dict, day: dt.date, command: list[str] | None = None
+            ) -> tuple[dict, float, str]:
+    """The scheduler's command (or another that runs the runner: command, without --date);
+    {step: (seconds, peak MB or None, how)}, wall seconds, output."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "stages.daily", "--date", day.isoformat()],
+    proc = subprocess.run([*(command or [sys.executable, "-m", "stages.daily"]),
+                           "--date", day.isoformat()],
                           cwd=ws, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode not in (0, 3):

@@ -25,31 +25,16 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.daily import LINE, RUN_DATE, VENV_BIN, free_port, start_redis  # noqa: E402
+from bench.daily import RUN_DATE, free_port, run_day, start_redis, workspace_env  # noqa: E402
 from bench.model_stages import RUN, baseline_tree  # noqa: E402
 from bench.report import markdown_table, publish  # noqa: E402
 
 NO_CLIB = "raise ImportError('hidden by bench/fixed_cost.py: the baseline runs without it')\n"
-
-
-def run_day(tree: Path, extra: dict, ws: Path, env: dict) -> tuple[float, dict[str, str]]:
-    """(wall seconds, {step: what the runner said}) of one daily run with the runner in tree."""
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", RUN, str(tree), "stages.daily", "--date",
-                           RUN_DATE.isoformat()], cwd=ws, env={**env, **extra},
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode not in (0, 3):
-        raise SystemExit(f"daily run with {tree} failed ({proc.returncode}):\n"
-                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    steps = {m["step"]: m["what"] for m in map(LINE.match, proc.stdout.splitlines()) if m}
-    return wall, steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,15 +54,15 @@ def main(argv: list[str] | None = None) -> int:
              ours: (ROOT, {})}
     port = free_port()
     redis = start_redis(port, args.data)
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}",
-           "DAILYREC_STATE_DIR": str(ws / ".state"),
-           "DAILYREC_SOURCE_URL": f"sqlite:///{ws / 'source.db'}",
-           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    for name in [n for n in env if n.startswith(("DAILYREC_SMTP", "PYTHONPATH"))]:
-        env.pop(name)
+    env = workspace_env(ws, f"redis://127.0.0.1:{port}/0")
+    env.pop("PYTHONPATH", None)
     env.pop("DAILYREC_MLFLOW", None)
+
+    def day_with(name: str) -> tuple[dict, float, str]:  # the runner of that side's tree
+        tree, extra = trees[name]
+        return run_day(ws, {**env, **extra}, RUN_DATE,
+                       [sys.executable, "-c", RUN, str(tree), "stages.daily"])
+
     times: dict[str, list[tuple[float, dict]]] = {name: [] for name in trees}
     load = [os.getloadavg()[0]]
     try:
@@ -85,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "stages.publish"], cwd=ws, env=env, check=True,
                        capture_output=True)
         for name in trees:
-            run_day(*trees[name], ws, env)
+            day_with(name)
         for r in range(args.rounds):
             for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
-                wall, steps = run_day(*trees[name], ws, env)
-                ran = [s for s, what in steps.items() if what.startswith("ran")]
+                steps, wall, _ = day_with(name)
+                ran = [s for s, (_, _, how) in steps.items() if how == "ran"]
                 if ran != ["fetch_delta"]:
                     raise SystemExit(f"{name}: expected only fetch_delta to run, got {ran}")
                 times[name].append((wall, steps))
@@ -99,19 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         redis.terminate()
         redis.wait(10)
 
-    def seconds(what: str) -> float | None:
-        for word in what.replace(",", " ").split(" in ")[1:2]:
-            return float(word.split()[0])
-        return None
-
     def best(name: str) -> tuple[float, dict]:
         return min(times[name], key=lambda t: t[0])
 
     steps = [s for s in best(ours)[1] if s != "done"]  # "done": the runner's total, the wall's
     rows = []
-    for step in steps:
-        got = [seconds(best(n)[1].get(step, "")) for n in (base, ours)]
-        if all(g is not None for g in got):
+    for step in steps:  # the steps that say how long they took (run_day: 0 when they do not)
+        got = [best(n)[1].get(step, (0.0,))[0] for n in (base, ours)]
+        if all(got):
             rows.append([step, round(got[0], 2), round(got[1], 2)])
     walls = {n: [t for t, _ in times[n]] for n in trees}
     rows.append(["**whole run (wall), best**", round(min(walls[base]), 2),
