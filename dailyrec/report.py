@@ -571,18 +571,16 @@ def save(report: Report, reports_dir: Path = REPORTS_DIR) -> list[Path]:
 
 
 def preload() -> None:
-    """Import what build() imports later (MLflow's client and, for a database URI, its SQL store;
-    matplotlib): about 3 s of one core's Python that the runner does on a thread while DVC and
-    the stages run, instead of at the end of the day. Nothing is connected or written; an import
-    that fails is left for build() to meet and handle."""
+    """Import what build() imports later (MLflow and, for a database URI, its SQL stores, as
+    tracking.preload does; matplotlib): about 3 s of one core's Python that the runner does on a
+    thread while DVC and the stages run, instead of at the end of the day. Nothing is connected
+    or written; an import that fails is left for build() to meet and handle."""
     try:
-        uri = env.mlflow_uri()
-        if not _sqlite_missing(uri):
+        if not _sqlite_missing(env.mlflow_uri()):
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-            from mlflow.tracking import MlflowClient  # noqa: F401
+            from dailyrec import tracking
 
-            if uri.split(":", 1)[0] not in ("http", "https", "databricks", "file"):
-                from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
+            tracking.preload()
         import matplotlib
 
         matplotlib.use("Agg")
