@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,29 @@ def untimed(value):
     return value
 
 
-def outputs(ws: Path, stages: list[str]) -> dict:
+def served(redis_url: str) -> dict:
+    """MD5 of every record of the version being served (the meta aside: it holds its name and
+    the time): the items, fallback, factors, lists, histories and similar items."""
+    import redis
+
+    from dailyrec.store import keys as K
+
+    client, layout = redis.Redis.from_url(redis_url), K.Layout.from_env({})
+    version = client.get(layout.current).decode()
+    prefix = layout.meta(version).removesuffix("meta")
+    got = {}
+    for key in sorted(k.decode() for k in client.scan_iter(match=layout.version_pattern(version),
+                                                           count=1000)):
+        if key == layout.meta(version):
+            continue
+        kind = client.type(key).decode()
+        body = client.get(key) if kind == "string" else b"".join(
+            f + b"=" + v for f, v in sorted(client.hgetall(key).items()))
+        got[key.removeprefix(prefix)] = hashlib.md5(body).hexdigest()
+    return got
+
+
+def outputs(ws: Path, stages: list[str], redis_url: str) -> dict:
     """What must not depend on the code's speed."""
     def md5s(folder: str) -> dict:
         return {p.name: hashlib.md5(p.read_bytes()).hexdigest()
@@ -103,6 +126,11 @@ def outputs(ws: Path, stages: list[str]) -> dict:
         got["models"] = md5s("models")
     if "evaluate" in stages:
         got.update(eval=read("eval.json"), gate=read("gate.json"))
+    if "publish" in stages:  # each run publishes a version of its own: its name aside
+        summary = {k: v for k, v in read("publish.json").items()
+                   if k not in ("version", "previous_version", "kept_versions",
+                                "removed_versions", "users_per_second")}
+        got.update(publish=summary, served=served(redis_url))
     return got
 
 
@@ -170,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     times[name][stage].append(run_stage(trees[name], stage, ws, env))
                     if stage == "publish":
                         serve(served)
-                got = outputs(ws, stages)
+                got = outputs(ws, stages, env["REDIS_URL"])
                 if seen and got != next(iter(seen.values())):
                     raise SystemExit(f"{name} gave other outputs than {next(iter(seen))}")
                 seen[name] = got
@@ -201,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     where = ("bench/daily.py's workspace (20M events, factors 64, the gate passed; evaluate scores "
              "the published model, bench/daily.py's first day, as the artefact)"
              if "evaluate" in stages else
+             "bench/daily.py's workspace (20M events, factors 64: 49,387 users x 20,000 items "
+             "published, the explanations' histories and similar items on)"
+             if stages == ["publish"] else
              "bench/daily.py's workspace (20M events in a 60-day window, its measured day: the "
              "day verdicts and day files of the run before reused)")
     body = (f"{where}. {args.rounds} rounds, the order swapped each round; best of "
@@ -213,13 +244,16 @@ def main(argv: list[str] | None = None) -> int:
             + "\n\nThe same outputs from both (" + ", ".join(
                 {"validate": "metrics/validation.json",
                  "filter_noise": "data/clean byte for byte, metrics/filter.json",
-                 "train": "models/ byte for byte", "evaluate": "metrics/eval.json and gate.json"
-                 }[s] for s in stages if s != "publish")
+                 "train": "models/ byte for byte", "evaluate": "metrics/eval.json and gate.json",
+                 "publish": "every record of the version served byte for byte, metrics/"
+                            "publish.json but the version's name"}[s] for s in stages)
             + ", timings aside): yes, checked after every run.")
     section = args.section or ("model_stages" if stages == list(STAGES) else "window_stages")
     title = ("train, evaluate and publish" if section == "model_stages"
              else " and ".join(stages)) + f" against {base.removeprefix('baseline ')}"
-    publish(section, title, body)
+    publish(section, title, body, command=shlex.join(["python", "bench/model_stages.py",
+                                                       *(argv if argv is not None
+                                                         else sys.argv[1:])]))
     return 0
 
 

@@ -56,11 +56,14 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def publish(name: str, title: str, body: str) -> None:
-    """Print body and put it in docs/benchmarks.md under its own section (other sections kept)."""
+def publish(name: str, title: str, body: str, command: str | None = None) -> None:
+    """Print body and put it in docs/benchmarks.md under its own section (other sections kept).
+    command: what ran, when it is not `python bench/<name>.py` (a script writing several
+    sections)."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = command or f"python bench/{name}.py"
     section = (f"<!-- bench:{name} -->\n## {title}\n\nMachine: {machine()}; run {stamp} "
-               f"(`python bench/{name}.py`).\n\n{body.strip()}\n<!-- /bench:{name} -->")
+               f"(`{command}`).\n\n{body.strip()}\n<!-- /bench:{name} -->")
     print(f"\n{title}\n\n{body.strip()}\n")
     DOC.parent.mkdir(parents=True, exist_ok=True)
     with open(DOC.with_suffix(".lock"), "w") as lock:

@@ -107,6 +107,45 @@ def test_lists_are_implicits_top_n_without_what_users_have(redis_client):
     assert any(rec & set(model.user_items[u].indices.tolist()) for u, rec in enumerate(again))
 
 
+def test_batch_lists_equal_implicits_own_filter_in_every_overfetch_tier():
+    """Users are scored in tiers by how many items they have (OVERFETCH_TIERS), each asking
+    implicit for top_n + the tier's cap unfiltered; heavier users take implicit's own filter. For
+    users in every tier, at each tier's edges, and users with every item but a few, the lists are
+    those of implicit's batch recommend with its own filter."""
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from dailyrec.model import recommender as R
+
+    rng = np.random.default_rng(21)
+    n_items, top_n = 400, 10
+    edges = [c + d for c in R.OVERFETCH_TIERS for d in (-1, 0, 1)]
+    counts = np.array(edges + [0, 1, 300, n_items - 3, n_items - top_n]
+                      + rng.integers(0, 260, 200).tolist())
+    with threadpool_limits(1, "blas"):  # implicit warns about a threaded BLAS otherwise
+        model = AlternatingLeastSquares(factors=6, random_state=3)
+    model.user_factors = rng.standard_normal((len(counts), 6)).astype(np.float32)
+    model.item_factors = rng.standard_normal((n_items, 6)).astype(np.float32)
+    # What users have is their best-scored items (every one must be skipped: the overfetch is
+    # used to the last item), or for every other user, items drawn at random.
+    best = np.argsort(-(model.user_factors @ model.item_factors.T), axis=1, kind="stable")
+    rows = np.repeat(np.arange(len(counts)), counts)
+    cols = np.concatenate([best[u, :c] if u % 2 else rng.choice(n_items, c, replace=False)
+                           for u, c in enumerate(counts)])  # a loop in the test's data only
+    liked = sp.csr_matrix((rng.random(len(rows)).astype(np.float32) + 1, (rows, cols)),
+                          shape=(len(counts), n_items))
+    assert set(np.searchsorted(R.OVERFETCH_TIERS, counts)) == set(range(len(R.OVERFETCH_TIERS) + 1))
+
+    users = np.arange(len(counts))
+    ids, scores = R.ALSRecommender(model, liked).recommend(users, None, top_n)
+    want_ids, want_scores = model.recommend(users, liked, N=top_n,
+                                            filter_already_liked_items=True)
+    found = want_scores > np.finfo(np.float32).min  # implicit pads with what it filtered
+    assert (ids == np.where(found, want_ids, -1)).all()
+    np.testing.assert_array_equal(scores, np.where(found, want_scores, 0))
+
+
 def test_fallback_is_the_most_popular_items(redis_client):
     model = tm.bundle(seed=3, n_items=30)
     pub.publish(model, redis_client, settings(top_n=40, batch_size=100), run_date=DAY,
@@ -385,3 +424,22 @@ def test_histories_are_each_users_most_confident_items_ties_to_the_lower_positio
         assert positions[r].tolist() == items + [-1] * (6 - len(items))
         assert confidence[r].tolist() == [float(dense[user, i]) for i in items] + \
             [0.0] * (6 - len(items))
+
+
+def test_descending_key_orders_floats_as_a_stable_argsort_of_their_negatives():
+    """histories sorts by one packed integer key: for any float32 values (negatives, both zeros,
+    infinities, NaN, neighbours one ulp apart), a stable sort of the keys is the stable argsort of
+    -values, and equal values get equal keys."""
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal(400).astype(np.float32)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0], dtype=np.float32)
+    values = np.concatenate([base, np.nextafter(base[:50], np.float32(np.inf)), base[:50],
+                             special, special[::-1]]).astype(np.float32)
+    rng.shuffle(values)
+    keys = pub.descending_key(values)
+    assert keys.dtype == np.int64 and keys.min() >= 0 and keys.max() < 2**32
+    assert np.argsort(keys, kind="stable").tolist() == \
+        np.argsort(-values, kind="stable").tolist()
+    same = values[:, None] == values[None, :]
+    assert ((keys[:, None] == keys[None, :]) == (same | (np.isnan(values[:, None])
+                                                         & np.isnan(values[None, :])))).all()

@@ -146,7 +146,7 @@ class MappedRecommender(Recommender):
 
 # Users are scored in tiers by how many items they have: a tier asks implicit for top_n + its cap.
 # Users with more items than the last cap go through implicit's own (per-user) filter.
-OVERFETCH_TIERS = (8, 32, 128)
+OVERFETCH_TIERS = (8, 16, 32, 64, 128)
 
 
 def _implicit_recommend(model, rows: np.ndarray, liked: sp.csr_matrix, top_n: int,
