@@ -250,3 +250,36 @@ def test_most_popular_ranked_from_the_history_alone_equals_the_dense_ranking(see
         assert sparse.metrics == dense.metrics
         for name in sparse.curves:
             assert np.array_equal(sparse.curves[name], dense.curves[name], equal_nan=True)
+
+
+def test_mapped_published_model_scores_known_pairs_ranks_unknown_users_and_drops_unknown_items():
+    """The published baseline scored over the split's users and catalogue (MappedRecommender):
+    users and items it knows get its own scores (the bits of its known users' factors times its
+    known items' factors, one multiply), a user it does not know its most-popular order, an item
+    it does not know -inf; whether it knows every item (the usual day: written in place) or not."""
+    from dailyrec.model.recommender import MappedRecommender
+    from tests import tiny_models as tm
+
+    bundle = tm.bundle(n_users=50, n_items=30, seed=4)
+    rng = np.random.default_rng(8)
+    users = np.concatenate([bundle.user_ids[rng.permutation(50)[:40]], ["new-1", "new-2"]])
+    users = users[rng.permutation(len(users))]
+    user_at = {u: i for i, u in enumerate(bundle.user_ids)}
+    item_at = {it: j for j, it in enumerate(bundle.item_ids)}
+    popular = PopularRecommender(bundle.user_items).ranks
+    for items in (bundle.item_ids[rng.permutation(30)],  # every item known
+                  np.concatenate([bundle.item_ids[rng.permutation(30)[:25]], ["new-a", "new-b"]])):
+        mapped = MappedRecommender(bundle, users, items)
+        rows = rng.permutation(len(users))
+        for batch in (rows, rows[users[rows] != "new-1"][:30]):  # with and without unknown users
+            got = mapped.score(batch)
+            assert got.dtype == np.float32 and got.shape == (len(batch), len(items))
+            known_rows = [r for r, u in enumerate(users[batch]) if u in user_at]
+            known_cols = [c for c, it in enumerate(items) if it in item_at]
+            dots = bundle.model.user_factors[[user_at[u] for u in users[batch][known_rows]]] @ \
+                bundle.model.item_factors[[item_at[items[c]] for c in known_cols]].T
+            want = np.full(got.shape, -np.inf, dtype=np.float32)
+            want[:, known_cols] = popular[[item_at[items[c]] for c in known_cols]]
+            want[np.ix_(known_rows, known_cols)] = dots
+            assert len(known_rows) < len(batch) or batch is not rows
+            np.testing.assert_array_equal(got, want)
