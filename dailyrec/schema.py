@@ -407,6 +407,19 @@ def ts_micros(table: pa.Table) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.empty(0, np.int64)
 
 
+def time_order_cuts(table: pa.Table, bounds: list[int]) -> list[int] | None:
+    """Where each bound (int64 microseconds) falls in a table whose ts column is in time order:
+    the number of rows before it, as np.searchsorted on the whole column would say; None when the
+    rows are not in time order. Chunk by chunk, on zero-copy views: no column-sized array."""
+    chunks = [c.view(pa.int64()).to_numpy() for c in table.column("ts").chunks if len(c)]
+    for a, b in zip(chunks, chunks[1:]):
+        if b[0] < a[-1]:
+            return None
+    if not all(bool(np.all(c[1:] >= c[:-1])) for c in chunks):  # a chunk at a time: ~100k rows
+        return None
+    return [sum(int(np.searchsorted(c, bound)) for c in chunks) for bound in bounds]
+
+
 def id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit hash of each text id (pandas' SipHash with its fixed key: the same on every run
     and machine): fetch_delta's duplicate check and validate's per-file facts key ids by it."""

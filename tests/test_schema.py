@@ -423,3 +423,29 @@ def test_normalise_of_an_empty_chunk():
     assert events.empty and quarantine.empty
     assert S.to_table(events).schema == S.EVENT_SCHEMA
 
+
+
+def test_time_order_cuts_are_searchsorted_over_the_chunks_or_none_out_of_order():
+    """evaluate slices data/clean at the holdout start and the window end when its rows are in
+    time order: over several chunks (empty ones, equal times across a boundary included) the cuts
+    are np.searchsorted's on the whole column; rows out of order, within a chunk or across two,
+    give None (the caller filters instead)."""
+    rng = np.random.default_rng(3)
+    micros = np.sort(rng.integers(0, 10_000, 300)).astype(np.int64)
+    micros[100:103] = micros[99]  # equal times across the boundary below
+
+    def table(parts: list[np.ndarray]) -> pa.Table:
+        return pa.Table.from_batches(
+            [pa.record_batch([pa.array(p, pa.int64()).view(pa.timestamp("us", tz="UTC"))],
+                             names=["ts"]) for p in parts],
+            schema=pa.schema([("ts", pa.timestamp("us", tz="UTC"))]))
+
+    bounds = [-5, 0, int(micros[99]), int(micros[150]) + 1, 5_000, 10_000, 20_000]
+    parts = [micros[:0], micros[:100], micros[100:100], micros[100:217], micros[217:]]
+    assert table(parts).column("ts").num_chunks == 5
+    assert S.time_order_cuts(table(parts), bounds) == np.searchsorted(micros, bounds).tolist()
+    assert S.time_order_cuts(table([]), bounds) == [0] * len(bounds)
+    swapped = micros.copy()
+    swapped[40] = swapped[41] + 1  # one row later than the next, inside the first chunk
+    assert S.time_order_cuts(table([swapped[:100], swapped[100:]]), bounds) is None
+    assert S.time_order_cuts(table([micros[150:], micros[:150]]), bounds) is None

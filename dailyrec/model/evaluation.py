@@ -95,17 +95,15 @@ def make_split(events: pa.Table, confidence: ConfidenceConfig, holdout_start: dt
     ts = events["ts"]
     start = pa.scalar(holdout_start, pa.timestamp("us", tz="UTC"))
     end = pa.scalar(window_end, pa.timestamp("us", tz="UTC"))
-    micros = S.ts_micros(events)
-    if len(micros) < 2 or bool(np.all(micros[1:] >= micros[:-1])):
+    cut = S.time_order_cuts(events, [start.value, end.value])
+    if cut is not None:
         # data/clean is in time order (filter_noise writes it so): the parts are slices, no copies
-        cut = np.searchsorted(micros, [start.value, end.value])
         before, holdout = events.slice(0, cut[0]), events.slice(cut[0], cut[1] - cut[0])
-        after = len(micros) - int(cut[1])
+        after = events.num_rows - cut[1]
     else:
         before = events.filter(pc.less(ts, start))
         holdout = events.filter(pc.and_(pc.greater_equal(ts, start), pc.less(ts, end)))
         after = int(pc.sum(pc.greater_equal(ts, end)).as_py() or 0)
-    del micros
     train = C.aggregate(before, confidence, holdout_start)
     relevant = _decoded(holdout.filter(pc.is_in(holdout["event_type"],
                                                 value_set=pa.array(list(relevant_types)))))
