@@ -11,12 +11,15 @@ filter_noise may be given too), with the baseline's dailyrec/ and stages/ (`git 
 this checkout's, the order swapped every round, on the same data, MLflow store and Redis. Between
 runs the MLflow alias goes back to the version bench/daily.py published first, so every evaluate
 scores the same published baseline (the artefact, as in the daily case). It checks that both give
-the same outputs (models/ and data/clean byte for byte, the same metrics but timings), and
-reports the best wall time and system CPU time of each stage process. A baseline commit has a
-state folder of its own ($DAILYREC_STATE_DIR, a copy of the workspace's), so that filter_noise's
-day verdicts and day files, keyed by the code, stay each side's own rather than each side
-evicting the other's. Section "model_stages" for the default stages, "window_stages" for
-others, or --section.
+the same outputs (models/ and data/clean byte for byte, the same metrics but timings, every
+record of the version publish serves byte for byte), and reports the best wall time and system
+CPU time of each stage process, with the stage's own timing of each of its steps (train.json,
+publish.json, evaluate's MLflow metrics) and, for train and evaluate, the process less its fit:
+the fit's code is the same on both sides but its time varies by seconds run to run. A baseline
+commit has a state folder of its own ($DAILYREC_STATE_DIR, a copy of the workspace's), so that
+filter_noise's day verdicts and day files, keyed by the code, stay each side's own rather than
+each side evicting the other's. Section "model_stages" for the default stages, "window_stages"
+for others, or --section.
 
 --baseline-env NAME=VALUE makes the baseline this checkout with that environment variable set
 instead of a commit (the same code, the same state folder).
@@ -103,7 +106,7 @@ def untimed(value):
     return value
 
 
-def served(redis_url: str) -> dict:
+def served_records(redis_url: str) -> dict:
     """MD5 of every record of the version being served (the meta aside: it holds its name and
     the time): the items, fallback, factors, lists, histories and similar items."""
     import redis
@@ -147,7 +150,7 @@ def outputs(ws: Path, stages: list[str], redis_url: str) -> dict:
         summary = {k: v for k, v in read("publish.json").items()
                    if k not in ("version", "previous_version", "kept_versions",
                                 "removed_versions", "users_per_second")}
-        got.update(publish=summary, served=served(redis_url))
+        got.update(publish=summary, served=served_records(redis_url))
     return got
 
 
