@@ -425,21 +425,3 @@ def test_histories_are_each_users_most_confident_items_ties_to_the_lower_positio
         assert confidence[r].tolist() == [float(dense[user, i]) for i in items] + \
             [0.0] * (6 - len(items))
 
-
-def test_descending_key_orders_floats_as_a_stable_argsort_of_their_negatives():
-    """histories sorts by one packed integer key: for any float32 values (negatives, both zeros,
-    infinities, NaN, neighbours one ulp apart), a stable sort of the keys is the stable argsort of
-    -values, and equal values get equal keys."""
-    rng = np.random.default_rng(11)
-    base = rng.standard_normal(400).astype(np.float32)
-    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0], dtype=np.float32)
-    values = np.concatenate([base, np.nextafter(base[:50], np.float32(np.inf)), base[:50],
-                             special, special[::-1]]).astype(np.float32)
-    rng.shuffle(values)
-    keys = pub.descending_key(values)
-    assert keys.dtype == np.int64 and keys.min() >= 0 and keys.max() < 2**32
-    assert np.argsort(keys, kind="stable").tolist() == \
-        np.argsort(-values, kind="stable").tolist()
-    same = values[:, None] == values[None, :]
-    assert ((keys[:, None] == keys[None, :]) == (same | (np.isnan(values[:, None])
-                                                         & np.isnan(values[None, :])))).all()

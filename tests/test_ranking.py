@@ -151,3 +151,23 @@ def test_most_popular_without_the_excluded_items_is_top_k_of_its_scores():
         rows, cols = np.nonzero(exclude >= 0)
         scores[rows, exclude[rows, cols]] = np.nan
         assert np.array_equal(popular.recommend_excluding(exclude, n), R.top_k(scores, n))
+
+
+def test_best_first_is_a_stable_sort_by_row_then_value_descending_nan_last():
+    """top_k's candidates and publish's histories are ordered by best_first: for any float32
+    values (negatives, both zeros, infinities, NaN, neighbours one ulp apart, repeats) its packed
+    sort is the stable argsort of -values within each row (equal values keep their order, NaN
+    last), rows ascending; float64 takes np.lexsort, the same order."""
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal(400).astype(np.float32)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0], dtype=np.float32)
+    values = np.concatenate([base, np.nextafter(base[:50], np.float32(np.inf)), base[:50],
+                             special, special[::-1]]).astype(np.float32)
+    rng.shuffle(values)
+    one_row = np.zeros(len(values), dtype=np.int64)
+    assert R.best_first(one_row, values).tolist() == \
+        np.argsort(-values, kind="stable").tolist()
+    rows = np.sort(rng.integers(0, 7, len(values)))
+    want = np.lexsort((np.arange(len(values)), -values, rows)).tolist()
+    assert R.best_first(rows, values).tolist() == want
+    assert R.best_first(rows, values.astype(np.float64)).tolist() == want

@@ -82,7 +82,7 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
             top[heavy, :k_eff] = np.argsort(negated, axis=1, kind="stable")[:, :k_eff]
     cells = np.flatnonzero(above)  # row-major: by row, then item
     rows, cols = np.divmod(cells, n)
-    order = _best_first(rows, scores.reshape(-1)[cells])
+    order = best_first(rows, scores.reshape(-1)[cells])
     rows, cols = rows[order], cols[order]
     counts = np.bincount(rows, minlength=b)
     place = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
@@ -112,14 +112,16 @@ def _negated(scores: np.ndarray) -> np.ndarray:
     return np.fmin(negated, np.inf, out=negated)
 
 
-def _best_first(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """The order that sorts (rows ascending, values descending), ties kept in their order."""
+def best_first(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The order that sorts (rows ascending, values descending, NaN last), ties kept in their
+    order (top_k's candidates; publish's explanations' histories)."""
     if values.dtype != np.float32:
         return np.lexsort((np.arange(len(rows)), -values, rows))
     # One stable integer sort of (row, value) packed in 64 bits: float32 bits made to sort like
-    # the numbers (+ 0.0 turns -0.0 into 0.0, which ties with it)
+    # the numbers (+ 0.0 turns -0.0 into 0.0, which ties with it), NaN after them all
     bits = (np.negative(values) + np.float32(0.0)).view(np.uint32)
-    bits = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64)
+    bits = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))
+    bits = np.where(np.isnan(values), np.uint32(0xFFFFFFFF), bits).astype(np.uint64)
     return np.argsort((rows.astype(np.uint64) << np.uint64(32)) | bits, kind="stable")
 
 

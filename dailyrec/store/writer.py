@@ -49,6 +49,7 @@ from tqdm import tqdm
 from dailyrec.errors import Busy, ConfigError, DataError
 from dailyrec.model import artifacts
 from dailyrec.model.confidence import one_event_confidence
+from dailyrec.model.ranking import best_first
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
 from dailyrec.settings.model import train_from_dict
 from dailyrec.settings.serving import PublishSettings
@@ -405,15 +406,13 @@ def _write_items_table(bundle, client, layout: K.Layout, version: str,
 def histories(user_items: sp.csr_matrix, rows: np.ndarray, k: int
               ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's k most confident items ((n, k) positions, -1 padded) and their confidences,
-    most confident first by the float32 confidence published (ties: lower position first).
-    Vectorised over the users' CSR rows."""
+    most confident first (ties: lower position first). Vectorised over the users' CSR rows."""
     sub = user_items[rows]
     sub.sort_indices()
     row_of = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(sub.indptr))
-    # One stable sort of (row, confidence descending) packed in an int64, over entries whose
-    # positions are in order within each row: the order of a lexsort (row, -confidence,
-    # position), 4x faster than two stable sorts (the rows come already grouped).
-    order = np.argsort((row_of << 32) | descending_key(sub.data), kind="stable")
+    # (row, confidence descending), ties in their order: positions are in order within each row,
+    # so this is the lexsort (row, -confidence, position), in one packed sort for float32
+    order = best_first(row_of, sub.data)
     rank = np.arange(sub.nnz) - sub.indptr[row_of[order]]
     keep = rank < k
     positions = np.full((len(rows), k), -1, dtype=np.int64)
@@ -421,16 +420,6 @@ def histories(user_items: sp.csr_matrix, rows: np.ndarray, k: int
     positions[row_of[order][keep], rank[keep]] = sub.indices[order][keep]
     confidence[row_of[order][keep], rank[keep]] = sub.data[order][keep]
     return positions, confidence
-
-
-def descending_key(values: np.ndarray) -> np.ndarray:
-    """float32 values -> int64 keys in [0, 2**32) whose ascending order is the values' descending
-    order (what argsort(-values) sorts by): equal values get equal keys, NaN sorts last."""
-    values = np.asarray(values, dtype=np.float32) + np.float32(0)  # -0.0 -> 0.0: equal keys
-    bits = values.view(np.uint32).astype(np.int64)
-    # IEEE 754 order as unsigned integers: negatives' bits flipped, positives' sign bit set
-    ordered = np.where(bits >= 0x80000000, bits ^ 0xFFFFFFFF, bits | 0x80000000)
-    return np.where(np.isnan(values), 0xFFFFFFFF, 0xFFFFFFFF - ordered)
 
 
 def _write_users(bundle, client, layout: K.Layout, version: str, cfg: PublishSettings,
