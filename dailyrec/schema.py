@@ -400,10 +400,16 @@ def _epoch_micros(numbers: np.ndarray) -> np.ndarray:
 MICROS_PER_DAY = 86_400_000_000  # a UTC day of ts
 
 
+def ts_micro_chunks(table: pa.Table) -> list[np.ndarray]:
+    """A table's canonical ts column as int64 microseconds since the epoch, a zero-copy view per
+    chunk."""
+    return [c.view(pa.int64()).to_numpy() for c in table.column("ts").chunks]
+
+
 def ts_micros(table: pa.Table) -> np.ndarray:
-    """A table's canonical ts column as int64 microseconds since the epoch: a zero-copy view of
-    each chunk, one concatenation."""
-    chunks = [c.view(pa.int64()).to_numpy() for c in table.column("ts").chunks]
+    """A table's canonical ts column as int64 microseconds since the epoch: the chunks' views,
+    one concatenation."""
+    chunks = ts_micro_chunks(table)
     return np.concatenate(chunks) if chunks else np.empty(0, np.int64)
 
 
@@ -411,7 +417,7 @@ def time_order_cuts(table: pa.Table, bounds: list[int]) -> list[int] | None:
     """Where each bound (int64 microseconds) falls in a table whose ts column is in time order:
     the number of rows before it, as np.searchsorted on the whole column would say; None when the
     rows are not in time order. Chunk by chunk, on zero-copy views: no column-sized array."""
-    chunks = [c.view(pa.int64()).to_numpy() for c in table.column("ts").chunks if len(c)]
+    chunks = [c for c in ts_micro_chunks(table) if len(c)]
     for a, b in zip(chunks, chunks[1:]):
         if b[0] < a[-1]:
             return None
