@@ -154,6 +154,10 @@ def remote_objects(ws: Path) -> dict[str, int]:
             for p in remote.rglob("*") if p.is_file()} if remote.exists() else {}
 
 
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def pushed(ws: Path, before: dict[str, int]) -> dict:
     """What the run's `dvc push` added to the remote, and how much of it is data/clean's."""
     added = {k: v for k, v in remote_objects(ws).items() if k not in before}
@@ -255,14 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             fit = bare_fit(ws, env)
             load.append(os.getloadavg()[0])
             results[f] = {"steps": steps, "wall": wall, "train": train, "bare": fit, "gate": gate,
-                          "pushed": pushed(ws, remote_before)}
+                          "pushed": pushed(ws, remote_before),
+                          "disk": {name: tree_bytes(ws / name) / 2**20
+                                   for name in (".dvc/cache", "data", "models")}}
             print(f"factors {f}: run {wall:.1f} s, bare fit {fit['fit_s']:.1f} s, "
                   f"ratio {wall / fit['fit_s']:.1f}x", flush=True)
     finally:
         redis.terminate()
         redis.wait(10)
     order = ["dvc pull", "recover", "fetch_delta", "merge_history", "validate", "filter_noise",
-             "train", "evaluate", "publish", "dvc push", "served", "report", "done"]
+             "train", "evaluate", "publish", "dvc push", "dvc gc", "mlflow versions", "served",
+             "report", "done"]
     names = [s for s in order if any(s in r["steps"] for r in results.values())]
     header = ["step"] + [f"factors {f}: s" for f in factors] + \
         [f"factors {f}: peak MB" for f in factors]
@@ -288,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                    f"({results[f]['pushed']['clean_new']} of "
                    f"{results[f]['pushed']['clean_files']} files)" for f in factors]
                 + ["-" for _ in factors])
+    rows.append(["local DVC cache after the day (retention.dvc_cache), MiB"]
+                + [f"{results[f]['disk']['.dvc/cache']:,.0f}" for f in factors]
+                + ["-" for _ in factors])
+    rows.append(["  the workspace's data/ and models/, MiB"]
+                + [f"{results[f]['disk']['data'] + results[f]['disk']['models']:,.0f}"
+                   for f in factors] + ["-" for _ in factors])
     rows.append(["the gate (publish runs only when it passes)"]
                 + ["passed" if results[f]["gate"]["passed"] else "kept back" for f in factors]
                 + ["-" for _ in factors])

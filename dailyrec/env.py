@@ -39,6 +39,13 @@ def mlflow_uri() -> str:
     return os.environ.get(MLFLOW_TRACKING_URI) or DEFAULT_MLFLOW_URI
 
 
+def mlflow_store_missing(uri: str | None = None) -> bool:
+    """A sqlite tracking URI whose file does not exist: no history, and nothing that reads it
+    should create one."""
+    uri = uri or mlflow_uri()
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
+
+
 def mlflow_enabled() -> bool:
     return os.environ.get(MLFLOW_SWITCH, "on").strip().lower() not in ("off", "0", "false", "no")
 

@@ -145,13 +145,6 @@ def _ordered(metrics: dict[str, float]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- history
 
-def _sqlite_missing(uri: str) -> bool:
-    """A sqlite tracking URI whose file does not exist: no history (and do not create one)."""
-    if not uri.startswith("sqlite:///"):
-        return False
-    return not Path(uri.removeprefix("sqlite:///")).exists()
-
-
 # Runs of the daily pipeline carry run.date (stages/tracking.py); tuning runs (stages/tune.py) share
 # the experiment and are left out of the daily history.
 NOT_DAILY_STAGES = {"tune", "tune-trial"}
@@ -172,7 +165,7 @@ def mlflow_history(experiment: str, metric: str, before_or_on: dt.date,
     """One point per run date (the latest run of that date) that logged `metric`, oldest first.
     The most-popular baseline is the run's `most_popular_<metric>` (as evaluate logs it)."""
     uri = uri or env.mlflow_uri()
-    if _sqlite_missing(uri):
+    if env.mlflow_store_missing(uri):
         return []
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
@@ -576,7 +569,7 @@ def preload() -> None:
     thread while DVC and the stages run, instead of at the end of the day. Nothing is connected
     or written; an import that fails is left for build() to meet and handle."""
     try:
-        if not _sqlite_missing(env.mlflow_uri()):
+        if not env.mlflow_store_missing(env.mlflow_uri()):
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             from dailyrec import tracking
 

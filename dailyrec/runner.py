@@ -543,6 +543,7 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
                 progress("git commit", f"{committed} in {time.monotonic() - started:.1f} s")
                 if not pushed and sha:
                     save_state(pending_push=[*(load_state().get("pending_push") or []), sha])
+            notes += retain(day, env, log, opts, progress, echo, remote, pushed, alert, context)
             save_state(last_completed=day.isoformat())
         except StepFailed as failure:
             log.write(f"=== FAILED at {failure.step} ({failure.why}, {failure.kind}) ===\n")
@@ -572,6 +573,65 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
         log.write(f"=== {outcome} in {time.monotonic() - t0:.1f} s ===\n")
     progress("done", f"{outcome} in {time.monotonic() - t0:.1f} s")
     return DayResult(outcome)
+
+
+def retain(day: dt.date, env: dict, log: TextIO, opts: Options, progress, echo,
+           remote: str | None, pushed: bool, alert, context) -> list[str]:
+    """Keep the machine's disk bounded (params.yaml retention), once the day is pushed and
+    committed. The local DVC cache is collected only while the remote holds every day: today's
+    push succeeded and no earlier one is pending (without a remote the cache is the only copy).
+    Never fails the day: what could not be done is logged, alerted (throttled) and noted in the
+    report, and the next run does it."""
+    try:
+        params = settings.load()
+        cfg = ops.retention(params)
+    except errors.ConfigError as err:
+        progress("retention", f"skipped: {err}")
+        return [f"retention skipped: {err}"]
+    notes: list[str] = []
+    if cfg.dvc_cache == "workspace" and not remote:
+        progress("dvc gc", "skipped: no default DVC remote (the local cache is the only copy)")
+    elif cfg.dvc_cache == "workspace" and not (pushed and not load_state().get("pending_push")):
+        progress("dvc gc", "skipped: the DVC remote does not hold every day yet")
+    elif cfg.dvc_cache == "workspace":
+        before, started = _cache_bytes(), time.monotonic()
+        try:
+            simple_step("dvc gc", pipeline.dvc("gc", "--workspace", "--force"), env, log, opts,
+                        lambda step, what: None, echo)
+            after = _cache_bytes()
+            progress("dvc gc", f"{(before - after) / 2**20:,.1f} MiB freed from the local cache, "
+                               f"{after / 2**20:,.1f} MiB kept, in "
+                               f"{time.monotonic() - started:.1f} s")
+        except StepFailed as failure:
+            progress("dvc gc", f"FAILED ({failure.why}); the next run collects it")
+            notes.append("dvc gc failed: the local DVC cache was not collected")
+            alert(f"daily run {day}: dvc gc failed, the next run collects the cache",
+                  error=failure.with_traceback(None), context=context(stage="dvc gc"),
+                  log_tail="\n".join(failure.tail[-opts.tail_lines:]))
+    if cfg.mlflow_model_versions and env_settings.mlflow_enabled():
+        started = time.monotonic()
+        try:
+            from dailyrec import tracking
+
+            removed = tracking.prune_versions(ops.mlflow(params), cfg.mlflow_model_versions)
+            log.write(f"=== MLflow model versions removed: {removed} ===\n")
+            progress("mlflow versions",
+                     f"removed {', '.join(map(str, removed)) or 'none'} (keeping the newest "
+                     f"{cfg.mlflow_model_versions}) in {time.monotonic() - started:.1f} s")
+        except Exception as err:  # noqa: BLE001 - the day is done; the next run prunes
+            log.write(f"=== MLflow retention failed: {err!r} ===\n")
+            progress("mlflow versions", f"FAILED ({type(err).__name__}); the next run prunes")
+            notes.append(f"MLflow retention failed ({type(err).__name__}): old model versions "
+                         "were not removed")
+            alert(f"daily run {day}: MLflow retention failed, the next run prunes", error=err,
+                  context=context(stage="mlflow versions"))
+    return notes
+
+
+def _cache_bytes(cache: Path = Path(".dvc/cache")) -> int:
+    """Bytes under the local DVC cache (its objects and run-cache entries), where DVC keeps it by
+    default (a cache moved elsewhere reads 0: the progress line only)."""
+    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
 
 
 def _preload_report() -> None:

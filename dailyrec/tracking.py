@@ -320,6 +320,57 @@ def published_version(settings: MlflowSettings) -> Any | None:
         raise
 
 
+@unavailable
+def prune_versions(settings: MlflowSettings, keep: int) -> list[int]:
+    """Remove from the registry every version of mlflow.model_name but the newest `keep` and
+    those an alias points at, deleting their logged models' files: a day's model bundle (models/
+    and the library) is nearly all of what the MLflow store grows by. Their runs stay, with
+    params, metrics, tags and lineage, so the UI still compares every day, and `make reproduce`
+    rebuilds any of them from git and the DVC remote. The versions removed, oldest first.
+
+    Files first, the registry entry last: a run stopped half-way leaves the version listed, and
+    the next run finishes it."""
+    if keep <= 0 or env.mlflow_store_missing():
+        return []
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    client = MlflowClient(tracking_uri=env.mlflow_uri())  # no experiment made: nothing is logged
+    try:
+        aliased = {int(v) for v in client.get_registered_model(settings.model_name)
+                   .aliases.values()}
+    except MlflowException as err:
+        if getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    versions, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{settings.model_name}'", page_token=token)
+        versions += list(page)
+        token = page.token
+        if not token:
+            break
+    newest_first = sorted(versions, key=lambda v: int(v.version), reverse=True)
+    stale = sorted((v for v in newest_first[keep:] if int(v.version) not in aliased),
+                   key=lambda v: int(v.version))
+    for version in stale:
+        # MLflow 3 registers a logged model by its URI, models:/m-<id>
+        model_id = version.model_id or (version.source.removeprefix("models:/")
+                                        if version.source.startswith("models:/m-") else None)
+        try:
+            logged = client.get_logged_model(model_id) if model_id else None
+        except MlflowException as err:
+            if getattr(err, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            logged = None  # deleted by an earlier run that stopped before the registry entry
+        if logged is not None:
+            get_artifact_repository(logged.artifact_location).delete_artifacts()
+            client.delete_logged_model(logged.model_id)
+        client.delete_model_version(settings.model_name, version.version)
+    return [int(v.version) for v in stale]
+
+
 def bundle_path(model_dir: Path) -> str:
     """Where the logged model keeps the models/ bundle, as its MLmodel file records it."""
     import yaml

@@ -417,6 +417,7 @@ def test_an_unreachable_remote_neither_fails_the_day_nor_loses_its_data(repo, ma
     assert down.returncode == 0, down.stdout + down.stderr
     assert "dvc pull           failed; the workspace holds" in down.stdout
     assert "dvc push           FAILED" in down.stdout
+    assert "dvc gc             skipped: the DVC remote does not hold every day yet" in down.stdout
     day2_commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
     assert repo.run("git", "log", "-1", "--format=%s").stdout.strip() == f"daily run {day2}"
     report = (repo.path / "reports" / "daily" / f"{day2}.txt").read_text()
@@ -474,3 +475,75 @@ def test_stale_served_lists_are_alerted_even_when_the_day_fails(repo, mailbox, r
     text = report.get_body(("plain",)).get_content()
     assert f"WARNING: Served now: version {old}.1, built from the data of {old}" in \
         " ".join(text.split()), text
+
+
+def _cache_objects(repo) -> set[str]:
+    cache = repo.path / ".dvc" / "cache" / "files"
+    return {p.parent.name + p.name for p in cache.rglob("*") if p.is_file()}
+
+
+def _models_md5(repo, rev: str) -> str:
+    lock = yaml.safe_load(repo.run("git", "show", f"{rev}:dvc.lock").stdout)
+    return next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models")
+
+
+def test_the_local_cache_keeps_the_workspace_and_the_remote_keeps_every_day(repo):
+    """retention.dvc_cache: workspace. After each pushed day the local cache holds only what the
+    workspace uses, so the machine's disk stays bounded; every day's data and model stay on the
+    remote, and an older day's commit still pulls whole from it."""
+    commits = []
+    for k in range(3):
+        day = dt.date(2026, 11, 20) + dt.timedelta(days=k)
+        done = repo.daily("--date", str(day), "--commit")
+        assert done.returncode == 0, done.stdout + done.stderr
+        [line] = [x for x in done.stdout.splitlines() if x.startswith(f"[{day}] dvc gc ")]
+        assert "MiB freed from the local cache" in line, done.stdout
+        commits.append(repo.run("git", "rev-parse", "HEAD").stdout.strip())
+    models = [_models_md5(repo, sha).removesuffix(".dir") for sha in commits]
+    assert len(set(models)) == 3
+    cached, remote = _cache_objects(repo), _remote_objects(repo)
+    assert {m + ".dir" for m in models} <= remote
+    assert models[2] + ".dir" in cached
+    assert not {m + ".dir" for m in models[:2]} & cached, "older days stayed in the local cache"
+    # The cache holds nothing the workspace does not use: a second collection finds nothing.
+    dry = repo.run(sys.executable, "-m", "dvc", "gc", "--workspace", "--force", "--dry")
+    assert "No unused 'repo' cache to remove." in dry.stdout, dry.stdout
+    # Day 1 rebuilt from its commit: its dvc.lock pulls its model back from the remote.
+    repo.run("git", "checkout", "-q", commits[0], "--", "dvc.lock")
+    repo.run(sys.executable, "-m", "dvc", "pull", "train")
+    assert (repo.path / "models" / "part.txt").read_text() == "train 2026-11-20\n"
+
+
+def test_the_cache_is_not_collected_while_an_earlier_push_is_pending(repo):
+    """A day whose data the remote has not received is only in the local cache: while any push is
+    pending, the cache is left whole, even on a day whose own push succeeded."""
+    day1, day2 = dt.date(2026, 11, 20), dt.date(2026, 11, 21)
+    assert repo.daily("--date", str(day1), "--commit").returncode == 0
+    day1_models = _models_md5(repo, "HEAD")
+    state = Path(repo.env["DAILYREC_STATE_DIR"]) / "daily.json"
+    # A pending push that cannot succeed (its commit is unknown): it stays pending.
+    state.write_text(json.dumps({**json.loads(state.read_text()), "pending_push": ["0" * 40]}))
+    done = repo.daily("--date", str(day2), "--commit")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"[{day2}] dvc push           done" in done.stdout, done.stdout
+    assert f"[{day2}] dvc gc             skipped: the DVC remote does not hold every day yet" in \
+        done.stdout.splitlines(), done.stdout
+    assert day1_models in _cache_objects(repo)
+    assert json.loads(state.read_text())["pending_push"] == ["0" * 40]
+
+
+def test_mlflow_retention_that_fails_is_alerted_and_does_not_fail_the_day(repo, mailbox):
+    """Pruning old model versions runs after the day is pushed and committed: an MLflow that does
+    not answer then is alerted and noted in the report, and the day stands."""
+    day = dt.date(2026, 11, 20)
+    down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    done = repo.daily("--date", str(day), "--commit", extra_env={**mailbox.env(), **down})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"[{day}] mlflow versions    FAILED (ServiceUnavailable); the next run prunes" in \
+        done.stdout.splitlines(), done.stdout
+    assert repo.run("git", "log", "-1", "--format=%s").stdout.strip() == f"daily run {day}"
+    subjects = [m["Subject"] for m in mailbox.messages]
+    assert any("MLflow retention failed, the next run prunes" in s for s in subjects), subjects
+    report = (repo.path / "reports" / "daily" / f"{day}.txt").read_text()
+    assert "MLflow retention failed (ServiceUnavailable)" in report

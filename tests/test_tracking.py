@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -295,3 +296,47 @@ def test_work_ahead_runs_on_a_thread_and_keeps_its_error_for_the_caller(monkeypa
     monkeypatch.setenv("DAILYREC_MLFLOW", "off")
     with tracking.ahead(lookup) as future:
         assert future is None
+
+
+def test_prune_versions_keeps_the_newest_and_the_aliased_and_every_run(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.pyfunc import PythonModel
+
+    from dailyrec import tracking
+
+    class Constant(PythonModel):  # a stand-in: the real bundle's logging is tested above
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    settings = ops.mlflow(of(project_params()))
+    assert tracking.prune_versions(settings, keep=2) == []  # no store yet: none made
+    assert not (tmp_path / "mlflow.db").exists()
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment("retention")
+    client = mlflow.MlflowClient()
+    runs, files = [], {}
+    for k in range(5):
+        with mlflow.start_run() as run:
+            mlflow.log_metric("ndcg_at_20", 0.1 + k)
+            info = mlflow.pyfunc.log_model(name="model", python_model=Constant(),
+                                           registered_model_name=settings.model_name)
+        runs.append(run.info.run_id)
+        files[k + 1] = Path(client.get_logged_model(info.model_id).artifact_location
+                            .removeprefix("file://"))
+        assert (files[k + 1] / "MLmodel").exists() and info.registered_model_version == k + 1
+    client.set_registered_model_alias(settings.model_name, settings.alias, "1")
+    # A run stopped half-way last time: v3's files and logged model are gone, its version listed.
+    shutil.rmtree(files[3])
+    client.delete_logged_model(files[3].parent.name)
+
+    assert tracking.prune_versions(settings, keep=2) == [2, 3]
+    left = client.search_model_versions(f"name = '{settings.model_name}'")
+    assert sorted(int(v.version) for v in left) == [1, 4, 5]
+    assert {k for k in files if files[k].exists()} == {1, 4, 5}
+    assert [client.get_run(r).data.metrics["ndcg_at_20"] for r in runs] == [0.1, 1.1, 2.1, 3.1,
+                                                                            4.1]
+    mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{settings.alias}")
+    assert tracking.prune_versions(settings, keep=2) == []
+    assert tracking.prune_versions(settings, keep=0) == []  # 0 keeps every version

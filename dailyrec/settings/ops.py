@@ -58,3 +58,16 @@ def report(params: Params) -> ReportSettings:
     return ReportSettings(main_metric=params.text("report.main_metric", r"[a-z_]+(_at_\d+)?",
                                                   "a metric name like ndcg_at_20"),
                           chart_runs=params.integer("report.chart_runs", low=2))
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    dvc_cache: str  # "workspace": after a good push, the local cache keeps what the workspace uses
+    mlflow_model_versions: int  # registered versions whose files are kept (0: all)
+
+
+def retention(params: Params) -> RetentionSettings:
+    params.known("retention", ("dvc_cache", "mlflow_model_versions"))
+    return RetentionSettings(
+        dvc_cache=params.choice("retention.dvc_cache", ("workspace", "all")),
+        mlflow_model_versions=params.integer("retention.mlflow_model_versions", low=0))
