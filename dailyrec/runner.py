@@ -596,7 +596,10 @@ def retain(day: dt.date, env: dict, log: TextIO, opts: Options, progress, echo,
     elif cfg.dvc_cache == "workspace":
         before, started = _cache_bytes(), time.monotonic()
         try:
-            simple_step("dvc gc", pipeline.dvc("gc", "--workspace", "--force"), env, log, opts,
+            # --all-experiments: an engineer's `dvc exp run` on this machine keeps its outputs
+            # until `dvc exp remove` (they are never pushed by the runner).
+            simple_step("dvc gc", pipeline.dvc("gc", "--workspace", "--all-experiments",
+                                               "--force"), env, log, opts,
                         lambda step, what: None, echo)
             after = _cache_bytes()
             progress("dvc gc", f"{(before - after) / 2**20:,.1f} MiB freed from the local cache, "

@@ -547,3 +547,21 @@ def test_mlflow_retention_that_fails_is_alerted_and_does_not_fail_the_day(repo, 
     assert any("MLflow retention failed, the next run prunes" in s for s in subjects), subjects
     report = (repo.path / "reports" / "daily" / f"{day}.txt").read_text()
     assert "MLflow retention failed (ServiceUnavailable)" in report
+
+
+def test_the_cache_keeps_the_outputs_of_dvc_experiments(repo):
+    """An engineer's `dvc exp run` on the scheduler's machine is not the workspace, and the
+    runner never pushes it: its outputs stay in the local cache for `dvc exp apply`."""
+    day1, day2 = dt.date(2026, 11, 20), dt.date(2026, 11, 21)
+    assert repo.daily("--date", str(day1), "--commit").returncode == 0
+    repo.run(sys.executable, "-m", "dvc", "exp", "run", "-q", "-n", "tried",
+             "-S", "run.date=2026-11-25")
+    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())  # the experiment's, applied
+    tried = next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models")
+    done = repo.daily("--date", str(day2), "--commit")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "MiB freed from the local cache" in done.stdout, done.stdout
+    assert tried in _cache_objects(repo) and _models_md5(repo, "HEAD") != tried
+    assert _models_md5(repo, "HEAD~1") not in _cache_objects(repo)  # day 1's: collected
+    repo.run(sys.executable, "-m", "dvc", "exp", "apply", "tried")
+    assert (repo.path / "models" / "part.txt").read_text() == "train 2026-11-25\n"
