@@ -40,6 +40,7 @@ from bench import filter as FB  # noqa: E402
 from bench.report import markdown_table, publish  # noqa: E402
 from dailyrec import clean  # noqa: E402
 from dailyrec.files import file_md5_uncached  # noqa: E402
+from dailyrec.runner import tree_bytes  # noqa: E402
 from dailyrec.history import partition_day, partition_path  # noqa: E402
 from tools import simulate as SIM  # noqa: E402
 
@@ -152,10 +153,6 @@ def remote_objects(ws: Path) -> dict[str, int]:
     remote = ws / "dvc-remote"
     return {p.relative_to(remote).as_posix(): p.stat().st_size
             for p in remote.rglob("*") if p.is_file()} if remote.exists() else {}
-
-
-def tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def pushed(ws: Path, before: dict[str, int]) -> dict:

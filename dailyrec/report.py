@@ -569,7 +569,7 @@ def preload() -> None:
     thread while DVC and the stages run, instead of at the end of the day. Nothing is connected
     or written; an import that fails is left for build() to meet and handle."""
     try:
-        if not env.mlflow_store_missing(env.mlflow_uri()):
+        if not env.mlflow_store_missing():
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             from dailyrec import tracking
 

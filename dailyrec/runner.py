@@ -63,6 +63,9 @@ FALLBACK_TAIL_LINES = 50
 FALLBACK_THROTTLE_MINUTES = 60.0
 
 PUBLISHED, NOT_PUBLISHED, FAILED = "published", "not published", "failed"
+# Where DVC keeps its cache by default: what `dvc gc`'s progress line measures (a cache moved
+# elsewhere reads 0 there; it is collected all the same).
+DVC_CACHE = Path(".dvc/cache")
 
 
 class StepFailed(Exception):
@@ -589,19 +592,21 @@ def retain(day: dt.date, env: dict, log: TextIO, opts: Options, progress, echo,
         progress("retention", f"skipped: {err}")
         return [f"retention skipped: {err}"]
     notes: list[str] = []
-    if cfg.dvc_cache == "workspace" and not remote:
+    if cfg.dvc_cache == "all":
+        pass  # every object kept
+    elif not remote:
         progress("dvc gc", "skipped: no default DVC remote (the local cache is the only copy)")
-    elif cfg.dvc_cache == "workspace" and not (pushed and not load_state().get("pending_push")):
+    elif not pushed or load_state().get("pending_push"):
         progress("dvc gc", "skipped: the DVC remote does not hold every day yet")
-    elif cfg.dvc_cache == "workspace":
-        before, started = _cache_bytes(), time.monotonic()
+    else:
+        before, started = tree_bytes(DVC_CACHE), time.monotonic()
         try:
             # --all-experiments: an engineer's `dvc exp run` on this machine keeps its outputs
             # until `dvc exp remove` (they are never pushed by the runner).
             simple_step("dvc gc", pipeline.dvc("gc", "--workspace", "--all-experiments",
                                                "--force"), env, log, opts,
                         lambda step, what: None, echo)
-            after = _cache_bytes()
+            after = tree_bytes(DVC_CACHE)
             progress("dvc gc", f"{(before - after) / 2**20:,.1f} MiB freed from the local cache, "
                                f"{after / 2**20:,.1f} MiB kept, in "
                                f"{time.monotonic() - started:.1f} s")
@@ -631,10 +636,11 @@ def retain(day: dt.date, env: dict, log: TextIO, opts: Options, progress, echo,
     return notes
 
 
-def _cache_bytes(cache: Path = Path(".dvc/cache")) -> int:
-    """Bytes under the local DVC cache (its objects and run-cache entries), where DVC keeps it by
-    default (a cache moved elsewhere reads 0: the progress line only)."""
-    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+def tree_bytes(path: Path | str) -> int:
+    """Bytes of the regular files under a folder (links not followed; none there: 0). Here, not
+    in dailyrec.files: every stage depends on that file, and this is the runner's (and bench's)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*")
+               if p.is_file() and not p.is_symlink())
 
 
 def _preload_report() -> None:

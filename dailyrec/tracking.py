@@ -351,9 +351,8 @@ def prune_versions(settings: MlflowSettings, keep: int) -> list[int]:
         token = page.token
         if not token:
             break
-    newest_first = sorted(versions, key=lambda v: int(v.version), reverse=True)
-    stale = sorted((v for v in newest_first[keep:] if int(v.version) not in aliased),
-                   key=lambda v: int(v.version))
+    oldest_first = sorted(versions, key=lambda v: int(v.version))
+    stale = [v for v in oldest_first[:-keep] if int(v.version) not in aliased]
     for version in stale:
         # MLflow 3 registers a logged model by its URI, models:/m-<id>
         model_id = version.model_id or (version.source.removeprefix("models:/")
