@@ -588,8 +588,10 @@ def retain(day: dt.date, env: dict, log: TextIO, opts: Options, progress, echo,
     try:
         params = settings.load()
         cfg = ops.retention(params)
-    except errors.ConfigError as err:
+    except errors.ConfigError as err:  # the day is done; left alone, the disk would fill
         progress("retention", f"skipped: {err}")
+        alert(f"daily run {day}: retention skipped, params.yaml is not valid",
+              error=err.with_traceback(None), context=context(stage="retention"))
         return [f"retention skipped: {err}"]
     notes: list[str] = []
     if cfg.dvc_cache == "all":

@@ -565,3 +565,21 @@ def test_the_cache_keeps_the_outputs_of_dvc_experiments(repo):
     assert _models_md5(repo, "HEAD~1") not in _cache_objects(repo)  # day 1's: collected
     repo.run(sys.executable, "-m", "dvc", "exp", "apply", "tried")
     assert (repo.path / "models" / "part.txt").read_text() == "train 2026-11-25\n"
+
+
+def test_a_bad_retention_setting_is_named_and_alerted_and_the_day_stands(repo, mailbox):
+    """retention is read after the day is done: a value it cannot use is said (which key, what it
+    must be), alerted and noted, the day stands, and nothing is collected."""
+    raw = yaml.safe_load((repo.path / "params.yaml").read_text())
+    raw["retention"]["dvc_cache"] = "nothing"
+    (repo.path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    day = dt.date(2026, 11, 20)
+    done = repo.daily("--date", str(day), "--commit", extra_env=mailbox.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = "retention.dvc_cache must be one of ['workspace', 'all'], got 'nothing'"
+    [line] = [x for x in done.stdout.splitlines() if x.startswith(f"[{day}] retention ")]
+    assert "skipped: " in line and said in line, done.stdout
+    assert not any(x.startswith(f"[{day}] dvc gc ") for x in done.stdout.splitlines())
+    subjects = [m["Subject"] for m in mailbox.messages]
+    assert any("retention skipped, params.yaml is not valid" in s for s in subjects), subjects
+    assert said in (repo.path / "reports" / "daily" / f"{day}.txt").read_text()
