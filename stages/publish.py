@@ -8,7 +8,9 @@ Inputs   models/, metrics/gate.json (must say passed, unless --force), metrics/m
 Outputs  Redis at REDIS_URL (a new complete version; readers see whole versions only)
          metrics/publish.json   the version, its users, how long it took
 
-Then the MLflow alias (mlflow.alias) moves to the served model version. When the gate says no and
+Then the MLflow alias (mlflow.alias) moves to the served model version. A model of a run.date older
+than the served version's is not served (rebuilding a past day keeps the newer lists), unless
+--force. When the gate says no and
 Redis serves nothing yet (a brand-new deployment), the most-popular list is served as a version
 of its own (kind "popular") so the API answers 200 instead of 503 until a model passes. How a version is written,
 switched to and rolled back: dailyrec.store.writer. Exit 3 when the gate kept the model back.
@@ -98,7 +100,8 @@ def run(args, client, layout: K.Layout, where: str) -> int:
     run = metrics.MLFLOW.read() or {}
     with tracking.ahead():  # MLflow's imports on a thread while scoring: the alias moves at once
         summary = writer.publish(bundle, client, cfg, run_date=day, layout=layout, gate=gate,
-                                 model_run=run, progress=False if args.no_progress else None)
+                                 model_run=run, progress=False if args.no_progress else None,
+                                 replace_newer=args.force)
     summary.update(run_date=day.isoformat(), redis=where, gate=gate, model_run=run,
                    mlflow_alias=None)
     if run.get("model_version") is not None and env.mlflow_enabled():
@@ -116,7 +119,8 @@ def main_body(argv: list[str] | None) -> int:
     ap.add_argument("command", nargs="?", default="publish",
                     choices=["publish", "rollback", "versions"])
     ap.add_argument("--force", action="store_true",
-                    help="publish even though the quality gate failed (logged loudly)")
+                    help="publish even though the quality gate failed (logged loudly), or a "
+                         "newer run.date is served")
     ap.add_argument("--to", metavar="VERSION", help="rollback: the version to serve")
     ap.add_argument("--models", type=Path, default=paths.MODELS_DIR)
     ap.add_argument("--no-progress", action="store_true")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from dailyrec.errors import Busy, ConfigError
+from dailyrec.errors import Busy, ConfigError, NotPublished
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
 from dailyrec.settings import serving as publish_settings
 from dailyrec.settings.serving import PublishSettings
@@ -425,3 +425,46 @@ def test_histories_are_each_users_most_confident_items_ties_to_the_lower_positio
         assert confidence[r].tolist() == [float(dense[user, i]) for i in items] + \
             [0.0] * (6 - len(items))
 
+
+
+def test_a_past_days_model_never_replaces_newer_served_lists(redis_client):
+    """Rebuilding a past day (run.date before the served version's) publishes nothing unless
+    forced: users keep the newer lists."""
+    model = tm.bundle(n_users=50)
+    newer = pub.publish(model, redis_client, SMALL, run_date=DAY, progress=False)["version"]
+    older = DAY - dt.timedelta(days=3)
+    with pytest.raises(NotPublished, match=f"not replacing the served version {newer} "
+                                           f"\\(run.date {DAY}\\) with a model of the older "
+                                           f"run.date {older}"):
+        pub.publish(model, redis_client, SMALL, run_date=older, progress=False)
+    assert served(redis_client) == newer
+    assert pub.publish(model, redis_client, SMALL, run_date=DAY, progress=False)  # same day: ok
+    forced = pub.publish(model, redis_client, SMALL, run_date=older, progress=False,
+                         replace_newer=True)["version"]
+    assert served(redis_client) == forced and forced.startswith(str(older))
+
+
+def test_redis_emptied_mid_publish_is_unavailable_not_a_bug(redis_server, redis_client,
+                                                             tmp_path):
+    """Redis loses what publish wrote (FLUSHALL, a restart without persistence): exit 69, the
+    version is not served, and the next run publishes (the fault table says so)."""
+    model = tm.bundle(n_users=20_000, n_items=200, seed=2, per_user=3)
+    work = tm.workdir(tmp_path, model, gate={"passed": True}, publish={"batch_size": 100})
+    proc = subprocess.Popen(tm.publish_cmd(), cwd=work, env=tm.publish_env(redis_server.url),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Empty the database (one atomic script) the moment the first users are in it.
+    flush_once_written = ("local v = redis.call('ZRANGE', KEYS[1], 0, 0)[1] "
+                          "if v and redis.call('HLEN', (KEYS[2]:gsub('VERSION', v))) > 0 then "
+                          "redis.call('FLUSHDB') return 1 end return 0")
+    deadline = time.monotonic() + 120
+    while not redis_client.eval(flush_once_written, 2, LAYOUT.versions,
+                                LAYOUT.bucket("VERSION", 0)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.001)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 69, out + err
+    assert "Redis" in err and "Traceback" not in err, err
+    assert served(redis_client) is None
+    again = tm.run_publish(work, redis_server.url)
+    assert again.returncode == 0, again.stderr
+    assert served(redis_client) is not None

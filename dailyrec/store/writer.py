@@ -46,7 +46,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from dailyrec.errors import Busy, ConfigError, DataError
+from dailyrec.errors import Busy, ConfigError, DataError, NotPublished, ServiceUnavailable
 from dailyrec.model import artifacts
 from dailyrec.model.confidence import one_event_confidence
 from dailyrec.model.ranking import best_first
@@ -132,12 +132,13 @@ class PublishLock:
         fields = [str(x) for kv in (meta or {}).items() for x in kv]
         if not self.client.eval(self._SWITCH, 3, self.key, layout.current, layout.meta(version),
                                 self.value, version, *fields):
-            raise RuntimeError(f"lost {self.key} before switching to {version}; nothing switched")
+            raise RedisLost(f"lost {self.key} before switching to {version} (Redis emptied or "
+                            "restarted?); nothing switched")
 
     def check(self) -> None:
         if self.lost.is_set():
-            raise RuntimeError(f"lost {self.key} (expired while Redis was unreachable?); "
-                               "stopping before serving anything")
+            raise RedisLost(f"lost {self.key} (expired while Redis was unreachable, or Redis was "
+                            "emptied); stopping before serving anything")
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -292,16 +293,38 @@ def tidy(client, layout: K.Layout, keep: int) -> list[str]:
     return removed
 
 
+class RedisLost(ServiceUnavailable):
+    """Redis lost what this publish wrote or the lock it held (emptied, restarted without
+    persistence, evicting): nothing was switched; the next run publishes again."""
+
+
+def newer_served(client, layout: K.Layout, run_date: dt.date) -> tuple[str, str] | None:
+    """(version, its run.date) when the served version was built from a later run.date."""
+    current = _text(client.get(layout.current))
+    served_day = _text(client.hget(layout.meta(current), "run_date")) if current else None
+    if served_day and served_day > run_date.isoformat():
+        return current, served_day
+    return None
+
+
 def publish(bundle: artifacts.ModelBundle, client, cfg: PublishSettings, *, run_date: dt.date,
             layout: K.Layout | None = None, gate: dict | None = None, model_run: dict | None = None,
-            progress: bool | None = None) -> dict:
-    """Write the bundle's recommendations as a new version and serve it; returns the summary."""
+            progress: bool | None = None, replace_newer: bool = False) -> dict:
+    """Write the bundle's recommendations as a new version and serve it; returns the summary.
+    A model of an older run.date than the served version's is refused (NotPublished), unless
+    replace_newer: rebuilding a past day must not take newer lists away from users."""
     layout = layout or K.Layout.from_env()
     t0 = time.perf_counter()
     n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
     _check_bundle(bundle)
     factors = bundle.model.item_factors
     with PublishLock(client, layout.lock, "publish") as lock:
+        newer = None if replace_newer else newer_served(client, layout, run_date)
+        if newer is not None:
+            raise NotPublished(f"not replacing the served version {newer[0]} (run.date "
+                               f"{newer[1]}) with a model of the older run.date {run_date}: "
+                               "rebuilding a past day leaves the newer lists served "
+                               "(`python -m stages.publish --force` replaces them)")
         removed = tidy(client, layout, cfg.keep_versions)
         previous = _text(client.get(layout.current))
         n_buckets = K.bucket_count(n_users)
@@ -326,8 +349,8 @@ def publish(bundle: artifacts.ModelBundle, client, cfg: PublishSettings, *, run_
                     histories=cfg.explain_items > 0)
             if n_item_buckets and bucket_lengths(client, lambda b: layout.similar(version, b),
                                                  n_item_buckets) != similar:
-                raise RuntimeError(f"version {version}: Redis holds fewer similar-item lists "
-                                   f"than the {similar} written; not served")
+                raise RedisLost(f"version {version}: Redis holds fewer similar-item lists "
+                                f"than the {similar} written; not served")
             lock.switch(layout, version, {"status": "complete", "completed_at": _now(),
                                           "users_written": written,
                                           "items_with_similar": similar})
@@ -524,16 +547,17 @@ def _verify(client, layout: K.Layout, version: str, n_buckets: int, *, expected:
     the HSETs reported."""
     stored = bucket_lengths(client, lambda b: layout.bucket(version, b), n_buckets)
     if added != expected * (2 if histories else 1) or stored != expected:
-        raise RuntimeError(f"Redis holds {stored} users for version {version} (HSET added "
-                           f"{added} fields), expected {expected}; the version is not served")
+        raise RedisLost(f"Redis holds {stored} users for version {version} (HSET added "
+                        f"{added} fields), expected {expected}: Redis lost what was written "
+                        "(emptied, restarted or evicting?); the version is not served")
     if histories and bucket_lengths(client, lambda b: layout.history(version, b),
                                     n_buckets) != expected:
-        raise RuntimeError(f"version {version}: Redis holds fewer user histories than the "
-                           f"{expected} written; not served")
+        raise RedisLost(f"version {version}: Redis holds fewer user histories than the "
+                        f"{expected} written; not served")
     if client.exists(layout.items(version), layout.fallback(version),
                      layout.factors(version)) != 3:
-        raise RuntimeError(f"version {version}: items, fallback or factors key missing; "
-                           "not served")
+        raise RedisLost(f"version {version}: items, fallback or factors key missing; "
+                        "not served")
 
 
 def _check_bundle(bundle: artifacts.ModelBundle) -> None:
