@@ -242,8 +242,8 @@ def summarize(snap: metrics.Snapshot, main_metric: str) -> dict[str, Any]:
                     if snap[name] is None and name not in snap.stale],
         "stale": list(snap.stale),
         "fetch": None if fetch is None else {
-            k: fetch[k] for k in ("fetched", "kept", "duplicates", "quarantined",
-                                  "quarantined_by_reason")},
+            k: fetch[k] for k in ("fetched", "kept", "duplicates", "ignored", "quarantined",
+                                  "quarantined_by_reason", "ignored_by_type")},
         "history": None if hist is None else {k: hist[k] for k in ("days", "rows", "added")},
         "validation": None if validation is None else {
             k: validation[k] for k in ("passed", "failed", "warned", "day_rejected")},
@@ -353,8 +353,11 @@ def subject_line(summary: dict, metric: str, rows: list[dict]) -> str:
                                     + (f" ({main['change']:+.4f})" if main["change"] is not None
                                        else ""))
     publish, gate = summary.get("publish"), summary.get("gate")
+    validation = summary.get("validation") or {}
     if publish and publish.get("version") is not None:
         what = f"new recommendations for {_count(publish.get('users'))} users"
+    elif validation.get("day_rejected") or summary.get("outcome") == "rejected":
+        what = "the day's data was REJECTED, yesterday's recommendations stay"
     elif gate is not None and not gate["passed"]:
         what = "model NOT published, yesterday's recommendations stay (quality gate failed)"
     else:
@@ -479,7 +482,9 @@ def _publish_lines(summary: dict) -> list[str]:
             lines.append(f"Replaces version {publish['previous_version']} (kept for rollback)")
         if publish.get("forced"):
             lines.append("WARNING: published with --force although the quality gate failed")
-    elif "publish" in summary.get("stale", []) or (gate is not None and not gate["passed"]):
+    elif "publish" in summary.get("stale", []) or (gate is not None and not gate["passed"]) \
+            or (summary.get("validation") or {}).get("day_rejected") \
+            or summary.get("outcome") == "rejected":
         lines.append("Nothing published today: users keep the recommendations of the last "
                      "published version")
     else:
@@ -505,7 +510,8 @@ def _publish_lines(summary: dict) -> list[str]:
 
 def build(day: dt.date, metrics_dir: Path = METRICS_DIR, reports_dir: Path = REPORTS_DIR,
           settings: ReportSettings | None = None, experiment: str | None = None,
-          notes: list[str] = (), served: dict | None = None) -> Report:
+          notes: list[str] = (), served: dict | None = None, outcome: str | None = None
+          ) -> Report:
     """The day's report from its metrics files and the MLflow history. settings and experiment
     default to params.yaml's report and mlflow.experiment."""
     if settings is None or experiment is None:
@@ -519,6 +525,7 @@ def build(day: dt.date, metrics_dir: Path = METRICS_DIR, reports_dir: Path = REP
     summary = summarize(metrics.snapshot(day, metrics_dir), metric)
     summary["notes"] = list(notes)  # what the runner had to say: recoveries, a push to retry
     summary["served"] = served  # what the API serves now and how old it is (the runner's check)
+    summary["outcome"] = outcome  # the runner's word for the day: published, rejected, ...
     experiment = (summary["mlflow"] or {}).get("experiment") or experiment
     points, source = history(summary, metric, runs, reports_dir, experiment)
     earlier = [p for p in points if p.day < day]
@@ -584,11 +591,11 @@ def preload() -> None:
 
 def daily_report(day: dt.date, send: bool = True, metrics_dir: Path = METRICS_DIR,
                  reports_dir: Path = REPORTS_DIR, notes: list[str] = (),
-                 served: dict | None = None) -> tuple[Report, bool]:
+                 served: dict | None = None, outcome: str | None = None) -> tuple[Report, bool]:
     """Build, save and (unless send is False) mail the day's report; returns it and whether it
     was mailed."""
     from dailyrec import notify
 
-    report = build(day, metrics_dir, reports_dir, notes=notes, served=served)
+    report = build(day, metrics_dir, reports_dir, notes=notes, served=served, outcome=outcome)
     save(report, reports_dir)
     return report, (notify.send_report(report) if send else False)

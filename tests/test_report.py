@@ -27,8 +27,10 @@ def eval_block(ndcg: float, recall: float) -> dict:
 
 def todays_metrics(directory: Path) -> None:
     day = DAY.isoformat()
-    write(directory, "fetch", day, fetched=104_321, kept=101_000, duplicates=2_000,
-          quarantined=1_321, quarantined_by_reason={"ts:future": 21, "user_id:missing": 1_300})
+    # fetched = kept + duplicates + ignored + quarantined: the page adds up
+    write(directory, "fetch", day, fetched=104_421, kept=101_000, duplicates=2_000, ignored=100,
+          ignored_by_type={"page_ping": 100}, quarantined=1_321,
+          quarantined_by_reason={"ts:future": 21, "user_id:missing": 1_300})
     write(directory, "history", day, days=7, rows=700_000, added=101_000)
     write(directory, "validation", day, warned=1)
     write(directory, "filter", day,
@@ -103,7 +105,8 @@ def test_the_report_has_the_right_numbers_and_an_mlflow_chart(tmp_path, mlflow_h
     assert built.summary["eval"]["previous_day"] == "2026-11-20"
 
     text = built.text
-    for expected in ("Events fetched:        104,321", "Quarantined:           1,321",
+    for expected in ("Events fetched:        104,421", "Quarantined:           1,321",
+                     "Ignored (event types not used): 100", "page_ping: 100",
                      "ts:future: 21", "user_id:missing: 1,300",
                      "Removed as bots or internal traffic (training window: last 60 days)",
                      "known crawlers (user agent): 412", "bot-like behaviour (scrapers): 0",
@@ -163,7 +166,7 @@ def test_missing_and_stale_blocks_are_named_not_fatal(tmp_path, monkeypatch):
     assert "not available (metrics/train.json missing)" in built.text
     assert "metrics/eval.json is from another day" in built.text
     assert "Nothing published today" in built.text
-    assert "Events fetched:        104,321" in built.text
+    assert "Events fetched:        104,421" in built.text
     assert built.chart_png is None and "<img" not in built.html("cid:x")
     assert built.summary["missing"] == ["history", "filter", "train", "mlflow"]
     assert built.summary["stale"] == ["eval", "gate", "publish"]

@@ -315,13 +315,21 @@ def test_window_failure_fails_without_rejecting_a_day(tmp_path, monkeypatch, goo
     assert R.load(tmp_path / "data/rejections.json")["days"] == {}
 
 
-def test_first_day_rejected_leaves_an_empty_window(tmp_path, monkeypatch, good_delta, capsys):
+def test_first_day_rejected_is_one_failure_not_two(tmp_path, monkeypatch, good_delta, capsys):
+    """The very first day, rejected, leaves no trusted day in the window: its emptiness is the
+    same failure, not a second one ("window.events: observed 0" read as another fault)."""
     bad = good_delta[good_delta["ts"] < pd.Timestamp("2026-11-20T06:00Z")]
     _setup(tmp_path, monkeypatch, bad, history_days=0)  # the very first run: no history before
     assert stage.main([]) == 65
     err = capsys.readouterr().err
     assert "day 2026-11-20 is REJECTED" in err
-    assert "the training window holds no trusted event" in err and "[FAIL] window.events" in err
+    assert "window.events" not in err and "holds no trusted event" not in err, err
+    assert "training window: not checked (it holds no trusted day besides the rejected one)" \
+        in err
+    report = json.loads((tmp_path / "metrics/validation.json").read_text())
+    assert report["failed"] == len([o for o in report["expectations"].values()
+                                    if not o["success"]]) and report["day_rejected"]
+    assert not any(name.startswith("window") for name in report["expectations"])
 
 
 def test_report_reads_offline(tmp_path, monkeypatch, good_delta):

@@ -492,6 +492,7 @@ class Verdict:
     window_events: int = 0
     seconds: float = 0.0
     window_checked_by: str = ""  # how the window suite ran (printed; not in the metrics)
+    window_skipped: str = ""  # why the window suite did not run (printed)
     delta_checked_by: str = ""  # how the delta suites ran (printed; not in the metrics)
 
 
@@ -529,7 +530,11 @@ def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, his
     chosen = select_window(history, cfg.run_date, cfg.window_days, excluded)
     trusted = chosen.days
     window_events, checked_by = 0, ""
-    if cfg.checks["window"]["enabled"]:
+    # A first day that is rejected leaves no trusted day in the window: "window.events: observed
+    # 0" would be the same failure told twice, and read as a second, independent one.
+    skipped = "it holds no trusted day besides the rejected one" \
+        if rejected_now and not chosen.files else ""
+    if not skipped and cfg.checks["window"]["enabled"]:
         window_outcomes = None
         if facts_dir is not None:
             window_outcomes, window_events, facts = window_from_facts(cfg, chosen.files, first,
@@ -559,6 +564,7 @@ def validate(cfg: ValidateSettings, delta_path: Path, quarantine_path: Path, his
                       excluded_days=sorted(d.isoformat() for d in excluded),
                       window_days=[d.isoformat() for d in trusted], delta_events=len(delta),
                       window_events=window_events, window_checked_by=checked_by,
+                      window_skipped=skipped,
                       delta_checked_by=delta_checked_by)
     verdict.seconds = round(time.perf_counter() - started, 3)
     return verdict
