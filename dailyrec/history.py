@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dailyrec import schema as S
-from dailyrec.errors import DataError
+from dailyrec.errors import ConfigError, DataError
 from dailyrec.files import tmp_path
 
 PARTITION_FILE = "events.parquet"
@@ -96,6 +96,25 @@ def _target(history: Path, day: dt.date, run_day: dt.date) -> Path:
     if run_day == day + dt.timedelta(days=1):
         return partition_path(history, day)
     return history / f"day={day.isoformat()}" / f"{ARRIVED_PREFIX}{run_day.isoformat()}.parquet"
+
+
+def check_removal(history: Path, run_day: dt.date, keep_days: int, max_share: float) -> None:
+    """Refuse, before anything changes, a run that would age out more than max_share of the
+    history's events: a run.date far ahead or a history.days cut short would otherwise delete
+    the data that DVC then records as the history, and a later `dvc gc` collects for good."""
+    oldest = run_day - dt.timedelta(days=keep_days)
+    days = partition_days(history)
+    rows = {d: partition_rows(history, d) for d in days}
+    total = sum(rows.values())
+    going = [d for d in days if d < oldest]
+    removed = sum(rows[d] for d in going)
+    if total and removed / total > max_share:
+        raise ConfigError(
+            f"merge_history: run.date {run_day} with history.days {keep_days} would remove "
+            f"{len(going)} of {len(days)} history days ({going[0]}..{going[-1]}: {removed:,} of "
+            f"{total:,} events, {removed / total:.0%}), more than history.max_removed_share "
+            f"({max_share:g}); nothing was changed. If that is meant, raise "
+            "history.max_removed_share for this one run.")
 
 
 def merge(delta: Path, history: Path, run_day: dt.date, keep_days: int, dedupe_days: int = 0

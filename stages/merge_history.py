@@ -10,7 +10,8 @@ Outputs  data/history/day=YYYY-MM-DD/*.parquet   the history (layout: dailyrec.h
 A re-run of a day replaces what that run wrote (so a day re-fetched after the source was fixed
 keeps none of its rejected rows); an event already in another run's file of its day is a duplicate
 (skipped), one already in another day up to fetch.max_late_days back was re-sent (quarantined as
-event_id:resent). Partitions older than history.days before run.date are removed.
+event_id:resent). Partitions older than history.days before run.date are removed; a run that
+would remove more than history.max_removed_share of the history's events is refused first.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main_body(argv: list[str] | None) -> int:
     for path in (paths.DELTA_EVENTS, paths.DELTA_QUARANTINE):
         if not path.exists():
             raise ConfigError(f"{path} not found: run fetch_delta first")
+    history.check_removal(paths.HISTORY_DIR, day, keep, ingest.max_removed_share(params))
     counts, resent = history.merge(paths.DELTA_EVENTS, paths.HISTORY_DIR, day, keep, dedupe)
     counts["quarantined"] = history.archive_quarantine(
         paths.DELTA_QUARANTINE, paths.QUARANTINE_DIR, day, keep, history.resent_rows(resent))

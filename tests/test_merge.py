@@ -245,3 +245,40 @@ def test_the_stage_writes_its_metrics_and_needs_a_delta(lake, tmp_path, monkeypa
     metrics = json.loads((tmp_path / "metrics/history.json").read_text())
     assert (metrics["days"], metrics["rows"], metrics["quarantined"]) == (2, 14, 14)
     assert (tmp_path / "data/quarantine/date=2026-11-16.parquet").exists()
+
+
+def test_a_run_that_would_age_out_much_of_the_history_is_refused(lake, tmp_path, monkeypatch,
+                                                                 capsys):
+    """A run.date far ahead or a history.days cut short would delete most of the history (and
+    DVC would record, then collect, the loss): refused before anything changes."""
+    monkeypatch.chdir(tmp_path)
+    history = tmp_path / "data" / "history"
+    for offset in range(1, 15):  # 2026-11-01 .. 2026-11-14, 3 events each
+        day = dt.date(2026, 11, offset)
+        H.partition_path(history, day).parent.mkdir(parents=True)
+        pq.write_table(canonical_day(day, 3), H.partition_path(history, day))
+    before = sorted((p.name, p.parent.name) for p in history.rglob("*.parquet"))
+    monkeypatch.setenv(env.SOURCE_URL, lake.source)
+    (tmp_path / "params.yaml").write_text(json.dumps(M.params(M.RUN2, **{"history.days": 3})))
+    assert fetch_delta.main(["--params", "params.yaml"]) == 0
+    capsys.readouterr()
+    assert merge_history.main(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert ("would remove 12 of 14 history days (2026-11-01..2026-11-12: 36 of 42 events, 86%), "
+            "more than history.max_removed_share (0.1); nothing was changed") in err, err
+    assert sorted((p.name, p.parent.name) for p in history.rglob("*.parquet")) == before
+    assert not (tmp_path / "metrics" / "history.json").exists()
+
+    allowed = M.params(M.RUN2, **{"history.days": 3, "history.max_removed_share": 1})
+    (tmp_path / "params.yaml").write_text(json.dumps(allowed))
+    assert merge_history.main(["--params", "params.yaml"]) == 0
+    assert H.partition_days(history)[0] == dt.date(2026, 11, 13)
+
+
+def test_a_future_run_date_is_refused_by_every_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ahead = dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=2)
+    (tmp_path / "params.yaml").write_text(json.dumps(M.params(ahead)))
+    for stage in (fetch_delta, merge_history):
+        assert stage.main(["--params", "params.yaml"]) == 2
+        assert f"run.date {ahead} is in the future" in capsys.readouterr().err

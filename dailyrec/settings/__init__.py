@@ -208,9 +208,26 @@ def of(raw: dict[str, Any], source: str = "params", traced: bool = True) -> Para
     return Params(raw, source=source, traced=traced)
 
 
+# How far ahead of today (UTC) run.date may be: tomorrow, for a scheduler whose clock or time
+# zone runs a little ahead. Anything later has no data yet and would age the whole history out.
+FUTURE_DAYS_ALLOWED = 1
+
+
 def run_date(params: Params) -> dt.date:
-    """run.date: the day the scheduler runs for; the data window is the 24 hours before it."""
-    return params.day("run.date")
+    """run.date: the day the scheduler runs for; the data window is the 24 hours before it.
+    A day after tomorrow (UTC) is refused: merge_history would drop every history day older than
+    it less history.days."""
+    day = params.day("run.date")
+    check_not_future(day, "run.date")
+    return day
+
+
+def check_not_future(day: dt.date, what: str) -> None:
+    latest = dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=FUTURE_DAYS_ALLOWED)
+    if day > latest:
+        raise ConfigError(f"{what} {day.isoformat()} is in the future (the latest allowed is "
+                          f"{latest.isoformat()}, tomorrow in UTC): its events have not happened, "
+                          "and running it would age the history out. Nothing was changed.")
 
 
 def day_window(day: dt.date) -> tuple[dt.datetime, dt.datetime]:

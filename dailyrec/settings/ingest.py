@@ -108,6 +108,11 @@ def history_days(params: Params) -> int:
     return params.integer("history.days", low=1)
 
 
+def max_removed_share(params: Params) -> float:
+    """history.max_removed_share: the most of the history's events one run may age out."""
+    return params.number("history.max_removed_share", low=0, strict=True, high=1)
+
+
 def clock_skew(params: Params) -> dt.timedelta:
     """fetch.max_clock_skew_minutes: how far past the window's end an event may be stamped."""
     return dt.timedelta(minutes=params.number("fetch.max_clock_skew_minutes", low=0))
