@@ -10,15 +10,20 @@ console text.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
+import shutil
 import sys
 import traceback
 from typing import Callable
 
 from dailyrec import env
-from dailyrec.errors import DailyrecError
+from dailyrec.errors import DailyrecError, ServiceUnavailable
+
+# A full disk (or quota): not a bug. The next run retries once space is freed.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def peak_rss_mb() -> float:
@@ -26,16 +31,31 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _record(stage: str, exit_code: int, kind: str, message: str) -> None:
+def _record(stage: str, exit_code: int, kind: str, message: str, verdict: bool = False) -> None:
     path = os.environ.get(env.STAGE_STATUS_FILE)
     if not path:
         return
     try:
         with open(path, "w") as fh:
-            json.dump({"stage": stage, "exit_code": exit_code, "kind": kind,
+            json.dump({"stage": stage, "exit_code": exit_code, "kind": kind, "verdict": verdict,
                        "message": message[:2000], "peak_rss_mb": peak_rss_mb()}, fh)
     except OSError:  # the runner falls back on the exit status
         pass
+
+
+def no_space(err: OSError) -> ServiceUnavailable:
+    """A full disk, in words: which path (or the device of the working directory, when the
+    library did not say), how much is free there, what to do."""
+    where = os.path.abspath(err.filename) if err.filename else None
+    folder = where if where and os.path.isdir(where) else \
+        os.path.dirname(where) if where else os.getcwd()
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    what = where or f"the device of {folder}"
+    return ServiceUnavailable(f"no space left on {what} ({free}): free some space; the next run "
+                              "retries")
 
 
 def run_stage(name: str, body: Callable[[list[str] | None], int | None],
@@ -43,10 +63,15 @@ def run_stage(name: str, body: Callable[[list[str] | None], int | None],
     """Run a stage's body. A DailyrecError becomes one line on stderr and its exit status; any other
     exception is a bug: its traceback, exit status 1."""
     try:
-        status = body(argv) or 0
+        try:
+            status = body(argv) or 0
+        except OSError as err:
+            if err.errno not in NO_SPACE_ERRNOS:
+                raise
+            raise no_space(err) from None
     except DailyrecError as err:
         print(f"{name}: {'error: ' if err.exit_code != 3 else ''}{err}", file=sys.stderr)
-        _record(name, err.exit_code, err.kind, str(err))
+        _record(name, err.exit_code, err.kind, str(err), err.verdict)
         return err.exit_code
     except KeyboardInterrupt:
         _record(name, 130, "interrupted", "interrupted")

@@ -19,10 +19,15 @@ from __future__ import annotations
 
 
 class DailyrecError(Exception):
-    """Base of the errors this project raises on purpose; the message says what and where."""
+    """Base of the errors this project raises on purpose; the message says what and where.
+
+    verdict: the stage did its job and said no (the gate kept the model back, validate rejected
+    the day). Running the same day again gives the same answer, so the daily runner records the
+    day as done and goes on to the next one instead of retrying it every night."""
 
     exit_code = 1
     kind = "error"
+    verdict = False
 
 
 class ConfigError(DailyrecError):
@@ -37,6 +42,7 @@ class NotPublished(DailyrecError):
 
     exit_code = 3
     kind = "not_published"
+    verdict = True
 
 
 class DataError(DailyrecError):
@@ -44,6 +50,13 @@ class DataError(DailyrecError):
 
     exit_code = 65
     kind = "data"
+
+
+class DayRejected(DataError):
+    """validate rejected the day (or its training window): recorded in the rejection ledger, so
+    later runs leave it out of training until a person admits it."""
+
+    verdict = True
 
 
 class ServiceUnavailable(DailyrecError):

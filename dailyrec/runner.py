@@ -52,7 +52,7 @@ import yaml
 from dailyrec import env as env_settings
 from dailyrec import errors, notify, paths, pipeline, settings
 from dailyrec.env import STAGE_STATUS_FILE
-from dailyrec.files import parse_yaml
+from dailyrec.files import dvc_md5, parse_yaml
 from dailyrec.settings import ops
 
 EXIT_NOT_PUBLISHED = errors.NotPublished.exit_code
@@ -62,7 +62,14 @@ EXIT_USAGE = errors.ConfigError.exit_code
 FALLBACK_TAIL_LINES = 50
 FALLBACK_THROTTLE_MINUTES = 60.0
 
-PUBLISHED, NOT_PUBLISHED, FAILED = "published", "not published", "failed"
+PUBLISHED, NOT_PUBLISHED, REJECTED, FAILED = "published", "not published", "rejected", "failed"
+REBUILT = "rebuilt, not served"  # a past day run again: newer lists stay served
+# Used only when params.yaml itself cannot be read (as the two above).
+FALLBACK_STAGE_TIMEOUT_MINUTES = 180.0
+DEADLINE_KEY = ops.STAGE_TIMEOUT_KEY
+# What a full disk looks like in the output of a process that did not say it in words (DVC's own
+# writes end as "exit status 255").
+NO_SPACE_MARKERS = ("No space left on device", "[Errno 28]", "Disk quota exceeded")
 # Where DVC keeps its cache by default: what `dvc gc`'s progress line measures (a cache moved
 # elsewhere reads 0 there; it is collected all the same).
 DVC_CACHE = Path(".dvc/cache")
@@ -166,8 +173,11 @@ def _on_sigterm(signum, frame) -> None:
 _INHERITED_FDS: tuple[int, ...] = ()
 
 
-def stream(cmd: list[str], env: dict, log: TextIO, on_line: Callable[[str], None]) -> int:
-    """Run cmd with stdout+stderr merged, each line to the log and to on_line; its exit status."""
+def stream(cmd: list[str], env: dict, log: TextIO, on_line: Callable[[str], None],
+           deadline_s: float | None = None, timed_out: threading.Event | None = None) -> int:
+    """Run cmd with stdout+stderr merged, each line to the log and to on_line; its exit status.
+    Past deadline_s seconds its process group is stopped (SIGTERM, then SIGKILL) and timed_out
+    is set."""
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     # Its own process group, so a stop reaches dvc and the stage command it started.
@@ -175,6 +185,11 @@ def stream(cmd: list[str], env: dict, log: TextIO, on_line: Callable[[str], None
                             text=True, errors="replace", bufsize=1, start_new_session=True,
                             pass_fds=_INHERITED_FDS)
     assert proc.stdout is not None
+    timer = None
+    if deadline_s is not None:
+        timer = threading.Timer(deadline_s, _stop_at_deadline, (proc, timed_out))
+        timer.daemon = True
+        timer.start()
     try:
         for line in proc.stdout:
             log.write(line)
@@ -189,8 +204,36 @@ def stream(cmd: list[str], env: dict, log: TextIO, on_line: Callable[[str], None
         log.write(f"=== stopped ({type(stop).__name__}) ===\n")
         raise
     finally:
+        if timer is not None:
+            timer.cancel()
         log.flush()
-    return proc.wait()
+    status = proc.wait()
+    if timed_out is not None and timed_out.is_set():
+        log.write(f"=== stopped at its deadline ({DEADLINE_KEY}) ===\n")
+    return status
+
+
+def _stop_at_deadline(proc: subprocess.Popen, timed_out: threading.Event | None) -> None:
+    if proc.poll() is not None:
+        return
+    if timed_out is not None:
+        timed_out.set()
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+
+
+def no_space_in(lines) -> bool:
+    return any(marker in line for line in lines for marker in NO_SPACE_MARKERS)
+
+
+def no_space_message() -> str:
+    """The words for a step that failed on a full disk (the workspace's device)."""
+    free = shutil.disk_usage(Path.cwd()).free / 2**20
+    return (f"no space left on the device of {Path.cwd()} ({free:,.1f} MiB free there): free "
+            "some space; the next run retries")
 
 
 def _signal_group(proc: subprocess.Popen, signum: int) -> None:
@@ -219,6 +262,7 @@ class StageOutcome:
     message: str = ""
     tail: list[str] = field(default_factory=list)
     peak_rss_mb: float | None = None  # the stage process's own peak, as it reported it
+    verdict: bool = False  # the stage said no on purpose (dailyrec.errors.DailyrecError.verdict)
 
 
 def lock_entry(stage: str) -> dict | None:
@@ -230,9 +274,11 @@ def lock_entry(stage: str) -> dict | None:
     return (lock.get("stages") or {}).get(stage)
 
 
-def run_stage(stage: str, env: dict, log: TextIO, tail_lines: int,
+def run_stage(stage: str, env: dict, log: TextIO, opts: "Options",
               echo: Callable[[str], None]) -> StageOutcome:
     """`dvc repro --single-item STAGE`: DVC runs it if its deps, params or outs changed."""
+    tail_lines, deadline_minutes = opts.tail_lines, opts.stage_timeout_minutes
+    timed_out = threading.Event()
     tail: collections.deque = collections.deque(maxlen=tail_lines)
     fd, status_path = tempfile.mkstemp(prefix=f"dailyrec-{stage}-", suffix=".json")
     os.close(fd)
@@ -246,7 +292,8 @@ def run_stage(stage: str, env: dict, log: TextIO, tail_lines: int,
 
     try:
         code = stream(pipeline.dvc("repro", "--single-item", stage),
-                      {**env, STAGE_STATUS_FILE: status_path}, log, on_line)
+                      {**env, STAGE_STATUS_FILE: status_path}, log, on_line,
+                      deadline_minutes * 60, timed_out)
     except Terminated:
         code = -signal.SIGTERM
     seconds = time.monotonic() - started
@@ -262,14 +309,22 @@ def run_stage(stage: str, env: dict, log: TextIO, tail_lines: int,
             how = "unchanged" if lock_entry(stage) == before else "restored"
         peak = record.get("peak_rss_mb") if record is not None else None
         return StageOutcome(stage, how, seconds, tail=list(tail), peak_rss_mb=peak)
+    verdict = False
     if record is not None and record.get("exit_code"):
         exit_code, kind = int(record["exit_code"]), str(record.get("kind") or "bug")
-        message = str(record.get("message") or "")
+        message, verdict = str(record.get("message") or ""), bool(record.get("verdict"))
     else:  # the stage never reported (DVC refused to start it, or it was killed)
         exit_code, kind, message = code, "bug" if code > 0 else "stopped", ""
-    if code == -signal.SIGTERM:
+        if timed_out.is_set():
+            exit_code, kind = errors.ServiceUnavailable.exit_code, "unavailable"
+            message = f"killed after {deadline_minutes:g} minutes ({DEADLINE_KEY})"
+        elif no_space_in(tail):
+            exit_code, kind, message = errors.ServiceUnavailable.exit_code, "unavailable", \
+                no_space_message()
+    if code == -signal.SIGTERM and not timed_out.is_set():
         exit_code, kind = code, "stopped"
-    return StageOutcome(stage, "failed", seconds, exit_code, kind, message, list(tail))
+    return StageOutcome(stage, "failed", seconds, exit_code, kind, message, list(tail),
+                        verdict=verdict)
 
 
 # --------------------------------------------------------------------------- one day
@@ -282,6 +337,8 @@ class Options:
     mail_report: bool = True
     tail_lines: int = FALLBACK_TAIL_LINES
     throttle_minutes: float = FALLBACK_THROTTLE_MINUTES
+    stage_timeout_minutes: float = FALLBACK_STAGE_TIMEOUT_MINUTES
+    check_stale: bool = True  # False for a backfill of past days: their lists are old by design
     out: TextIO = sys.stdout
 
 
@@ -389,9 +446,27 @@ def recorded_outputs(stage: str) -> set[str]:
     return {o.get("path") for o in entry.get("outs") or [] if o.get("md5") or o.get("hash")}
 
 
-def interrupted_outputs(env: dict) -> dict[str, list[str]]:
-    """Cached outputs that differ from what dvc.lock records (a stage killed mid-write, or one
-    that wrote its outputs and then failed): {stage: [paths]}, from `dvc status --json`.
+def recorded_hash(stage: str, path: str) -> str | None:
+    """The hash dvc.lock records for one output of a stage."""
+    for out in (lock_entry(stage) or {}).get("outs") or []:
+        if out.get("path") == path:
+            return out.get("md5") or out.get("hash")
+    return None
+
+
+def workspace_holds(stage: str, path: str) -> bool:
+    """The workspace's copy of an output is, byte for byte, what dvc.lock records (hashed as DVC
+    hashes it: a damaged cache makes `dvc status` say "not in cache" whatever the workspace
+    holds, so its word is not enough)."""
+    recorded = recorded_hash(stage, path)
+    return recorded is not None and dvc_md5(path) == recorded
+
+
+def interrupted_outputs(env: dict) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """({stage: [paths]} of cached outputs that differ from what dvc.lock records (a stage killed
+    mid-write, or one that wrote its outputs and then failed), {stage: [paths]} of outputs the
+    workspace holds rightly but whose copy in the local DVC cache is damaged or gone), from
+    `dvc status --json` and, for "not in cache", the workspace's own hash.
 
     Only outputs dvc.lock has a hash for: one it does not record (a history brought in before
     the first run, or a dvc.lock that was lost) has nothing to be restored to, and a forced
@@ -399,29 +474,57 @@ def interrupted_outputs(env: dict) -> dict[str, list[str]]:
     found = pipeline.load()
     cached = {o.path for o in found.outputs() if o.cache}
     changed: dict[str, list[str]] = {}
+    damaged: dict[str, list[str]] = {}
     for stage, entries in pipeline.status(env).items():
         recorded = recorded_outputs(stage)
         for entry in entries if isinstance(entries, list) else []:
             outs = entry.get("changed outs", {}) if isinstance(entry, dict) else {}
-            hit = [p for p, how in outs.items()
-                   if how == "modified" and p in cached and p in recorded]
-            if hit:
-                changed.setdefault(stage, []).extend(hit)
-    return changed
+            for path, how in outs.items():
+                if path not in cached or path not in recorded or \
+                        how not in ("modified", "not in cache"):
+                    continue
+                intact = how == "not in cache" and workspace_holds(stage, path)
+                (damaged if intact else changed).setdefault(stage, []).append(path)
+    return changed, damaged
 
 
 def recover(env: dict, log: TextIO, remote: str | None) -> list[str]:
-    """Bring the workspace back to what dvc.lock records before the day runs, so an earlier
-    fault cannot wedge this run (`dvc pull` refuses to overwrite unsaved outputs). Returns what
-    was done, in words (empty when nothing was needed)."""
-    changed = interrupted_outputs(env)
+    """Bring the workspace and the local DVC cache back to what dvc.lock records before the day
+    runs, so an earlier fault cannot wedge this run (`dvc pull` refuses to overwrite unsaved
+    outputs) nor a damaged cache object go unnoticed. Returns what was done, in words (empty
+    when nothing was needed)."""
+    changed, damaged = interrupted_outputs(env)
+    done = repair_cache(env, log, remote, damaged) if damaged else []
     if not changed:
-        return []
+        return done
+    return done + restore(env, log, remote, changed)
+
+
+def repair_cache(env: dict, log: TextIO, remote: str | None,
+                 damaged: dict[str, list[str]]) -> list[str]:
+    """The workspace holds these outputs rightly (checked by hash) but the local cache's copy is
+    damaged or gone: fetch it again from the remote, or say plainly that it cannot be."""
+    stages = sorted(damaged)
+    what = ", ".join(p for s in stages for p in damaged[s])
+    if remote and stream(pipeline.dvc("fetch", *stages), env, log, lambda line: None) == 0 \
+            and not interrupted_outputs(env)[1]:
+        return [f"the local DVC cache's copy of {what} was missing or damaged; fetched it again from the "
+                "remote (the workspace held what dvc.lock records)"]
+    where = "the remote could not replace it" if remote else "no DVC remote holds another copy"
+    return [f"the local DVC cache's copy of {what} is missing or damaged and {where}; the workspace holds "
+            "what dvc.lock records (checked by hash), and the stage that writes it saves a new "
+            "copy when it next runs"]
+
+
+def restore(env: dict, log: TextIO, remote: str | None,
+            changed: dict[str, list[str]]) -> list[str]:
+    """Outputs that differ from dvc.lock: checked out from the cache, else pulled from the
+    remote, else removed so the pipeline rebuilds them."""
     stages = sorted(changed)
     what = ", ".join(p for s in stages for p in changed[s])
     for cmd in ([pipeline.dvc("checkout", "--force", *stages)] +
                 ([pipeline.dvc("pull", "--force", *stages)] if remote else [])):
-        if stream(cmd, env, log, lambda line: None) == 0 and not interrupted_outputs(env):
+        if stream(cmd, env, log, lambda line: None) == 0 and not interrupted_outputs(env)[0]:
             return [f"restored {what} to what dvc.lock records (left changed by an interrupted "
                     f"or failed run)"]
     # Not in the cache nor on the remote: outputs a stage rebuilds are removed, the rebuild
@@ -461,10 +564,14 @@ class DayResult:
     failure: StepFailed | None = None
 
 
-def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
+def run_day(day: dt.date, opts: Options, last: bool = True) -> DayResult:
     """One day, start to finish: PUBLISHED; NOT_PUBLISHED (the pipeline ran, the quality gate
-    kept the model back: alerted and reported); or FAILED (alerted)."""
+    kept the model back: alerted and reported); REJECTED (validate rejected the day's data:
+    recorded, alerted, reported, and left out of training from now on); or FAILED (alerted).
+    last: the last day of this run (a backfill mails its last report, and checks what is served
+    once, at its end)."""
     env = child_env()
+    send_report = last
     paths.DAILY_LOGS.mkdir(parents=True, exist_ok=True)
     log_path = paths.DAILY_LOGS / f"{day.isoformat()}.log"
     t0 = time.monotonic()
@@ -487,6 +594,10 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
 
     outcome = PUBLISHED
     notes: list[str] = []
+    newest = last_completed()
+    # A day older than one already run is a rebuild: it must not replace newer served lists,
+    # rewind the runner's memory, or move the branch back to an older day.
+    rebuild = newest is not None and day < newest
     with log_path.open("a") as log:
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"\n=== daily run {day} started {now} UTC on {socket.gethostname()} "
@@ -494,6 +605,10 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
         try:
             settings.set_run_date(day)
             progress("params.yaml", f"run.date = {day}")
+            if rebuild:
+                progress("past day", f"rebuilding {day}, older than the last day run ({newest}): "
+                                     "the newer served lists, the runner's state and the branch "
+                                     "stay as they are")
             remote = default_remote(env)
             recovered = recover(env, log, remote)
             if recovered:
@@ -506,7 +621,7 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
                 notes += pull(env, log, opts, progress, echo, alert, context)
                 notes += push_pending(env, log)
             for stage in pipeline.load().order():
-                done = run_stage(stage, env, log, opts.tail_lines, echo)
+                done = run_stage(stage, env, log, opts, echo)
                 if done.how != "failed":
                     peak = f", peak {done.peak_rss_mb:,.0f} MB" if done.peak_rss_mb else ""
                     what = {"ran": f"ran in {done.seconds:.1f} s{peak}",
@@ -514,17 +629,36 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
                             "restored": f"restored from the run-cache in {done.seconds:.1f} s"}
                     progress(stage, what[done.how])
                     continue
-                if done.kind != "not_published":
+                if not done.verdict:
                     raise StepFailed(stage, done.exit_code, done.tail, done.seconds, done.kind,
                                      done.message)
-                # publish refused because the gate said no: the pipeline did its job; the day's
-                # data and model are recorded (push, commit) and the day is alerted and reported.
-                outcome = NOT_PUBLISHED
-                progress(stage, "refused: the quality gate failed; the served version stays")
-                log.write("=== quality gate failed: nothing published ===\n")
-                alert(f"daily run {day}: quality gate failed, nothing published",
-                      context=context(stage=stage, gate=gate_reason()),
+                # A verdict: the stage did its job and said no. The day's data (and model) are
+                # recorded (push, commit), the day is alerted and reported, and counts as done:
+                # running it again would give the same answer, so no later night retries it.
+                said = done.message.splitlines()[0][:300] if done.message else ""
+                if done.kind == "not_published" and rebuild:
+                    outcome = REBUILT
+                    progress(stage, f"refused: {said}")
+                    continue
+                if done.kind == "not_published":
+                    outcome = NOT_PUBLISHED
+                    progress(stage, "refused: the quality gate failed; the served version stays")
+                    log.write("=== quality gate failed: nothing published ===\n")
+                    alert(f"daily run {day}: quality gate failed, nothing published",
+                          context=context(stage=stage, gate=gate_reason()),
+                          log_tail="\n".join(done.tail))
+                    continue
+                outcome = REJECTED
+                progress(stage, f"REJECTED: {said}; nothing trained or published today, the "
+                                "served version stays, and later days leave this day out")
+                log.write("=== the day's data was rejected: nothing trained or published ===\n")
+                alert(f"daily run {day}: the data of {day - dt.timedelta(days=1)} was rejected, "
+                      "nothing trained or published",
+                      context=context(stage=stage, kind=done.kind,
+                                      admit="python -m stages.validate admit "
+                                            f"{day - dt.timedelta(days=1)} --by NAME --note WHY"),
                       log_tail="\n".join(done.tail))
+                break
             pushed = True
             if remote:
                 try:
@@ -540,14 +674,17 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
                           log_tail="\n".join(failure.tail[-opts.tail_lines:]))
             else:
                 progress("dvc push", "skipped (no default DVC remote)")
-            if opts.commit:
+            if opts.commit and rebuild:
+                progress("git commit", f"skipped: {day} is older than the last day run "
+                                       f"({newest}); the branch keeps the newer day")
+            elif opts.commit:
                 started = time.monotonic()
                 committed, sha = git_commit(day, env, log, opts.branch)
                 progress("git commit", f"{committed} in {time.monotonic() - started:.1f} s")
                 if not pushed and sha:
                     save_state(pending_push=[*(load_state().get("pending_push") or []), sha])
             notes += retain(day, env, log, opts, progress, echo, remote, pushed, alert, context)
-            save_state(last_completed=day.isoformat())
+            save_state(last_completed=max(day, newest or day).isoformat())
         except StepFailed as failure:
             log.write(f"=== FAILED at {failure.step} ({failure.why}, {failure.kind}) ===\n")
             said = f": {failure.message.splitlines()[0][:200]}" if failure.message else ""
@@ -562,7 +699,8 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
                   context=context(stage=failure.step, command=command, kind=failure.kind,
                                   exit_status=failure.status),
                   log_tail="\n".join(failure.tail[-opts.tail_lines:]))
-            check_served(day, progress, log, alert, context)
+            if last:
+                check_served(day, progress, log, alert, context, opts.check_stale)
             return DayResult(FAILED, failure)
         except Exception as err:  # noqa: BLE001 - a bug in the runner is a failed run, alerted
             log.write(f"=== FAILED in the runner: {err!r} ===\n")
@@ -571,8 +709,10 @@ def run_day(day: dt.date, opts: Options, send_report: bool = True) -> DayResult:
             kind = err.kind if isinstance(err, errors.DailyrecError) else "bug"
             return DayResult(FAILED, StepFailed("runner", getattr(err, "exit_code", 1), [], 0.0,
                                                 kind, str(err)))
-        served = check_served(day, progress, log, alert, context)
-        make_report(day, send_report and opts.mail_report, progress, log, opts, notes, served)
+        served = check_served(day, progress, log, alert, context, opts.check_stale) if last \
+            else None
+        make_report(day, send_report and opts.mail_report, progress, log, opts, notes, served,
+                    outcome)
         log.write(f"=== {outcome} in {time.monotonic() - t0:.1f} s ===\n")
     progress("done", f"{outcome} in {time.monotonic() - t0:.1f} s")
     return DayResult(outcome)
@@ -660,12 +800,20 @@ def simple_step(name: str, cmd: list[str], env: dict, log: TextIO, opts: Options
         tail.append(line)
         echo(line)
 
+    timed_out = threading.Event()
     try:
-        status = stream(cmd, env, log, on_line)
+        status = stream(cmd, env, log, on_line, opts.stage_timeout_minutes * 60, timed_out)
     except Terminated:
         status = -signal.SIGTERM
     seconds = time.monotonic() - started
     if status != 0:
+        if timed_out.is_set():
+            raise StepFailed(name, status, list(tail), seconds, "unavailable",
+                             f"killed after {opts.stage_timeout_minutes:g} minutes "
+                             f"({DEADLINE_KEY})")
+        if no_space_in(tail):
+            raise StepFailed(name, status, list(tail), seconds, "unavailable",
+                             no_space_message())
         raise StepFailed(name, status, list(tail), seconds)
     progress(name, f"done in {seconds:.1f} s")
 
@@ -692,16 +840,14 @@ def pull(env: dict, log: TextIO, opts: Options, progress, echo, alert, context) 
         return []
     except StepFailed as failure:
         cached = {o.path for o in pipeline.load().outputs() if o.cache}
-        missing = [(s, p) for s, entries in pipeline.status(env).items()
-                   for e in (entries if isinstance(entries, list) else [])
-                   if isinstance(e, dict)
-                   for p, how in (e.get("changed outs") or {}).items()
-                   if how in ("deleted", "not in cache") and p in cached
-                   and not Path(p).exists()]  # only what the workspace lacks
-        if missing and last_completed() is not None:
+        lacking = [p for s in recorded for p in sorted(recorded_outputs(s) & cached)
+                   if not workspace_holds(s, p)]  # checked by hash, not by DVC's word
+        if lacking and last_completed() is not None:
             raise
-        progress("dvc pull", "failed; the workspace holds what dvc.lock records: going on")
-        alert("dvc pull failed; the day runs on the local workspace",
+        said = "the workspace holds what dvc.lock records (each output checked by hash)" \
+            if not lacking else f"the workspace lacks {', '.join(lacking)}: the stages rebuild it"
+        progress("dvc pull", f"failed; {said}: going on")
+        alert(f"dvc pull failed; the day runs on the local workspace ({said})",
               error=failure.with_traceback(None), context=context(stage="dvc pull"),
               log_tail="\n".join(failure.tail[-opts.tail_lines:]))
         return ["dvc pull failed (the DVC remote did not answer); the day ran on the local "
@@ -709,10 +855,12 @@ def pull(env: dict, log: TextIO, opts: Options, progress, echo, alert, context) 
 
 
 def check_served(day: dt.date, progress: Callable[[str, str], None], log: TextIO,
-                 alert: Callable[..., None], context: Callable[..., dict]) -> dict:
+                 alert: Callable[..., None], context: Callable[..., dict],
+                 alert_stale: bool = True) -> dict:
     """How old the lists the API serves now are (dailyrec.store.reader.Freshness), against
     params.yaml's serving.max_age_hours; alerts when they are stale, whatever today's run did
-    (a week of failed runs must not go unnoticed). Returns what the report shows."""
+    (a week of failed runs must not go unnoticed), unless alert_stale is False (a backfill of
+    past days, whose lists are old by design). Returns what the report shows."""
     from dailyrec.settings.serving import max_age_hours
     from dailyrec.store import connection
     from dailyrec.store import keys as K
@@ -737,10 +885,12 @@ def check_served(day: dt.date, progress: Callable[[str, str], None], log: TextIO
         limit = fresh.max_age_hours  # what it was published with
     fresh = Freshness(fresh.version, fresh.run_date, fresh.age_hours, limit)
     age = "age unknown" if fresh.age_hours is None else f"data {fresh.age_hours:.1f} h old"
-    progress("served", f"version {fresh.version}, {age}"
-                       + (f" (STALE: over serving.max_age_hours {limit:g})" if fresh.stale else ""))
+    stale = "" if not fresh.stale else \
+        f" (STALE: over serving.max_age_hours {limit:g})" if alert_stale else \
+        f" (over serving.max_age_hours {limit:g}, as a backfill of past days leaves it: not alerted)"
+    progress("served", f"version {fresh.version}, {age}{stale}")
     log.write(f"served: {json.dumps(fresh.as_dict())}\n")
-    if fresh.stale:
+    if fresh.stale and alert_stale:
         alert(f"served recommendations are stale: data {fresh.age_hours:.0f} h old "
               f"(version {fresh.version})",
               context=context(served_version=fresh.version, served_run_date=fresh.run_date,
@@ -753,14 +903,15 @@ def check_served(day: dt.date, progress: Callable[[str, str], None], log: TextIO
 
 def make_report(day: dt.date, send: bool, progress: Callable[[str, str], None],
                 log: TextIO, opts: Options, notes: list[str] = (),
-                served: dict | None = None) -> None:
+                served: dict | None = None, outcome: str | None = None) -> None:
     """The business owner's report. Its failure is alerted but does not fail the run: the
     pipeline itself succeeded and its outputs are published."""
     from dailyrec import report
 
     started = time.monotonic()
     try:
-        built, mailed = report.daily_report(day, send=send, notes=list(notes), served=served)
+        built, mailed = report.daily_report(day, send=send, notes=list(notes), served=served,
+                                            outcome=outcome)
     except Exception as err:  # noqa: BLE001
         log.write(f"report failed: {err!r}\n")
         progress("report", f"FAILED: {type(err).__name__}: {err}")
@@ -819,7 +970,17 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[dt.date
         days = [args.first + dt.timedelta(days=i) for i in range((last - args.first).days + 1)]
     else:
         days = [args.date or today]
+    try:
+        settings.check_not_future(days[-1], "--to" if args.first else "--date")
+    except errors.ConfigError as err:
+        ap.error(str(err))
     return args, days
+
+
+def historical(days: list[dt.date]) -> bool:
+    """A backfill that ends before yesterday (UTC): the lists it serves are old by design, so
+    their age is reported, not alerted."""
+    return days[-1] < dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
 
 
 def catch_up(day: dt.date) -> list[dt.date]:
@@ -834,14 +995,15 @@ def catch_up(day: dt.date) -> list[dt.date]:
     return missed
 
 
-def alert_settings() -> tuple[int, float]:
-    """(log_tail_lines, throttle_minutes) from params.yaml; the fallbacks when it is unreadable
-    (the run goes on to fail on it, and must be able to say so)."""
+def runner_settings() -> tuple[int, float, float]:
+    """(log_tail_lines, throttle_minutes, stage_timeout_minutes) from params.yaml; the fallbacks
+    when it is unreadable (the run goes on to fail on it, and must be able to say so)."""
     try:
-        found = ops.alerts(settings.load())
-        return found.log_tail_lines, found.throttle_minutes
+        params = settings.load()
+        found = ops.alerts(params)
+        return found.log_tail_lines, found.throttle_minutes, ops.stage_timeout_minutes(params)
     except errors.ConfigError:
-        return FALLBACK_TAIL_LINES, FALLBACK_THROTTLE_MINUTES
+        return FALLBACK_TAIL_LINES, FALLBACK_THROTTLE_MINUTES, FALLBACK_STAGE_TIMEOUT_MINUTES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -850,10 +1012,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daily: error: no dvc.yaml in {Path.cwd()}: run from the project root",
               file=sys.stderr)
         return EXIT_USAGE
-    tail_lines, throttle = alert_settings()
+    tail_lines, throttle, timeout = runner_settings()
     opts = Options(commit=args.commit, branch=args.branch, verbose=args.verbose,
                    mail_report=not args.no_report_mail,
-                   tail_lines=tail_lines, throttle_minutes=throttle)
+                   tail_lines=tail_lines, throttle_minutes=throttle,
+                   stage_timeout_minutes=timeout,
+                   check_stale=not (args.first and historical(days)))
     # A stop (systemd timeout, kill) becomes a failure of the running stage, alerted like any.
     signal.signal(signal.SIGTERM, _on_sigterm)
     lock = RunLock(args.lock_file)
@@ -867,10 +1031,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.first and not args.no_catch_up:
             days = catch_up(days[-1])
-        held_back = []
+        held_back, rejected = [], []
         for i, day in enumerate(days):
             # A backfill saves every day's report but mails only the last one.
-            result = run_day(day, opts, send_report=(i == len(days) - 1))
+            result = run_day(day, opts, last=(i == len(days) - 1))
             if result.outcome == FAILED:
                 if len(days) > 1:
                     left = days[i + 1:]
@@ -879,10 +1043,17 @@ def main(argv: list[str] | None = None) -> int:
                 return result.failure.exit_code if result.failure else 1
             if result.outcome == NOT_PUBLISHED:
                 held_back.append(day.isoformat())
+            if result.outcome == REJECTED:
+                rejected.append(day.isoformat())
+        if rejected:
+            print(f"daily: the data of the day before {', '.join(rejected)} was rejected by "
+                  "validate: left out of training until a person admits it "
+                  "(python -m stages.validate status)", file=sys.stderr)
         if held_back:
             print(f"daily: nothing published for {', '.join(held_back)}: the quality gate failed",
                   file=sys.stderr)
-            return EXIT_NOT_PUBLISHED
-        return 0
+        if rejected:
+            return errors.DayRejected.exit_code
+        return EXIT_NOT_PUBLISHED if held_back else 0
     finally:
         lock.release()

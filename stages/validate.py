@@ -12,7 +12,9 @@ Outputs
 
 The suites and their thresholds: dailyrec.quality.expectations and params.yaml `validate`. A
 failing `fail` expectation rejects the day and exits 65 (bad data), so `dvc repro` stops here:
-nothing downstream runs and yesterday's published lists stay served.
+nothing downstream runs and yesterday's published lists stay served. The rejection is a verdict
+(dailyrec.errors.DayRejected): the daily runner records the day as done and later days run
+without it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 
 from dailyrec import arrays, cli, metrics, paths, settings
-from dailyrec.errors import ConfigError, DataError
+from dailyrec.errors import ConfigError, DayRejected
 from dailyrec.quality import expectations, rejections, validation_report, window_facts
 from dailyrec.settings import quality
 
@@ -42,7 +44,7 @@ def run(args) -> int:
         print(text, file=sys.stderr)
         what = f"day {cfg.day} is rejected" if verdict.rejected_now else \
             "the training window fails its checks"
-        raise DataError(f"{what} (report: {report})")
+        raise DayRejected(f"{what} (report: {report})")
     print(text)
     return 0
 

@@ -6,7 +6,8 @@ numbers derived from run.date (tests/test_daily.py's toy_numbers mirrors them). 
 working directory:
     fail-STAGE-DATE  the stage prints 60 lines and a secret, then raises
     gate-fails-DATE  evaluate's gate says no, and publish refuses (exit 3) as the real one does
-    reject-STAGE-DATE  the stage ends with bad data (DataError, exit 65), as validate does
+    reject-STAGE-DATE  the stage ends with bad data (DataError, exit 65), as an unreadable input does
+    rejects-DATE     filter_noise rejects the day (DayRejected, exit 65, a verdict) as validate does
     kill-STAGE-DATE  the stage writes half its output, then is killed (SIGKILL), as the OOM
                      killer or a power cut would leave it
     hold             fetch_delta creates `holding` and waits while `hold` exists
@@ -21,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from dailyrec import cli
-from dailyrec.errors import DataError, NotPublished
+from dailyrec.errors import DataError, DayRejected, NotPublished
 from tests.metrics_examples import write as write_metrics
 
 stage = sys.argv[1]
@@ -50,6 +51,9 @@ def body(argv) -> int:
         (Path(out) / "part.txt").write_text("half writt")
         (Path(out) / ".part.txt.tmp").write_text("half")
         os.kill(os.getpid(), signal.SIGKILL)
+
+    if stage == "filter_noise" and Path(f"rejects-{day}").exists():
+        raise DayRejected(f"day {day - dt.timedelta(days=1)} is rejected (report: x.html)")
 
     if Path(f"reject-{stage}-{day}").exists():
         raise DataError(f"day {day - dt.timedelta(days=1)} is rejected (report: x.html)")

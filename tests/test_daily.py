@@ -583,3 +583,139 @@ def test_a_bad_retention_setting_is_named_and_alerted_and_the_day_stands(repo, m
     subjects = [m["Subject"] for m in mailbox.messages]
     assert any("retention skipped, params.yaml is not valid" in s for s in subjects), subjects
     assert said in (repo.path / "reports" / "daily" / f"{day}.txt").read_text()
+
+
+def _state(repo) -> dict:
+    return json.loads((Path(repo.env["DAILYREC_STATE_DIR"]) / "daily.json").read_text())
+
+
+def test_a_rejected_day_is_recorded_and_never_blocks_later_nights(repo, mailbox):
+    """validate rejecting a day is a verdict, like the gate: the day is pushed, committed,
+    alerted and reported, and counts as done, so the next nights run their own day (before: each
+    retried the rejected day first, was rejected again, and exited 65, night after night)."""
+    days = [dt.date(2026, 11, 20) + dt.timedelta(days=i) for i in range(3)]
+    assert repo.daily("--date", str(days[0]), "--commit").returncode == 0
+    repo.run("touch", f"rejects-{days[1]}")
+    rejected = repo.daily("--date", str(days[1]), "--commit", extra_env=mailbox.env())
+    assert rejected.returncode == 65, rejected.stdout + rejected.stderr
+    line = next(x for x in rejected.stdout.splitlines() if x.startswith(f"[{days[1]}] filter_n"))
+    assert "REJECTED: day 2026-11-20 is rejected" in line and "later days leave" in line, line
+    assert not any(x.startswith(f"[{days[1]}] train ") for x in rejected.stdout.splitlines())
+    assert "was rejected by validate: left out of training" in rejected.stderr
+    assert repo.run("git", "log", "-1", "--format=%s").stdout.strip() == f"daily run {days[1]}"
+    assert _state(repo)["last_completed"] == str(days[1])
+    [alert, report] = mailbox.messages
+    assert alert["Subject"] == (f"[dailyrec] ALERT: daily run {days[1]}: the data of {days[0]} "
+                                "was rejected, nothing trained or published")
+    assert f"python -m stages.validate admit {days[0]}" in text_of(alert)
+    assert "REJECTED" in report["Subject"]
+
+    later = repo.daily("--date", str(days[2]), "--commit")
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert "catching up" not in later.stdout and f"[{days[1]}]" not in later.stdout
+    assert f"[{days[2]}] publish            ran in" in later.stdout, later.stdout
+
+
+def test_a_rejected_day_does_not_stop_a_backfill(repo):
+    days = [dt.date(2026, 11, 20) + dt.timedelta(days=i) for i in range(3)]
+    repo.run("touch", f"rejects-{days[1]}")
+    proc = repo.daily("--from", str(days[0]), "--to", str(days[2]), "--commit")
+    assert proc.returncode == 65, proc.stdout + proc.stderr
+    assert "backfill stopped" not in proc.stderr
+    assert f"[{days[2]}] publish            ran in" in proc.stdout, proc.stdout
+    subjects = repo.run("git", "log", "--format=%s").stdout.splitlines()
+    assert subjects[:3] == [f"daily run {d}" for d in reversed(days)]
+
+
+def test_a_future_date_is_refused_and_changes_nothing(repo):
+    params = (repo.path / "params.yaml").read_text()
+    ahead = dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=2)
+    for args in (("--date", str(ahead)), ("--from", "2026-11-20", "--to", str(ahead))):
+        proc = repo.daily(*args, "--commit")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"{ahead} is in the future" in proc.stderr and "Nothing was changed" in \
+            proc.stderr, proc.stderr
+    assert (repo.path / "params.yaml").read_text() == params
+    assert not (repo.path / "dvc.lock").exists()
+    tomorrow = dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=1)
+    assert repo.daily("--date", str(tomorrow), "--no-catch-up").returncode == 0
+
+
+def test_rebuilding_a_past_day_keeps_the_newer_state_and_branch(repo):
+    """A past day run again is rebuilt (its outputs, its push) but neither rewinds the runner's
+    last completed day nor moves the branch back to it; the next night goes on from the newest."""
+    days = [dt.date(2026, 11, 20) + dt.timedelta(days=i) for i in range(4)]
+    for day in days[1:3]:
+        assert repo.daily("--date", str(day), "--commit").returncode == 0
+    tip = repo.run("git", "rev-parse", "HEAD").stdout
+    past = repo.daily("--date", str(days[0]), "--commit")
+    assert past.returncode == 0, past.stdout + past.stderr
+    assert f"rebuilding {days[0]}, older than the last day run ({days[2]})" in past.stdout
+    assert f"[{days[0]}] git commit         skipped: {days[0]} is older" in past.stdout
+    assert repo.run("git", "rev-parse", "HEAD").stdout == tip
+    assert _state(repo)["last_completed"] == str(days[2])
+    nxt = repo.daily("--date", str(days[3]), "--commit")
+    assert nxt.returncode == 0 and "catching up" not in nxt.stdout, nxt.stdout
+
+
+def test_a_hung_stage_is_stopped_at_its_deadline(repo, mailbox):
+    raw = yaml.safe_load((repo.path / "params.yaml").read_text())
+    raw["run"]["stage_timeout_minutes"] = 0.05  # 3 s
+    (repo.path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (repo.path / "hold").touch()  # fetch_delta waits (up to 120 s) while this exists
+    proc = repo.daily("--date", "2026-11-20", extra_env=mailbox.env())
+    assert proc.returncode == 69, proc.stdout + proc.stderr
+    assert "killed after 0.05 minutes (run.stage_timeout_minutes)" in proc.stdout, proc.stdout
+    assert any("failed at stage fetch_delta (unavailable)" in m["Subject"]
+               for m in mailbox.messages)
+
+
+def test_a_full_disk_is_named_not_a_bug(repo, tmp_path):
+    """DVC fails to save into a full cache (exit 255): the runner says the disk is full and
+    where, and counts it as unavailable (69: retry once there is space), not as a bug."""
+    cache = repo.path / ".dvc" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=16k tmpfs {cache} && "
+         f"dd if=/dev/zero of={cache}/filler bs=1k count=16 2>/dev/null; "
+         f"exec {sys.executable} -m stages.daily --date 2026-11-20"],
+        cwd=repo.path, env=repo.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 69, proc.stdout + proc.stderr
+    assert "no space left on the device of" in proc.stdout, proc.stdout
+    assert "bug" not in next(x for x in proc.stdout.splitlines() if "FAILED" in x)
+
+
+def _damage_cache_object(repo, stage: str, path: str) -> Path:
+    """Overwrite the cache object of the one file of a directory output (a disk error, say)."""
+    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
+    digest = next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == path)
+    listing = repo.path / ".dvc/cache/files/md5" / digest[:2] / digest[2:]
+    inner = json.loads(listing.read_text())[0]["md5"]
+    damaged = repo.path / ".dvc/cache/files/md5" / inner[:2] / inner[2:]
+    damaged.chmod(0o644)
+    damaged.write_text("garbage\n")
+    return damaged
+
+
+def test_a_damaged_cache_object_is_repaired_and_reported_truthfully(repo, mailbox):
+    """DVC says "not in cache" for an output whose cache object is damaged, whatever the
+    workspace holds: a killed stage's half-written output hides behind it. The runner checks
+    the workspace by hash, restores it from the remote, and says what it found."""
+    day1, day2, day3 = (dt.date(2026, 11, 20) + dt.timedelta(days=k) for k in range(3))
+    assert repo.daily("--date", str(day1), "--commit").returncode == 0
+    _damage_cache_object(repo, "train", "models")
+    (repo.path / "models" / "part.txt").chmod(0o644)
+    (repo.path / "models" / "part.txt").write_text("half writt")  # and a killed train's output
+    second = repo.daily("--date", str(day2), "--commit", extra_env=mailbox.env())
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "restored models to what dvc.lock records" in second.stdout, second.stdout
+
+    # The workspace intact, the cache's copy damaged, the remote down: said as it is.
+    _damage_cache_object(repo, "train", "models")
+    repo.run(sys.executable, "-m", "dvc", "remote", "add", "-d", "--local", "--force", "store",
+             f"http://127.0.0.1:{free_port()}/nowhere")
+    third = repo.daily("--date", str(day3), "--commit", extra_env=mailbox.env())
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert ("the local DVC cache's copy of models is missing or damaged and the remote could "
+            "not replace it; the workspace holds what dvc.lock records (checked by hash)") in \
+        third.stdout, third.stdout

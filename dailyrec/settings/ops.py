@@ -1,4 +1,5 @@
-"""Settings of operations: params.yaml `mlflow` (tracking and the registry), `alerts` and `report`."""
+"""Settings of operations: params.yaml `mlflow` (tracking and the registry), `alerts`, `report`,
+`retention` and the runner's stage deadline (`run.stage_timeout_minutes`)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,12 @@ def retention(params: Params) -> RetentionSettings:
     return RetentionSettings(
         dvc_cache=params.choice("retention.dvc_cache", ("workspace", "all")),
         mlflow_model_versions=params.integer("retention.mlflow_model_versions", low=0))
+
+
+STAGE_TIMEOUT_KEY = "run.stage_timeout_minutes"
+
+
+def stage_timeout_minutes(params: Params) -> float:
+    """How long the daily runner lets one step (a stage, dvc pull or push) run before it stops it
+    (a hung database, remote or fit must not hold the machine and the lock for ever)."""
+    return params.number(STAGE_TIMEOUT_KEY, low=0, strict=True)
