@@ -156,20 +156,25 @@ def window_files(cfg: FilterSettings, history: Path) -> list[Path]:
 # The baseline: the same rules in plain pandas, written the obvious way.
 
 def canonical_ip(text: str) -> str | None:
-    """One IP text as one address: the first of an X-Forwarded-For list, without a port, an
-    IPv4-mapped IPv6 address as its IPv4, IPv4 octets in plain decimal; parsed with ipaddress
-    (None when it is no address)."""
+    """One IP text as one address: the first of an X-Forwarded-For list, without a port or an
+    IPv6 zone id, an IPv4-mapped IPv6 address as its IPv4, IPv4 octets in plain decimal; parsed
+    with ipaddress (None when it is no address). ASCII digits only."""
     import ipaddress
     import re
 
     first = text.split(",")[0].strip()
-    bracket = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::\d+)?", first)
+    if len(first) > 100:
+        return None
+    bracket = re.fullmatch(r"\[([0-9A-Fa-f:.]+(?:%[0-9A-Za-z._~-]+)?)\](?::[0-9]{1,5})?", first)
     if bracket:
         first = bracket.group(1)
-    v4_port = re.fullmatch(r"(\d{1,3}(?:\.\d{1,3}){3}):\d+", first)
+    v4_port = re.fullmatch(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3}):[0-9]{1,5}", first)
     if v4_port:
         first = v4_port.group(1)
-    if re.fullmatch(r"\d{1,3}(?:\.\d{1,3}){3}", first):  # leading zeros are decimal here
+    zoned = re.fullmatch(r"([0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)%[0-9A-Za-z._~-]+", first)
+    if zoned:
+        first = zoned.group(1)
+    if re.fullmatch(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", first):  # leading zeros are decimal here
         first = ".".join(str(int(o)) for o in first.split("."))
     try:
         address = ipaddress.ip_address(first)

@@ -240,6 +240,9 @@ FILTER = MetricsFile(paths.FILTER_METRICS, "filter_noise", {
     "input": {"rows": int, "users": int, "items": int},
     "output": {"rows": int, "users": int, "items": int},
     "removed": {"rows": int, "share": NUMBER, "bot_or_internal_users": int},
+    # events without an IP, and those whose IP text is no address (kept, treated as without one)
+    "ip_texts": MayLack({"rows_without_ip": int, "rows_not_an_address": int,
+                         "values_not_an_address": int, "top_not_an_address": list}),
     "rules": dict,  # rule -> {enabled, rows, users, top offenders, ...}
     "seconds": dict, "events_per_second": OPTIONAL_NUMBER,
     # the local engine: days whose day-local verdicts were reused, days judged this run, days

@@ -9,8 +9,9 @@ Outputs  data/clean/YYYY-MM-DD.parquet  canonical events that survive every rule
                                      UTC day, in history order (dailyrec.clean)
          metrics/filter.json         rows and users removed by each rule, top offenders named by
                                      salted hashes only (it is committed to git)
-         reports/filter/offenders.json  the same with the offenders' user ids, IPs and user agents
-                                     (DVC-cached, never in git)
+         reports/filter/offenders.json  the same with the offenders' user ids, IPs and user agents,
+                                     and the IP texts that are no address (DVC-cached, never
+                                     in git)
 Cache    $DAILYREC_STATE_DIR/day-verdicts/  each day's day-local verdicts, by content hash (outside
                                      DVC, safe to delete: dailyrec.quality.day_verdicts)
          $DAILYREC_STATE_DIR/clean-days/  the day files written, by the day's files and kept events
@@ -70,7 +71,8 @@ def main_body(argv: list[str] | None) -> int:
         counts = spark_engine.run(cfg, args.history, rejected, paths.CLEAN_DIR)
     else:
         counts = rules.run(cfg, Path(args.history), rejected, paths.CLEAN_DIR)
-    write_json(paths.FILTER_OFFENDERS, {"run_date": counts["run_date"], "rules": counts["rules"]})
+    write_json(paths.FILTER_OFFENDERS, {"run_date": counts["run_date"], "rules": counts["rules"],
+                                        "ip_texts": counts["ip_texts"]})
     metrics.FILTER.write(privacy.pseudonymise(counts))
     removed = ", ".join(f"{r} {m['rows']:,} rows/{m['users']:,} users"
                         for r, m in counts["rules"].items() if m["enabled"])
@@ -79,6 +81,11 @@ def main_body(argv: list[str] | None) -> int:
           f"({counts['removed']['share']:.1%} removed: {removed})")
     if counts["window"]["rejected_days_left_out"]:
         print("  rejected days left out: " + ", ".join(counts["window"]["rejected_days_left_out"]))
+    odd = counts["ip_texts"]
+    if odd["rows_not_an_address"]:
+        print(f"  {odd['rows_not_an_address']:,} events ({odd['values_not_an_address']:,} distinct "
+              "IP texts) carry an IP text that is no address: kept, as events without an IP "
+              f"(the texts: {paths.FILTER_OFFENDERS})")
     return 0
 
 

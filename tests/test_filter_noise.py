@@ -4,21 +4,23 @@ output schema, rejected days, and the vectorised rules against plain pandas refe
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import re
 
+import hypothesis as hp
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import strategies as st
 
 from dailyrec import clean, history, metrics, privacy
 from dailyrec import schema as S
 from dailyrec.errors import ConfigError
 from dailyrec.quality import rejections as R
+from dailyrec.quality import ip_texts
 from dailyrec.quality import rules as FN
 from dailyrec.settings import quality
 from stages import filter_noise as stage
@@ -177,32 +179,6 @@ def test_behaviour_names_the_limit_each_bot_broke(result):
     top = {t["user_id"]: t for t in result.details["behaviour"]["top_users"]}
     assert top["6001"]["peak_events_per_minute"] == 80
     assert top["6002"]["max_events_per_day"] == 10200
-
-
-def test_canonical_ips_normalise_proxies_ports_and_mapped_addresses():
-    got = FN.canonical_ips(pa.array(["::ffff:10.20.1.1", "::FFFF:1.2.3.4", "10.20.1.2:5555",
-                                     "10.20.1.3, 81.2.69.1", "[2001:db8::1]:443", " 8.8.8.8 ",
-                                     "2001:db8::2", "::ffff:a14:101", "2001:DB8:0::2",
-                                     "010.020.1.1", "unknown", "", "300.1.1.1", None]))
-    assert got.tolist()[:10] == ["10.20.1.1", "1.2.3.4", "10.20.1.2", "10.20.1.3", "2001:db8::1",
-                                 "8.8.8.8", "2001:db8::2", "10.20.1.1", "2001:db8::2",
-                                 "10.20.1.1"]
-    assert got[10:].isna().all()  # not addresses: never one shared "address"
-
-
-def test_plain_dotted_quads_skip_the_parser_and_come_out_as_the_parser_writes_them():
-    """canonical_ips takes texts that are already a canonical dotted quad as they are (a regex over
-    the distinct texts) and parses only the rest: on every octet from 0 to 300, with and without
-    leading zeros, in each position, both ways give the same answer."""
-    octets = [str(k) for k in range(301)] + ["00", "01", "007", "0255", "-1", "1a", ""]
-    rng = np.random.default_rng(9)
-    texts = [".".join(rng.choice(octets, 4)) for _ in range(3000)]
-    texts += [f"{a}.1.2.3" for a in octets] + [f"1.2.3.{a}" for a in octets]
-    texts += ["1.2.3.4.5", "1.2.3", "1.2.3.4\n", "1.2.3.4 ", "１.2.3.4", "1.2.3.4:80", None]
-    values = pa.array(texts)
-    fast = FN.canonical_ips(values)
-    assert fast.tolist() == FN._parsed_ips(values).tolist()
-    assert fast.notna().sum() > 1000 and fast.isna().sum() > 1000  # both kinds were there
 
 
 def test_one_address_in_many_spellings_is_one_address(tmp_path):
@@ -384,12 +360,100 @@ def test_bad_settings_are_named(key, value, message):
         settings(**{key: value})
 
 
-def test_ips_in_networks_v4_v6_and_junk():
-    values = pa.array(["10.20.0.1", "10.21.0.1", "10.20.255.255", "999.20.0.1", "2001:db8::5",
-                       "2001:db9::1", "not an ip", None])
-    nets = (ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("2001:db8::/32"))
-    assert FN.ips_in_networks(values, nets).tolist() == [True, False, True, False, True, False,
-                                                        False, False]
+# ---------------------------------------------------------------------------------------------
+# IP texts that are no address (dailyrec.quality.ip_texts decides): kept, counted, never a crash.
+
+NOT_ADDRESSES = ["", " ", "999.1.1.1", "1.2.3", "localhost", "\x00",
+                 "\u0661\u0662\u0663.\u0661.\u0661.\u0661",  # Arabic-Indic digits
+                 "x" * 10_000, "167772161", "1.2.3.4%eth0", "fe80::1%", "fe80::1%eth 0"]
+ODD_IP_SETTINGS = {"internal.ip_cidrs": ["10.20.0.0/16", "fe80::/10"],
+                   "shared_ip.max_users_per_day": 20,
+                   "shared_ip.exempt_cidrs": ["2001:db8:ff::/48"]}
+
+
+def odd_ip_window() -> dict[str, pd.DataFrame]:
+    """Who is who, with IP texts of every odd kind: no text is a crash, an address in any
+    spelling is that address (a zone id dropped), and a text that is no address is an event
+    without an IP (ODD_IP_SETTINGS)."""
+    k = np.arange
+    n = len(NOT_ADDRESSES)
+    actors = {
+        # one person per text that is no address, two events each (ties among the texts), the
+        # first text a third: kept, counted
+        "no_address": F.events([str(500 + j) for j in k(n)] * 2 + ["500"], ["1", "2"] * n + ["3"],
+                               DAY2 + k(2 * n + 1) * 60 * SEC, ip=NOT_ADDRESSES * 2 + [""]),
+        "no_ip": F.events("600", ["1", "2"], DAY2 + k(2) * 600 * SEC, ip=None),
+        # the office behind a zone id (a dot in it), in brackets, IPv4-mapped, with a port
+        "office": F.events("700", ["1", "2", "3", "4"], DAY2 + k(4) * 600 * SEC,
+                           ip=["fe80::1%eth0.5", "[fe80::1%eth0]:443", "::ffff:10.20.1.1",
+                               "10.20.1.1:8080"]),
+        "loopback": F.events("701", ["1", "2"], DAY2 + k(2) * 600 * SEC, ip="[::1]:80"),
+        # 40 ids behind one address in four spellings: shared_ip (20 a day at most)
+        "rotator": F.events([str(800 + j % 40) for j in k(80)], (k(80) % 7).astype(str),
+                            DAY2 + 3600 * SEC + k(80) * 30 * SEC,
+                            ip=["2001:db8::7%eth0.5", "[2001:db8::7%eth1]:443", "2001:DB8::7",
+                                "2001:db8:0::7"] * 20),
+        # the same behind an exempt network (carrier NAT): kept
+        "exempt_rotator": F.events([str(900 + j % 40) for j in k(80)], (k(80) % 7).astype(str),
+                                   DAY2 + 3600 * SEC + k(80) * 30 * SEC,
+                                   ip=["2001:db8:ff::9%wlan0", "[2001:DB8:FF::9]:80"] * 40),
+    }
+    for name, frame in actors.items():  # unique event ids per actor
+        frame["event_id"] = name + ":" + pd.Series(np.arange(len(frame))).astype(str)
+    return actors
+
+
+def test_odd_ip_texts_are_kept_and_counted_and_addresses_are_understood(tmp_path):
+    """One odd IP text ("fe80::1%eth0.5": a zone id with a dot) crashed the internal rule, and
+    with it every run whose window held the row. Every text here is either an address, in any
+    spelling, or an event without an IP: kept, and counted in metrics/filter.json."""
+    actors = odd_ip_window()
+    frame = pd.concat([f.assign(actor=name) for name, f in actors.items()], ignore_index=True)
+    F.write_history(tmp_path / "history", frame.drop(columns="actor"))
+    counts = FN.run(settings(**ODD_IP_SETTINGS), tmp_path / "history", set(), tmp_path / "clean")
+    kept = pq.read_table(tmp_path / "clean").column("event_id").to_pylist()
+    actor_of = dict(zip(frame["event_id"], frame["actor"]))
+    assert pd.Series([actor_of[e] for e in kept]).value_counts().to_dict() == {
+        "no_address": 2 * len(NOT_ADDRESSES) + 1, "no_ip": 2, "loopback": 2,
+        "exempt_rotator": 80}
+    assert counts["rules"]["internal"]["rows_by_marker"]["ip_cidrs"] == 4  # the office
+    assert counts["rules"]["shared_ip"]["rows"] == 80  # the rotator
+    assert counts["ip_texts"] == {
+        "rows_without_ip": 2, "rows_not_an_address": 2 * len(NOT_ADDRESSES) + 1,
+        "values_not_an_address": len(NOT_ADDRESSES),
+        "top_not_an_address": [{"ip": text, "rows": 3 if text == "" else 2}
+                               for text in NOT_ADDRESSES[:10]]}
+
+
+IP_LIKE = st.one_of(
+    st.text(),  # anything, control characters and astral planes included
+    st.text(alphabet="0123456789abcdefABCDEF:.%[], \t", max_size=60),  # near misses
+    st.sampled_from(NOT_ADDRESSES + ["fe80::1%eth0.5", "::ffff:10.20.1.1", "10.20.1.1:8080",
+                                     "[::1]:80"]),
+    st.builds(lambda ip, zone: f"{ip}%{zone}", st.ip_addresses(v=6).map(str),
+              st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._~-", min_size=1)),
+    st.ip_addresses().map(str),
+)
+
+
+@hp.settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@hp.given(texts=st.lists(st.one_of(st.none(), IP_LIKE), min_size=1, max_size=24))
+def test_the_rules_never_raise_on_any_ip_text(texts):
+    """Whatever IP texts a window holds, every rule runs (internal and shared_ip, with IPv4 and
+    IPv6 networks), and an event whose text is no address is removed by no IP rule."""
+    n = len(texts)
+    frame = F.events([str(k % 3) for k in range(n)], [str(k) for k in range(n)],
+                     DAY2 + np.arange(n) * 3600 * SEC)
+    frame["ip"] = pd.Series(texts, dtype=object)
+    w = FN.window_of(F.to_arrow(frame).cast(FN.WINDOW_SCHEMA))
+    cfg = settings(**{**ODD_IP_SETTINGS, "crawler_ua.enabled": False,
+                      "shared_ip.max_users_per_day": 1})
+    result = FN.apply_rules(w, cfg)
+    assert result.keep.sum() + sum(m.sum() for m in result.removed_by.values()) == n
+    rows = w.to_table().column("ip").to_pylist()
+    unusable = np.array([text is not None and ip_texts.canonical_ips(pa.array([text]))[0].as_py()
+                         is None for text in rows])
+    assert not (result.removed_by["internal"] | result.removed_by["shared_ip"])[unusable].any()
 
 
 # ---------------------------------------------------------------------------------------------

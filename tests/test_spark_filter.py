@@ -121,6 +121,21 @@ def test_crafted_window_same_rows_per_rule_kept_events_and_counters(spark, craft
     assert local["rules"]["shared_ip"]["users"] > 300
 
 
+def test_odd_ip_texts_same_answer_and_counters(spark, tmp_path):
+    """IP texts of every odd kind (test_filter_noise.odd_ip_window: texts that are no address,
+    tied in rows; an address behind zone ids, brackets, ports, IPv4-mapped; a rotator and an
+    exempt one behind four spellings of one address): the same rows per rule, the same kept
+    events and the same ip_texts counters and top texts on both engines."""
+    frame = pd.concat(crafted.odd_ip_window().values(), ignore_index=True)
+    F.write_history(tmp_path / "history", frame)
+    outcome = both_engines(spark, tmp_path, crafted_settings(3, **crafted.ODD_IP_SETTINGS))
+    assert_same_answer(outcome)
+    local = outcome[2]
+    assert local["ip_texts"]["rows_not_an_address"] == 2 * len(crafted.NOT_ADDRESSES) + 1
+    assert len(local["ip_texts"]["top_not_an_address"]) == 3
+    assert local["rules"]["internal"]["rows"] == 4 and local["rules"]["shared_ip"]["rows"] == 80
+
+
 @pytest.fixture(scope="module")
 def simulated_history(tmp_path_factory):
     """Four simulated days through the real fetch_delta and merge_history, as in

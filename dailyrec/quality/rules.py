@@ -23,6 +23,10 @@ The rules run in this order (RULES); each removes rows the earlier ones left, an
     min_support  optional: users and items with fewer than min_user_events / min_item_events
                  events left (one pass)
 
+What an IP text is (an address, in canonical form, or none) dailyrec.quality.ip_texts decides: an
+event whose text is no address is an event without an IP to internal and shared_ip (kept, and
+counted in metrics/filter.json's ip_texts).
+
 Everything is vectorised: strings are handled once per distinct value (dictionary codes), events
 are grouped with a stable O(n) counting sort (SciPy's COO -> CSR conversion), never a Python loop
 over events. The window in memory is codes and times (read_window); the rules that group events
@@ -40,7 +44,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import ipaddress
 import json
 import sys
 import time
@@ -61,6 +64,7 @@ from dailyrec import schema as S
 from dailyrec.arrays import distinct
 from dailyrec.errors import DataError
 from dailyrec.history import Selection, partition_day, select_window
+from dailyrec.quality import ip_texts
 from dailyrec.quality.day_verdicts import DayVerdicts, Days, default_dir, file_hashes
 from dailyrec.settings.quality import FilterSettings
 
@@ -119,6 +123,12 @@ class Window:
     event_type = property(lambda self: self.coded["event_type"])
     user_agent = property(lambda self: self.coded["user_agent"])
     ip = property(lambda self: self.coded["ip"])
+
+    @functools.cached_property
+    def addresses(self) -> pa.Array:
+        """Per distinct IP text (ip.values): its canonical address, null where it is no address
+        (dailyrec.quality.ip_texts decides); computed once for the rules and the counters."""
+        return ip_texts.canonical_ips(self.ip.values)
 
     def __len__(self) -> int:
         return len(self.ts_us)
@@ -475,51 +485,6 @@ def peak_figures(sec: np.ndarray) -> dict:
             "max_events_per_day": int(np.unique(sec // 86_400, return_counts=True)[1].max())}
 
 
-# A dotted quad as canonical_ips writes it (no leading zeros, octets <= 255): most addresses are,
-# and a regex over the distinct texts is much cheaper than parsing them.
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-CANONICAL_IPV4 = rf"^(?:{_OCTET}\.){{3}}{_OCTET}$"
-
-
-def canonical_ips(values: pa.Array) -> pd.Series:
-    """IP texts as one canonical address each (distinct values, vectorised), or missing when a
-    text is no address ("unknown", ""): the first of an X-Forwarded-For list, without a port
-    ("1.2.3.4:80", "[2001:db8::1]:443"); IPv4 as plain decimal octets ("010.20.1.1" ->
-    "10.20.1.1"); IPv6 compressed and lower case ("2001:DB8:0::1" -> "2001:db8::1"), and an
-    IPv4-mapped one as its IPv4 ("::ffff:10.20.1.1", "::ffff:a14:101" -> "10.20.1.1")."""
-    done = pc.fill_null(pc.match_substring_regex(values, CANONICAL_IPV4), False)
-    out = pd.Series(values.to_numpy(zero_copy_only=False), dtype="str")
-    rest = np.flatnonzero(~done.to_numpy(zero_copy_only=False))
-    if len(rest):  # the few texts that are not a plain dotted quad already
-        out.iloc[rest] = _parsed_ips(values.take(pa.array(rest))).to_numpy()
-    return out
-
-
-def _parsed_ips(values: pa.Array) -> pd.Series:
-    """canonical_ips by parsing: lists, ports, brackets, leading zeros, IPv6, junk."""
-    text = pd.Series(values.to_numpy(zero_copy_only=False), dtype="str")
-    text = text.str.split(",").str[0].str.strip()
-    text = text.str.replace(r"^\[([0-9A-Fa-f:.]+)\](?::\d+)?$", r"\1", regex=True)
-    text = text.str.replace(r"^(\d{1,3}(?:\.\d{1,3}){3}):\d+$", r"\1", regex=True)
-    out = pd.Series(pd.NA, index=text.index, dtype="str")
-    v4 = text.str.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}").fillna(False).to_numpy(bool)
-    if v4.any():
-        octets = text[v4].str.split(".", expand=True).astype("int64")
-        valid = (octets <= 255).all(axis=1).to_numpy()
-        dotted = octets.astype(str).agg(".".join, axis=1)
-        out[np.flatnonzero(v4)[valid]] = dotted[valid].to_numpy()
-    v6 = text.str.contains(":", regex=False).fillna(False).to_numpy(bool) & ~v4
-    if v6.any():
-        def canonical(addr: str):
-            try:
-                ip = ipaddress.IPv6Address(addr)
-            except ValueError:
-                return pd.NA
-            return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
-        out[np.flatnonzero(v6)] = [canonical(a) for a in text[v6]]  # distinct IPv6 texts only
-    return out
-
-
 SHARED_IP_LIMITS = ("max_events_per_day", "max_users_per_day", "max_events_per_minute")
 
 
@@ -530,9 +495,10 @@ def rule_shared_ip(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days
     events of that day go. Shared networks that do carry many people (carrier NAT, a campus) are
     listed in exempt_cidrs. With days, a day judged before on the same events left alive (the
     window's bots change them) is not judged again; the days judged are added to it."""
-    canon = canonical_ips(w.ip.values)
-    codes_of_canon, distinct = pd.factorize(canon, use_na_sentinel=True)
-    exempt = ips_in_networks(pa.array(distinct.astype(object), pa.string()), cfg.shared_ip_exempt)
+    encoded = pc.dictionary_encode(w.addresses)  # the addresses in order of first appearance
+    codes_of_canon = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    distinct = encoded.dictionary
+    exempt = ip_texts.addresses_in_networks(distinct, cfg.shared_ip_exempt)
     # Per IP text (and NULL, last): its address, or -1 when it is none or an exempt one.
     address = np.append(np.where(np.append(exempt, True)[codes_of_canon], -1, codes_of_canon),
                         -1).astype(np.int32)
@@ -579,7 +545,7 @@ def rule_internal(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np
                                 errors="coerce").to_numpy(dtype="float64")
         for first, last in cfg.internal_user_id_ranges:  # a loop over configured ranges
             by_id |= (numeric >= first) & (numeric <= last)
-    by_ip = ips_in_networks(w.ip.values, cfg.internal_networks)
+    by_ip = ip_texts.addresses_in_networks(w.addresses, cfg.internal_networks)
     user_hit = w.user.lookup(by_id) & alive
     ip_hit = w.ip.lookup(by_ip) & alive & ~user_hit
     removed = user_hit | ip_hit
@@ -587,30 +553,6 @@ def rule_internal(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np
     detail = {"rows_by_marker": {"user_ids": int(user_hit.sum()), "ip_cidrs": int(ip_hit.sum())},
               "top_ips": _top(w.ip.codes[removed], w.ip.values, cfg.top_offenders, "ip")}
     return removed, detail
-
-
-def ips_in_networks(values: pa.Array, networks: tuple) -> np.ndarray:
-    """One boolean per distinct IP text: inside any of the networks. IPv4 is vectorised (dotted
-    quad -> integer); IPv6 addresses, rare here, are parsed one distinct address at a time."""
-    flags = np.zeros(len(values), dtype=bool)
-    if not networks or len(values) == 0:
-        return flags
-    text = canonical_ips(values)
-    v4 = text.str.contains(".", regex=False).fillna(False).to_numpy(bool)
-    if v4.any():
-        octets = text[v4].str.split(".", expand=True).astype("int64").to_numpy()
-        as_int = (octets[:, 0] << 24) | (octets[:, 1] << 16) | (octets[:, 2] << 8) | octets[:, 3]
-        hit = np.zeros(len(as_int), dtype=bool)
-        for net in (n for n in networks if n.version == 4):  # a loop over configured networks
-            lo, hi = int(net.network_address), int(net.broadcast_address)
-            hit |= (as_int >= lo) & (as_int <= hi)
-        flags[np.flatnonzero(v4)] = hit
-    v6_networks = [n for n in networks if n.version == 6]
-    v6 = text.str.contains(":", regex=False).fillna(False).to_numpy(bool)
-    if v6_networks and v6.any():
-        addresses = [ipaddress.IPv6Address(a) for a in text[v6]]  # canonical: always valid
-        flags[np.flatnonzero(v6)] = [any(ip in n for n in v6_networks) for ip in addresses]
-    return flags
 
 
 def rule_repeated(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days | None = None
@@ -674,6 +616,17 @@ def _top(codes: np.ndarray, values: pa.Array, n: int, label: str) -> list[dict]:
     top = top[counts[top] > 0]
     names = values.take(pa.array(top)).to_pylist()
     return [{label: name, "rows": int(counts[c])} for name, c in zip(names, top)]
+
+
+def ip_text_counts(w: Window, top_n: int) -> dict:
+    """metrics/filter.json's ip_texts: the window's events without an IP, and those whose IP text
+    is no address (kept: the rules treat them as events without one), with the commonest such
+    texts (most rows; ties in dictionary order, as _top ranks)."""
+    unusable = w.ip.lookup(ip_texts.not_an_address(w.ip.values, w.addresses))
+    return {"rows_without_ip": int(np.count_nonzero(w.ip.codes < 0)),
+            "rows_not_an_address": int(np.count_nonzero(unusable)),
+            "values_not_an_address": _distinct(w.ip.codes[unusable]),
+            "top_not_an_address": _top(w.ip.codes[unusable], w.ip.values, top_n, "ip")}
 
 
 def _distinct(codes: np.ndarray) -> int:
@@ -753,7 +706,7 @@ def _code_version() -> str:
     from dailyrec.quality import day_verdicts
 
     code = hashlib.md5()
-    for module in (sys.modules[__name__], arrays, day_verdicts):
+    for module in (sys.modules[__name__], arrays, day_verdicts, ip_texts):
         code.update(Path(module.__file__).read_bytes())
     versions = [np.__version__, pa.__version__, pd.__version__, scipy.__version__]
     return code.hexdigest() + "|" + "|".join(versions)
@@ -863,6 +816,7 @@ def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -
                "output": {"rows": kept, "users": _distinct(w.user.codes[result.keep]),
                           "items": _distinct(w.item.codes[result.keep])},
                "bot_or_internal_users": len(result.removed_users(w)),
+               "ip_texts": ip_text_counts(w, cfg.top_offenders),
                "rules": rule_metrics(w, result, cfg)}
     total = time.perf_counter() - started
     return record(cfg, chosen, counted, {"read": round(read_s, 3), "rules": round(rules_s, 3),
@@ -874,8 +828,8 @@ def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -
 def record(cfg: FilterSettings, chosen: Selection, counted: dict, seconds: dict,
            day_verdicts: dict | None = None) -> dict:
     """metrics/filter.json from what an engine counted (input, output, bot_or_internal_users,
-    rules) and how long it took (seconds: read, rules, write, total, and the engine's own
-    breakdown); the same for both engines. The local engine adds day_verdicts: the days whose
+    ip_texts, rules) and how long it took (seconds: read, rules, write, total, and the engine's
+    own breakdown); the same for both engines. The local engine adds day_verdicts: the days whose
     day-local verdicts it reused and the days it judged."""
     used, n, kept = chosen.days, counted["input"]["rows"], counted["output"]["rows"]
     extra = {"day_verdicts": day_verdicts} if day_verdicts is not None else {}
@@ -889,6 +843,7 @@ def record(cfg: FilterSettings, chosen: Selection, counted: dict, seconds: dict,
         "output": counted["output"],
         "removed": {"rows": n - kept, "share": round((n - kept) / n, 6) if n else 0.0,
                     "bot_or_internal_users": counted["bot_or_internal_users"]},
+        "ip_texts": counted["ip_texts"],
         "rules": counted["rules"],
         "seconds": seconds,
         "events_per_second": round(n / seconds["rules"]) if seconds["rules"] > 0 else None,

@@ -13,12 +13,13 @@ One definition per rule: Spark moves and counts events; every decision is the lo
                  never across users, and all of a user's events (all days: bot_days) are in one
                  group, so each group's answer is the whole window's answer for its users.
   3. by address  the same for shared_ip, over the events still alive, on groups of canonical
-                 addresses (rules.canonical_ips, named in step 2).
+                 addresses (dailyrec.quality.ip_texts, named in step 2).
   4. min_support events left per user and per item (Spark counts), judged by rules.low_support.
   5. counters    rows and users per rule by Spark aggregates; a rule's own counters (users over
                  each limit, flagged user-days, ...) summed over the groups, since each user or
                  address is in exactly one; top offenders ranked over the whole window as
                  rules._top ranks them: most rows, ties by first appearance in history order.
+                 The events whose IP text is no address (step 2 gave no canonical one) likewise.
   6. write       the kept events, sorted in history order by Spark, streamed by this process into
                  data/clean's day files by the local engine's writer (dailyrec.clean).
 """
@@ -161,8 +162,7 @@ def judge_by_user(events, cfg: FilterSettings, spark):
         removed_by = np.full(len(w), KEPT, np.int8)
         for rule, removed in result.removed_by.items():  # four rules
             removed_by[removed] = RULE_INDEX[rule]
-        canonical = pa.array(R.canonical_ips(w.ip.values), pa.string(), from_pandas=True)
-        address = canonical.take(pa.array(w.ip.codes, mask=w.ip.codes < 0))
+        address = w.addresses.take(pa.array(w.ip.codes, mask=w.ip.codes < 0))
         return (group.append_column("removed_by", pa.array(removed_by))
                 .append_column("address", address)
                 .append_column("user_detail", _on_first_row(result.details, len(w))))
@@ -240,7 +240,7 @@ def min_support(judged, cfg: FilterSettings, idle: dict):
 
 def count(judgement: Judged, cfg: FilterSettings) -> dict:
     """Step 5: what rules.run counts, in the same shape (input, output, bot_or_internal_users,
-    rules)."""
+    ip_texts, rules)."""
     from pyspark.sql import functions as F
 
     judged, idle = judgement.events, judgement.idle
@@ -275,6 +275,7 @@ def count(judgement: Judged, cfg: FilterSettings) -> dict:
         _rank_top_offenders(tally, rules, cfg.top_offenders)
         if rules["behaviour"].get("top_users"):
             _add_peaks(judged, rules["behaviour"]["top_users"])
+        ip_texts = _ip_texts(judged, tally, cfg.top_offenders)
     finally:
         tally.unpersist()
     n = sum(of("user_id", k, "rows") for k in [KEPT, *RULE_INDEX.values()])
@@ -283,7 +284,7 @@ def count(judgement: Judged, cfg: FilterSettings) -> dict:
             "output": {"rows": of("user_id", KEPT, "rows"), "users": of("user_id", KEPT, "values"),
                        "items": of("item_id", KEPT, "values")},
             "bot_or_internal_users": int(whole["user_id"]["bot_values"]) if n else 0,
-            "rules": rules}
+            "ip_texts": ip_texts, "rules": rules}
 
 
 TALLIED = ("user_id", "item_id", "ip", "user_agent")
@@ -306,6 +307,28 @@ def _tally(judged):
              .agg(F.count("*").alias("rows"), F.min("position").alias("first")))
     first = F.min("first").over(Window.partitionBy("column", "value"))
     return _materialised(tally.withColumn("first", first))
+
+
+def _ip_texts(judged, tally, n: int) -> dict:
+    """rules.ip_text_counts over the whole window: the events without an IP, those whose IP text
+    is no address (no canonical address in step 2), and the commonest such texts, ranked as
+    _rank_top_offenders ranks (most rows, ties by first appearance in history order)."""
+    from pyspark.sql import functions as F
+
+    unusable = F.col("ip").isNotNull() & F.col("address").isNull()
+    row = judged.agg(F.count(F.when(F.col("ip").isNull(), 1)).alias("without"),
+                     F.count(F.when(unusable, 1)).alias("unusable"),
+                     F.countDistinct(F.when(unusable, F.col("ip"))).alias("values")).first()
+    top = []
+    if n and row["unusable"]:
+        texts = judged.where(unusable).select(F.col("ip").alias("value")).distinct()
+        ranked = (tally.where(F.col("column") == "ip").join(texts, "value")
+                  .groupBy("value").agg(F.sum("rows").alias("rows"), F.min("first").alias("first"))
+                  .orderBy(F.desc("rows"), F.asc("first")).limit(n).collect())
+        top = [{"ip": r["value"], "rows": int(r["rows"])} for r in ranked]
+    return {"rows_without_ip": int(row["without"] or 0),
+            "rows_not_an_address": int(row["unusable"] or 0),
+            "values_not_an_address": int(row["values"] or 0), "top_not_an_address": top}
 
 
 def _merged(judged, rules: tuple[str, ...], idle: dict) -> dict:
