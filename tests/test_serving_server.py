@@ -1,12 +1,14 @@
 """The API's HTTP server (serving/server.py, granian) against a real Redis: several workers answer
-with the hot path on, their metrics add up, a worker that dies is replaced without a person, and
-the longest valid request gets through."""
+with the hot path on, their metrics add up, a worker that dies is replaced without a person, the
+longest valid request gets through, and made-up methods and paths add no metrics series."""
 
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -81,3 +83,52 @@ def test_the_longest_valid_request_reaches_the_app(redis_server, redis_client, t
                                                                 "unknown": 50}
     finally:
         server.stop()
+
+
+def _exchange(port: int, method: str, target: str, headers: dict | None = None,
+              connection: http.client.HTTPConnection | None = None):
+    """(status, headers by lower-case name, body) for one request sent as given: any method, any
+    target (absolute form too), any Host."""
+    conn = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+    for name, value in {"Host": "127.0.0.1", **(headers or {})}.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    answer = conn.getresponse()
+    body = answer.read()
+    if connection is None:
+        conn.close()
+    return answer.status, {k.lower(): v for k, v in answer.getheaders()}, body
+
+
+def _series(metrics: str, name: str) -> set[tuple[tuple[str, str], ...]]:
+    """The label sets of one metric's samples in a /metrics text."""
+    return {tuple(re.findall(r'(\w+)="([^"]*)"', labels))
+            for labels in re.findall(rf"^{name}\{{(.*)\}} ", metrics, flags=re.M)}
+
+
+def test_made_up_methods_and_paths_add_no_metrics_series(redis_server, redis_client, tmp_path):
+    """Every label value comes from a fixed set (the route templates, the known methods, HTTP
+    statuses): 300 requests with methods and paths of their own are three series, not 300."""
+    pub.publish(tm.bundle(seed=11), redis_client, SETTINGS, run_date=DAY, progress=False)
+    server = servers.start_api({"REDIS_URL": redis_server.url}, tmp_path / "metrics")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        for i in range(100):
+            assert _exchange(server.port, f"ZZ{i}", f"/zz-path-{i}", connection=conn)[0] == 404
+            assert _exchange(server.port, f"zz{i}", f"/recommendations/zz-user-{i}",
+                             connection=conn)[0] == 405
+            assert _exchange(server.port, "GET", f"/recommendations/zz-user-{i}?n=2",
+                             connection=conn)[0] == 200
+        conn.close()
+        metrics = _get(f"{server.url}/metrics")[1].decode()
+    finally:
+        server.stop()
+    assert _series(metrics, "dailyrec_http_requests_total") == {
+        (("endpoint", "<unmatched>"), ("method", "other"), ("status", "404")),
+        (("endpoint", "<unmatched>"), ("method", "other"), ("status", "405")),
+        (("endpoint", "/recommendations/<user_id>"), ("method", "GET"), ("status", "200"))}
+    assert _series(metrics, "dailyrec_http_request_duration_seconds_count") == {
+        (("endpoint", "<unmatched>"),), (("endpoint", "/recommendations/<user_id>"),)}
+    assert "zz" not in metrics.lower()  # no label of any metric holds what the client sent
+
