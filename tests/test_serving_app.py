@@ -110,6 +110,18 @@ def test_unknown_routes_and_methods_answer_json(app, method, path, status, error
     assert answer.status_code == status and answer.get_json()["error"] == error
 
 
+def test_no_routing_redirect_whatever_the_host(app):
+    """Werkzeug would answer these with a 308 to the request's Host: a rule ending in a slash
+    asked without it, and an empty path segment. Both are a JSON 404, for any rule added later
+    too."""
+    app.add_url_rule("/folder/", "folder", lambda: "a page")
+    client = app.test_client()
+    for path in ("/folder", "/recommendations//user-3", "/items/a//similar", "/healthz/"):
+        answer = client.get(path, base_url="http://evil.example")
+        assert answer.status_code == 404 and "Location" not in answer.headers, path
+        assert answer.get_json()["error"] == "not_found"
+
+
 def test_nothing_published_is_a_503_with_retry_after(redis_server, redis_client):
     client = create_app({"REDIS_URL": redis_server.url, "RETRY_AFTER": 7}).test_client()
     for path in ("/recommendations/user-3", "/readyz"):

@@ -1,6 +1,7 @@
 """The API's HTTP server (serving/server.py, granian) against a real Redis: several workers answer
 with the hot path on, their metrics add up, a worker that dies is replaced without a person, the
-longest valid request gets through, and made-up methods and paths add no metrics series."""
+longest valid request gets through, made-up methods and paths add no metrics series, and no answer
+redirects."""
 
 from __future__ import annotations
 
@@ -131,4 +132,30 @@ def test_made_up_methods_and_paths_add_no_metrics_series(redis_server, redis_cli
     assert _series(metrics, "dailyrec_http_request_duration_seconds_count") == {
         (("endpoint", "<unmatched>"),), (("endpoint", "/recommendations/<user_id>"),)}
     assert "zz" not in metrics.lower()  # no label of any metric holds what the client sent
+
+
+def test_no_answer_redirects_to_the_requests_host(redis_server, redis_client, tmp_path):
+    """Paths Werkzeug would normalise (an empty segment, which %2F decodes into) are a JSON 404,
+    never a redirect built from the Host header; through the server, with the hot path on."""
+    pub.publish(tm.bundle(seed=11), redis_client, SETTINGS, run_date=DAY, progress=False)
+    server = servers.start_api({"REDIS_URL": redis_server.url}, tmp_path / "metrics")
+    evil = {"Host": "evil.example"}
+    try:
+        for method, target in [("GET", "/items/..%2F/similar"),
+                               ("GET", "/recommendations//user-3"),
+                               ("GET", "/recommendations//user-3?n=3"),
+                               ("GET", "/recommendations/%2Fuser-3"),
+                               ("GET", "http://evil.example/recommendations//user-3"),
+                               ("POST", "/recommendations//user-3"),
+                               ("OPTIONS", "/items/a//similar"),
+                               ("GET", "/healthz/")]:
+            status, headers, body = _exchange(server.port, method, target, evil)
+            assert status == 404, (method, target, status, body[:200])
+            assert "location" not in headers and b"evil.example" not in body
+            assert headers["content-type"] == "application/json"
+            assert json.loads(body)["error"] == "not_found"
+        # the hot path still answers its own
+        assert _exchange(server.port, "GET", "/recommendations/user-3?n=3", evil)[0] == 200
+    finally:
+        server.stop()
 
