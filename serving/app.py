@@ -84,6 +84,9 @@ def create_app(config: dict | None = None) -> Flask:
             app.config[key] = os.environ[f"DAILYREC_API_{key}"]
     app.config.update(config or {})
     app.json.sort_keys = False
+    # OPTIONS is a 405 like any method a route does not take (serving/openapi.json): Flask's own
+    # answer would be a 200 with an empty HTML body.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     pattern = app.config["USER_ID_PATTERN"]
     app.config["USER_ID_PATTERN"] = re.compile(pattern) if isinstance(pattern, str) else pattern
 

@@ -104,10 +104,15 @@ def test_bad_input_is_a_400_saying_what_is_wrong(app, path, message):
     ("GET", "/recommendations/a/b", 404, "not_found"),
     ("POST", "/recommendations/user-3", 405, "method_not_allowed"),
     ("DELETE", "/healthz", 405, "method_not_allowed"),
+    ("OPTIONS", "/healthz", 405, "method_not_allowed"),
+    ("OPTIONS", "/recommendations/user-3", 405, "method_not_allowed"),
+    ("OPTIONS", "/items/item-1/similar", 405, "method_not_allowed"),
 ])
 def test_unknown_routes_and_methods_answer_json(app, method, path, status, error):
     answer = app.test_client().open(path, method=method)
     assert answer.status_code == status and answer.get_json()["error"] == error
+    if status == 405:  # the methods the path takes (serving/openapi.json)
+        assert set(answer.headers["Allow"].split(", ")) == {"GET", "HEAD"}
 
 
 def test_no_routing_redirect_whatever_the_host(app):
