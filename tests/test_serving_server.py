@@ -1,7 +1,7 @@
 """The API's HTTP server (serving/server.py, granian) against a real Redis: several workers answer
 with the hot path on, their metrics add up, a worker that dies is replaced without a person, the
-longest valid request gets through, made-up methods and paths add no metrics series, and no answer
-redirects."""
+longest valid request gets through, made-up methods and paths add no metrics series, no answer
+redirects, and an unexpected error's alert names the route and not the path."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ import urllib.request
 import psutil
 
 from dailyrec.settings.serving import PublishSettings
+from dailyrec.store import keys as K
 from dailyrec.store import writer as pub
 from tests import servers
 from tests import tiny_models as tm
+from tests.mailbox import Mailbox, text_of
 
 DAY = dt.date(2026, 11, 21)
 SETTINGS = PublishSettings(top_n=10, filter_already_liked=True, batch_size=200, keep_versions=3,
@@ -158,4 +160,33 @@ def test_no_answer_redirects_to_the_requests_host(redis_server, redis_client, tm
         assert _exchange(server.port, "GET", "/recommendations/user-3?n=3", evil)[0] == 200
     finally:
         server.stop()
+
+
+def test_an_unexpected_errors_alert_names_the_route_not_the_path(redis_server, redis_client,
+                                                                 tmp_path):
+    """A 500 under the server (a user's stored record is corrupt) mails an alert naming the
+    route's template and the request id; the path and query (a user id, item ids) stay out."""
+    model = tm.bundle(seed=11)
+    pub.publish(model, redis_client, SETTINGS, run_date=DAY, progress=False)
+    version = redis_client.get("dailyrec:current").decode()
+    n_buckets = int(redis_client.hget(f"dailyrec:v:{version}:meta", "buckets"))
+    layout = K.Layout("dailyrec")
+    redis_client.hset(layout.bucket(version, K.bucket_of("user-3", n_buckets)), "user-3",
+                      b"corrupt")
+    with Mailbox() as box:
+        server = servers.start_api({"REDIS_URL": redis_server.url, **box.env()},
+                                   tmp_path / "metrics")
+        try:
+            status, headers, body = _exchange(
+                server.port, "GET", "/recommendations/user-3?n=3&recent=item-7",
+                {"X-Request-ID": "req-alert-1"})
+            messages = _until(lambda: box.messages)
+        finally:
+            server.stop()
+    assert status == 500 and json.loads(body)["request_id"] == "req-alert-1"
+    [msg] = messages
+    text = text_of(msg)
+    assert msg["Subject"].endswith(" on GET /recommendations/<user_id>"), msg["Subject"]
+    assert "route: /recommendations/<user_id>" in text and "request_id: req-alert-1" in text
+    assert "user-3" not in text and "item-7" not in text and "path:" not in text
 
