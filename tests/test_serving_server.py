@@ -1,7 +1,8 @@
 """The API's HTTP server (serving/server.py, granian) against a real Redis: several workers answer
 with the hot path on, their metrics add up, a worker that dies is replaced without a person, the
 longest valid request gets through, made-up methods and paths add no metrics series, no answer
-redirects, and an unexpected error's alert names the route and not the path."""
+redirects, an unexpected error's alert names the route and not the path, and what the server
+answers itself, before the app, is what docs/serving.md says."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 import urllib.request
 
@@ -190,3 +192,46 @@ def test_an_unexpected_errors_alert_names_the_route_not_the_path(redis_server, r
     assert "route: /recommendations/<user_id>" in text and "request_id: req-alert-1" in text
     assert "user-3" not in text and "item-7" not in text and "path:" not in text
 
+
+def _raw(port: int, request: bytes) -> bytes:
+    """What the server sends back for these bytes, until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_what_the_server_answers_before_the_app(tmp_path):
+    """granian's HTTP library (hyper) answers a request it cannot parse itself, before any
+    Python runs: a bare status, no body, no X-Request-ID (docs/serving.md says so). Anything it
+    can parse reaches the app, which answers JSON."""
+    server = servers.start_api({}, tmp_path / "metrics")  # no Redis needed
+    head = b"Host: x\r\nConnection: close\r\n"
+    fields = [b"X-H%d: a\r\n" % i for i in range(99)]  # with the two above: 101 fields
+    many = b"".join(fields)
+    try:
+        refused = {
+            b"GARBAGE\r\n\r\n": b"400 Bad Request",
+            b"GET /healthz HTTP/1.1\r\n" + head + b"Bad Header: x\r\n\r\n": b"400 Bad Request",
+            b"GET /healthz HTTP/1.1\r\n" + head + many + b"\r\n":
+                b"431 Request Header Fields Too Large",
+            b"GET /healthz HTTP/1.1\r\n" + head + b"X-Big: " + b"a" * 600_000 + b"\r\n\r\n":
+                b"431 Request Header Fields Too Large",
+            b"GET /healthz?" + b"a" * (65_535 - 9) + b" HTTP/1.1\r\n" + head + b"\r\n":
+                b"414 URI Too Long",  # a target of 65,535 bytes; one fewer gets through
+        }
+        for request, status in refused.items():
+            answer = _raw(server.port, request)
+            first, _, rest = answer.partition(b"\r\n")
+            assert first == b"HTTP/1.1 " + status, (request[:60], answer[:200])
+            assert b"content-length: 0\r\n" in rest and answer.endswith(b"\r\n\r\n")
+            assert b"x-request-id" not in answer
+        # one header field fewer reaches the app: JSON with a request id
+        answer = _raw(server.port,
+                      b"GET /nowhere HTTP/1.1\r\n" + head + b"".join(fields[1:]) + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 404 ") and b"x-request-id: " in answer
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "not_found"
+    finally:
+        server.stop()
