@@ -23,6 +23,8 @@ import os
 import re
 
 from flask import Flask
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import RequestRedirect
 
 from dailyrec.store import connection
 from dailyrec.store import keys as K
@@ -55,8 +57,24 @@ DEFAULTS = {
 RAW_TEXT_SETTINGS = ("TOKENS", "METRICS_TOKENS", "TOKENS_FILE")
 
 
+class ApiFlask(Flask):
+    """Flask without routing redirects. Werkzeug answers a path it would normalise (`//` merged
+    into `/`, a trailing slash added) with a 308 HTML page whose Location is built from the
+    request's Host header, past every error handler. Here an empty path segment matches nothing
+    (merge_slashes off), and any redirect the routing would still make is a 404, as JSON."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.url_map.merge_slashes = False  # before any rule is added: rules copy it
+
+    def raise_routing_exception(self, request):
+        if isinstance(request.routing_exception, RequestRedirect):
+            raise NotFound()
+        super().raise_routing_exception(request)
+
+
 def create_app(config: dict | None = None) -> Flask:
-    app = Flask(__name__)
+    app = ApiFlask(__name__)
     app.config.from_mapping(DEFAULTS)
     app.config.update(connection.settings_from_env())
     app.config["REDIS_KEY_PREFIX"] = K.Layout.from_env().prefix
@@ -66,6 +84,9 @@ def create_app(config: dict | None = None) -> Flask:
             app.config[key] = os.environ[f"DAILYREC_API_{key}"]
     app.config.update(config or {})
     app.json.sort_keys = False
+    # OPTIONS is a 405 like any method a route does not take (serving/openapi.json): Flask's own
+    # answer would be a 200 with an empty HTML body.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     pattern = app.config["USER_ID_PATTERN"]
     app.config["USER_ID_PATTERN"] = re.compile(pattern) if isinstance(pattern, str) else pattern
 

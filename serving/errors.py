@@ -5,7 +5,9 @@
                                                      and answers again as soon as Redis does
     anything else                                 -> 500, logged with its traceback and alerted
                                                      (dailyrec.notify.alert_later: off the request
-                                                     thread); the client gets only the request id
+                                                     thread), both naming the route's template
+                                                     and the request id, never the path; the
+                                                     client gets only the request id
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from dailyrec import notify
 from dailyrec.store.reader import NotPublished, RedisUnavailable
-from serving.telemetry import request_id
+from serving.telemetry import UNMATCHED, method_label, request_id
 
 _last_unavailable_log = [0.0]
 
@@ -57,16 +59,17 @@ def handle_error(err: Exception):
         return _answer(503, kind, message, **{"Retry-After": retry_after})
     rid = request_id()
     _count("internal")
-    current_app.logger.error("request %s %s %s failed", rid, request.method, request.path,
-                             exc_info=err)
-    # Keyed by where it failed (the route's template, not the path with its user id, the
-    # exception type and the code location: notify.fingerprint), so a storm over many users is
-    # one alert; mailed off the request thread, from a bounded queue.
-    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    # Named by the route's template and the request id, never the path or query: they hold user
+    # and item ids (PII); the request id is the one the client was told to quote. Keyed by where
+    # it failed (the route, the exception type and the code location: notify.fingerprint), so a
+    # storm over many users is one alert; mailed off the request thread, from a bounded queue.
+    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+    method = method_label(request.method)
+    current_app.logger.error("request %s %s %s failed", rid, method, route, exc_info=err)
     try:
-        notify.alert_later(f"dailyrec API: {type(err).__name__} on {request.method} {route}",
-                           error=err, context={"request_id": rid, "method": request.method,
-                                               "route": route, "path": request.path},
+        notify.alert_later(f"dailyrec API: {type(err).__name__} on {method} {route}",
+                           error=err, context={"request_id": rid, "method": method,
+                                               "route": route},
                            throttle_minutes=float(current_app.config["ALERT_THROTTLE_MINUTES"]))
     except Exception:  # a broken alert must not hide the 500
         current_app.logger.exception("notify.alert_later failed")

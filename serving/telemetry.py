@@ -1,6 +1,10 @@
 """Request ids and Prometheus metrics for the API.
 
-    dailyrec_http_requests_total{endpoint,method,status}    requests answered
+    dailyrec_http_requests_total{endpoint,method,status}    requests answered (endpoint: the
+                                                            route's template or <unmatched>;
+                                                            method: GET HEAD POST PUT DELETE
+                                                            PATCH OPTIONS or other; status: a
+                                                            known HTTP status or other)
     dailyrec_http_request_duration_seconds{endpoint}        latency histogram (0.5 ms .. 2.5 s)
     dailyrec_recommendations_total{source}                  lists served: personalized |
                                                             session | fallback
@@ -28,12 +32,27 @@ from flask import Flask, current_app, g, request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
                                disable_created_metrics, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
+from werkzeug.http import HTTP_STATUS_CODES
 
 disable_created_metrics()  # the *_created series only double the scrape
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Label values are never taken from the request as they are: a client can send any method token
+# and any path, and each new value would be a new series in every worker's metrics file. The
+# endpoint is the matched route's template; methods and statuses come from fixed sets.
+METHOD_LABELS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+STATUS_LABELS = {code: str(code) for code in HTTP_STATUS_CODES}
+UNMATCHED = "<unmatched>"
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, "other")
+
+
+def status_label(code: int) -> str:
+    return STATUS_LABELS.get(code, "other")
 
 
 class Telemetry:
@@ -53,7 +72,7 @@ class Telemetry:
         self.errors = Counter("dailyrec_errors", "Requests that ended in an error, by kind",
                               ["kind"], registry=self.registry)
         # Each label set's child, looked up once: labels() takes a lock and normalises the values
-        # on every call. Bounded: a client can make up methods.
+        # on every call. Bounded (the label values are), and capped all the same.
         self._children: dict = {}
 
     def init_app(self, app: Flask) -> None:
@@ -83,8 +102,8 @@ class Telemetry:
         self._child(self.recommendations, source).inc()
 
     def answered(self, endpoint: str, method: str, status: str, seconds: float | None) -> None:
-        """One request answered: counted by endpoint, method and status; its time (when known)
-        in the latency histogram."""
+        """One request answered: counted by endpoint (a route's template), method and status
+        (method_label, status_label); its time (when known) in the latency histogram."""
         self._child(self.requests, endpoint, method, status).inc()
         if seconds is not None:
             self._child(self.latency, endpoint).observe(seconds)
@@ -92,10 +111,10 @@ class Telemetry:
     def _finish(self, response):
         req = request._get_current_object()
         rule = req.url_rule
-        endpoint = rule.rule if rule is not None else "<unmatched>"
+        endpoint = rule.rule if rule is not None else UNMATCHED
         ctx = g._get_current_object()
         started = ctx.get("started")
-        self.answered(endpoint, req.method, str(response.status_code),
+        self.answered(endpoint, method_label(req.method), status_label(response.status_code),
                       None if started is None else time.perf_counter() - started)
         rid = ctx.get("request_id")
         response.headers["X-Request-ID"] = rid if rid is not None else request_id()

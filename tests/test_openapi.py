@@ -183,9 +183,19 @@ def _request(url: str, method: str = "GET"):
 
 
 def test_a_405_names_the_allowed_methods(published_api):
-    status, headers, body = _request(f"{published_api}/recommendations/user-3", "POST")
-    assert status == 405 and json.loads(body)["error"] == "method_not_allowed"
-    assert "GET" in headers.get("Allow", "")
+    """Every method but GET and HEAD, OPTIONS included, on every documented path: the documented
+    405 (JSON, and Allow naming the path's methods)."""
+    document = json.loads(DOCUMENT.read_text())
+    documented = document["components"]["responses"]["MethodNotAllowed"]
+    assert set(documented["headers"]) == {"X-Request-ID", "Allow"}
+    for path in document["paths"]:
+        url = published_api + path.replace("{user_id}", "user-3").replace("{item_id}", "item-1")
+        for method in ("OPTIONS", "POST", "DELETE"):
+            status, headers, body = _request(url, method)
+            assert status == 405 and json.loads(body)["error"] == "method_not_allowed", \
+                (method, path, status, body[:200])
+            assert headers.get_content_type() == "application/json"
+            assert set(headers.get("Allow", "").split(", ")) == {"GET", "HEAD"}
 
 
 def test_the_longest_valid_request_gets_a_documented_answer(published_api):

@@ -104,10 +104,27 @@ def test_bad_input_is_a_400_saying_what_is_wrong(app, path, message):
     ("GET", "/recommendations/a/b", 404, "not_found"),
     ("POST", "/recommendations/user-3", 405, "method_not_allowed"),
     ("DELETE", "/healthz", 405, "method_not_allowed"),
+    ("OPTIONS", "/healthz", 405, "method_not_allowed"),
+    ("OPTIONS", "/recommendations/user-3", 405, "method_not_allowed"),
+    ("OPTIONS", "/items/item-1/similar", 405, "method_not_allowed"),
 ])
 def test_unknown_routes_and_methods_answer_json(app, method, path, status, error):
     answer = app.test_client().open(path, method=method)
     assert answer.status_code == status and answer.get_json()["error"] == error
+    if status == 405:  # the methods the path takes (serving/openapi.json)
+        assert set(answer.headers["Allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_no_routing_redirect_whatever_the_host(app):
+    """Werkzeug would answer these with a 308 to the request's Host: a rule ending in a slash
+    asked without it, and an empty path segment. Both are a JSON 404, for any rule added later
+    too."""
+    app.add_url_rule("/folder/", "folder", lambda: "a page")
+    client = app.test_client()
+    for path in ("/folder", "/recommendations//user-3", "/items/a//similar", "/healthz/"):
+        answer = client.get(path, base_url="http://evil.example")
+        assert answer.status_code == 404 and "Location" not in answer.headers, path
+        assert answer.get_json()["error"] == "not_found"
 
 
 def test_nothing_published_is_a_503_with_retry_after(redis_server, redis_client):
@@ -131,7 +148,8 @@ def test_unexpected_error_is_a_500_with_request_id_and_an_alert(app, monkeypatch
     with Mailbox() as box:
         for name, value in {**box.env(), "DAILYREC_STATE_DIR": str(tmp_path / "state")}.items():
             monkeypatch.setenv(name, value)
-        answer = app.test_client().get("/explode/alice", headers={"X-Request-ID": "req-42"})
+        answer = app.test_client().get("/explode/alice?email=alice@example.com",
+                                       headers={"X-Request-ID": "req-42"})
         for user in ("bob", "carol", "dave", "erin", "frank"):  # a storm over many users
             assert app.test_client().get(f"/explode/{user}").status_code == 500
         notify.wait_for_alerts()
@@ -143,7 +161,9 @@ def test_unexpected_error_is_a_500_with_request_id_and_an_alert(app, monkeypatch
     assert "secret" not in answer.get_data(as_text=True)
     [msg] = messages  # one mail for the storm: same route, exception and place in the code
     assert msg["Subject"] == "[dailyrec] ALERT: dailyrec API: RuntimeError on GET /explode/<user>"
-    assert "request_id: req-42" in text_of(msg) and "path: /explode/alice" in text_of(msg)
+    # the route's template and the request id; never the path or query, which hold user ids
+    assert "request_id: req-42" in text_of(msg) and "route: /explode/<user>" in text_of(msg)
+    assert "alice" not in text_of(msg)
 
 
 LIST_QUERIES = ("", "?n=1", "?n=7", "?explain=0", "?recent=", "?n=3&explain=no")
