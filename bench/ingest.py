@@ -112,8 +112,8 @@ def phase_fetch_parts(work: Path, args) -> dict:
     params = bench_params()
     window = ingest.fetch_window(params)
     source = ingest.source(params)
-    chunk_rows = source.chunk_rows
-    engine = sa.create_engine(source_url(work, args))
+    chunk_rows, timeout_s = source.chunk_rows, source.timeout_seconds
+    engine = F.source_engine(source_url(work, args), timeout_s)
     arrow_s = None
     if args.source == "postgresql":  # the driver alone: the rows as Arrow batches, nothing else
         import adbc_driver_postgresql.dbapi as adbc
@@ -121,7 +121,7 @@ def phase_fetch_parts(work: Path, args) -> dict:
         start = time.perf_counter()
         with adbc.connect(engine.url.set(drivername="postgresql").render_as_string(False)) as conn:
             for cfg in source.tables:
-                mapping, _ = F.read_table(engine, cfg, window, chunk_rows)  # reflect + resolve
+                mapping, _ = F.read_table(engine, cfg, window, chunk_rows, timeout_s)
                 with conn.cursor() as cur:
                     cur.execute(arrow_query(engine, cfg, mapping, window))
                     for _ in cur.fetch_record_batch():
@@ -130,7 +130,7 @@ def phase_fetch_parts(work: Path, args) -> dict:
     read_s, tables = 0.0, {}
     for cfg in source.tables:
         start = time.perf_counter()
-        mapping, chunks = F.read_table(engine, cfg, window, chunk_rows)
+        mapping, chunks = F.read_table(engine, cfg, window, chunk_rows, timeout_s)
         raw = list(chunks)
         read_s += time.perf_counter() - start
         tables[cfg.name] = (cfg, mapping, raw)

@@ -367,3 +367,234 @@ def test_the_cli_exits_2_with_one_line_and_no_traceback(sqlite_url, tmp_path):
 def _fetch(url, run_date, out_dir):
     fetch(M.params(run_date), url, out_dir)
     return out_dir / "events.parquet"
+
+
+# --- the source database failing mid-run: exit 69, retried the next night; data/delta untouched ---
+
+STREAMED = "stream_events"
+STREAMED_ROWS = 100_000  # ~100 MB of COPY output with its 1 KB user agents: more than the
+# socket buffers and the chunks read ahead hold, so the read is still going when it is cut
+READERS = ["adbc", "sqlalchemy"]  # PostgreSQL through ADBC (the default) or psycopg
+
+
+@pytest.fixture(scope="module")
+def fault_db(postgres):
+    """A database of its own in the test server (terminating its backends touches no other
+    test), holding STREAMED: every row on DAY2, so RUN1 fetches nothing and RUN2 all of it."""
+    admin = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql("DROP DATABASE IF EXISTS faults WITH (FORCE)")
+        conn.exec_driver_sql("CREATE DATABASE faults")
+    url = sa.make_url(postgres.url).set(database="faults").render_as_string(False)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {STREAMED} AS SELECT g::text AS user_id, (g %% 500)::text AS item_id, "
+            f"'view'::text AS event_type, {M.ms(M.at(M.DAY2, 1))}::bigint + g AS ts, "
+            f"repeat('x', 1000) AS user_agent FROM generate_series(1, {STREAMED_ROWS}) g")
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql("DROP DATABASE faults WITH (FORCE)")
+    admin.dispose()
+
+
+def use_reader(reader: str, monkeypatch) -> None:
+    from dailyrec import source
+
+    if reader == "sqlalchemy":  # as without the optional ADBC driver
+        monkeypatch.setattr(source, "_adbc_postgresql", lambda: None)
+    else:  # small Arrow batches: many chunks
+        monkeypatch.setattr(source, "ADBC_BATCH_BYTES", 65536)
+
+
+def streamed_params(run_date, **changes) -> dict:
+    return M.params(run_date, **{"source.tables": {STREAMED: {
+        "window_column": "ts", "window_format": "epoch_ms"}}, "source.chunk_rows": 500,
+        **changes})
+
+
+def run_fetch_stage(tmp_path, monkeypatch, capsys, url: str, params: dict) -> tuple[int, str]:
+    """fetch_delta as the runner starts it, in tmp_path: (exit status, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(env.SOURCE_URL, url)
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    code = stage.main(["--params", "params.yaml"])
+    return code, capsys.readouterr().err
+
+
+def files_under(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fetch_delta: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_connection_dropped_mid_read_is_a_service_fault_and_leaves_the_delta_as_it_was(
+        fault_db, reader, tmp_path, monkeypatch, capsys):
+    """The backend reading the table is terminated from a second connection (as a failover or
+    an operator's pg_terminate_backend does) once the first chunk has arrived: exit 69 with one
+    line naming the table, and data/delta exactly as the run before left it, no temp file."""
+    from dailyrec import source
+
+    use_reader(reader, monkeypatch)
+    assert run_fetch_stage(tmp_path, monkeypatch, capsys, fault_db,
+                           streamed_params(M.RUN1))[0] == 0
+    before = files_under(tmp_path / "data")
+    assert set(before) == {"delta/events.parquet", "delta/quarantine.parquet"}
+
+    admin = sa.create_engine(fault_db.replace("/faults", "/postgres"),
+                             isolation_level="AUTOCOMMIT")
+    terminated: list[list[bool]] = []
+    normalise = source.normalise_table
+
+    def terminate_on_first_chunk(*args, **kwargs):
+        if not terminated:
+            with admin.connect() as conn:  # waits (up to 10 s) until each backend has exited
+                terminated.append(conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                    "WHERE datname = 'faults' AND backend_type = 'client backend'"
+                ).scalars().all())
+        return normalise(*args, **kwargs)
+
+    monkeypatch.setattr(source, "normalise_table", terminate_on_first_chunk)
+    code, err = run_fetch_stage(tmp_path, monkeypatch, capsys, fault_db, streamed_params(M.RUN2))
+    admin.dispose()
+
+    assert terminated and terminated[0] and all(terminated[0])  # cut while reading
+    assert code == 69, err
+    line = one_error_line(err)
+    assert line.startswith("fetch_delta: error: cannot read the source database: reading table "
+                           f"'{STREAMED}' broke off midway: "), line
+    assert line.endswith("the next run retries")
+    assert files_under(tmp_path / "data") == before  # nothing half-written, nothing left over
+    assert not (tmp_path / "metrics" / "fetch.json").read_text().count(M.RUN2.isoformat())
+
+
+@pytest.mark.timeout(120, method="thread")  # before source.timeout_seconds: hung for ever
+@pytest.mark.parametrize("reader", READERS)
+def test_a_query_held_up_by_a_lock_ends_as_a_service_fault_after_the_timeout(
+        fault_db, reader, tmp_path, monkeypatch, capsys):
+    """Another transaction holds a lock the read needs (a migration, a long ALTER): the query
+    is cancelled after source.timeout_seconds, exit 69 naming the table and the setting."""
+    use_reader(reader, monkeypatch)
+    engine = sa.create_engine(fault_db)
+    with engine.connect() as holder:
+        holder.exec_driver_sql(f"LOCK TABLE {STREAMED} IN ACCESS EXCLUSIVE MODE")
+        code, err = run_fetch_stage(tmp_path, monkeypatch, capsys, fault_db,
+                                    streamed_params(M.RUN2, **{"source.timeout_seconds": 1}))
+        holder.rollback()
+    engine.dispose()
+    assert code == 69, err
+    line = one_error_line(err)
+    assert f"table '{STREAMED}' took longer than source.timeout_seconds (1 s)" in line, line
+    assert "statement timeout" in line
+    assert not list(tmp_path.glob("data/**/*")) and not (tmp_path / "metrics").exists()
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_a_server_that_accepts_but_never_answers_ends_after_the_connect_timeout(
+        tmp_path, monkeypatch, capsys):
+    """A listening socket that never speaks (a hung server, a half-open proxy): libpq gives up
+    after source.timeout_seconds."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql+psycopg://reader@127.0.0.1:{silent.getsockname()[1]}/shop"
+        code, err = run_fetch_stage(tmp_path, monkeypatch, capsys, url,
+                                    M.params(M.RUN2, **{"source.timeout_seconds": 2}))
+    assert code == 69, err
+    line = one_error_line(err)
+    assert "took longer than source.timeout_seconds (2 s)" in line, line
+    assert "table 'web_events'" in line
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_a_locked_sqlite_file_ends_after_the_busy_timeout(sqlite_url, tmp_path, monkeypatch,
+                                                          capsys):
+    import sqlite3
+
+    writer = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        code, err = run_fetch_stage(tmp_path, monkeypatch, capsys, sqlite_url,
+                                    M.params(M.RUN2, **{"source.timeout_seconds": 1}))
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert code == 69, err
+    line = one_error_line(err)
+    assert "table 'web_events' took longer than source.timeout_seconds (1 s): database is locked" \
+        in line, line
+
+
+# --- a window column whose type cannot hold the window_format: exit 2 before any query ----------
+
+TYPED = "typed_events"
+WINDOW_TYPE_CASES = {
+    "text as epoch_ms": ("written_text", "epoch_ms",
+                         ["window column 'written_text' is TEXT, which window_format epoch_ms "
+                          "cannot read (source.tables.typed_events.window_format); a TEXT "
+                          "column fits none of epoch_s, epoch_ms, datetime"]),
+    "integer as datetime": ("written_int", "datetime",
+                            ["window column 'written_int' is BIGINT, which window_format "
+                             "datetime cannot read", "it fits window_format epoch_s or "
+                             "epoch_ms"]),
+    "timestamp as epoch_s": ("written_at", "epoch_s",
+                             ["window column 'written_at' is TIMESTAMP", "it fits "
+                              "window_format datetime"]),
+}
+
+
+@pytest.mark.parametrize("case", list(WINDOW_TYPE_CASES))
+def test_a_window_column_of_the_wrong_type_is_a_config_error_naming_the_fitting_formats(
+        source_url, case, tmp_path, monkeypatch, capsys):
+    column, fmt, expected = WINDOW_TYPE_CASES[case]
+    engine = sa.create_engine(source_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {TYPED}")
+        conn.exec_driver_sql(f"CREATE TABLE {TYPED} (user_id TEXT, item_id TEXT, event_type "
+                             "TEXT, ts BIGINT, written_text TEXT, written_int BIGINT, "
+                             "written_at TIMESTAMP)")
+        conn.execute(sa.text(f"INSERT INTO {TYPED} VALUES ('1', '2', 'view', :ms, :text, :ms, "
+                             ":at)"), {"ms": M.ms(M.at(M.DAY2, 9)), "text": "1763197200000",
+                                       "at": M.at(M.DAY2, 9).replace(tzinfo=None)})
+    engine.dispose()
+    params = M.params(M.RUN2, **{"source.tables": {TYPED: {
+        "window_column": column, "window_format": fmt, "columns": {"ts": "ts"}}}})
+    code, err = run_fetch_stage(tmp_path, monkeypatch, capsys, source_url, params)
+    assert code == 2, err
+    line = one_error_line(err)
+    assert f"table '{TYPED}'" in line
+    for text in expected:
+        assert text in line, line
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_query_the_database_refuses_is_a_config_error_naming_table_and_column(
+        postgres, reader, tmp_path, monkeypatch, capsys):
+    """A column type SQLAlchemy does not know (here PostgreSQL's point) passes the check before
+    the query; the database's refusal is still a config error naming the table and column."""
+    use_reader(reader, monkeypatch)
+    engine = sa.create_engine(postgres.url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS odd_events")
+        conn.exec_driver_sql("CREATE TABLE odd_events (user_id text, item_id text, event_type "
+                             "text, ts bigint, written point)")
+    engine.dispose()
+    params = M.params(M.RUN2, **{"source.tables": {"odd_events": {
+        "window_column": "written", "window_format": "epoch_ms"}}})
+    with pytest.warns(sa.exc.SAWarning, match="point"):  # reflection: an unknown type
+        code, err = run_fetch_stage(tmp_path, monkeypatch, capsys, postgres.url, params)
+    assert code == 2, err
+    line = one_error_line(err)
+    assert "table 'odd_events': the source database refused the query on window column " \
+           "'written' (window_format epoch_ms): operator does not exist: point >= " in line, line
+    assert "source.tables.odd_events" in line

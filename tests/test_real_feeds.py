@@ -45,7 +45,7 @@ def database(request, tmp_path):
         url = request.getfixturevalue("postgres").url
         engine = sa.create_engine(url)
         with engine.begin() as conn:  # the session-wide server: start each test clean
-            for table in ("clicks", "raw_events"):
+            for table in ("clicks", "raw_events", "item_views"):
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
         engine.dispose()
     return url
@@ -150,11 +150,50 @@ def test_row_level_problems_are_quarantined_by_fetch_not_left_to_reject_the_day(
     assert counts["kept"] == 98
 
 
+def test_a_date_plus_an_offset_is_each_events_time_and_repeat_views_stay_apart(database,
+                                                                              tmp_path):
+    """A session log whose only time is a date, with each view's offset into its session in
+    milliseconds (DIGINETICA's eventdate and timeframe): ts is date + offset, so a session's
+    repeat views of an item are distinct events in their order, an identical row is still a
+    duplicate, and an offset that is null, negative or not a number is quarantined."""
+    engine = sa.create_engine(database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE item_views (session_id BIGINT, item_id BIGINT, "
+                             "timeframe BIGINT, eventdate DATE)")
+    rows = [(1, 10, 0), (1, 10, 5_000), (1, 10, 5_000), (1, 11, 20_000), (1, 10, 65_000),
+            (2, 10, 1_000), (2, 12, None), (2, 13, -5)]
+    if database.startswith("sqlite"):  # SQLite keeps what it is given, whatever the column
+        rows.append((2, 14, "abc"))
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO item_views VALUES (:s, :i, :t, :d)"),
+                     [{"s": s, "i": i, "t": t, "d": DAY} for s, i, t in rows])
+    engine.dispose()
+    table = {"item_views": {"window_column": "eventdate", "window_format": "datetime",
+                            "event_type": "view", "ts_offset_unit": "ms",
+                            "columns": {"user_id": "session_id", "ts": "eventdate",
+                                        "ts_offset": "timeframe"}}}
+    counts = fetch(params_for(table, **{"source.chunk_rows": 3}), database, tmp_path / "delta")
+    events, quarantine = read(tmp_path / "delta")
+    midnight = pd.Timestamp(DAY, tz="UTC")
+    session = events[events["user_id"] == "1"].sort_values("ts")
+    assert session["item_id"].tolist() == ["10", "10", "11", "10"]
+    assert (session["ts"] - midnight).dt.total_seconds().tolist() == [0, 5, 20, 65]
+    assert session["event_id"].is_unique
+    assert events.loc[events["user_id"] == "2", "ts"].tolist() == [midnight + pd.Timedelta(1, "s")]
+    invalid = len(rows) - 6
+    assert quarantine["reason"].tolist() == ["ts_offset:invalid"] * invalid
+    assert set(quarantine["field"]) == {"ts_offset"}
+    assert {"-5", "-5.0"} & set(quarantine["value"])  # an integer column with a NULL: float
+    assert (counts["kept"], counts["duplicates"], counts["quarantined"]) == (5, 1, invalid)
+    assert counts["tables"]["item_views"]["columns"]["ts_offset"] == "timeframe"
+
+
 # --- the worked examples (docs/ingestion.md) --------------------------------------------------------
 
-def run_stages(root, monkeypatch, url: str, tables: dict, days: list[dt.date]) -> dict:
+def run_stages(root, monkeypatch, url: str, tables: dict, days: list[dt.date], **changes) -> dict:
     """The stages in this process for each day (fetch and merge; on the last day the rest too,
-    as the scheduler would), on a params.yaml that names the table; returns the last metrics."""
+    as the scheduler would), on a params.yaml that names the table (and changes as
+    {"dotted.key": value}); returns the last metrics."""
     from stages import fetch_delta, filter_noise, merge_history, train, validate
 
     monkeypatch.chdir(root)
@@ -163,7 +202,7 @@ def run_stages(root, monkeypatch, url: str, tables: dict, days: list[dt.date]) -
     monkeypatch.setenv("DAILYREC_STATE_DIR", str(root / "state"))
     for day in days:
         run = day + dt.timedelta(days=1)
-        (root / "params.yaml").write_text(json.dumps(params_for(tables, run)))  # JSON is YAML
+        (root / "params.yaml").write_text(json.dumps(params_for(tables, run, **changes)))
         assert fetch_delta.main([]) == 0
         assert merge_history.main([]) == 0
     for stage in (validate, filter_noise, train):
@@ -187,7 +226,7 @@ def _times(rng, day: dt.date, n: int) -> np.ndarray:
 def pg(postgres):
     engine = sa.create_engine(postgres.url)
     with engine.begin() as conn:
-        for table in ("events", '"clicks"', "plays"):
+        for table in ("events", '"clicks"', "plays", "item_views"):
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
     yield engine
     engine.dispose()
@@ -276,3 +315,43 @@ def test_example_a_play_count_table(pg, postgres, tmp_path, monkeypatch):
     clean = pq.read_table(tmp_path / "data/clean").to_pandas()
     assert clean["quantity"].min() >= 1 and clean["quantity"].max() > 5
     assert m["train"]["users"] > 100
+
+
+def test_example_a_session_log_with_a_date_and_an_offset(pg, postgres, tmp_path, monkeypatch):
+    """"sessionId" bigint, "userId" bigint (mostly NULL), "itemId" bigint, timeframe bigint
+    (milliseconds since the session's first view), eventdate date: each view's ts is its date
+    plus its offset, and a session's views keep their order and their repeats."""
+    from dailyrec import history
+
+    with pg.begin() as conn:
+        conn.exec_driver_sql('CREATE TABLE item_views ("sessionId" bigint, "userId" bigint, '
+                             '"itemId" bigint, timeframe bigint, eventdate date)')
+    rng = np.random.default_rng(4)
+    frames = []
+    for k, day in enumerate(DAYS):
+        n = 1500
+        frames.append(pd.DataFrame({
+            "sessionId": 1 + k * 1000 + rng.integers(0, 400, n),
+            "userId": np.where(rng.random(n) < 0.1, rng.integers(1, 50, n), None),
+            "itemId": 25_000 + rng.integers(0, 80, n),
+            "timeframe": rng.integers(0, 1_800_000, n), "eventdate": day}))
+    source = pd.concat(frames, ignore_index=True)
+    source.to_sql("item_views", pg, if_exists="append", index=False)
+    tables = {"item_views": {"window_column": "eventdate", "window_format": "datetime",
+                             "lookback_days": 2, "event_type": "view", "ts_offset_unit": "ms",
+                             "columns": {"user_id": "sessionId", "ts": "eventdate",
+                                         "ts_offset": "timeframe"}}}
+    # Offsets count from each session's start, not from midnight: the day's newest event says
+    # nothing of the feed's freshness.
+    m = run_stages(tmp_path, monkeypatch, postgres.url, tables, DAYS,
+                   **{"validate.freshness.severity": "warn"})
+    assert m["fetch"]["quarantined"] == 0 and m["fetch"]["duplicates"] == 0
+    assert m["fetch"]["kept"] == m["fetch"]["fetched"] == 4500  # the last day and 2 looked back
+    assert m["validation"]["status"] in ("passed", "warned") and m["train"]["users"] > 100
+    kept = history.read_window(tmp_path / "data/history", DAYS[0], DAYS[-1]).to_pandas()
+    # Every repeat view kept, none taken for a duplicate; the days read again have the same ids.
+    assert len(kept) == len(source)
+    expected = pd.to_datetime(source["eventdate"]).dt.tz_localize("UTC") + \
+        pd.to_timedelta(source["timeframe"], unit="ms")
+    assert sorted(zip(kept["user_id"], kept["item_id"], kept["ts"])) == sorted(zip(
+        source["sessionId"].astype(str), source["itemId"].astype(str), expected))

@@ -288,7 +288,7 @@ def test_a_mapped_column_that_does_not_exist_names_it():
 def params_with(tables: dict) -> dict:
     return {"run": {"date": "2026-11-16"}, "history": {"days": 365},
             "fetch": {"max_clock_skew_minutes": 10},
-            "source": {"tables": tables, "chunk_rows": 1000}}
+            "source": {"tables": tables, "chunk_rows": 1000, "timeout_seconds": 600}}
 
 
 GOOD_TABLE = {"window_column": "written", "window_format": "epoch_ms"}
@@ -311,6 +311,15 @@ GOOD_TABLE = {"window_column": "written", "window_format": "epoch_ms"}
     ({"events": {**GOOD_TABLE, "lookback_days": "2; DROP"}}, "lookback_days"),
     ({"events": {**GOOD_TABLE, "event_types": {"hover": "like"}}}, "like"),
     ({"events": {**GOOD_TABLE, "where": "1=1"}}, "where"),
+    ({"events": {**GOOD_TABLE, "columns": {"ts_offset": "timeframe"}}},
+     "source.tables.events.ts_offset_unit is missing"),
+    ({"events": {**GOOD_TABLE, "columns": {"ts_offset": "timeframe"}, "ts_offset_unit": "min"}},
+     "source.tables.events.ts_offset_unit must be one of ['s', 'ms', 'us'], got 'min'"),
+    ({"events": {**GOOD_TABLE, "ts_offset_unit": "ms"}},
+     "source.tables.events.ts_offset_unit is set but source.tables.events.columns maps no "
+     "ts_offset column"),
+    ({"events": {**GOOD_TABLE, "columns": {"ts_offset": "tf; DROP"}, "ts_offset_unit": "ms"}},
+     "tf; DROP"),
     ({}, "source.tables"),
 ])
 def test_hostile_or_wrong_table_config_is_refused_naming_the_value(tables, named):
@@ -319,6 +328,14 @@ def test_hostile_or_wrong_table_config_is_refused_naming_the_value(tables, named
     message = str(err.value)
     assert named in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("timeout", [0, -5, 2.5, "600", None])
+def test_source_timeout_seconds_must_be_a_whole_number_of_seconds(timeout):
+    raw = params_with({"events": GOOD_TABLE})
+    raw["source"]["timeout_seconds"] = timeout
+    with pytest.raises(ConfigError, match=r"source.timeout_seconds must be an integer >= 1"):
+        ingest.source(of(raw))
 
 
 def test_a_hostile_table_name_is_refused_before_any_database_is_touched(tmp_path):
@@ -415,6 +432,27 @@ def test_normalise_without_optional_columns_or_own_ids():
     assert events["user_agent"].isna().all() and events["ip"].isna().all()
     assert quarantine.empty and list(quarantine.columns) == S.QUARANTINE_SCHEMA.names
     assert S.to_table(events).schema == S.EVENT_SCHEMA
+
+
+def test_normalise_adds_the_ts_offset_and_quarantines_offsets_it_cannot_use():
+    mapping = {**MAPPING, "ts": "day", "ts_offset": "tf"}
+    cfg = table_config(columns={"ts": "day", "ts_offset": "tf"}, ts_offset_unit="ms")
+    offsets = [0, 1500, "2500", 1.5, None, -1, "abc", float("nan"), float("inf"), 1e300]
+    raw = pd.DataFrame([{**GOOD, "id": f"e{k}", "day": "2026-11-15", "tf": tf}
+                        for k, tf in enumerate(offsets)])
+    events, quarantine = F.normalise(raw, cfg, mapping, WINDOW)
+    assert list(events["event_id"]) == ["events:e0", "events:e1", "events:e2", "events:e3"]
+    assert [t - utc(2026, 11, 15) for t in events["ts"]] == [
+        pd.Timedelta(ms, "ms") for ms in (0, 1500, 2500, 1.5)]
+    assert list(quarantine["reason"]) == ["ts_offset:invalid"] * 6
+    assert list(quarantine["field"]) == ["ts_offset"] * 6
+    assert as_list(quarantine["value"])[1:3] == ["-1", "abc"]
+    # A bad date is the date's fault, whatever the offset; one an offset pushes past the window's
+    # end and its clock skew is in the future.
+    raw = pd.DataFrame([{**GOOD, "day": "not a day", "tf": -1},
+                        {**GOOD, "day": "2026-11-15", "tf": 86_400_000 + 11 * 60_000}])
+    _, quarantine = F.normalise(raw, cfg, mapping, WINDOW)
+    assert list(quarantine["reason"]) == ["ts:unparseable", "ts:future"]
 
 
 def test_normalise_of_an_empty_chunk():

@@ -12,7 +12,11 @@ from dailyrec.settings import ConfigError, Params, day_window, run_date
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 WINDOW_FORMATS = ("epoch_s", "epoch_ms", "datetime")
 TABLE_KEYS = ("window_column", "window_format", "lookback_days", "columns", "event_types",
-              "event_type", "ignore_event_types")
+              "event_type", "ignore_event_types", "ts_offset_unit")
+# A column added to ts (a table whose only time is a date, with the event's offset into it):
+# mapped under columns like a canonical field, with its unit in ts_offset_unit.
+TS_OFFSET = "ts_offset"
+TS_OFFSET_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}  # microseconds per unit
 
 
 @dataclass(frozen=True)
@@ -27,12 +31,14 @@ class TableConfig:
     event_types: dict[str, str] = field(default_factory=dict)
     event_type: str | None = None  # every row is this type: a click log has no type column
     ignore_event_types: tuple[str, ...] = ()  # sent but not interest: counted, not quarantined
+    ts_offset_unit: str | None = None  # the unit of columns[TS_OFFSET], when a table maps one
 
 
 @dataclass(frozen=True)
 class SourceSettings:
     tables: tuple[TableConfig, ...]
     chunk_rows: int
+    timeout_seconds: int  # connect, per query (PostgreSQL), waiting on a lock (SQLite)
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ def _identifier(params: Params, key: str, value: object) -> str:
 
 
 def source(params: Params) -> SourceSettings:
-    """source.tables (at least one) and source.chunk_rows."""
+    """source.tables (at least one), source.chunk_rows and source.timeout_seconds."""
     tables = params.mapping("source.tables")
     if not tables:
         raise ConfigError(f"{params.source}: source.tables must name at least one table")
@@ -66,10 +72,11 @@ def source(params: Params) -> SourceSettings:
             raise params.fail(where, "a mapping with window_column and window_format", None)
         params.known(where, TABLE_KEYS)
         columns = params.mapping(f"{where}.columns", {})
-        bad_fields = set(columns) - set(S.SOURCE_FIELDS)
+        bad_fields = set(columns) - {*S.SOURCE_FIELDS, TS_OFFSET}
         if bad_fields:
             raise ConfigError(f"{params.source}: {where}.columns: {sorted(bad_fields)} are not "
-                              f"canonical fields (expected some of {S.SOURCE_FIELDS})")
+                              f"canonical fields (expected some of {S.SOURCE_FIELDS}, or "
+                              f"{TS_OFFSET})")
         event_types = {str(k): str(v) for k, v in
                        params.mapping(f"{where}.event_types", {}).items()}
         for spelling, target in event_types.items():
@@ -98,9 +105,22 @@ def source(params: Params) -> SourceSettings:
             event_types=event_types,
             event_type=constant,
             ignore_event_types=tuple(ignore),
+            ts_offset_unit=_ts_offset_unit(params, where, TS_OFFSET in columns),
         ))
     return SourceSettings(tables=tuple(configs),
-                          chunk_rows=params.integer("source.chunk_rows", low=1))
+                          chunk_rows=params.integer("source.chunk_rows", low=1),
+                          timeout_seconds=params.integer("source.timeout_seconds", low=1))
+
+
+def _ts_offset_unit(params: Params, where: str, mapped: bool) -> str | None:
+    """A table's ts_offset_unit: required with a ts_offset column (a unit is a fact about the
+    source, never guessed), refused without one."""
+    if not mapped:
+        if params.get(f"{where}.ts_offset_unit", None) is not None:
+            raise ConfigError(f"{params.source}: {where}.ts_offset_unit is set but "
+                              f"{where}.columns maps no {TS_OFFSET} column")
+        return None
+    return params.choice(f"{where}.ts_offset_unit", list(TS_OFFSET_UNITS))
 
 
 def history_days(params: Params) -> int:
