@@ -113,12 +113,12 @@ def pieces(redis_url: str, users: list[str], n: int) -> list[list]:
     import flask
     import numpy as np
 
-    from dailyrec.store import keys as K
+    from dailyrec.publish import keys as K
     from serving import api, auth
     from serving.app import create_app
 
     app = create_app({"REDIS_URL": redis_url})
-    store = app.extensions["dailyrec.store"]
+    store = app.extensions["dailyrec.publish"]
     telemetry = app.extensions["dailyrec.telemetry"]
     user = users[0]
     path = KNOWN_PATH.format(user=user.removeprefix("u"))
@@ -312,9 +312,9 @@ def baseline_tree(ref: str) -> Path:
 
 def setup_redis(users: int, items: int):
     from bench.serve import synthetic_bundle
-    from dailyrec.settings.serving import PublishSettings
-    from dailyrec.store import connection
-    from dailyrec.store import writer as pub
+    from dailyrec.publish.settings import PublishSettings
+    from dailyrec.publish import connection
+    from dailyrec.publish import writer as pub
     from tests import servers
 
     server = servers.start_redis()

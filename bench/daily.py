@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench import filter as FB  # noqa: E402
 from bench.report import markdown_table, publish  # noqa: E402
-from dailyrec import clean  # noqa: E402
-from dailyrec.files import file_md5_uncached  # noqa: E402
-from dailyrec.runner import tree_bytes  # noqa: E402
-from dailyrec.history import partition_day, partition_path  # noqa: E402
+from dailyrec.quality.filtering import clean  # noqa: E402
+from dailyrec.core.files import file_md5_uncached  # noqa: E402
+from dailyrec.ops.runner import tree_bytes  # noqa: E402
+from dailyrec.ingest.history import partition_day, partition_path  # noqa: E402
 from tools import simulate as SIM  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -196,9 +196,9 @@ BARE_FIT = """
 import json, time
 from threadpoolctl import threadpool_limits
 from implicit.cpu.als import AlternatingLeastSquares
-from dailyrec import settings
+from dailyrec.core import settings
 from dailyrec.model import confidence as C, training
-from dailyrec.settings import model
+from dailyrec.model import settings as model
 params = settings.load()
 config = model.train(params)
 events = training.read_events("data/clean")

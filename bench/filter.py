@@ -12,8 +12,8 @@ Measured in one run:
   rules and of the whole stage (target: >= 2M events/s). Two cases, taking turns 3 times: every
   day judged and written (no day verdicts nor day files kept: a first run) and the daily case
   (the state the run for the day before left: 59 days' day-local verdicts reused,
-  dailyrec.quality.day_verdicts, and the day files whose kept events did not change linked,
-  dailyrec.clean.KeptDays), with a check that both write the same data/clean and counts.
+  dailyrec.quality.filtering.day_verdicts, and the day files whose kept events did not change linked,
+  dailyrec.quality.filtering.clean.KeptDays), with a check that both write the same data/clean and counts.
   Both find the files' MD5s remembered, as validate leaves them before filter_noise runs;
 - data/clean as a file per day against one file (the layout before): write time, bytes, and what
   `dvc push` adds after the run for the day before;
@@ -50,16 +50,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import markdown_table, publish  # noqa: E402
-from dailyrec import clean  # noqa: E402
-from dailyrec import history as H  # noqa: E402
-from dailyrec import paths  # noqa: E402
-from dailyrec import schema as S  # noqa: E402
-from dailyrec import settings  # noqa: E402
-from dailyrec.files import file_md5_uncached  # noqa: E402
-from dailyrec.history import partition_path  # noqa: E402
-from dailyrec.quality import rules as FN  # noqa: E402
-from dailyrec.settings import quality  # noqa: E402
-from dailyrec.settings.quality import FilterSettings  # noqa: E402
+from dailyrec.quality.filtering import clean  # noqa: E402
+from dailyrec.ingest import history as H  # noqa: E402
+from dailyrec.core import paths  # noqa: E402
+from dailyrec.core import schema as S  # noqa: E402
+from dailyrec.core import settings  # noqa: E402
+from dailyrec.core.files import file_md5_uncached  # noqa: E402
+from dailyrec.ingest.history import partition_path  # noqa: E402
+from dailyrec.quality.filtering import rules as FN  # noqa: E402
+from dailyrec.quality import settings as quality  # noqa: E402
+from dailyrec.quality.settings import FilterSettings  # noqa: E402
 from tools import simulate as SIM  # noqa: E402
 
 RUN_DATE = dt.date(2026, 11, 21)
@@ -304,7 +304,7 @@ def time_filter(history: Path, params: settings.Params, out: Path, state: Path) 
 
 
 def one_file(w: FN.Window, keep: np.ndarray, path: Path) -> float:
-    """The layout before dailyrec.clean, as the baseline: the kept window as one Parquet file
+    """The layout before dailyrec.quality.filtering.clean, as the baseline: the kept window as one Parquet file
     (row groups of 1M rows, the window's dictionaries); seconds to write it."""
     started = time.perf_counter()
     settings_ = {**clean.PARQUET, "store_schema": False}
@@ -382,7 +382,7 @@ def time_validate(history: Path, data: Path, raw: dict) -> dict:
     cwd = Path.cwd()
     os.chdir(work)
     try:
-        from dailyrec.quality import expectations as V
+        from dailyrec.quality.validation import expectations as V
 
         cfg = quality.validate(settings.of(raw))
         t = time.perf_counter()
@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'yes' if same_out else 'NO'}. Against plain pandas on "
         f"{small_n:,} events: **{base_s / ours_rules_s:.1f}x** faster, same rows removed: "
         f"{'yes' if same else 'NO'}.\n\n"
-        f"data/clean is a file per day (dailyrec.clean): {len(m['clean'])} files, "
+        f"data/clean is a file per day (dailyrec.quality.filtering.clean): {len(m['clean'])} files, "
         f"{all_bytes / 2**20:,.0f} MiB, against {layouts['one_bytes'] / 2**20:,.0f} MiB as one "
         f"file, written in {layouts['days_s']:.1f} s against {layouts['one_s']:.1f} s. After the "
         f"day before's run, {len(m['clean']) - len(new_files)} of its day files are byte for "

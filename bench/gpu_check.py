@@ -25,12 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench import report  # noqa: E402
 from bench import synthetic  # noqa: E402
-from dailyrec import settings  # noqa: E402
+from dailyrec.core import settings  # noqa: E402
 from dailyrec.model import als  # noqa: E402
 from dailyrec.model import evaluation as E  # noqa: E402
 from dailyrec.model.recommender import ALSRecommender  # noqa: E402
-from dailyrec.settings import evaluation as eval_settings  # noqa: E402
-from dailyrec.settings import model as model_settings  # noqa: E402
+from dailyrec.model import settings as eval_settings  # noqa: E402
+from dailyrec.model import settings as model_settings  # noqa: E402
 
 FIRST_DAY = dt.date(2026, 10, 1)
 

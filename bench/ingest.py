@@ -16,7 +16,7 @@ about 1M source rows and for a rolling history of 365 days and over 20M events.
 With --source postgresql the same simulated day is loaded (COPY) into a private database that the
 script creates and drops on --pg-url's server, and only fetch_delta is timed, from PostgreSQL: the
 DB read (ADBC -> Arrow alone, then as the stage's chunks), normalise, dedup + write, and the whole
-stage, now and as it was at --baseline (dailyrec/source.py of that commit, loaded from git), taking
+stage, now and as it was at --baseline (dailyrec/ingest/source.py of that commit, loaded from git), taking
 turns REPEATS times so both see the same machine; the load average is read beside each run, and
 the two deltas must hold the same rows and the same quarantine. Its table goes into its own part of
 the section (the SQLite part of the last SQLite run is kept, and the other way round).
@@ -54,11 +54,11 @@ import sqlalchemy as sa  # noqa: E402
 import yaml  # noqa: E402
 
 from bench.report import DOC, machine, markdown_table, publish  # noqa: E402
-from dailyrec import history as H  # noqa: E402
-from dailyrec import schema as S  # noqa: E402
-from dailyrec import settings  # noqa: E402
-from dailyrec import source as F  # noqa: E402
-from dailyrec.settings import ingest  # noqa: E402
+from dailyrec.ingest import history as H  # noqa: E402
+from dailyrec.core import schema as S  # noqa: E402
+from dailyrec.core import settings  # noqa: E402
+from dailyrec.ingest import source as F  # noqa: E402
+from dailyrec.ingest import settings as ingest  # noqa: E402
 from tools import simulate  # noqa: E402
 
 DAY = dt.date(2026, 11, 20)  # the simulated day; run.date is the day after
@@ -68,7 +68,7 @@ SLICE_ROWS = 100_000
 REPEATS = 3  # timed steps run this many times; the best counts (the median is shown beside it)
 TARGET_NORMALISE = 1_000_000  # events/s
 TARGET_FETCH = 1_000_000  # rows/s, fetch_delta end to end (issue 14)
-BASELINE = "ca24bbfcc0d26f8c0b01e7a89b21e1517a38bcdf"  # dailyrec/source.py before issue 14's fetch work
+BASELINE = "ca24bbfcc0d26f8c0b01e7a89b21e1517a38bcdf"  # dailyrec/ingest/source.py before issue 14's fetch work
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -200,7 +200,7 @@ def load_avg() -> float:
 
 
 def baseline_module(work: Path):
-    """dailyrec/source.py as it was at BASELINE (args.baseline), imported from git."""
+    """dailyrec/ingest/source.py as it was at BASELINE (args.baseline), imported from git."""
     path = work / "baseline_source.py"
     module = importlib.util.spec_from_file_location("baseline_source", path)
     loaded = importlib.util.module_from_spec(module)
@@ -489,7 +489,7 @@ def pg_report(loaded: dict, parts: dict, runs: list[dict], compare: dict, args) 
         f"fetched, {now['kept']:,} kept, {now['quarantined']:,} quarantined, "
         f"{now['duplicates']:,} duplicates. The parts were timed in one process (normalise "
         f"{REPEATS} times); the whole stage ran {REPEATS} times as it is now and {REPEATS} times "
-        f"as it was before (dailyrec/source.py of commit {args.baseline[:7]}, loaded from git), "
+        f"as it was before (dailyrec/ingest/source.py of commit {args.baseline[:7]}, loaded from git), "
         f"taking turns, each in its own process.\n\n{table}\n\nEach end-to-end run, in the order "
         f"they ran:\n\n{turns}\n\n"
         f"- End to end from PostgreSQL: {rate(now['rows'], now['seconds']):,.0f} rows/s now "
@@ -507,7 +507,7 @@ def pg_report(loaded: dict, parts: dict, runs: list[dict], compare: dict, args) 
         f"than {now['cpu_s'] / (os.cpu_count() or 1):.2f} s "
         f"({rate(now['rows'], now['cpu_s'] / (os.cpu_count() or 1)):,.0f} rows/s) however its "
         f"steps overlap (now: the driver's reads on a thread of their own, "
-        f"dailyrec/streams.prefetched, while the main thread normalises and writes).\n"
+        f"dailyrec/ingest/streams.prefetched, while the main thread normalises and writes).\n"
     )
 
 
@@ -557,10 +557,10 @@ def run_postgresql(work: Path, args) -> str:
     """The PostgreSQL mode's runs (see the module's docstring); returns its part's body."""
     database = f"dailyrec_bench_ingest_{os.getpid()}"
     (work / "pg-database").write_text(database)
-    baseline = subprocess.run(["git", "show", f"{args.baseline}:dailyrec/source.py"], cwd=ROOT,
+    baseline = subprocess.run(["git", "show", f"{args.baseline}:dailyrec/ingest/source.py"], cwd=ROOT,
                               capture_output=True, text=True)
     if baseline.returncode != 0:
-        sys.exit(f"cannot read dailyrec/source.py of {args.baseline}: {baseline.stderr.strip()}")
+        sys.exit(f"cannot read dailyrec/ingest/source.py of {args.baseline}: {baseline.stderr.strip()}")
     (work / "baseline_source.py").write_text(baseline.stdout)
     admin = sa.create_engine(sa.make_url(args.pg_url).set(drivername="postgresql+psycopg"),
                              isolation_level="AUTOCOMMIT")
@@ -598,7 +598,7 @@ def main(argv=None) -> int:
                     help=f"a PostgreSQL server where a private database may be created and "
                          f"dropped (default {PG_URL})")
     ap.add_argument("--baseline", default=BASELINE,
-                    help="the commit whose dailyrec/source.py is timed as 'before' (postgresql)")
+                    help="the commit whose dailyrec/ingest/source.py is timed as 'before' (postgresql)")
     ap.add_argument("--workdir", help="keep the data here (default: a temp dir, removed)")
     ap.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     ap.add_argument("--impl", choices=("new", "baseline"), default="new", help=argparse.SUPPRESS)

@@ -111,7 +111,7 @@ def served_records(redis_url: str) -> dict:
     the time): the items, fallback, factors, lists, histories and similar items."""
     import redis
 
-    from dailyrec.store import keys as K
+    from dailyrec.publish import keys as K
 
     client, layout = redis.Redis.from_url(redis_url), K.Layout.from_env({})
     version = client.get(layout.current).decode()
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("NUMPY_MADVISE_HUGEPAGE", None)
     from mlflow import MlflowClient
 
-    from dailyrec import settings
-    from dailyrec.settings import ops
+    from dailyrec.core import settings
+    from dailyrec.ops import settings as ops
 
     registry = ops.mlflow(settings.load(ws / "params.yaml"))
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])

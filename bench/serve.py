@@ -55,12 +55,12 @@ from dailyrec.model import artifacts  # noqa: E402
 from dailyrec.model.confidence import one_event_confidence  # noqa: E402
 from dailyrec.model.ranking import top_k  # noqa: E402
 from dailyrec.model.recommender import ALSRecommender  # noqa: E402
-from dailyrec.settings.model import train_from_dict  # noqa: E402
-from dailyrec.settings.serving import PublishSettings  # noqa: E402
-from dailyrec.store import connection  # noqa: E402
-from dailyrec.store import keys as K  # noqa: E402
-from dailyrec.store import writer as pub  # noqa: E402
-from dailyrec.store.reader import RecommendationStore  # noqa: E402
+from dailyrec.model.settings import train_from_dict  # noqa: E402
+from dailyrec.publish.settings import PublishSettings  # noqa: E402
+from dailyrec.publish import connection  # noqa: E402
+from dailyrec.publish import keys as K  # noqa: E402
+from dailyrec.publish import writer as pub  # noqa: E402
+from dailyrec.publish.reader import RecommendationStore  # noqa: E402
 from tests import servers  # noqa: E402
 from tests.params import project_params  # noqa: E402
 

@@ -40,14 +40,16 @@ sys.path.insert(0, str(ROOT))
 
 from bench import filter as FB  # noqa: E402
 from bench.report import load, markdown_table, publish  # noqa: E402
-from dailyrec import clean, settings  # noqa: E402
-from dailyrec import spark as SP  # noqa: E402
+from dailyrec.quality.filtering import clean  # noqa: E402
+from dailyrec.core import settings
+from dailyrec.core import spark as SP  # noqa: E402
 from dailyrec.model import confidence as C  # noqa: E402
 from dailyrec.model import spark_confidence as SC  # noqa: E402
 from dailyrec.model.training import read_events  # noqa: E402
-from dailyrec.quality import rules as FN  # noqa: E402
-from dailyrec.quality import spark_engine as SE  # noqa: E402
-from dailyrec.settings import model, quality  # noqa: E402
+from dailyrec.quality.filtering import rules as FN  # noqa: E402
+from dailyrec.quality.filtering import spark_engine as SE  # noqa: E402
+from dailyrec.model import settings as model  # noqa: E402
+from dailyrec.quality import settings as quality
 
 
 def comparable(counts: dict) -> dict:
@@ -126,7 +128,7 @@ def where_by_user_goes(spark, history: Path, cfg) -> list[list]:
 
 MEMORY_STEPS = {
     "filter_noise": """
-from dailyrec.quality import rules as FN
+from dailyrec.quality.filtering import rules as FN
 FN.run(quality.filter_rules(FB.bench_params()), HISTORY, set(), Path(OUT).with_suffix('.rss'))
 """,
     "matrix_build": """
@@ -163,7 +165,7 @@ def peak_memory(clean: Path, history: Path, factors: int = 64) -> dict:
                   "            return int(line.split()[1]) * 1024\n"
                   "from pathlib import Path\nfrom threadpoolctl import threadpool_limits\n"
                   "threadpool_limits(1, 'blas')\nfrom bench import filter as FB\n"
-                  "from dailyrec import settings\nfrom dailyrec.settings import model, quality\n"
+                  "from dailyrec import settings\nfrom dailyrec.core.settings import model, quality\n"
                   f"HISTORY, OUT, FACTORS = Path({str(history)!r}), Path({str(clean)!r}), "
                   f"{factors}\nbase = peak()\n"
                   + code + "print(json.dumps({'base': base, 'peak': peak()}))\n")

@@ -29,13 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import load, markdown_table, publish  # noqa: E402
-from dailyrec import settings  # noqa: E402
-from dailyrec import spark as SP  # noqa: E402
+from dailyrec.core import settings  # noqa: E402
+from dailyrec.core import spark as SP  # noqa: E402
 from dailyrec.model import als, spark_als  # noqa: E402
 from dailyrec.model import confidence as C  # noqa: E402
 from dailyrec.model import evaluation as E  # noqa: E402
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender  # noqa: E402
-from dailyrec.settings import model  # noqa: E402
+from dailyrec.model import settings as model  # noqa: E402
 from tests.clean_events import human_events  # noqa: E402
 
 FIRST = dt.date(2026, 10, 1)

@@ -12,7 +12,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-from dailyrec import schema as S
+from dailyrec.core import schema as S
 
 FUNNEL = np.array([0.70, 0.20, 0.07, 0.03])
 

@@ -35,16 +35,16 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench import report  # noqa: E402
 from bench import synthetic  # noqa: E402
-from dailyrec import schema as S  # noqa: E402
-from dailyrec import settings  # noqa: E402
+from dailyrec.core import schema as S  # noqa: E402
+from dailyrec.core import settings  # noqa: E402
 from dailyrec.model import als  # noqa: E402
 from dailyrec.model import artifacts  # noqa: E402
 from dailyrec.model import confidence as C  # noqa: E402
 from dailyrec.model import evaluation as E  # noqa: E402
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender  # noqa: E402
 from dailyrec.model.training import read_events  # noqa: E402
-from dailyrec.settings import model as model_settings  # noqa: E402
-from dailyrec.settings.model import TrainConfig  # noqa: E402
+from dailyrec.model import settings as model_settings  # noqa: E402
+from dailyrec.model.settings import TrainConfig  # noqa: E402
 
 MOVIELENS = ROOT.parent / "shared" / "datasets" / "ml-100k" / "u.data"
 RATING_EVENT = {1: "view", 2: "view", 3: "click", 4: "add_to_cart", 5: "purchase"}

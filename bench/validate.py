@@ -4,7 +4,7 @@
 
 The 60-day window is bench/filter.py's (simulator traffic, written once under --data, default
 /tmp/dailyrec-bench-validate), plus one more day for the next run. Each row is validate
-(dailyrec.quality.expectations.validate: the delta suites on one day, the ledger, the window
+(dailyrec.quality.validation.expectations.validate: the delta suites on one day, the ledger, the window
 suites) in a fresh process, with its wall time and its own peak RSS:
   1. Great Expectations on the whole window (no facts: what validate did before);
   2. facts, cold: every file of the window read once and its facts kept;
@@ -34,16 +34,16 @@ sys.path.insert(0, str(ROOT))
 
 from bench import filter as BF  # noqa: E402
 from bench.report import markdown_table, publish  # noqa: E402
-from dailyrec import schema as S  # noqa: E402
-from dailyrec.history import partition_path  # noqa: E402
+from dailyrec.core import schema as S  # noqa: E402
+from dailyrec.ingest.history import partition_path  # noqa: E402
 from tools import simulate as SIM  # noqa: E402
 
 
 def child(args) -> int:
     """One validate run in this (fresh) process; prints a JSON line."""
-    from dailyrec import settings
-    from dailyrec.quality import expectations as V
-    from dailyrec.settings import quality
+    from dailyrec.core import settings
+    from dailyrec.quality.validation import expectations as V
+    from dailyrec.quality import settings as quality
 
     raw = BF.raw_params()
     raw["run"]["date"] = args.run_date

@@ -84,7 +84,7 @@ PY
 
 # From / so that the installed copy is imported, not the source tree.
 (cd / && "$venv/bin/python" -c '
-import dailyrec.runner, dailyrec.notify, dailyrec.render, serving.app, stages.daily, implicit
+import dailyrec.ops.runner, dailyrec.ops.notify, dailyrec.core.render, serving.app, stages.daily, implicit
 serving.app.create_app()
 ')
 echo "install.sh: installed $target into $venv"

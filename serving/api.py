@@ -90,7 +90,7 @@ def recommendations(user_id: str):
     _checked_id(user_id, "user_id")
     recent, explain = _recent(), _explain()
     app = current_app._get_current_object()
-    store = app.extensions["dailyrec.store"]
+    store = app.extensions["dailyrec.publish"]
     telemetry = app.extensions["dailyrec.telemetry"]
     if not recent and not explain and render.compatible(app):
         # The hot path: the stored list (or the fallback) as it is, its JSON joined from
@@ -145,7 +145,7 @@ def recommendations(user_id: str):
 @bp.get("/items/<item_id>/similar")
 def similar_items(item_id: str):
     _checked_id(item_id, "item_id")
-    store = current_app.extensions["dailyrec.store"]
+    store = current_app.extensions["dailyrec.publish"]
     version, record = store.similar(item_id)
     n = _n(version)
     if record is None:

@@ -4,7 +4,7 @@
 
 Configuration, later sources winning:
   1. defaults below;
-  2. Redis connection settings from the environment (dailyrec/store/connection.py: REDIS_URL,
+  2. Redis connection settings from the environment (dailyrec/publish/connection.py: REDIS_URL,
      REDIS_PASSWORD, rediss:// TLS...) and REDIS_KEY_PREFIX;
   3. any DAILYREC_API_<KEY> environment variable (Flask's from_prefixed_env; values parsed as JSON),
      e.g. DAILYREC_API_REDIS_TIMEOUT=0.2, DAILYREC_API_RETRY_AFTER=10 (a prefix of its own, so
@@ -26,9 +26,9 @@ from flask import Flask
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
 
-from dailyrec.store import connection
-from dailyrec.store import keys as K
-from dailyrec.store.reader import RecommendationStore
+from dailyrec.publish import connection
+from dailyrec.publish import keys as K
+from dailyrec.publish.reader import RecommendationStore
 from serving import api, auth, errors, hot, ops
 from serving.telemetry import Telemetry
 
@@ -92,7 +92,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     client = connection.client(app.config, timeout=float(app.config["REDIS_TIMEOUT"]),
                                max_connections=app.config["REDIS_MAX_CONNECTIONS"])
-    app.extensions["dailyrec.store"] = RecommendationStore(
+    app.extensions["dailyrec.publish"] = RecommendationStore(
         client, K.Layout(app.config["REDIS_KEY_PREFIX"]))
     Telemetry().init_app(app)
     auth.init_app(app)

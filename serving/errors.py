@@ -4,7 +4,7 @@
     Redis down / nothing published                -> 503 with Retry-After; the process carries on
                                                      and answers again as soon as Redis does
     anything else                                 -> 500, logged with its traceback and alerted
-                                                     (dailyrec.notify.alert_later: off the request
+                                                     (dailyrec.ops.notify.alert_later: off the request
                                                      thread), both naming the route's template
                                                      and the request id, never the path; the
                                                      client gets only the request id
@@ -17,8 +17,8 @@ import time
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from dailyrec import notify
-from dailyrec.store.reader import NotPublished, RedisUnavailable
+from dailyrec.ops import notify
+from dailyrec.publish.reader import NotPublished, RedisUnavailable
 from serving.telemetry import UNMATCHED, method_label, request_id
 
 _last_unavailable_log = [0.0]

@@ -11,8 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
-from dailyrec.store import connection
-from dailyrec.store import keys as K
+from dailyrec.publish import connection
+from dailyrec.publish import keys as K
 
 
 def wait_until_up(base_url: str, timeout: float = 30.0) -> None:

@@ -60,7 +60,7 @@ class HotPath:
         self.app = app
         self.wsgi_app = wsgi_app  # Flask's, for everything the hot path does not answer
         self.active: bool | None = None  # decided on the first request
-        self.store = app.extensions["dailyrec.store"]
+        self.store = app.extensions["dailyrec.publish"]
         self.telemetry = app.extensions["dailyrec.telemetry"]
         self.tokens = app.extensions["dailyrec.auth"]["api"]
 

@@ -9,7 +9,7 @@ from importlib import resources
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from dailyrec.store.reader import freshness
+from dailyrec.publish.reader import freshness
 from serving import auth
 
 bp = Blueprint("ops", __name__)
@@ -25,7 +25,7 @@ def readyz():
     """200 "ready", or 200 "degraded" when the served lists are older than their
     serving.max_age_hours (still served: better than none; the age says how stale); 503 when
     Redis does not answer or nothing is published."""
-    version = current_app.extensions["dailyrec.store"].ready()  # raises -> 503 via serving.errors
+    version = current_app.extensions["dailyrec.publish"].ready()  # raises -> 503 via serving.errors
     fresh = freshness(version)
     return jsonify(status="degraded" if fresh.stale else "ready", kind=version.kind,
                    **fresh.as_dict())

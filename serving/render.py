@@ -18,7 +18,7 @@ from json import encoder
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from dailyrec.store import keys as K
+from dailyrec.publish import keys as K
 
 # The C function json.dumps itself uses for str with ensure_ascii (the pure-Python one otherwise:
 # same output).

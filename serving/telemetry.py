@@ -130,7 +130,7 @@ class Telemetry:
             source = self.registry
         computed = CollectorRegistry()
         computed.register(_FallbackShare(source))
-        store = current_app.extensions.get("dailyrec.store")
+        store = current_app.extensions.get("dailyrec.publish")
         if store is not None:
             computed.register(_Freshness(store))
         return generate_latest(source) + generate_latest(computed), CONTENT_TYPE_LATEST
@@ -144,7 +144,7 @@ class _Freshness:
         self.store = store
 
     def collect(self):
-        from dailyrec.store.reader import NotPublished, RedisUnavailable, freshness
+        from dailyrec.publish.reader import NotPublished, RedisUnavailable, freshness
 
         try:
             fresh = freshness(self.store.ready())

@@ -22,11 +22,13 @@ import functools
 import sys
 import time
 
-from dailyrec import cli, env, metrics, paths, settings, tracking
-from dailyrec.files import dvc_md5
+from dailyrec.core import cli, env, metrics, paths, settings
+from dailyrec.ops import tracking
+from dailyrec.core.files import dvc_md5
 from dailyrec.model import evaluation, training
-from dailyrec.settings import evaluation as eval_settings
-from dailyrec.settings import model, ops
+from dailyrec.model import settings as eval_settings
+from dailyrec.model import settings as model
+from dailyrec.ops import settings as ops
 
 
 def main_body(argv: list[str] | None) -> int:

@@ -3,12 +3,12 @@
     python -m stages.fetch_delta [--params params.yaml]
 
 Outputs
-    data/delta/events.parquet      canonical events (dailyrec.schema.EVENT_SCHEMA), deduplicated
+    data/delta/events.parquet      canonical events (dailyrec.core.schema.EVENT_SCHEMA), deduplicated
     data/delta/quarantine.parquet  rows that could not be used, with the field, value and reason
     metrics/fetch.json             counts per table and per quarantine reason
 
 The source database is DAILYREC_SOURCE_URL (default sqlite:///source.db); the tables and their
-columns are params.yaml `source`. How rows are read and normalised: dailyrec.source.
+columns are params.yaml `source`. How rows are read and normalised: dailyrec.ingest.source.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dailyrec import cli, env, metrics, paths, settings, source
-from dailyrec.settings import ingest
+from dailyrec.core import cli, env, metrics, paths, settings
+from dailyrec.ingest import source
+from dailyrec.ingest import settings as ingest
 
 
 def main_body(argv: list[str] | None) -> int:

@@ -6,20 +6,20 @@ Inputs   data/history (the filter.window_days days before run.date; --history na
          a gs:// or abfss:// URL with filter.engine: spark), data/rejections.json (days left
          out), metrics/validation.json (validate must have passed for this run.date)
 Outputs  data/clean/YYYY-MM-DD.parquet  canonical events that survive every rule, a file per
-                                     UTC day, in history order (dailyrec.clean)
+                                     UTC day, in history order (dailyrec.quality.filtering.clean)
          metrics/filter.json         rows and users removed by each rule, top offenders named by
                                      salted hashes only (it is committed to git)
          reports/filter/offenders.json  the same with the offenders' user ids, IPs and user agents,
                                      and the IP texts that are no address (DVC-cached, never
                                      in git)
 Cache    $DAILYREC_STATE_DIR/day-verdicts/  each day's day-local verdicts, by content hash (outside
-                                     DVC, safe to delete: dailyrec.quality.day_verdicts)
+                                     DVC, safe to delete: dailyrec.quality.filtering.day_verdicts)
          $DAILYREC_STATE_DIR/clean-days/  the day files written, by the day's files and kept events
-                                     (read-only hard links, safe to delete: dailyrec.clean)
+                                     (read-only hard links, safe to delete: dailyrec.quality.filtering.clean)
 
 The rules, in order (crawler_ua, internal, repeated, behaviour, shared_ip, min_support), and
-their settings (params.yaml `filter`): dailyrec.quality.rules. filter.engine: spark runs the same
-rules as Spark jobs (dailyrec.quality.spark_engine) with the same outputs (docs/scaling.md).
+their settings (params.yaml `filter`): dailyrec.quality.filtering.rules. filter.engine: spark runs the same
+rules as Spark jobs (dailyrec.quality.filtering.spark_engine) with the same outputs (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from dailyrec import arrays, cli, metrics, paths, privacy, settings
-from dailyrec.errors import ConfigError, DataError
-from dailyrec.files import write_json
-from dailyrec.quality import rejections, rules
-from dailyrec.settings import quality
+from dailyrec.core import arrays, cli, metrics, paths, privacy, settings
+from dailyrec.core.errors import ConfigError, DataError
+from dailyrec.core.files import write_json
+from dailyrec.quality.validation import rejections
+from dailyrec.quality.filtering import rules
+from dailyrec.quality import settings as quality
 
 
 def check_validation(run_date: dt.date) -> None:
@@ -66,7 +67,7 @@ def main_body(argv: list[str] | None) -> int:
     check_validation(cfg.run_date)
     rejected = rejections.rejected_days(rejections.load(paths.REJECTIONS))
     if cfg.engine == "spark":  # PySpark is imported only where this engine is chosen
-        from dailyrec.quality import spark_engine
+        from dailyrec.quality.filtering import spark_engine
 
         counts = spark_engine.run(cfg, args.history, rejected, paths.CLEAN_DIR)
     else:

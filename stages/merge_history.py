@@ -3,7 +3,7 @@
     python -m stages.merge_history [--params params.yaml]
 
 Inputs   data/delta/events.parquet, data/delta/quarantine.parquet (fetch_delta)
-Outputs  data/history/day=YYYY-MM-DD/*.parquet   the history (layout: dailyrec.history)
+Outputs  data/history/day=YYYY-MM-DD/*.parquet   the history (layout: dailyrec.ingest.history)
          data/quarantine/date=YYYY-MM-DD.parquet  each run's quarantined rows, kept
          metrics/history.json                     days, rows, and what this run added
 
@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dailyrec import cli, history, metrics, paths, settings
-from dailyrec.errors import ConfigError
-from dailyrec.settings import ingest
+from dailyrec.core import cli, metrics, paths, settings
+from dailyrec.ingest import history
+from dailyrec.core.errors import ConfigError
+from dailyrec.ingest import settings as ingest
 
 
 def main_body(argv: list[str] | None) -> int:

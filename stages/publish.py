@@ -13,7 +13,7 @@ than the served version's is not served (rebuilding a past day keeps the newer l
 --force. When the gate says no and
 Redis serves nothing yet (a brand-new deployment), the most-popular list is served as a version
 of its own (kind "popular") so the API answers 200 instead of 503 until a model passes. How a version is written,
-switched to and rolled back: dailyrec.store.writer. Exit 3 when the gate kept the model back.
+switched to and rolled back: dailyrec.publish.writer. Exit 3 when the gate kept the model back.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import json
 import sys
 from pathlib import Path
 
-from dailyrec import cli, env, metrics, paths, settings, tracking
-from dailyrec.errors import NotPublished, ServiceUnavailable
-from dailyrec.files import dvc_md5
+from dailyrec.core import cli, env, metrics, paths, settings
+from dailyrec.ops import tracking
+from dailyrec.core.errors import NotPublished, ServiceUnavailable
+from dailyrec.core.files import dvc_md5
 from dailyrec.model import artifacts
-from dailyrec.settings import ops
-from dailyrec.settings import serving as publish_settings
-from dailyrec.store import connection, writer
-from dailyrec.store import keys as K
+from dailyrec.ops import settings as ops
+from dailyrec.publish import settings as publish_settings
+from dailyrec.publish import connection, writer
+from dailyrec.publish import keys as K
 
 
 def gate_decision(force: bool, models: Path) -> dict:

@@ -12,7 +12,7 @@ The confidence matrix: dailyrec.model.confidence; the fit and train.device: dail
 train.engine: spark fits Spark MLlib's implicit ALS instead (dailyrec.model.spark_als; PySpark is
 imported only then), on the Spark that spark-submit, PYSPARK_SUBMIT_ARGS or SPARK_REMOTE names, and
 saves the same models/ (docs/scaling.md).
-Every run is one MLflow run (dailyrec.tracking); DAILYREC_MLFLOW=off skips tracking.
+Every run is one MLflow run (dailyrec.ops.tracking); DAILYREC_MLFLOW=off skips tracking.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ import argparse
 import sys
 import time
 
-from dailyrec import cli, env, metrics, paths, settings, tracking
+from dailyrec.core import cli, env, metrics, paths, settings
+from dailyrec.ops import tracking
 from dailyrec.model import training
-from dailyrec.settings import model, ops
+from dailyrec.model import settings as model
+from dailyrec.ops import settings as ops
 
 
 def main_body(argv: list[str] | None) -> int:

@@ -8,12 +8,12 @@
 Outputs
     metrics/validation.json        every expectation: pass/fail, severity, observed, expected
     reports/validation/DATE.html   the run's report (self-contained, no CDN); index.html: latest
-    data/rejections.json           the rejection ledger (dailyrec/quality/rejections.py)
+    data/rejections.json           the rejection ledger (dailyrec/quality/validation/rejections.py)
 
-The suites and their thresholds: dailyrec.quality.expectations and params.yaml `validate`. A
+The suites and their thresholds: dailyrec.quality.validation.expectations and params.yaml `validate`. A
 failing `fail` expectation rejects the day and exits 65 (bad data), so `dvc repro` stops here:
 nothing downstream runs and yesterday's published lists stay served. The rejection is a verdict
-(dailyrec.errors.DayRejected): the daily runner records the day as done and later days run
+(dailyrec.core.errors.DayRejected): the daily runner records the day as done and later days run
 without it.
 """
 
@@ -24,10 +24,10 @@ import getpass
 import sys
 from pathlib import Path
 
-from dailyrec import arrays, cli, metrics, paths, settings
-from dailyrec.errors import ConfigError, DayRejected
-from dailyrec.quality import expectations, rejections, validation_report, window_facts
-from dailyrec.settings import quality
+from dailyrec.core import arrays, cli, metrics, paths, settings
+from dailyrec.core.errors import ConfigError, DayRejected
+from dailyrec.quality.validation import expectations, rejections, report as validation_report, window_facts
+from dailyrec.quality import settings as quality
 
 
 def run(args) -> int:

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dailyrec import clean
-from dailyrec import schema as S
+from dailyrec.quality.filtering import clean
+from dailyrec.core import schema as S
 from tools import simulate
 
 

@@ -75,7 +75,7 @@ def azurite():
 @pytest.fixture(scope="module")
 def spark():
     """A Spark session in local[2] for one test module (PySpark is the spark extra)."""
-    from dailyrec import spark as SP
+    from dailyrec.core import spark as SP
 
     environ = dict(os.environ)  # PySpark leaves variables of its own behind: later tests see none
     session = SP.session({"spark.master": "local[2]", "spark.sql.shuffle.partitions": "3",

@@ -1,7 +1,7 @@
 """A stand-in pipeline stage for tests/test_daily.py: `python toy.py STAGE`.
 
-It keeps the project's stage contract (dailyrec.cli.run_stage: how it ended, in the runner's status
-file) and writes its output and a metrics file in the real stage's shape (dailyrec.metrics), with
+It keeps the project's stage contract (dailyrec.core.cli.run_stage: how it ended, in the runner's status
+file) and writes its output and a metrics file in the real stage's shape (dailyrec.core.metrics), with
 numbers derived from run.date (tests/test_daily.py's toy_numbers mirrors them). Control files in the
 working directory:
     fail-STAGE-DATE  the stage prints 60 lines and a secret, then raises
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from dailyrec import cli
-from dailyrec.errors import DataError, DayRejected, NotPublished
+from dailyrec.core import cli
+from dailyrec.core.errors import DataError, DayRejected, NotPublished
 from tests.metrics_examples import write as write_metrics
 
 stage = sys.argv[1]

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from dailyrec import schema as S
-from dailyrec.history import partition_path
+from dailyrec.core import schema as S
+from dailyrec.ingest.history import partition_path
 from tests.params import project_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Metrics files in the stages' shapes (dailyrec.metrics), for tests that need them without running
+"""Metrics files in the stages' shapes (dailyrec.core.metrics), for tests that need them without running
 the stages: example("fetch", day, fetched=10) is a whole fetch.json with that number changed."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import copy
 import datetime as dt
 from pathlib import Path
 
-from dailyrec import metrics
+from dailyrec.core import metrics
 
 
 def _base(day: str) -> dict[str, dict]:

@@ -167,8 +167,9 @@ DUPLICATES_DAY2 = {"web_events": 1, "app_events": 0, "legacy_clicks": 1}
 
 def fetch(raw_params: dict, url: str, out_dir: Path) -> dict:
     """fetch_delta's work on params given as a dict: counts, with the run_date fetch.json has."""
-    from dailyrec import settings, source
-    from dailyrec.settings import ingest
+    from dailyrec.core import settings
+    from dailyrec.ingest import source
+    from dailyrec.ingest import settings as ingest
 
     p = settings.of(raw_params)
     counts = source.fetch(ingest.source(p), ingest.fetch_window(p), url, Path(out_dir))

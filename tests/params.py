@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from dailyrec import settings
+from dailyrec.core import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

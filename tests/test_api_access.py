@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from dailyrec.settings.serving import PublishSettings
-from dailyrec.store import writer as pub
+from dailyrec.publish.settings import PublishSettings
+from dailyrec.publish import writer as pub
 from serving.app import create_app
 from serving.auth import TokenError
 from tests import servers

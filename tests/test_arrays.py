@@ -1,11 +1,11 @@
-"""dailyrec.arrays: np.unique's answers by sorting (NumPy's hash-table unique is far slower)."""
+"""dailyrec.core.arrays: np.unique's answers by sorting (NumPy's hash-table unique is far slower)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dailyrec.arrays import distinct, repeated
+from dailyrec.core.arrays import distinct, repeated
 
 
 @pytest.mark.parametrize("values", [
@@ -23,7 +23,7 @@ def test_distinct_and_repeated_are_what_np_unique_says(values):
 def test_in_slices_covers_the_range_in_order_on_threads_only_when_large():
     import threading
 
-    from dailyrec import arrays
+    from dailyrec.core import arrays
 
     seen = []
 

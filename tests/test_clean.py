@@ -1,4 +1,4 @@
-"""data/clean as a file per UTC day (dailyrec.clean).
+"""data/clean as a file per UTC day (dailyrec.quality.filtering.clean).
 
 What the layout promises, each a test below:
 - a day file's bytes depend only on that day's events: a day shared by two windows (different
@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import clean
-from dailyrec import schema as S
-from dailyrec.errors import DataError
+from dailyrec.quality.filtering import clean
+from dailyrec.core import schema as S
+from dailyrec.core.errors import DataError
 from dailyrec.model import training
-from dailyrec.settings import model
+from dailyrec.model import settings as model
 from tests import params as raw_params
 from tests.clean_events import human_events
 

@@ -7,11 +7,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dailyrec import schema as S
-from dailyrec.errors import ConfigError, DataError
+from dailyrec.core import schema as S
+from dailyrec.core.errors import ConfigError, DataError
 from dailyrec.model import confidence as C
-from dailyrec.settings import model
-from dailyrec.settings.model import ConfidenceConfig
+from dailyrec.model import settings as model
+from dailyrec.model.settings import ConfidenceConfig
 from tests.clean_events import frame
 from tests.params import of, project_params
 
@@ -150,7 +150,7 @@ def test_ids_read_as_parquet_dictionaries_give_the_same_matrix(tmp_path):
 def test_weights_of_a_large_window_computed_in_slices_are_the_expressions_bits(half_life):
     """event_weights works on slices of events, one per core: each weight has the bits of
     weight[type] * q(quantity) * 2 ** -(max(now - ts, 0) / 1 day / half_life) for that event."""
-    from dailyrec.arrays import PARALLEL_CELLS
+    from dailyrec.core.arrays import PARALLEL_CELLS
 
     rng = np.random.default_rng(8)
     n = PARALLEL_CELLS + 12_345

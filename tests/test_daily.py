@@ -294,8 +294,8 @@ def test_a_second_concurrent_runner_refuses(repo):
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, out + err
     # The lock goes with its holder: the next run can take it.
-    from dailyrec.paths import RUN_LOCK
-    from dailyrec.runner import RunLock
+    from dailyrec.core.paths import RUN_LOCK
+    from dailyrec.ops.runner import RunLock
 
     RunLock(repo.path / RUN_LOCK).acquire({"pid": os.getpid()}).release()
 
@@ -444,8 +444,8 @@ def test_stale_served_lists_are_alerted_even_when_the_day_fails(repo, mailbox, r
     """The API still serves a version built from 2026-11-01's data (published with
     serving.max_age_hours 36): every daily run mails an alert that the lists are stale, and the
     report says how old they are (issue 18.5)."""
-    from dailyrec.settings.serving import PublishSettings
-    from dailyrec.store import writer
+    from dailyrec.publish.settings import PublishSettings
+    from dailyrec.publish import writer
     from tests import tiny_models
 
     old = dt.date(2026, 11, 1)

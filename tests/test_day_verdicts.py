@@ -1,5 +1,5 @@
 """filter_noise's verdicts on each day, kept by content hash and reused by later runs
-(dailyrec.quality.day_verdicts).
+(dailyrec.quality.filtering.day_verdicts).
 
 What may be reused, and why it is safe (the module's docstring has the argument):
   - what a day loses to repeated and to behaviour's day flags, and the user-days behaviour flags,
@@ -25,10 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import clean, history
-from dailyrec.quality import day_verdicts as DV
-from dailyrec.quality import rules as FN
-from dailyrec.settings import quality
+from dailyrec.quality.filtering import clean
+from dailyrec.ingest import history
+from dailyrec.quality.filtering import day_verdicts as DV
+from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality import settings as quality
 from tests import dq_factory as F
 from tests.params import of
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from dailyrec.store import keys as K
+from dailyrec.publish import keys as K
 from tests import workspace
 from tests.servers import free_port
 

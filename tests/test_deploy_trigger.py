@@ -434,7 +434,7 @@ def test_packaged_app_runs_with_only_its_requirements(cloud, mailbox, tmp_path):
     package = tmp_path / "trigger.zip"
     names = deploy.azure_package(package)
     assert {"function_app.py", "dailyrec_trigger.py", "host.json", "requirements.txt",
-            "dailyrec/notify.py"} <= set(names)
+            "dailyrec/ops/notify.py"} <= set(names)
     app_dir = tmp_path / "app"
     zipfile.ZipFile(package).extractall(app_dir)
     venv = tmp_path / "venv"

@@ -3,7 +3,7 @@ it reads is in its params, and no output another stage depends on changes when n
 
 The imports are found statically (tools/code_deps.py: the whole import closure of the stage's module,
 lazy imports and rendered templates included). The keys read are recorded by the settings accessor
-itself while the real stages run (DAILYREC_PARAMS_TRACE, dailyrec/settings/__init__.py), so a key
+itself while the real stages run (DAILYREC_PARAMS_TRACE, dailyrec/core/settings.py), so a key
 read on any path those runs take is seen, whatever code reads it.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dailyrec import pipeline
+from dailyrec.ops import pipeline
 from tests import workspace
 from tools.code_deps import PACKAGES, ROOT, closure, direct_imports, relative
 
@@ -78,11 +78,11 @@ def test_every_stage_lists_exactly_the_files_it_imports():
 
 @pytest.mark.parametrize("stage, dep", [
     ("publish", "dailyrec/model/recommender.py"),  # the scorer publish writes lists with
-    ("train", "dailyrec/settings/__init__.py"),  # the settings every stage reads
+    ("train", "dailyrec/core/settings.py"),  # the settings every stage reads
     ("train", "dailyrec/model/pyfunc.py"),  # logged to MLflow as code
-    ("validate", "dailyrec/history.py"),  # which files make a day
-    ("publish", "dailyrec/store/connection.py"),
-    ("publish", "dailyrec/notify.py"),
+    ("validate", "dailyrec/ingest/history.py"),  # which files make a day
+    ("publish", "dailyrec/publish/connection.py"),
+    ("publish", "dailyrec/ops/notify.py"),
     ("validate", "dailyrec/templates/validation.html.j2"),
 ])
 def test_a_missing_dep_is_caught(stage, dep):
@@ -114,7 +114,7 @@ def test_no_module_imports_a_stage_module_and_the_layers_hold():
 
 def test_dvc_yaml_is_parsed_in_one_place():
     """No YAML load anywhere takes dvc.yaml itself: the runner, MLflow's lineage tags and the
-    reproduce tool go through dailyrec/pipeline.py, which parses it."""
+    reproduce tool go through dailyrec/ops/pipeline.py, which parses it."""
     import ast
 
     def mentions_dvc_yaml(node: ast.AST) -> bool:
@@ -133,7 +133,7 @@ def test_dvc_yaml_is_parsed_in_one_place():
                         and mentions_dvc_yaml(node):
                     direct.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert direct == []
-    for user in ("dailyrec/runner.py", "dailyrec/tracking.py", "tools/reproduce.py"):
+    for user in ("dailyrec/ops/runner.py", "dailyrec/ops/tracking.py", "tools/reproduce.py"):
         assert "pipeline." in (ROOT / user).read_text(), user
 
 
@@ -306,7 +306,7 @@ def test_yaml_is_parsed_in_c_as_safe_load_parses_it():
     import yaml
     from ruamel.yaml import main as ruamel_main
 
-    from dailyrec import files
+    from dailyrec.core import files
 
     assert files.SAFE_LOADER is yaml.CSafeLoader and ruamel_main.CParser is not None
     tricky = ("a: &x {b: 1e-3, c: 2026-11-21, d: '007', e: null, f: [on, yes, 0o17, .inf]}\n"

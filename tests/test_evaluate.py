@@ -10,15 +10,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import paths, settings
-from dailyrec import schema as S
-from dailyrec.errors import ConfigError
+from dailyrec.core import paths, settings
+from dailyrec.core import schema as S
+from dailyrec.core.errors import ConfigError
 from dailyrec.model import artifacts, training
 from dailyrec.model import evaluation as E
 from dailyrec.model.recommender import PopularRecommender
-from dailyrec.settings import evaluation as eval_settings
-from dailyrec.settings import model
-from dailyrec.settings.model import ConfidenceConfig
+from dailyrec.model import settings as eval_settings
+from dailyrec.model import settings as model
+from dailyrec.model.settings import ConfidenceConfig
 from stages import evaluate as eval_stage
 from stages import train as T
 from tests.clean_events import frame

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from dailyrec import env
-from dailyrec import schema as S
-from dailyrec.errors import ConfigError
+from dailyrec.core import env
+from dailyrec.core import schema as S
+from dailyrec.core.errors import ConfigError
 from stages import fetch_delta as stage
 from tools import simulate
 from tests import mini_source as M
@@ -233,7 +233,7 @@ def test_postgres_read_in_many_small_batches_gives_what_sqlite_gives(postgres, t
                                                                      monkeypatch):
     """With Arrow batches of a few rows from PostgreSQL (many chunks: ids repeated across them)
     the delta, the quarantine and every count are SQLite's."""
-    from dailyrec import source
+    from dailyrec.ingest import source
 
     sqlite_url = simulated_log(postgres, tmp_path, seed=5, users=150, items=60, events_per_day=250)
     params = M.params(M.RUN2)
@@ -250,7 +250,7 @@ def test_postgres_read_in_many_small_batches_gives_what_sqlite_gives(postgres, t
 def test_seen_ids_marks_first_rows_fresh_and_repeats_with_other_content_conflicts():
     """SeenIds, batch by batch, against the whole day at once in pandas: an id's first row is
     fresh, a later row with its content a duplicate, with other content a conflict."""
-    from dailyrec import source
+    from dailyrec.ingest import source
 
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 3_000, 20_000).astype(str)
@@ -400,7 +400,7 @@ def fault_db(postgres):
 
 
 def use_reader(reader: str, monkeypatch) -> None:
-    from dailyrec import source
+    from dailyrec.ingest import source
 
     if reader == "sqlalchemy":  # as without the optional ADBC driver
         monkeypatch.setattr(source, "_adbc_postgresql", lambda: None)
@@ -440,7 +440,7 @@ def test_a_connection_dropped_mid_read_is_a_service_fault_and_leaves_the_delta_a
     """The backend reading the table is terminated from a second connection (as a failover or
     an operator's pg_terminate_backend does) once the first chunk has arrived: exit 69 with one
     line naming the table, and data/delta exactly as the run before left it, no temp file."""
-    from dailyrec import source
+    from dailyrec.ingest import source
 
     use_reader(reader, monkeypatch)
     assert run_fetch_stage(tmp_path, monkeypatch, capsys, fault_db,

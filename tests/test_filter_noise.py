@@ -16,13 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import strategies as st
 
-from dailyrec import clean, history, metrics, privacy
-from dailyrec import schema as S
-from dailyrec.errors import ConfigError
-from dailyrec.quality import rejections as R
-from dailyrec.quality import ip_texts
-from dailyrec.quality import rules as FN
-from dailyrec.settings import quality
+from dailyrec.quality.filtering import clean
+from dailyrec.ingest import history
+from dailyrec.core import metrics, privacy
+from dailyrec.core import schema as S
+from dailyrec.core.errors import ConfigError
+from dailyrec.quality.validation import rejections as R
+from dailyrec.quality.filtering import ip_texts
+from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality import settings as quality
 from stages import filter_noise as stage
 from tests import dq_factory as F
 from tests.params import of
@@ -361,7 +363,7 @@ def test_bad_settings_are_named(key, value, message):
 
 
 # ---------------------------------------------------------------------------------------------
-# IP texts that are no address (dailyrec.quality.ip_texts decides): kept, counted, never a crash.
+# IP texts that are no address (dailyrec.quality.filtering.ip_texts decides): kept, counted, never a crash.
 
 NOT_ADDRESSES = ["", " ", "999.1.1.1", "1.2.3", "localhost", "\x00",
                  "\u0661\u0662\u0663.\u0661.\u0661.\u0661",  # Arabic-Indic digits

@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from dailyrec import history, paths
-from dailyrec.quality import expectations as V
-from dailyrec.quality import rules as FN
-from dailyrec.settings import quality
+from dailyrec.ingest import history
+from dailyrec.core import paths
+from dailyrec.quality.validation import expectations as V
+from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality import settings as quality
 from tests import dq_factory as F
 from tests.mini_source import fetch
 from tests.params import of

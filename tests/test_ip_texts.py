@@ -1,4 +1,4 @@
-"""What an IP text is (dailyrec.quality.ip_texts): every spelling of an address is that address,
+"""What an IP text is (dailyrec.quality.filtering.ip_texts): every spelling of an address is that address,
 anything else is no address, and no text or value a source column can carry makes it raise.
 
 Property tests (hypothesis) run a fixed, bounded set of examples (derandomize, no database): the
@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 from hypothesis import strategies as st
 
-from dailyrec import source
-from dailyrec.quality import ip_texts as T
-from dailyrec.quality import rules as FN
+from dailyrec.ingest import source
+from dailyrec.quality.filtering import ip_texts as T
+from dailyrec.quality.filtering import rules as FN
 from tests import test_filter_noise as crafted
 from tests.test_schema import GOOD, MAPPING, WINDOW, table_config
 

@@ -9,7 +9,7 @@ import os
 import sqlite3
 import time
 
-from dailyrec import env, files
+from dailyrec.core import env, files
 
 
 def _true_md5(path) -> str:

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import env
-from dailyrec import history as H
-from dailyrec import schema as S
-from dailyrec.errors import DataError
+from dailyrec.core import env
+from dailyrec.ingest import history as H
+from dailyrec.core import schema as S
+from dailyrec.core.errors import DataError
 from stages import fetch_delta, merge_history
 from tests import mini_source as M
 

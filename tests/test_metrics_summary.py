@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from dailyrec import metrics, pipeline
-from dailyrec.quality.rules import RULES
+from dailyrec.core import metrics
+from dailyrec.ops import pipeline
+from dailyrec.quality.filtering.rules import RULES
 from tests import metrics_examples as examples
 
 DAY = "2026-11-21"

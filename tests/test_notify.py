@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dailyrec import notify
+from dailyrec.ops import notify
 from tests.mailbox import Mailbox, text_of
 from tests.servers import free_port
 
@@ -109,7 +109,7 @@ def test_scrub_removes_values_of_secret_environment_variables():
 
 STORM = textwrap.dedent("""
     import sys
-    from dailyrec import notify
+    from dailyrec.ops import notify
 
     def recommend(user):
         raise KeyError(f"user {user} has no factors")
@@ -154,7 +154,7 @@ def test_a_storm_of_one_error_across_processes_sends_one_mail_then_counts_it(
 RACE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from dailyrec.notify import Throttle
+    from dailyrec.ops.notify import Throttle
 
     path, start = Path(sys.argv[1]), float(sys.argv[2])
     while time.time() < start:  # every process asks at the same instant
@@ -202,7 +202,7 @@ def test_smtp_down_is_logged_never_raised_and_the_mail_is_sent_when_it_is_back(
         alert_env, monkeypatch, tmp_path, caplog):
     port = free_port()  # nothing listens here
     monkeypatch.setenv("DAILYREC_SMTP_PORT", str(port))
-    caplog.set_level(logging.ERROR, logger="dailyrec.notify")
+    caplog.set_level(logging.ERROR, logger="dailyrec.ops.notify")
     try:
         fail_to_connect("sqlite:///x.db")
     except ConnectionError as err:
@@ -238,13 +238,13 @@ def test_the_outbox_is_bounded(alert_env, monkeypatch):
 
 def test_without_smtp_settings_alerts_are_only_logged(alert_env, monkeypatch, caplog):
     monkeypatch.delenv("DAILYREC_SMTP_HOST")
-    caplog.set_level(logging.WARNING, logger="dailyrec.notify")
+    caplog.set_level(logging.WARNING, logger="dailyrec.ops.notify")
     assert notify.alert("nobody to tell") is False
     assert "alert not mailed" in caplog.text
 
 
 def test_bad_tls_mode_is_a_clear_config_error():
-    from dailyrec.errors import ConfigError
+    from dailyrec.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="DAILYREC_SMTP_TLS='tls13'"):
         notify.SmtpSettings.from_env({"DAILYREC_SMTP_HOST": "mail", "DAILYREC_SMTP_TLS": "tls13"})

@@ -23,9 +23,9 @@ import schemathesis
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from dailyrec.settings.serving import PublishSettings
-from dailyrec.store import keys as K
-from dailyrec.store import writer as pub
+from dailyrec.publish.settings import PublishSettings
+from dailyrec.publish import keys as K
+from dailyrec.publish import writer as pub
 from serving.app import create_app
 from tests import servers
 from tests import tiny_models as tm

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from dailyrec import env as E
-from dailyrec import settings
+from dailyrec.core import env as E
+from dailyrec.core import settings
 from tests.workspace import project_files
 
 ROOT = Path(__file__).resolve().parents[1]

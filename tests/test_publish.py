@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import redis
 
-from dailyrec.errors import Busy, ConfigError, NotPublished
+from dailyrec.core.errors import Busy, ConfigError, NotPublished
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
-from dailyrec.settings import serving as publish_settings
-from dailyrec.settings.serving import PublishSettings
-from dailyrec.store import keys as K
-from dailyrec.store import writer as pub
-from dailyrec.store.reader import RecommendationStore
+from dailyrec.publish import settings as publish_settings
+from dailyrec.publish.settings import PublishSettings
+from dailyrec.publish import keys as K
+from dailyrec.publish import writer as pub
+from dailyrec.publish.reader import RecommendationStore
 from stages import publish as stage
 from tests import servers
 from tests import tiny_models as tm

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dailyrec.arrays import PARALLEL_CELLS
+from dailyrec.core.arrays import PARALLEL_CELLS
 from dailyrec.model import ranking as R
 
 # Two users, a catalogue of 6 items, K = 3.

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from dailyrec import schema as S
+from dailyrec.core import schema as S
 from tests.mini_source import fetch
 from tests.params import project_params
 
@@ -321,7 +321,7 @@ def test_example_a_session_log_with_a_date_and_an_offset(pg, postgres, tmp_path,
     """"sessionId" bigint, "userId" bigint (mostly NULL), "itemId" bigint, timeframe bigint
     (milliseconds since the session's first view), eventdate date: each view's ts is its date
     plus its offset, and a session's views keep their order and their repeats."""
-    from dailyrec import history
+    from dailyrec.ingest import history
 
     with pg.begin() as conn:
         conn.exec_driver_sql('CREATE TABLE item_views ("sessionId" bigint, "userId" bigint, '

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dailyrec import notify, report
-from dailyrec.settings.ops import ReportSettings
+from dailyrec.ops import notify, report
+from dailyrec.ops.settings import ReportSettings
 from tests.mailbox import Mailbox
 from tests.metrics_examples import write
 

@@ -14,11 +14,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from dailyrec import schema as S
-from dailyrec import settings
-from dailyrec import source as F
-from dailyrec.errors import ConfigError
-from dailyrec.settings import ingest
+from dailyrec.core import schema as S
+from dailyrec.core import settings
+from dailyrec.ingest import source as F
+from dailyrec.core.errors import ConfigError
+from dailyrec.ingest import settings as ingest
 from tests.mini_source import fetch
 from tests.params import of
 

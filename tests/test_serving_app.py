@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
-from dailyrec.settings.serving import PublishSettings
-from dailyrec.store import connection
-from dailyrec.store import writer as pub
+from dailyrec.publish.settings import PublishSettings
+from dailyrec.publish import connection
+from dailyrec.publish import writer as pub
 from serving.app import create_app
 from tests import servers
 from tests import tiny_models as tm
@@ -138,7 +138,7 @@ def test_nothing_published_is_a_503_with_retry_after(redis_server, redis_client)
 
 def test_unexpected_error_is_a_500_with_request_id_and_an_alert(app, monkeypatch, tmp_path):
     """The alert goes to a real SMTP server, off the request thread, keyed by the route."""
-    from dailyrec import notify
+    from dailyrec.ops import notify
     from tests.mailbox import Mailbox, text_of
 
     @app.get("/explode/<user>")
@@ -254,7 +254,7 @@ def test_lookups_survive_a_flushed_script_and_threads_give_their_connection_back
         thread.join()
     gc.collect()
     assert answers == [200] * 8
-    pool = app.extensions["dailyrec.store"].client.connection_pool
+    pool = app.extensions["dailyrec.publish"].client.connection_pool
     assert len(pool._in_use_connections) <= 1  # only this thread's, kept for its next request
 
 

@@ -9,8 +9,8 @@ import datetime as dt
 
 import pytest
 
-from dailyrec.settings.serving import PublishSettings
-from dailyrec.store import writer as pub
+from dailyrec.publish.settings import PublishSettings
+from dailyrec.publish import writer as pub
 from serving.app import create_app
 from tests import tiny_models as tm
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pyarrow as pa
 
-from dailyrec.store import connection
-from dailyrec.store import keys as K
+from dailyrec.publish import connection
+from dailyrec.publish import keys as K
 
 
 def test_vectorised_bucket_matches_the_apis_per_request_hash():

@@ -11,9 +11,9 @@ import pytest
 
 from dailyrec.model.confidence import one_event_confidence
 from dailyrec.model.recommender import PopularRecommender
-from dailyrec.settings.model import train_from_dict
-from dailyrec.settings.serving import PublishSettings
-from dailyrec.store import writer as pub
+from dailyrec.model.settings import train_from_dict
+from dailyrec.publish.settings import PublishSettings
+from dailyrec.publish import writer as pub
 from serving.app import create_app
 from tests import tiny_models as tm
 

@@ -18,9 +18,9 @@ import urllib.request
 
 import psutil
 
-from dailyrec.settings.serving import PublishSettings
-from dailyrec.store import keys as K
-from dailyrec.store import writer as pub
+from dailyrec.publish.settings import PublishSettings
+from dailyrec.publish import keys as K
+from dailyrec.publish import writer as pub
 from tests import servers
 from tests import tiny_models as tm
 from tests.mailbox import Mailbox, text_of

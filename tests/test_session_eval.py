@@ -10,15 +10,16 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from dailyrec import metrics, report, settings
-from dailyrec import schema as S
+from dailyrec.core import metrics, settings
+from dailyrec.ops import report
+from dailyrec.core import schema as S
 from dailyrec.model import confidence as C
 from dailyrec.model import evaluation as E
 from dailyrec.model import training
 from dailyrec.model.recommender import PopularRecommender
-from dailyrec.settings import evaluation as eval_settings
-from dailyrec.settings import model
-from dailyrec.settings.ops import ReportSettings
+from dailyrec.model import settings as eval_settings
+from dailyrec.model import settings as model
+from dailyrec.ops.settings import ReportSettings
 from stages import evaluate as eval_stage
 from stages import train as T
 from tests.clean_events import frame, human_events, write_clean

@@ -11,9 +11,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import spark as SP
-from dailyrec.quality import rules as FN
-from dailyrec.quality import spark_engine as SE
+from dailyrec.core import spark as SP
+from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality.filtering import spark_engine as SE
 from tests import dq_factory as F
 from tests import test_filter_noise as crafted
 from tests.test_spark_filter import TIGHT, crafted_settings, without_timings

@@ -14,15 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dailyrec import clean, history, paths, settings
-from dailyrec import spark as SP
-from dailyrec.errors import ConfigError
+from dailyrec.quality.filtering import clean
+from dailyrec.ingest import history
+from dailyrec.core import paths, settings
+from dailyrec.core import spark as SP
+from dailyrec.core.errors import ConfigError
 from dailyrec.model import confidence as C
 from dailyrec.model import spark_confidence as SC
 from dailyrec.model.training import read_events
-from dailyrec.quality import rules as FN
-from dailyrec.quality import spark_engine as SE
-from dailyrec.settings import model, quality
+from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality.filtering import spark_engine as SE
+from dailyrec.model import settings as model
+from dailyrec.quality import settings as quality
 from stages import filter_noise as stage
 from tests import dq_factory as F
 from tests import test_filter_noise as crafted

@@ -17,7 +17,7 @@ import pytest
 from dailyrec.model import als, artifacts, spark_als
 from dailyrec.model import evaluation as E
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
-from dailyrec.settings import model
+from dailyrec.model import settings as model
 from stages import train as T
 from tests import params as raw_params
 from tests.clean_events import human_events

@@ -1,4 +1,4 @@
-"""dailyrec.streams.prefetched: the same items in the same order, the producer's error raised where
+"""dailyrec.ingest.streams.prefetched: the same items in the same order, the producer's error raised where
 its item would have come, and a caller that stops early stops the producer and runs its clean-up."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from dailyrec.streams import prefetched
+from dailyrec.ingest.streams import prefetched
 
 
 def test_the_same_items_in_the_same_order_read_on_another_thread():

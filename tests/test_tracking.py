@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from dailyrec.errors import ConfigError
-from dailyrec.files import dvc_md5
+from dailyrec.core.errors import ConfigError
+from dailyrec.core.files import dvc_md5
 from dailyrec.model import artifacts
-from dailyrec.settings import ops
+from dailyrec.ops import settings as ops
 from stages import evaluate as E
 from stages import train as T
 from tests import params as raw_params
@@ -277,7 +277,7 @@ def test_work_ahead_runs_on_a_thread_and_keeps_its_error_for_the_caller(monkeypa
     thread at all."""
     import threading
 
-    from dailyrec import tracking
+    from dailyrec.ops import tracking
 
     def lookup():
         return threading.current_thread().name
@@ -302,7 +302,7 @@ def test_prune_versions_keeps_the_newest_and_the_aliased_and_every_run(tmp_path,
     import mlflow
     from mlflow.pyfunc import PythonModel
 
-    from dailyrec import tracking
+    from dailyrec.ops import tracking
 
     class Constant(PythonModel):  # a stand-in: the real bundle's logging is tested above
         def predict(self, context, model_input, params=None):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from dailyrec import paths, settings
-from dailyrec.files import dvc_md5
+from dailyrec.core import paths, settings
+from dailyrec.core.files import dvc_md5
 from dailyrec.model import als, artifacts
 from dailyrec.model import confidence as C
 from dailyrec.model.training import read_events
-from dailyrec.settings import model
+from dailyrec.model import settings as model
 from stages import train as T
 from tests import params as raw_params
 from tests.modeling_workspace import digests, set_run_date

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dailyrec.quality import expectations as V
-from dailyrec.quality import rejections as R
-from dailyrec.settings import quality
+from dailyrec.quality.validation import expectations as V
+from dailyrec.quality.validation import rejections as R
+from dailyrec.quality import settings as quality
 from stages import validate as stage
 from tests import dq_factory as F
 from tests.params import of
@@ -352,7 +352,7 @@ def test_bad_settings_are_named(tmp_path, monkeypatch, good_delta, capsys):
 
 
 def test_great_expectations_is_imported_by_validate_only():
-    code = ("import sys; import stages.validate, stages.filter_noise, dailyrec.quality.rules; "
+    code = ("import sys; import stages.validate, stages.filter_noise, dailyrec.quality.filtering.rules; "
             "assert 'great_expectations' not in sys.modules, 'imported at module level'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=F.ROOT)
 

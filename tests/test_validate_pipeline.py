@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from dailyrec.files import dvc_md5
+from dailyrec.core.files import dvc_md5
 from tools import simulate
 from tests import workspace
 
@@ -103,7 +103,7 @@ def test_bad_day_stops_the_pipeline_and_stays_out_until_admitted(ws, redis_clien
     assert "left out of the training window: 2026-11-16" in proc.stdout
     # Nothing the rejected run wrote reaches training: its own day file and its arrivals in other
     # days (late and clock-skewed events); other runs' late events of 2026-11-16 do.
-    from dailyrec import history
+    from dailyrec.ingest import history
 
     rejected_run = history.run_files(ws.path / "data/history", dt.date(2026, 11, 17))
     assert any(p.name.startswith("arrived-") for p in rejected_run)

@@ -1,4 +1,4 @@
-"""The training window's checks from per-file facts (dailyrec.quality.window_facts).
+"""The training window's checks from per-file facts (dailyrec.quality.validation.window_facts).
 
 What may be reused, and why it is safe (the module's docstring has the argument):
   - a file's facts, keyed by its MD5: the same bytes give the same facts, so a run that finds an
@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dailyrec import schema as S
-from dailyrec.errors import DataError
-from dailyrec.history import partition_path, select_window
-from dailyrec.quality import expectations as V
-from dailyrec.quality import window_facts as WF
-from dailyrec.settings import quality
+from dailyrec.core import schema as S
+from dailyrec.core.errors import DataError
+from dailyrec.ingest.history import partition_path, select_window
+from dailyrec.quality.validation import expectations as V
+from dailyrec.quality.validation import window_facts as WF
+from dailyrec.quality import settings as quality
 from tests import dq_factory as F
 from tests.params import of
 

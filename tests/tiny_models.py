@@ -62,7 +62,7 @@ def workdir(path: Path, model: artifacts.ModelBundle, *, gate: dict | None = Non
     artifacts.save(model, path / "models")
     (path / "metrics").mkdir(exist_ok=True)
     if gate is not None:
-        from dailyrec.files import dvc_md5
+        from dailyrec.core.files import dvc_md5
 
         gate = {"model_md5": dvc_md5(path / "models"), **gate}
         (path / "metrics" / "gate.json").write_text(json.dumps(gate_file(**gate)))
@@ -72,7 +72,7 @@ def workdir(path: Path, model: artifacts.ModelBundle, *, gate: dict | None = Non
 
 
 def gate_file(passed: bool, reason: str | None = None, **more) -> dict:
-    """metrics/gate.json in evaluate's shape (dailyrec.metrics.GATE)."""
+    """metrics/gate.json in evaluate's shape (dailyrec.core.metrics.GATE)."""
     return {"run_date": "2026-11-21", "passed": passed,
             "reason": reason or ("passed: beats most-popular" if passed else "failed: too low"),
             "metric": "ndcg_at_20", "value": 0.3, "most_popular": 0.2, "lift": 0.5,
@@ -81,7 +81,7 @@ def gate_file(passed: bool, reason: str | None = None, **more) -> dict:
 
 
 def mlflow_record(**given) -> dict:
-    """metrics/mlflow.json in train's shape (dailyrec.metrics.MLFLOW)."""
+    """metrics/mlflow.json in train's shape (dailyrec.core.metrics.MLFLOW)."""
     return {"run_id": None, "experiment": "dailyrec", "model_name": "dailyrec-als",
             "model_version": None, "alias": "published", **given}
 

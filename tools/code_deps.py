@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from dailyrec import pipeline
+    from dailyrec.ops import pipeline
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps")

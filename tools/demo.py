@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dailyrec import env, paths, settings
+from dailyrec.core import env, paths, settings
 from tools import simulate
 
 FIRST_DAY = dt.date(2026, 11, 14)
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def next_steps() -> str:
     """What to try after the demo, each a command that works now, with what it shows."""
-    from dailyrec.store import connection, writer
-    from dailyrec.store import keys as K
+    from dailyrec.publish import connection, writer
+    from dailyrec.publish import keys as K
 
     log = git("log", "--format=%H %s", BRANCH).stdout.splitlines() if in_git() else []
     days = [(line.split()[0], line.split()[-1]) for line in log if " daily run " in f" {line}"]

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from dailyrec import settings
-from dailyrec.errors import ConfigError
-from dailyrec.settings import model as model_settings
+from dailyrec.core import settings
+from dailyrec.core.errors import ConfigError
+from dailyrec.model import settings as model_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURE_APP_DIR = ROOT / "deploy" / "azure"

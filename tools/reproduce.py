@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from dailyrec import pipeline
-from dailyrec.files import file_md5  # noqa: F401  (also used by the remote tests)
+from dailyrec.ops import pipeline
+from dailyrec.core.files import file_md5  # noqa: F401  (also used by the remote tests)
 
 IDENTICAL, DIFFERENT, FAILED = 0, 1, 2
 # Tags the train stage puts on its MLflow run (see docs/reproducibility.md); the first is the
@@ -250,7 +250,7 @@ def commit_for_run(repo: Path, run_id: str) -> str:
     """The commit whose dvc.lock records the model an MLflow run trained."""
     from mlflow.tracking import MlflowClient
 
-    from dailyrec import env
+    from dailyrec.core import env
 
     try:  # the address asked for now, not whatever an earlier call in this process set
         tags = MlflowClient(tracking_uri=env.mlflow_uri()).get_run(run_id).data.tags

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from dailyrec import env
+from dailyrec.core import env
 
 TABLES = ("web_events", "app_events", "legacy_clicks")
 TRUTH_TABLE = "sim_truth"

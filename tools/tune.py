@@ -26,16 +26,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dailyrec import cli, env, paths, settings
-from dailyrec.errors import ConfigError
-from dailyrec.files import write_text
+from dailyrec.core import cli, env, paths, settings
+from dailyrec.core.errors import ConfigError
+from dailyrec.core.files import write_text
 from dailyrec.model import als
 from dailyrec.model import evaluation as E
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
 from dailyrec.model.training import read_events
-from dailyrec.settings import evaluation as eval_settings
-from dailyrec.settings import model, ops
-from dailyrec.settings.model import TRANSFORMS, TrainConfig
+from dailyrec.model import settings as eval_settings
+from dailyrec.model import settings as model
+from dailyrec.ops import settings as ops
+from dailyrec.model.settings import TRANSFORMS, TrainConfig
 
 # name -> (kind, low, high) or ("categorical", choices)
 SEARCH_SPACE: dict[str, tuple] = {
@@ -88,7 +89,7 @@ def tune(params: settings.Params, trials: int, seed: int | None = None,
     out = out or sys.stdout
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from dailyrec import tracking
+    from dailyrec.ops import tracking
 
     base = model.train(params)
     config = eval_settings.evaluation(params)

@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import scipy.sparse as sp
 
-from dailyrec.errors import ConfigError
-from dailyrec.settings.model import TrainConfig
+from dailyrec.core.errors import ConfigError
+from dailyrec.model.settings import TrainConfig
 
 
 def has_cuda() -> bool:

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from dailyrec import paths
-from dailyrec.errors import ConfigError
-from dailyrec.files import replace_dir, tmp_path, write_text
+from dailyrec.core import paths
+from dailyrec.core.errors import ConfigError
+from dailyrec.core.files import replace_dir, tmp_path, write_text
 
 MODELS_DIR = paths.MODELS_DIR
 MODEL_FILE = "als.npz"

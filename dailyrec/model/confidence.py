@@ -6,7 +6,7 @@
     c_ui = 1 + alpha * log(1 + r_ui / eps)    (transform "log")
 
 The quantity is what a table's quantity column holds (play counts, items bought, seconds watched;
-dailyrec.schema); events without one count 1. It is capped at quantity_cap (a bot's 10,000 plays
+dailyrec.core.schema); events without one count 1. It is capped at quantity_cap (a bot's 10,000 plays
 must not swamp a user's row), then scaled by quantity_transform: "linear" q = min(x, cap), or
 "log" q = log2(1 + min(x, cap)) (1 play counts 1, 3 count 2, 7 count 3: diminishing returns, the
 usual choice for play counts). A quantity of 0 contributes nothing.
@@ -31,10 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from dailyrec import schema as S
-from dailyrec.arrays import in_slices
-from dailyrec.errors import ConfigError, DataError
-from dailyrec.settings.model import TRANSFORMS, ConfidenceConfig
+from dailyrec.core import schema as S
+from dailyrec.core.arrays import in_slices
+from dailyrec.core.errors import ConfigError, DataError
+from dailyrec.model.settings import TRANSFORMS, ConfidenceConfig
 
 MATRIX_COLUMNS = ["user_id", "item_id", "event_type", "ts"]  # and quantity, when present
 

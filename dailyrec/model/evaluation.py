@@ -57,18 +57,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from dailyrec import schema as S
-from dailyrec.arrays import distinct
-from dailyrec.errors import ConfigError
-from dailyrec.files import tmp_path
+from dailyrec.core import schema as S
+from dailyrec.core.arrays import distinct
+from dailyrec.core.errors import ConfigError
+from dailyrec.core.files import tmp_path
 from dailyrec.model import als, artifacts
 from dailyrec.model import confidence as C
 from dailyrec.model import ranking as R
 from dailyrec.model.foldin import FoldIn
 from dailyrec.model.recommender import (ALSRecommender, MappedRecommender, PopularRecommender,
                                         Recommender)
-from dailyrec.settings.evaluation import EvalConfig
-from dailyrec.settings.model import ConfidenceConfig, TrainConfig, train_from_dict
+from dailyrec.model.settings import EvalConfig
+from dailyrec.model.settings import ConfidenceConfig, TrainConfig, train_from_dict
 
 
 # --- the split ----------------------------------------------------------------------------------

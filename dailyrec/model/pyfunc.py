@@ -1,6 +1,6 @@
 """The model registered in MLflow: a pyfunc that returns the top-N items for user ids.
 
-Logged by dailyrec.tracking as "models from code" (this file, no pickle), with the models/ bundle as
+Logged by dailyrec.ops.tracking as "models from code" (this file, no pickle), with the models/ bundle as
 its artifact `bundle` and the dailyrec package in its code path.
 
     model = mlflow.pyfunc.load_model("models:/dailyrec-als@published")

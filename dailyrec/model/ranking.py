@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from dailyrec.arrays import distinct, in_slices
+from dailyrec.core.arrays import distinct, in_slices
 
 METRICS = ("precision", "recall", "map", "ndcg", "hit_rate")
 

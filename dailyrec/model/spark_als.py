@@ -44,9 +44,9 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from dailyrec.errors import ConfigError
+from dailyrec.core.errors import ConfigError
 from dailyrec.model import als
-from dailyrec.settings.model import TrainConfig
+from dailyrec.model.settings import TrainConfig
 
 PYSPARK_MISSING = ("train.engine is 'spark' but PySpark is not installed: pip install '.[spark]' "
                    "(and Java 17), or set train.engine to local")
@@ -98,7 +98,7 @@ def factors_of(frame, rows: int, rank: int) -> np.ndarray:
 def fit(matrix: sp.csr_matrix, config: TrainConfig, spark=None) -> als.FitResult:
     """Fit MLlib ALS (implicitPrefs) on the confidence matrix; an implicit CPU model back."""
     require_pyspark()
-    from dailyrec import spark as SP
+    from dailyrec.core import spark as SP
 
     spark = spark or SP.session()
     start = time.perf_counter()

@@ -21,15 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from dailyrec import spark as SP
+from dailyrec.core import spark as SP
 from dailyrec.model import confidence as C
-from dailyrec.settings.model import ConfidenceConfig
+from dailyrec.model.settings import ConfidenceConfig
 
 TRIPLETS = "user_id string, item_id string, strength double, events long, events_ignored long"
 
 
 def triplets(events, config: ConfidenceConfig, now: dt.datetime, spark):
-    """events: canonical columns with file_index and row_index (dailyrec.spark.read_events).
+    """events: canonical columns with file_index and row_index (dailyrec.core.spark.read_events).
     Triplet rows have NULL counts; each group adds one row of counts with NULL ids."""
     columns = C.MATRIX_COLUMNS + ["quantity"]
 

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dailyrec import clean
-from dailyrec import schema as S
-from dailyrec.errors import ConfigError, DataError
-from dailyrec.files import dvc_md5
+from dailyrec.quality.filtering import clean
+from dailyrec.core import schema as S
+from dailyrec.core.errors import ConfigError, DataError
+from dailyrec.core.files import dvc_md5
 from dailyrec.model import als, artifacts
 from dailyrec.model import confidence as C
-from dailyrec.settings.model import TrainConfig
+from dailyrec.model.settings import TrainConfig
 
 
 # The text columns read_events(dictionary=True) keeps as Parquet wrote them: codes and the values,

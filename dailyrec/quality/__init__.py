@@ -1,2 +1,2 @@
-"""Data quality: the validation suites (expectations), the rejection ledger (rejections), the
-noise rules (rules), and the validation report (validation_report)."""
+"""Data quality: validation of the day and the window (validation/) and the noise filter
+(filtering/), with their settings (settings)."""

@@ -12,7 +12,7 @@ google-auth's identity_pool credentials do all three, and again when the token e
 Cloud Run calls are retried on 429, 5xx, time-outs and dropped connections, with exponential
 backoff (a Retry-After header, when sent, is honoured up to the cap); other answers are final. A
 job that cannot be started, and a run that has not finished well by the deadline check, are
-mailed through the project's notifier (dailyrec.notify: DAILYREC_SMTP_* and DAILYREC_ALERT_TO).
+mailed through the project's notifier (dailyrec.ops.notify: DAILYREC_SMTP_* and DAILYREC_ALERT_TO).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from google.auth import exceptions as auth_exceptions
 from google.auth import identity_pool
 from google.auth.transport.requests import AuthorizedSession
 
-from dailyrec import notify
+from dailyrec.ops import notify
 
 log = logging.getLogger("dailyrec.trigger")
 

@@ -25,7 +25,7 @@ them) and where `--commit` records the day. So, in order:
 
 Exit status: the command's (3, a day the quality gate kept back, becomes 0: a verdict the runner
 has mailed, not a failed execution), or 2 (a refusal above), or 69 (the push failed).
-Alerts go through dailyrec.notify (DAILYREC_SMTP_* settings), like the runner's own.
+Alerts go through dailyrec.ops.notify (DAILYREC_SMTP_* settings), like the runner's own.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import urllib.request
 from pathlib import Path
 
 DEFAULT_COMMAND = ["python", "-m", "stages.daily", "--commit"]
-EXIT_CONFIG = 2  # dailyrec.errors.ConfigError's status
-EXIT_UNAVAILABLE = 69  # dailyrec.errors.ServiceUnavailable's status
+EXIT_CONFIG = 2  # dailyrec.core.errors.ConfigError's status
+EXIT_UNAVAILABLE = 69  # dailyrec.core.errors.ServiceUnavailable's status
 # Statuses of the runner that are verdicts, not failures of the job: the execution succeeds, so
 # the trigger's deadline check does not alert a second time (the runner has mailed already).
 DONE_STATUSES = {3: "the quality gate kept the day's model back (status 3, alerted by the "
@@ -76,7 +76,7 @@ def say(message: str) -> None:
 def alert(subject: str, message: str) -> None:
     """Mail an alert through the project's notifier (it never raises; without SMTP settings it
     only logs)."""
-    from dailyrec import notify
+    from dailyrec.ops import notify
 
     notify.alert(subject, context={"host": socket.gethostname(), "detail": message,
                                    "execution": os.environ.get("CLOUD_RUN_EXECUTION", "")})

@@ -1,0 +1,548 @@
+"""Email: alerts on failures and the business owner's daily report.
+
+    alert(subject, error=None, context=None, log_tail=None, throttle_minutes=None) -> bool
+        Mail the exception, its traceback, the context and a log tail to the alert recipients.
+        Secrets are scrubbed; the same error is mailed at most once per throttle_minutes (the
+        caller's alerts.throttle_minutes, or the API's setting; 60 by default), shared by every
+        process on the machine, and the next mail says how many were held back. Never raises: a
+        mail failure is logged. Returns True if a mail went out. Reads no params.yaml.
+
+    send_report(report) -> bool
+        Mail a dailyrec.ops.report.Report (HTML + plain text + inline chart) to the report recipients.
+
+SMTP settings come from the environment (never from a committed file); without DAILYREC_SMTP_HOST
+mail is off and alerts are only logged. Mail that cannot be sent (the server is down) is kept in
+the outbox (<state dir>/outbox) and sent, marked "[delayed]", after the next mail that goes out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import smtplib
+import socket
+import sqlite3
+import ssl
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit
+
+from dailyrec.core import env
+from dailyrec.core.errors import ConfigError
+
+log = logging.getLogger("dailyrec.ops.notify")
+
+# Environment variables.
+SMTP_HOST_ENV = "DAILYREC_SMTP_HOST"
+SMTP_PORT_ENV = "DAILYREC_SMTP_PORT"
+SMTP_TLS_ENV = "DAILYREC_SMTP_TLS"  # none | starttls | ssl
+SMTP_USER_ENV = "DAILYREC_SMTP_USER"
+SMTP_PASSWORD_ENV = "DAILYREC_SMTP_PASSWORD"
+SMTP_FROM_ENV = "DAILYREC_SMTP_FROM"
+SMTP_TIMEOUT_ENV = "DAILYREC_SMTP_TIMEOUT"
+ALERT_TO_ENV = "DAILYREC_ALERT_TO"  # comma-separated addresses
+REPORT_TO_ENV = "DAILYREC_REPORT_TO"  # comma-separated addresses
+STATE_DIR_ENV = env.STATE_DIR  # where the alert throttle keeps its state
+
+TLS_MODES = {"none": 25, "starttls": 587, "ssl": 465}
+DEFAULT_THROTTLE_MINUTES = 60.0
+SUBJECT_PREFIX = "[dailyrec]"
+
+
+# --------------------------------------------------------------------------- settings and sending
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    tls: str
+    user: str | None
+    password: str | None
+    sender: str
+    alert_to: tuple[str, ...]
+    report_to: tuple[str, ...]
+    timeout: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "SmtpSettings | None":
+        """The SMTP settings, or None when mail is off (no host). Bad values raise ConfigError."""
+        env = os.environ if env is None else env
+        host = env.get(SMTP_HOST_ENV, "").strip()
+        if not host:
+            return None
+        tls = env.get(SMTP_TLS_ENV, "starttls").strip().lower()
+        if tls not in TLS_MODES:
+            raise ConfigError(f"{SMTP_TLS_ENV}={tls!r}: expected one of {sorted(TLS_MODES)}")
+        port_raw = env.get(SMTP_PORT_ENV, "").strip() or str(TLS_MODES[tls])
+        timeout_raw = env.get(SMTP_TIMEOUT_ENV, "").strip() or "10"
+        try:
+            port, timeout = int(port_raw), float(timeout_raw)
+        except ValueError:
+            raise ConfigError(f"{SMTP_PORT_ENV}={port_raw!r} / {SMTP_TIMEOUT_ENV}="
+                                f"{timeout_raw!r}: expected numbers") from None
+        return cls(
+            host=host, port=port, tls=tls,
+            user=env.get(SMTP_USER_ENV) or None,
+            password=env.get(SMTP_PASSWORD_ENV) or None,
+            sender=env.get(SMTP_FROM_ENV) or f"dailyrec@{socket.getfqdn()}",
+            alert_to=_addresses(env.get(ALERT_TO_ENV, "")),
+            report_to=_addresses(env.get(REPORT_TO_ENV, "")),
+            timeout=timeout,
+        )
+
+
+def _addresses(raw: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in raw.replace(";", ",").split(",") if a.strip())
+
+
+def deliver(msg: EmailMessage, settings: SmtpSettings, recipients: tuple[str, ...]) -> bool:
+    """Send one message. Never raises: a failure is logged (scrubbed), the message is kept in the
+    outbox for a later delivery, and False is returned. After a success, the outbox is sent."""
+    msg["From"] = settings.sender
+    msg["To"] = ", ".join(recipients)
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid(domain="dailyrec")
+    if not _send(msg, settings, recipients):
+        _keep(msg)
+        return False
+    flush_outbox(settings)
+    return True
+
+
+def _send(msg: EmailMessage, settings: SmtpSettings, recipients: tuple[str, ...]) -> bool:
+    try:
+        if settings.tls == "ssl":
+            smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout,
+                                    context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
+        with smtp:
+            if settings.tls == "starttls":
+                smtp.starttls(context=ssl.create_default_context())
+            if settings.user:
+                smtp.login(settings.user, settings.password or "")
+            smtp.send_message(msg, to_addrs=list(recipients))
+        return True
+    except Exception as err:  # noqa: BLE001 - mail must never break the caller
+        log.error("could not send mail %r via %s:%s (%s): %s", msg["Subject"], settings.host,
+                  settings.port, settings.tls, scrub(f"{type(err).__name__}: {err}"))
+        return False
+
+
+# --------------------------------------------------------------------------- the outbox
+
+# Mail that could not be sent waits here (already scrubbed) and goes out, marked delayed, after
+# the next mail that does: an SMTP outage loses no alert and no report. Bounded: after a long
+# outage the oldest go first.
+OUTBOX_LIMIT = 200
+DELAYED_PREFIX = "[delayed] "
+
+
+def outbox_dir() -> Path:
+    return state_dir() / "outbox"
+
+
+def _keep(msg: EmailMessage) -> None:
+    try:
+        box = outbox_dir()
+        box.mkdir(parents=True, exist_ok=True)
+        target = box / f"{time.time_ns():020d}-{os.getpid()}.eml"
+        partial = box / f".{target.name}.tmp"
+        partial.write_bytes(bytes(msg))
+        partial.chmod(0o600)
+        os.replace(partial, target)
+        kept = sorted(box.glob("*.eml"))
+        for old in kept[:-OUTBOX_LIMIT]:
+            old.unlink(missing_ok=True)
+            log.warning("outbox full (%d mails): dropped the oldest, %s", OUTBOX_LIMIT, old.name)
+        log.warning("mail kept in %s; it is sent after the next mail that goes out", box)
+    except OSError:
+        log.exception("could not keep the unsent mail %r", msg["Subject"])
+
+
+def flush_outbox(settings: SmtpSettings | None = None) -> int:
+    """Send the kept mails, oldest first, to the recipients they were addressed to, with
+    "[delayed]" before their subject; stops at the first failure. One process at a time (an
+    flock). Returns how many were sent."""
+    box = outbox_dir()
+    settings = settings or SmtpSettings.from_env()
+    if settings is None or not box.is_dir():
+        return 0
+    import email.policy
+
+    with (box / ".lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another process is sending them
+        sent = 0
+        for path in sorted(box.glob("*.eml")):
+            try:
+                msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            except FileNotFoundError:
+                continue
+            recipients = tuple(a for _, a in email.utils.getaddresses(msg.get_all("To", [])))
+            subject = str(msg["Subject"] or "")
+            if not subject.startswith(DELAYED_PREFIX):
+                del msg["Subject"]
+                msg["Subject"] = DELAYED_PREFIX + subject
+            if not recipients or not _send(msg, settings, recipients):
+                break
+            path.unlink(missing_ok=True)
+            sent += 1
+        if sent:
+            log.info("sent %d delayed mail(s) from %s", sent, box)
+        return sent
+
+
+# --------------------------------------------------------------------------- scrubbing secrets
+
+# Environment variables whose values are secrets (PWD and OLDPWD are directories, not passwords).
+_SECRET_NAME = re.compile(
+    r"(?i)(password|passwd|passphrase|secret|token|api_?key|access_?key|account_?key|"
+    r"private_?key|credential|connection_?string|sas_?token|(^|_)(key|pwd|pass|pw|dsn)$)")
+_NOT_SECRET_NAMES = {"PWD", "OLDPWD"}
+_SECRET_KEY = (r"(?:[\w.\-]*(?:pass(?:word|wd|phrase)|pwd|secret|token|api[_-]?key|"
+               r"access[_-]?key|account[_-]?key|private[_-]?key|credentials?|client[_-]?secret|"
+               r"sessionid|session[_-]?key|cookie)[\w.\-]*|\bsig\b)")
+# key=value, key: value, "key": "value", 'key': 'value'
+_KEY_VALUE = re.compile(
+    rf"(?i)(?P<key>{_SECRET_KEY})(?P<sep>[\"']?\s*[:=]\s*)"
+    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"',;&)}\]]+)")
+# scheme://user:password@host -> scheme://user:***@host; scheme://token@host -> scheme://***@host
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/\s?#]*)@")
+_AUTH_HEADER = re.compile(r"(?i)\b(?P<key>(?:proxy-)?authorization)(?P<sep>\s*[:=]\s*)"
+                          r"(?P<value>(?:basic|bearer|digest|token)\s+\S+|\S+)")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[\w\-.~+/=]{8,}")
+MASK = "***"
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """Values that must never appear in a mail: secret-named env vars and passwords inside URLs."""
+    env = os.environ if env is None else env
+    found: set[str] = set()
+    for name, value in env.items():
+        if not value:
+            continue
+        if _SECRET_NAME.search(name) and name not in _NOT_SECRET_NAMES and len(value) >= 4:
+            found.add(value)
+        candidates = [m["userinfo"].partition(":")[2] for m in _URL_USERINFO.finditer(value)]
+        if "://" in value and "@" in value:  # a whole URL: its password may hold spaces
+            try:
+                candidates.append(urlsplit(value.strip()).password or "")
+            except ValueError:
+                pass
+        for password in candidates:
+            for candidate in (password, unquote(password)):
+                if len(candidate) >= 4:
+                    found.add(candidate)
+    return sorted(found, key=len, reverse=True)
+
+
+def _mask_userinfo(match: re.Match) -> str:
+    user, colon, _ = match["userinfo"].partition(":")
+    return f"{match['scheme']}{user}:{MASK}@" if colon else f"{match['scheme']}{MASK}@"
+
+
+def _mask_value(match: re.Match) -> str:
+    value = match["value"]
+    quote = value[0] if value[:1] in "\"'" else ""
+    return f"{match['key']}{match['sep']}{quote}{MASK}{quote}"
+
+
+def scrub(text: str, secrets: list[str] | None = None) -> str:
+    """Remove passwords, tokens, credentials in URLs and secret env values from text."""
+    if not text:
+        return text
+    for value in secret_values() if secrets is None else secrets:
+        text = text.replace(value, MASK)
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    text = _AUTH_HEADER.sub(_mask_value, text)
+    text = _BEARER.sub(lambda m: f"{m[1]} {MASK}", text)
+    return _KEY_VALUE.sub(_mask_value, text)
+
+
+# --------------------------------------------------------------------------- throttling
+
+class Throttle:
+    """At most one mail per key per window, across processes (SQLite in the state directory).
+
+    admit() answers whether to send now, and how many occurrences were held back since the last
+    mail, so that mail can say so. If the state file cannot be used, an in-process table stands in.
+    """
+
+    _fallback: dict[str, tuple[float, int]] = {}
+    _fallback_lock = threading.Lock()
+
+    def __init__(self, path: Path, minutes: float):
+        self.path = Path(path)
+        self.window = max(0.0, float(minutes)) * 60.0
+
+    def admit(self, key: str, now: float | None = None) -> tuple[bool, int, float | None]:
+        now = time.time() if now is None else now
+        failure: Exception | None = None
+        for attempt in range(5):  # a locked database is waited for, not given up on
+            try:
+                return self._admit_sqlite(key, now)
+            except sqlite3.OperationalError as err:
+                failure = err
+                if "locked" not in str(err):
+                    break
+                time.sleep(0.05 * (attempt + 1))
+            except (sqlite3.Error, OSError) as err:
+                failure = err
+                break
+        # The state file cannot be used: throttle in this process only.
+        log.warning("alert throttle state %s unusable (%s); throttling in this process only",
+                    self.path, failure)
+        with self._fallback_lock:
+            last, held = self._fallback.get(key, (None, 0))
+            if last is not None and now - last < self.window:
+                self._fallback[key] = (last, held + 1)
+                return False, held + 1, last
+            self._fallback[key] = (now, 0)
+            return True, held, last
+
+    _local = threading.local()  # one connection per thread and process, kept open
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection to the state file, opened once per thread (and again after a fork).
+        Closing a WAL database checkpoints it, which costs more than the whole check."""
+        key = (os.getpid(), str(self.path.resolve()))
+        cache = self._local.__dict__.setdefault("connections", {})
+        if key in cache:
+            return cache[key]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Switching a fresh file to WAL takes an exclusive lock that SQLite's busy timeout does
+        # not wait for: processes opening it at once (a storm hitting every API worker) got
+        # "database is locked", throttled only themselves, and each mailed. One at a time here.
+        with open(self.path.with_name(self.path.name + ".setup-lock"), "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                  check_same_thread=False)
+            # WAL + synchronous=NORMAL: a held-back alert costs a fraction of a millisecond,
+            # which matters when every request of an error storm comes through here.
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, "
+                        "last_sent REAL NOT NULL, held INTEGER NOT NULL DEFAULT 0)")
+        cache[key] = con
+        return con
+
+    def _forget_connection(self) -> None:
+        cache = self._local.__dict__.get("connections", {})
+        con = cache.pop((os.getpid(), str(self.path.resolve())), None)
+        if con is not None:
+            try:
+                con.close()
+            except sqlite3.Error:
+                pass
+
+    def _admit_sqlite(self, key: str, now: float) -> tuple[bool, int, float | None]:
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")  # one writer at a time: check-and-set is atomic
+            row = con.execute("SELECT last_sent, held FROM alerts WHERE key = ?", (key,)).fetchone()
+            last, held = row if row else (None, 0)
+            if last is not None and now - last < self.window:
+                con.execute("UPDATE alerts SET held = held + 1 WHERE key = ?", (key,))
+                con.execute("COMMIT")
+                return False, held + 1, last
+            con.execute("INSERT INTO alerts (key, last_sent, held) VALUES (?, ?, 0) "
+                        "ON CONFLICT(key) DO UPDATE SET last_sent = excluded.last_sent, held = 0",
+                        (key, now))
+            # Forget keys quiet for a week, so the table stays small.
+            con.execute("DELETE FROM alerts WHERE last_sent < ? AND held = 0", (now - 7 * 86400,))
+            con.execute("COMMIT")
+            return True, held, last
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            self._forget_connection()
+            raise
+
+
+def state_dir() -> Path:
+    return env.state_dir()
+
+
+_VARIABLE_PARTS = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|0x[0-9a-fA-F]+|[0-9a-fA-F]{8,}|\d+")
+
+
+def fingerprint(subject: str, error: BaseException | None) -> str:
+    """What makes two alerts 'the same error': the subject and, for an exception, its type and
+    where it was raised (numbers, ids and addresses normalised, so a storm over many users or
+    requests counts as one)."""
+    parts = [_VARIABLE_PARTS.sub("#", subject)]
+    if error is not None:
+        parts.append(f"{type(error).__module__}.{type(error).__qualname__}")
+        frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+        if frames:
+            parts += [f"{f.filename}:{f.name}:{f.lineno}" for f in frames]
+        else:
+            parts.append(_VARIABLE_PARTS.sub("#", str(error)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------- alerts
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def alert_body(subject: str, error: BaseException | None, context: Mapping[str, Any] | None,
+               log_tail: str | None, held: int = 0, held_since: float | None = None,
+               minutes: float = DEFAULT_THROTTLE_MINUTES, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    lines = [subject, ""]
+    if held:
+        lines += [f"Note: {held} more occurrence(s) of this alert since {_utc(held_since or now)} "
+                  f"were not mailed (at most one mail per {minutes:g} minutes).", ""]
+    lines += [f"When:  {_utc(now)}", f"Host:  {socket.gethostname()} (pid {os.getpid()})"]
+    if error is not None:
+        lines.append(f"Error: {type(error).__name__}: {error}")
+    if context:
+        lines += ["", "Context"] + [f"  {k}: {v}" for k, v in context.items()]
+    if error is not None and error.__traceback__ is not None:
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        lines += ["", trace.rstrip()]
+    if log_tail:
+        tail = log_tail.rstrip("\n").splitlines()
+        lines += ["", f"Last {len(tail)} lines of output", *tail]
+    return "\n".join(lines) + "\n"
+
+
+def alert(subject: str, error: BaseException | None = None, context: dict | None = None,
+          log_tail: str | None = None, throttle_minutes: float | None = None) -> bool:
+    """Mail an alert (throttled, secrets scrubbed). Never raises; True if a mail went out."""
+    try:
+        return _alert(subject, error, context, log_tail,
+                      DEFAULT_THROTTLE_MINUTES if throttle_minutes is None else throttle_minutes)
+    except Exception:  # noqa: BLE001 - an alert must never hide the error it reports
+        log.exception("alert %r could not be prepared", subject)
+        return False
+
+
+class AlertQueue:
+    """Alerts sent off the caller's thread, from a bounded queue: a request never waits on the
+    throttle's state file or on SMTP. When the queue is full (SMTP hanging through a storm) the
+    alert is dropped and counted; the throttle counts held-back mails once sending resumes."""
+
+    def __init__(self, size: int = 100):
+        import queue
+
+        self.queue: "queue.Queue" = queue.Queue(maxsize=size)
+        self.dropped = 0
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def put(self, subject: str, **kwargs) -> bool:
+        """Queue an alert; False when the queue is full (it is dropped, and counted)."""
+        import queue
+
+        self._start()
+        try:
+            self.queue.put_nowait((subject, kwargs))
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def _start(self) -> None:
+        with self._lock:  # one sender per process (the API server forks its workers)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="alert-sender",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            subject, kwargs = self.queue.get()
+            try:
+                alert(subject, **kwargs)
+            finally:
+                self.queue.task_done()
+
+    def join(self) -> None:
+        """Wait until every queued alert has been handled (tests, shutdown)."""
+        self.queue.join()
+
+
+_queue = AlertQueue()
+
+
+def alert_later(subject: str, error: BaseException | None = None, context: dict | None = None,
+                log_tail: str | None = None, throttle_minutes: float | None = None) -> bool:
+    """alert(), from a background thread; returns at once (False if the queue was full)."""
+    return _queue.put(subject, error=error, context=context, log_tail=log_tail,
+                      throttle_minutes=throttle_minutes)
+
+
+def wait_for_alerts() -> None:
+    _queue.join()
+
+
+def _alert(subject: str, error: BaseException | None, context: dict | None,
+           log_tail: str | None, minutes: float) -> bool:
+    secrets = secret_values()
+    settings = SmtpSettings.from_env()
+    if settings is None or not settings.alert_to:
+        log.warning("alert not mailed (%s or %s not set): %s", SMTP_HOST_ENV, ALERT_TO_ENV,
+                    scrub(subject, secrets))
+        return False
+    if settings.password and settings.password not in secrets:
+        secrets = sorted([*secrets, settings.password], key=len, reverse=True)
+    throttle = Throttle(state_dir() / "alerts.sqlite", minutes)
+    key = fingerprint(subject, error)
+    send, held, since = throttle.admit(key)
+    if not send:
+        log.info("alert throttled (%d held back): %s", held, scrub(subject, secrets))
+        return False
+    body = alert_body(subject, error, context, log_tail, held, since, minutes)
+    msg = EmailMessage()
+    # One line: a \r or \n in a subject would make the header invalid and the alert be dropped.
+    msg["Subject"] = re.sub(r"[\r\n]+", " ", scrub(f"{SUBJECT_PREFIX} ALERT: {subject}", secrets))
+    msg.set_content(scrub(body, secrets))
+    return deliver(msg, settings, settings.alert_to)  # kept in the outbox when it fails
+
+
+# --------------------------------------------------------------------------- the daily report
+
+def report_message(report) -> EmailMessage:
+    """multipart/alternative: plain text, and HTML with the chart as an inline (cid:) PNG."""
+    msg = EmailMessage()
+    msg["Subject"] = f"{SUBJECT_PREFIX} {report.subject}"
+    msg.set_content(report.text)
+    msg.add_alternative(report.html(image_src=f"cid:{report.chart_cid}"), subtype="html")
+    if report.chart_png:
+        msg.get_payload()[1].add_related(report.chart_png, maintype="image", subtype="png",
+                                         cid=f"<{report.chart_cid}>",
+                                         filename=f"{report.chart_cid.split('@')[0]}.png")
+    return msg
+
+
+def send_report(report) -> bool:
+    """Mail the daily report to the report recipients. Never raises; True if it went out."""
+    try:
+        settings = SmtpSettings.from_env()
+        if settings is None or not settings.report_to:
+            log.warning("daily report not mailed (%s or %s not set)", SMTP_HOST_ENV, REPORT_TO_ENV)
+            return False
+        return deliver(report_message(report), settings, settings.report_to)
+    except Exception:  # noqa: BLE001
+        log.exception("daily report could not be mailed")
+        return False
