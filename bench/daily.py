@@ -40,7 +40,7 @@ from bench import filter as FB  # noqa: E402
 from bench.report import markdown_table, publish  # noqa: E402
 from dailyrec.quality.filtering import clean  # noqa: E402
 from dailyrec.core.files import file_md5_uncached  # noqa: E402
-from dailyrec.ops.runner import tree_bytes  # noqa: E402
+from dailyrec.ops.runner.retention import tree_bytes  # noqa: E402
 from dailyrec.ingest.history import partition_day, partition_path  # noqa: E402
 from tools import simulate as SIM  # noqa: E402
 

@@ -58,6 +58,7 @@ from dailyrec.core import settings  # noqa: E402
 from dailyrec.core.files import file_md5_uncached  # noqa: E402
 from dailyrec.ingest.history import partition_path  # noqa: E402
 from dailyrec.quality.filtering import rules as FN  # noqa: E402
+from dailyrec.quality.filtering import window as FW, engine as FE  # noqa: E402
 from dailyrec.quality import settings as quality  # noqa: E402
 from dailyrec.quality.settings import FilterSettings  # noqa: E402
 from tools import simulate as SIM  # noqa: E402
@@ -296,20 +297,20 @@ def time_filter(history: Path, params: settings.Params, out: Path, state: Path) 
     cfg = quality.filter_rules(params)
     os.environ["DAILYREC_STATE_DIR"] = str(state)
     started = time.perf_counter()
-    metrics = FN.run(cfg, history, set(), out / "clean")
+    metrics = FE.run(cfg, history, set(), out / "clean")
     metrics["wall"] = time.perf_counter() - started
     metrics["clean"] = {p.name: (file_md5_uncached(p), p.stat().st_size)
                         for p in sorted((out / "clean").iterdir())}
     return metrics
 
 
-def one_file(w: FN.Window, keep: np.ndarray, path: Path) -> float:
+def one_file(w: FW.Window, keep: np.ndarray, path: Path) -> float:
     """The layout before dailyrec.quality.filtering.clean, as the baseline: the kept window as one Parquet file
     (row groups of 1M rows, the window's dictionaries); seconds to write it."""
     started = time.perf_counter()
     settings_ = {**clean.PARQUET, "store_schema": False}
     rows, start, pending = clean.ROW_GROUP_ROWS, 0, []
-    with pq.ParquetWriter(path, FN.WINDOW_SCHEMA, **settings_) as writer:
+    with pq.ParquetWriter(path, FW.WINDOW_SCHEMA, **settings_) as writer:
         for piece in w.pieces():  # rules.write_clean as it was at 103cc86
             pending.append(piece.filter(pa.array(keep[start:start + piece.num_rows])))
             start += piece.num_rows
@@ -322,14 +323,14 @@ def one_file(w: FN.Window, keep: np.ndarray, path: Path) -> float:
     return time.perf_counter() - started
 
 
-def time_layouts(w: FN.Window, keep: np.ndarray, out: Path) -> dict:
+def time_layouts(w: FW.Window, keep: np.ndarray, out: Path) -> dict:
     """Writing the kept window as day files (best of 3) and as one file (best of 3), in turns."""
     day_s, one_s = [], []
     for _ in range(3):
         shutil.rmtree(out / "layout", ignore_errors=True)
         (out / "layout").mkdir(parents=True)
         t = time.perf_counter()
-        FN.write_clean(w, keep, out / "layout" / "days")
+        FE.write_clean(w, keep, out / "layout" / "days")
         day_s.append(time.perf_counter() - t)
         one_s.append(one_file(w, keep, out / "layout" / "one.parquet"))
     day_bytes = sum(p.stat().st_size for p in (out / "layout" / "days").iterdir())
@@ -383,19 +384,20 @@ def time_validate(history: Path, data: Path, raw: dict) -> dict:
     os.chdir(work)
     try:
         from dailyrec.quality.validation import expectations as V
+        from dailyrec.quality.validation import verdict as VD
 
         cfg = quality.validate(settings.of(raw))
         t = time.perf_counter()
         import great_expectations  # noqa: F401
         import_s = time.perf_counter() - t
-        delta = V.read_delta(paths.DELTA_EVENTS)
+        delta = VD.read_delta(paths.DELTA_EVENTS)
         t = time.perf_counter()
-        V.run_suites(V.delta_suites(cfg, delta, V.read_quarantine_reasons(paths.DELTA_QUARANTINE),
+        V.run_suites(V.delta_suites(cfg, delta, VD.read_quarantine_reasons(paths.DELTA_QUARANTINE),
                                     [1] * 7), cfg)
         delta_s = time.perf_counter() - t
         days = [RUN_DATE - dt.timedelta(days=k) for k in range(cfg.window_days, 0, -1)]
         t = time.perf_counter()
-        window = V.read_window(H.select_window(history, cfg.run_date, cfg.window_days,
+        window = VD.read_window(H.select_window(history, cfg.run_date, cfg.window_days,
                                                set()).files)
         read_s = time.perf_counter() - t
         t = time.perf_counter()
@@ -438,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Quality against the simulator's truth (same settings).
     cfg = quality.filter_rules(params)
-    w = FN.read_window(window_files(cfg, history))
+    w = FW.read_window(window_files(cfg, history))
     result = FN.apply_rules(w, cfg)
     removed = result.removed_users(w)
     layouts = time_layouts(w, result.keep, out)
@@ -462,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Baseline vs ours on the same smaller window.
     small_cfg = quality.filter_rules(bench_params(args.baseline_days))
-    sw = FN.read_window(window_files(small_cfg, history))
+    sw = FW.read_window(window_files(small_cfg, history))
     t = time.perf_counter()
     ours = FN.apply_rules(sw, small_cfg)
     ours_rules_s = time.perf_counter() - t

@@ -28,8 +28,9 @@ from bench import synthetic  # noqa: E402
 from dailyrec.core import settings  # noqa: E402
 from dailyrec.model import als  # noqa: E402
 from dailyrec.model import evaluation as E  # noqa: E402
+from dailyrec.model import scoring as SCO  # noqa: E402
+from dailyrec.model import split as SPL  # noqa: E402
 from dailyrec.model.recommender import ALSRecommender  # noqa: E402
-from dailyrec.model import settings as eval_settings  # noqa: E402
 from dailyrec.model import settings as model_settings  # noqa: E402
 
 FIRST_DAY = dt.date(2026, 10, 1)
@@ -65,13 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     params = settings.load(ROOT / "params.yaml")
     config = model_settings.train(params).replace(factors=args.factors,
                                                   iterations=args.iterations)
-    eval_config = eval_settings.evaluation(params)
+    eval_config = model_settings.evaluation(params)
     t = time.perf_counter()
     events = synthetic.simulated(FIRST_DAY, args.days, args.users, args.items,
                                  args.events_per_day)
     window_end = dt.datetime.combine(FIRST_DAY + dt.timedelta(days=args.days), dt.time(),
                                      tzinfo=dt.timezone.utc)
-    split = E.make_split(events, config.confidence, window_end - dt.timedelta(days=1),
+    split = SPL.make_split(events, config.confidence, window_end - dt.timedelta(days=1),
                          window_end, eval_config.relevant_event_types)
     print(f"data: {events.num_rows:,} events, {split.train.shape[0]:,} x {split.train.shape[1]:,}"
           f", {split.train.strength.nnz:,} nonzeros before the holdout; "
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = [], []
     for device in devices:
         _, fitted = E.fit_on_split(split, config, device)
-        scored = E.score(ALSRecommender(fitted.model), split, eval_config.cutoffs)
+        scored = SCO.score(ALSRecommender(fitted.model), split, eval_config.cutoffs)
         results.append((fitted, scored))
         m = scored.metrics
         rows.append([device, fitted.seconds, fitted.seconds / config.iterations,

@@ -56,9 +56,12 @@ import yaml  # noqa: E402
 from bench.report import DOC, machine, markdown_table, publish  # noqa: E402
 from dailyrec.ingest import history as H  # noqa: E402
 from dailyrec.core import schema as S  # noqa: E402
+from dailyrec.ingest import normalise as N  # noqa: E402
 from dailyrec.core import settings  # noqa: E402
+from dailyrec.ingest import database as DB  # noqa: E402
 from dailyrec.ingest import source as F  # noqa: E402
 from dailyrec.ingest import settings as ingest  # noqa: E402
+from dailyrec.ingest import tables as source_tables  # noqa: E402
 from tools import simulate  # noqa: E402
 
 DAY = dt.date(2026, 11, 20)  # the simulated day; run.date is the day after
@@ -111,9 +114,9 @@ def phase_fetch_parts(work: Path, args) -> dict:
     """fetch()'s loop, with each part timed on its own."""
     params = bench_params()
     window = ingest.fetch_window(params)
-    source = ingest.source(params)
+    source = source_tables.source(params)
     chunk_rows, timeout_s = source.chunk_rows, source.timeout_seconds
-    engine = F.source_engine(source_url(work, args), timeout_s)
+    engine = DB.source_engine(source_url(work, args), timeout_s)
     arrow_s = None
     if args.source == "postgresql":  # the driver alone: the rows as Arrow batches, nothing else
         import adbc_driver_postgresql.dbapi as adbc
@@ -121,7 +124,7 @@ def phase_fetch_parts(work: Path, args) -> dict:
         start = time.perf_counter()
         with adbc.connect(engine.url.set(drivername="postgresql").render_as_string(False)) as conn:
             for cfg in source.tables:
-                mapping, _ = F.read_table(engine, cfg, window, chunk_rows, timeout_s)
+                mapping, _ = DB.read_table(engine, cfg, window, chunk_rows, timeout_s)
                 with conn.cursor() as cur:
                     cur.execute(arrow_query(engine, cfg, mapping, window))
                     for _ in cur.fetch_record_batch():
@@ -130,7 +133,7 @@ def phase_fetch_parts(work: Path, args) -> dict:
     read_s, tables = 0.0, {}
     for cfg in source.tables:
         start = time.perf_counter()
-        mapping, chunks = F.read_table(engine, cfg, window, chunk_rows, timeout_s)
+        mapping, chunks = DB.read_table(engine, cfg, window, chunk_rows, timeout_s)
         raw = list(chunks)
         read_s += time.perf_counter() - start
         tables[cfg.name] = (cfg, mapping, raw)
@@ -166,7 +169,7 @@ def phase_fetch_parts(work: Path, args) -> dict:
     for _ in range(REPEATS):
         start = time.perf_counter()
         for column in columns:
-            S.canonical_timestamps(column)
+            N.canonical_timestamps(column)
         ts_ours.append(time.perf_counter() - start)
         start = time.perf_counter()
         for column in columns:
@@ -190,8 +193,8 @@ def arrow_query(engine: sa.Engine, cfg, mapping: dict, window) -> str:
     wcol = table.c[cfg.window_column]
     start = window.start - dt.timedelta(days=cfg.lookback_days)
     stmt = (sa.select(*[table.c[c] for c in dict.fromkeys(mapping.values())])
-            .where(wcol >= F._bound(start, cfg.window_format, wcol.type),
-                   wcol < F._bound(window.end, cfg.window_format, wcol.type)))
+            .where(wcol >= DB._bound(start, cfg.window_format, wcol.type),
+                   wcol < DB._bound(window.end, cfg.window_format, wcol.type)))
     return str(stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
 
 
@@ -210,7 +213,7 @@ def baseline_module(work: Path):
 
 def phase_fetch(work: Path, args) -> dict:
     params = bench_params()
-    source, window = ingest.source(params), ingest.fetch_window(params)
+    source, window = source_tables.source(params), ingest.fetch_window(params)
     impl = baseline_module(work) if args.impl == "baseline" else F
     out = work / ("delta" if args.source == "sqlite" else f"delta-{args.impl}")
     load = load_avg()

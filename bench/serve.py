@@ -53,7 +53,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from bench.report import markdown_table, publish  # noqa: E402
 from dailyrec.model import artifacts  # noqa: E402
 from dailyrec.model.confidence import one_event_confidence  # noqa: E402
-from dailyrec.model.ranking import top_k  # noqa: E402
+from dailyrec.model.topk import top_k  # noqa: E402
 from dailyrec.model.recommender import ALSRecommender  # noqa: E402
 from dailyrec.model.settings import train_from_dict  # noqa: E402
 from dailyrec.publish.settings import PublishSettings  # noqa: E402

@@ -46,7 +46,7 @@ from dailyrec.core import spark as SP  # noqa: E402
 from dailyrec.model import confidence as C  # noqa: E402
 from dailyrec.model import spark_confidence as SC  # noqa: E402
 from dailyrec.model.training import read_events  # noqa: E402
-from dailyrec.quality.filtering import rules as FN  # noqa: E402
+from dailyrec.quality.filtering import engine as FE  # noqa: E402
 from dailyrec.quality.filtering import spark_engine as SE  # noqa: E402
 from dailyrec.model import settings as model  # noqa: E402
 from dailyrec.quality import settings as quality
@@ -129,7 +129,7 @@ def where_by_user_goes(spark, history: Path, cfg) -> list[list]:
 MEMORY_STEPS = {
     "filter_noise": """
 from dailyrec.quality.filtering import rules as FN
-FN.run(quality.filter_rules(FB.bench_params()), HISTORY, set(), Path(OUT).with_suffix('.rss'))
+FE.run(quality.filter_rules(FB.bench_params()), HISTORY, set(), Path(OUT).with_suffix('.rss'))
 """,
     "matrix_build": """
 from dailyrec.model import confidence as C
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     local_runs = []
     for _ in range(2):
         started = time.perf_counter()
-        counts = FN.run(cfg, history, set(), out / "local" / "clean")
+        counts = FE.run(cfg, history, set(), out / "local" / "clean")
         local_runs.append((time.perf_counter() - started, counts, load()))
     local_s, local, local_load = min(local_runs, key=lambda r: r[0])
     n = local["input"]["rows"]

@@ -33,7 +33,8 @@ from dailyrec.core import settings  # noqa: E402
 from dailyrec.core import spark as SP  # noqa: E402
 from dailyrec.model import als, spark_als  # noqa: E402
 from dailyrec.model import confidence as C  # noqa: E402
-from dailyrec.model import evaluation as E  # noqa: E402
+from dailyrec.model import scoring as SCO  # noqa: E402
+from dailyrec.model import split as SPL  # noqa: E402
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender  # noqa: E402
 from dailyrec.model import settings as model  # noqa: E402
 from tests.clean_events import human_events  # noqa: E402
@@ -60,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{events.num_rows} events in {time.perf_counter() - started:.0f} s", flush=True)
     base = model.train(settings.load(ROOT / "params.yaml"))
     end = dt.datetime.combine(FIRST + dt.timedelta(days=args.days), dt.time(), dt.timezone.utc)
-    split = E.make_split(events, base.confidence, end - dt.timedelta(days=1), end,
+    split = SPL.make_split(events, base.confidence, end - dt.timedelta(days=1), end,
                          ("view", "click", "add_to_cart", "purchase"))
     matrix = C.confidence(split.train, base.confidence)
-    popular = E.score(PopularRecommender(split.train.strength), split, [10]).metrics
+    popular = SCO.score(PopularRecommender(split.train.strength), split, [10]).metrics
     users, items = matrix.shape
     print(f"matrix {users} x {items}, {matrix.nnz} nonzeros; {len(split.users)} held-out users",
           flush=True)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(time.perf_counter() - t)
             wall = runs[-1]
             per_iteration[(engine, factors)] = wall / args.iterations
-            scored = E.score(ALSRecommender(fitted.model), split, [10]).metrics
+            scored = SCO.score(ALSRecommender(fitted.model), split, [10]).metrics
             objective = spark_als.loss(matrix, fitted.model, config.regularization)
             label = ("implicit, CPU" if engine == "local"
                      else f"MLlib ALS, local[{args.cores}], {config.spark_blocks} blocks")

@@ -1,8 +1,9 @@
-"""Benchmark: ranking.top_k of this checkout against a baseline commit's, taking turns.
+"""Benchmark: top_k of this checkout against a baseline commit's, taking turns.
 
     flock /tmp/dailyrec-bench.lock .venv/bin/python bench/top_k.py [--baseline 00a2643]
 
-The baseline's dailyrec/model/ranking.py is loaded from git as a module of its own. Cases: a
+The baseline's dailyrec/model/topk.py (dailyrec/model/ranking.py before top_k had a module of its
+own) is loaded from git as a module of its own. Cases: a
 batch as evaluate scores it (2,000 users x 20,000 items, float32, 0.5% excluded, one thread: the
 slices per core are the same in both), and one row of 5,000 items (an API visitor's fold-in).
 Each is timed in turns, best of --repeats; the answers must be equal (scores without ties, where
@@ -25,13 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import markdown_table, publish  # noqa: E402
-from dailyrec.model import ranking  # noqa: E402
+from dailyrec.core import arrays  # noqa: E402
+from dailyrec.model import topk  # noqa: E402
 
 
 def baseline_ranking(rev: str):
-    source = subprocess.run(["git", "show", f"{rev}:dailyrec/model/ranking.py"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"ranking_{rev}.py"
+    for name in ("topk", "ranking"):
+        found = subprocess.run(["git", "show", f"{rev}:dailyrec/model/{name}.py"], cwd=ROOT,
+                               capture_output=True, text=True)
+        if found.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"{rev} has neither dailyrec/model/topk.py nor ranking.py")
+    source = found.stdout
+    sys.modules.setdefault("dailyrec.arrays", arrays)  # where arrays lived before core/
+    path = Path(tempfile.mkdtemp()) / f"{name}_{rev}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
              ("one row of 5,000 items (us)", "top_k", row, 2_000)]
     rows = []
     for name, function, scores, inner in cases:
-        ours, theirs = getattr(ranking, function), getattr(old, function)
+        ours, theirs = getattr(topk, function), getattr(old, function)
         if not np.array_equal(ours(scores, 20), theirs(scores, 20)):
             raise SystemExit(f"{name}: the answers differ")
         times = {"base": [], "ours": []}
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             "without ties).\n\n"
             + markdown_table(["case", f"baseline {args.baseline}", "this checkout", "speed-up"],
                              rows))
-    publish("top_k", "ranking.top_k against a baseline commit", body)
+    publish("top_k", "top_k against a baseline commit", body)
     return 0
 
 

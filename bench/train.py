@@ -41,6 +41,8 @@ from dailyrec.model import als  # noqa: E402
 from dailyrec.model import artifacts  # noqa: E402
 from dailyrec.model import confidence as C  # noqa: E402
 from dailyrec.model import evaluation as E  # noqa: E402
+from dailyrec.model import scoring as SCO  # noqa: E402
+from dailyrec.model import split as SPL  # noqa: E402
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender  # noqa: E402
 from dailyrec.model.training import read_events  # noqa: E402
 from dailyrec.model import settings as model_settings  # noqa: E402
@@ -70,15 +72,15 @@ def bench_movielens(config: TrainConfig) -> tuple[str, dict]:
     cut = float(np.quantile(seconds, 0.8))
     holdout_start = dt.datetime.fromtimestamp(cut, dt.timezone.utc)
     window_end = dt.datetime.fromtimestamp(float(seconds.max()) + 1, dt.timezone.utc)
-    split = E.make_split(events, config.confidence, holdout_start, window_end, S.EVENT_TYPES)
+    split = SPL.make_split(events, config.confidence, holdout_start, window_end, S.EVENT_TYPES)
     cutoffs = [10, 20]
     rows, results = [], {}
 
     t = time.perf_counter()
     _, ours = E.fit_on_split(split, config, "cpu")
     fit_ours = time.perf_counter() - t
-    results["ours"] = (E.score(ALSRecommender(ours.model), split, cutoffs).metrics, fit_ours)
-    results["most-popular"] = (E.score(PopularRecommender(split.train.strength), split,
+    results["ours"] = (SCO.score(ALSRecommender(ours.model), split, cutoffs).metrics, fit_ours)
+    results["most-popular"] = (SCO.score(PopularRecommender(split.train.strength), split,
                                        cutoffs).metrics, 0.0)
 
     from implicit.cpu.als import AlternatingLeastSquares
@@ -90,7 +92,7 @@ def bench_movielens(config: TrainConfig) -> tuple[str, dict]:
     with threadpool_limits(1, "blas"):
         plain = AlternatingLeastSquares(random_state=config.random_state)  # implicit's defaults
         plain.fit(binary, show_progress=False)
-    results["implicit defaults"] = (E.score(ALSRecommender(plain), split, cutoffs).metrics,
+    results["implicit defaults"] = (SCO.score(ALSRecommender(plain), split, cutoffs).metrics,
                                     time.perf_counter() - t)
     for name, (m, fit_s) in results.items():
         rows.append([name, m["ndcg_at_20"], m["recall_at_20"], m["precision_at_20"],

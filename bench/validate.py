@@ -42,7 +42,7 @@ from tools import simulate as SIM  # noqa: E402
 def child(args) -> int:
     """One validate run in this (fresh) process; prints a JSON line."""
     from dailyrec.core import settings
-    from dailyrec.quality.validation import expectations as V
+    from dailyrec.quality.validation import verdict as VD
     from dailyrec.quality import settings as quality
 
     raw = BF.raw_params()
@@ -50,11 +50,11 @@ def child(args) -> int:
     cfg = quality.validate(settings.of(raw))
     work = Path(args.work)
     started = time.perf_counter()
-    verdict = V.validate(cfg, work / "delta.parquet", work / "quarantine.parquet",
+    verdict = VD.validate(cfg, work / "delta.parquet", work / "quarantine.parquet",
                          Path(args.history), work / f"ledger-{os.getpid()}.json", "report.html",
                          facts_dir=Path(args.facts) if args.facts else None)
     seconds = time.perf_counter() - started
-    payload = V.payload(cfg, verdict)
+    payload = VD.payload(cfg, verdict)
     print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss / 1024, "status": verdict.status,
         "window_events": verdict.window_events, "by": verdict.window_checked_by,

@@ -26,8 +26,7 @@ from dailyrec.core import cli, env, metrics, paths, settings
 from dailyrec.ops import tracking
 from dailyrec.core.files import dvc_md5
 from dailyrec.model import evaluation, training
-from dailyrec.model import settings as eval_settings
-from dailyrec.model import settings as model
+from dailyrec.model import settings as model_settings
 from dailyrec.ops import settings as ops
 
 
@@ -36,7 +35,7 @@ def main_body(argv: list[str] | None) -> int:
     ap.add_argument("--params", default=None, help="params file (default params.yaml)")
     args = ap.parse_args(argv)
     params = settings.load(args.params)
-    train_config, config = model.train(params), eval_settings.evaluation(params)
+    train_config, config = model_settings.train(params), model_settings.evaluation(params)
     mlflow_settings = ops.mlflow(params)
     day = settings.run_date(params)
     evaluation.check_models(paths.MODELS_DIR, train_config, day)

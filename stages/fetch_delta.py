@@ -8,7 +8,7 @@ Outputs
     metrics/fetch.json             counts per table and per quarantine reason
 
 The source database is DAILYREC_SOURCE_URL (default sqlite:///source.db); the tables and their
-columns are params.yaml `source`. How rows are read and normalised: dailyrec.ingest.source.
+columns are params.yaml `source`. How rows are read and normalised: dailyrec.tables.source.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 from dailyrec.core import cli, env, metrics, paths, settings
 from dailyrec.ingest import source
 from dailyrec.ingest import settings as ingest
+from dailyrec.ingest import tables
 
 
 def main_body(argv: list[str] | None) -> int:
@@ -27,7 +28,7 @@ def main_body(argv: list[str] | None) -> int:
     args = ap.parse_args(argv)
     params = settings.load(args.params)
     day = settings.run_date(params)
-    counts = source.fetch(ingest.source(params), ingest.fetch_window(params), env.source_url(),
+    counts = source.fetch(tables.source(params), ingest.fetch_window(params), env.source_url(),
                           paths.DELTA_DIR)
     metrics.FETCH.write({"run_date": day.isoformat(), **counts})
     print(f"fetch_delta {day}: fetched {counts['fetched']}, kept {counts['kept']}, "

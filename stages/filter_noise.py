@@ -18,7 +18,7 @@ Cache    $DAILYREC_STATE_DIR/day-verdicts/  each day's day-local verdicts, by co
                                      (read-only hard links, safe to delete: dailyrec.quality.filtering.clean)
 
 The rules, in order (crawler_ua, internal, repeated, behaviour, shared_ip, min_support), and
-their settings (params.yaml `filter`): dailyrec.quality.filtering.rules. filter.engine: spark runs the same
+their settings (params.yaml `filter`): dailyrec.quality.filtering. filter.engine: spark runs the same
 rules as Spark jobs (dailyrec.quality.filtering.spark_engine) with the same outputs (docs/scaling.md).
 """
 
@@ -33,7 +33,7 @@ from dailyrec.core import arrays, cli, metrics, paths, privacy, settings
 from dailyrec.core.errors import ConfigError, DataError
 from dailyrec.core.files import write_json
 from dailyrec.quality.validation import rejections
-from dailyrec.quality.filtering import rules
+from dailyrec.quality.filtering import engine
 from dailyrec.quality import settings as quality
 
 
@@ -71,7 +71,7 @@ def main_body(argv: list[str] | None) -> int:
 
         counts = spark_engine.run(cfg, args.history, rejected, paths.CLEAN_DIR)
     else:
-        counts = rules.run(cfg, Path(args.history), rejected, paths.CLEAN_DIR)
+        counts = engine.run(cfg, Path(args.history), rejected, paths.CLEAN_DIR)
     write_json(paths.FILTER_OFFENDERS, {"run_date": counts["run_date"], "rules": counts["rules"],
                                         "ip_texts": counts["ip_texts"]})
     metrics.FILTER.write(privacy.pseudonymise(counts))

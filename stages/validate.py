@@ -26,7 +26,8 @@ from pathlib import Path
 
 from dailyrec.core import arrays, cli, metrics, paths, settings
 from dailyrec.core.errors import ConfigError, DayRejected
-from dailyrec.quality.validation import expectations, rejections, report as validation_report, window_facts
+from dailyrec.quality.validation import rejections, report as validation_report, window_facts
+from dailyrec.quality.validation import verdict as VD
 from dailyrec.quality import settings as quality
 
 
@@ -34,10 +35,10 @@ def run(args) -> int:
     arrays.without_huge_pages()  # the window's arrays: less system time (docs/benchmarks.md)
     cfg = quality.validate(settings.load(args.params))
     report = validation_report.page_path(paths.VALIDATION_REPORTS, cfg.run_date)
-    verdict = expectations.validate(cfg, paths.DELTA_EVENTS, paths.DELTA_QUARANTINE,
+    verdict = VD.validate(cfg, paths.DELTA_EVENTS, paths.DELTA_QUARANTINE,
                                     paths.HISTORY_DIR, paths.REJECTIONS, str(report),
                                     facts_dir=window_facts.default_dir())
-    metrics.VALIDATION.write(expectations.payload(cfg, verdict))
+    metrics.VALIDATION.write(VD.payload(cfg, verdict))
     validation_report.write(cfg, verdict, paths.VALIDATION_REPORTS)
     text = validation_report.summary(cfg, verdict, report)
     if verdict.status == "failed":

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from dailyrec.quality.filtering import clean
 from dailyrec.core import schema as S
+from dailyrec.ingest import normalise as N
 from tools import simulate
 
 
@@ -37,7 +38,7 @@ def human_events(first_day: dt.date, days: int, users: int = 400, items: int = 1
         "user_agent": raw["ua"].astype("str"),
         "ip": raw["ip"].astype("str"),
     })
-    events["event_id"] = S.derive_event_ids(events)
+    events["event_id"] = N.derive_event_ids(events)
     events = events.drop_duplicates("event_id").sort_values(["ts", "event_id"], kind="stable")
     events["quantity"] = np.nan
     return events[list(S.COLUMNS)].reset_index(drop=True)

@@ -10,6 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from dailyrec.core import schema as S
+
+from dailyrec.ingest import normalise as N
 from dailyrec.ingest.history import partition_path
 from tests.params import project_params
 
@@ -51,7 +53,7 @@ def events(user_id, item_id, ts, event_type="view", event_id=None, user_agent=BR
     frame["quantity"] = np.nan
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
     if event_id is None:
-        frame["event_id"] = S.derive_event_ids(frame.astype({"user_id": "str", "item_id": "str",
+        frame["event_id"] = N.derive_event_ids(frame.astype({"user_id": "str", "item_id": "str",
                                                              "event_type": "str"}))
     else:
         frame["event_id"] = event_id

@@ -170,7 +170,8 @@ def fetch(raw_params: dict, url: str, out_dir: Path) -> dict:
     from dailyrec.core import settings
     from dailyrec.ingest import source
     from dailyrec.ingest import settings as ingest
+    from dailyrec.ingest import tables
 
     p = settings.of(raw_params)
-    counts = source.fetch(ingest.source(p), ingest.fetch_window(p), url, Path(out_dir))
+    counts = source.fetch(tables.source(p), ingest.fetch_window(p), url, Path(out_dir))
     return {"run_date": settings.run_date(p).isoformat(), **counts}

@@ -295,7 +295,7 @@ def test_a_second_concurrent_runner_refuses(repo):
     assert first.returncode == 0, out + err
     # The lock goes with its holder: the next run can take it.
     from dailyrec.core.paths import RUN_LOCK
-    from dailyrec.ops.runner import RunLock
+    from dailyrec.ops.runner.lock import RunLock
 
     RunLock(repo.path / RUN_LOCK).acquire({"pid": os.getpid()}).release()
 

@@ -29,6 +29,7 @@ from dailyrec.quality.filtering import clean
 from dailyrec.ingest import history
 from dailyrec.quality.filtering import day_verdicts as DV
 from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality.filtering import window as FW, engine as FE
 from dailyrec.quality import settings as quality
 from tests import dq_factory as F
 from tests.params import of
@@ -100,7 +101,7 @@ def root(tmp_path):
 def run(root, cfg, name: str, rejected=frozenset()) -> tuple[dict, dict]:
     """(data/clean's files' bytes by name, the counts)."""
     out = root / name / "clean"
-    counts = FN.run(cfg, root / "history", set(rejected), out)
+    counts = FE.run(cfg, root / "history", set(rejected), out)
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}, counts
 
 
@@ -282,7 +283,7 @@ def test_files_outside_day_folders_are_never_reused(root, tmp_path):
     """read_window also takes loose files (a test's, a tool's): they have no day, so no key."""
     loose = tmp_path / "loose.parquet"
     pq.write_table(F.to_arrow(day_traffic(FIRST, seed=0)), loose)
-    w = FN.read_window([loose])
+    w = FW.read_window([loose])
     assert w.spans[0][0] is None
     salt = FN.day_local_salt(settings())
     hashes = DV.file_hashes(w.spans, w.ts_us)
@@ -295,7 +296,7 @@ def test_a_day_file_is_linked_only_for_the_same_files_and_the_same_kept_events(r
     of other events kept, or a file rewritten with as many rows, is written anew."""
     cfg = settings()
     chosen = history.select_window(root / "history", cfg.run_date, cfg.window_days, set())
-    w = FN.read_window(chosen.files, chosen.days)
+    w = FW.read_window(chosen.files, chosen.days)
     keep = FN.apply_rules(w, cfg).keep
 
     def files(folder) -> dict[str, bytes]:
@@ -303,8 +304,8 @@ def test_a_day_file_is_linked_only_for_the_same_files_and_the_same_kept_events(r
 
     def write(name: str, mask: np.ndarray, window=w) -> tuple[int, dict[str, bytes]]:
         kept = clean.KeptDays(root / "kept", "salt")
-        FN.write_clean(window, mask, root / name, kept, DV.file_hashes(window.spans, window.ts_us))
-        FN.write_clean(window, mask, root / f"{name}-fresh")  # nothing linked
+        FE.write_clean(window, mask, root / name, kept, DV.file_hashes(window.spans, window.ts_us))
+        FE.write_clean(window, mask, root / f"{name}-fresh")  # nothing linked
         assert files(root / name) == files(root / f"{name}-fresh")
         return kept.reused, files(root / name)
 
@@ -321,4 +322,4 @@ def test_a_day_file_is_linked_only_for_the_same_files_and_the_same_kept_events(r
     agents[0] = "Mozilla/5.0 (another)"
     pq.write_table(table.set_column(table.schema.get_field_index("user_agent"), "user_agent",
                                     pa.array(agents)), files_[0])
-    assert write("rewritten", swapped, FN.read_window(chosen.files, chosen.days))[0] == 4
+    assert write("rewritten", swapped, FW.read_window(chosen.files, chosen.days))[0] == 4

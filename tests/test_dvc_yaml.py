@@ -133,7 +133,7 @@ def test_dvc_yaml_is_parsed_in_one_place():
                         and mentions_dvc_yaml(node):
                     direct.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert direct == []
-    for user in ("dailyrec/ops/runner.py", "dailyrec/ops/tracking.py", "tools/reproduce.py"):
+    for user in ("dailyrec/ops/runner/day.py", "dailyrec/ops/tracking.py", "tools/reproduce.py"):
         assert "pipeline." in (ROOT / user).read_text(), user
 
 

@@ -15,9 +15,11 @@ from dailyrec.core import schema as S
 from dailyrec.core.errors import ConfigError
 from dailyrec.model import artifacts, training
 from dailyrec.model import evaluation as E
+from dailyrec.model import gate as GATE
+from dailyrec.model import scoring as SCO
+from dailyrec.model import split as SPL
 from dailyrec.model.recommender import PopularRecommender
-from dailyrec.model import settings as eval_settings
-from dailyrec.model import settings as model
+from dailyrec.model import settings as model_settings
 from dailyrec.model.settings import ConfidenceConfig
 from stages import evaluate as eval_stage
 from stages import train as T
@@ -49,7 +51,7 @@ SPLIT_EVENTS = [
 
 
 def test_split_holds_out_new_items_of_known_users_and_counts_the_rest():
-    split = E.make_split(S.to_table(frame(SPLIT_EVENTS)), CONF, HOLDOUT, END, S.EVENT_TYPES)
+    split = SPL.make_split(S.to_table(frame(SPLIT_EVENTS)), CONF, HOLDOUT, END, S.EVENT_TYPES)
     assert split.train.user_ids.tolist() == ["u1", "u2"]
     assert split.train.item_ids.tolist() == ["i1", "i2", "i3"]
     assert split.users.tolist() == [0, 1]
@@ -68,7 +70,7 @@ def test_split_is_the_same_from_sliced_time_ordered_events_and_from_any_order():
     rows = SPLIT_EVENTS + [("u2", "i2", "view", "2026-11-14T00:00:00Z"),
                            ("u2", "i3", "view", "2026-11-15T00:00:00Z")]
     in_order = sorted(rows, key=lambda r: r[3])
-    splits = [E.make_split(S.to_table(frame(r)), CONF, HOLDOUT, END, S.EVENT_TYPES)
+    splits = [SPL.make_split(S.to_table(frame(r)), CONF, HOLDOUT, END, S.EVENT_TYPES)
               for r in (in_order, in_order[::-1])]
     assert splits[0].counts == splits[1].counts
     assert splits[0].counts["holdout_events"] == 7 and splits[0].counts["events_after_window"] == 2
@@ -77,23 +79,23 @@ def test_split_is_the_same_from_sliced_time_ordered_events_and_from_any_order():
 
 
 def test_only_relevant_event_types_make_the_truth():
-    split = E.make_split(S.to_table(frame(SPLIT_EVENTS)), CONF, HOLDOUT, END, ("purchase",))
+    split = SPL.make_split(S.to_table(frame(SPLIT_EVENTS)), CONF, HOLDOUT, END, ("purchase",))
     assert split.users.tolist() == [0] and split.truth.toarray().tolist() == [[0, 0, 1]]
 
 
 def evaluate(params: settings.Params, published=None) -> dict:
     """evaluate's work on the workspace's data and params (what the stage does before writing)."""
-    return E.evaluate(model.train(params), eval_settings.evaluation(params),
+    return E.evaluate(model_settings.train(params), model_settings.evaluation(params),
                       settings.run_date(params), settings.window_end(params),
                       training.read_events(paths.CLEAN_DIR), published=published)
 
 
 def test_most_popular_scores_distinct_users_and_leaves_out_what_users_had():
-    split = E.make_split(S.to_table(frame(SPLIT_EVENTS)), CONF, HOLDOUT, END, S.EVENT_TYPES)
+    split = SPL.make_split(S.to_table(frame(SPLIT_EVENTS)), CONF, HOLDOUT, END, S.EVENT_TYPES)
     # i1 has 2 users, i2 and i3 one each (tie -> lower index first): order i1, i2, i3.
     popular = PopularRecommender(split.train.strength)
     assert popular.score(np.array([0])).tolist() == [[3.0, 2.0, 1.0]]
-    scored = E.score(popular, split, [1, 2])
+    scored = SCO.score(popular, split, [1, 2])
     # u1 had i1, i2 -> gets [i3]: a hit. u2 had i1, i3 -> gets [i2]: a hit.
     assert scored.metrics["hit_rate_at_1"] == 1.0 and scored.metrics["precision_at_2"] == 0.5
     assert scored.metrics["mean_percentile_rank"] == 0.0
@@ -166,7 +168,7 @@ def test_published_artifact_that_never_saw_the_holdout_is_scored_as_is(workspace
     before = before.filter(pc.less(before["ts"], pa.scalar(HOLDOUT, before["ts"].type)))
     pq.write_table(before, tmp_path / "before.parquet")
     yesterday = dt.date(2026, 11, 14)
-    training.train(model.train(params), yesterday, settings.day_window(yesterday)[1],
+    training.train(model_settings.train(params), yesterday, settings.day_window(yesterday)[1],
                    tmp_path / "before.parquet", tmp_path / "published")
     bundle = artifacts.load(tmp_path / "published")
     out = evaluate(params, published=lambda: (bundle, {"model_version": 7, "run_id": "r"}))
@@ -186,20 +188,20 @@ def test_published_model_that_saw_the_holdout_is_refitted_on_the_split(workspace
     assert published["mode"] == "refit"
     assert published["ndcg_at_20"] != out["report"]["ndcg_at_20"]
     # the same configuration refitted is the candidate itself
-    bundle.meta["params"]["factors"] = model.train(params).factors
+    bundle.meta["params"]["factors"] = model_settings.train(params).factors
     same = evaluate(params, published=lambda: (bundle, {"model_version": 3, "run_id": "r"}))
     assert same["report"]["baselines"]["published"]["ndcg_at_20"] == \
         same["report"]["ndcg_at_20"]
 
 
 def test_gate_drop_below_the_published_model():
-    config = eval_settings.evaluation(of(project_params(**{"eval.max_drop": 0.05,
+    config = model_settings.evaluation(of(project_params(**{"eval.max_drop": 0.05,
                                                            "eval.min_lift": 0.1})))
     model, popular = {"ndcg_at_20": 0.30}, {"ndcg_at_20": 0.20}
-    ok = E.decide(model, popular, {"ndcg_at_20": 0.31, "model_version": 4, "mode": "artifact"},
+    ok = GATE.decide(model, popular, {"ndcg_at_20": 0.31, "model_version": 4, "mode": "artifact"},
                   config)
     assert ok["passed"] and ok["drop"] == pytest.approx(1 - 0.30 / 0.31)
-    bad = E.decide(model, popular, {"ndcg_at_20": 0.40, "model_version": 4, "mode": "artifact"},
+    bad = GATE.decide(model, popular, {"ndcg_at_20": 0.40, "model_version": 4, "mode": "artifact"},
                    config)
     assert not bad["passed"] and "falls +25.0% below published v4 (artifact)" in bad["reason"]
     assert bad["lift"] == pytest.approx(0.5)
@@ -213,7 +215,7 @@ def test_gate_drop_below_the_published_model():
 ])
 def test_bad_eval_params_name_the_key(section, message):
     with pytest.raises(ConfigError, match=message):
-        eval_settings.evaluation(of(project_params(**{f"eval.{k}": v
+        model_settings.evaluation(of(project_params(**{f"eval.{k}": v
                                                       for k, v in section.items()})))
 
 
@@ -238,15 +240,15 @@ def test_most_popular_ranked_from_the_history_alone_equals_the_dense_ranking(see
             rows.append((f"u{u}", f"i{i}", "view", "2026-11-10T00:00:00Z"))
         for i in rng.choice(n_items, size=int(rng.integers(1, 4)), replace=False):
             rows.append((f"u{u}", f"i{i}", "click", "2026-11-14T10:00:00Z"))
-    split = E.make_split(S.to_table(frame(rows)), CONF, HOLDOUT, END, S.EVENT_TYPES)
+    split = SPL.make_split(S.to_table(frame(rows)), CONF, HOLDOUT, END, S.EVENT_TYPES)
     popular = PopularRecommender(split.train.strength)
     assert len(set(popular.counts.tolist())) < n_items  # ties in popularity
     dense_class = type("Dense", (E.Recommender,), {
         "score": lambda self, r: popular.score(r)})
     cutoffs = [1, 5, 20]
     for cells in (8_000_000, 64):  # one batch; many tiny batches
-        sparse = E.score(popular, split, cutoffs, batch_cells=cells)
-        dense = E.score(dense_class(), split, cutoffs, batch_cells=cells)
+        sparse = SCO.score(popular, split, cutoffs, batch_cells=cells)
+        dense = SCO.score(dense_class(), split, cutoffs, batch_cells=cells)
         assert sparse.metrics == dense.metrics
         for name in sparse.curves:
             assert np.array_equal(sparse.curves[name], dense.curves[name], equal_nan=True)

@@ -154,7 +154,7 @@ def test_small_chunks_give_the_same_delta(sqlite_url, tmp_path):
 
 
 def test_an_empty_day_gives_an_empty_delta(source_url, tmp_path):
-    metrics = fetch(M.params(dt.date(2026, 12, 24)), source_url, tmp_path / "delta")
+    metrics = fetch(M.params(dt.date(2026, 12, 1)), source_url, tmp_path / "delta")
     events, quarantine = read_delta(tmp_path / "delta")
     assert events.num_rows == 0 and events.schema == S.EVENT_SCHEMA
     assert quarantine.num_rows == 0 and quarantine.schema.names == S.QUARANTINE_SCHEMA.names
@@ -233,12 +233,12 @@ def test_postgres_read_in_many_small_batches_gives_what_sqlite_gives(postgres, t
                                                                      monkeypatch):
     """With Arrow batches of a few rows from PostgreSQL (many chunks: ids repeated across them)
     the delta, the quarantine and every count are SQLite's."""
-    from dailyrec.ingest import source
+    from dailyrec.ingest import database
 
     sqlite_url = simulated_log(postgres, tmp_path, seed=5, users=150, items=60, events_per_day=250)
     params = M.params(M.RUN2)
     from_sqlite = fetch(params, sqlite_url, tmp_path / "lite")
-    monkeypatch.setattr(source, "ADBC_BATCH_BYTES", 2048)
+    monkeypatch.setattr(database, "ADBC_BATCH_BYTES", 2048)
     from_postgres = fetch(params, postgres.url, tmp_path / "pg")
     assert counts(from_postgres) == counts(from_sqlite)
     assert from_sqlite["quarantined"] > 0 and from_sqlite["duplicates"] > 0
@@ -400,12 +400,12 @@ def fault_db(postgres):
 
 
 def use_reader(reader: str, monkeypatch) -> None:
-    from dailyrec.ingest import source
+    from dailyrec.ingest import database
 
     if reader == "sqlalchemy":  # as without the optional ADBC driver
-        monkeypatch.setattr(source, "_adbc_postgresql", lambda: None)
+        monkeypatch.setattr(database, "_adbc_postgresql", lambda: None)
     else:  # small Arrow batches: many chunks
-        monkeypatch.setattr(source, "ADBC_BATCH_BYTES", 65536)
+        monkeypatch.setattr(database, "ADBC_BATCH_BYTES", 65536)
 
 
 def streamed_params(run_date, **changes) -> dict:

@@ -24,6 +24,7 @@ from dailyrec.core.errors import ConfigError
 from dailyrec.quality.validation import rejections as R
 from dailyrec.quality.filtering import ip_texts
 from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality.filtering import window as FW, engine as FE
 from dailyrec.quality import settings as quality
 from stages import filter_noise as stage
 from tests import dq_factory as F
@@ -125,7 +126,7 @@ def window(tmp_path_factory):
     frame = pd.concat([f.assign(actor=name) for name, f in actors.items()], ignore_index=True)
     F.write_history(root, frame.drop(columns="actor"))
     cfg = settings()
-    w = FN.read_window(history.select_window(root, cfg.run_date, cfg.window_days, set()).files)
+    w = FW.read_window(history.select_window(root, cfg.run_date, cfg.window_days, set()).files)
     actor_of = dict(zip(frame["event_id"], frame["actor"]))
     return w, np.array([actor_of[e] for e in w.to_table().column("event_id").to_pylist()])
 
@@ -187,7 +188,7 @@ def test_one_address_in_many_spellings_is_one_address(tmp_path):
     def window_of(frame):
         path = tmp_path / f"{frame['ip'].iloc[0] or 'empty'}.parquet"
         pq.write_table(F.to_arrow(frame), path)
-        return FN.read_window([path])
+        return FW.read_window([path])
 
     spellings = ["2001:db8::7", "2001:DB8::7", "2001:db8:0::7", "[2001:db8::7]:443"]
     frame = F.events([str(70_000 + k) for k in range(400)], ["1"] * 400,
@@ -412,7 +413,7 @@ def test_odd_ip_texts_are_kept_and_counted_and_addresses_are_understood(tmp_path
     actors = odd_ip_window()
     frame = pd.concat([f.assign(actor=name) for name, f in actors.items()], ignore_index=True)
     F.write_history(tmp_path / "history", frame.drop(columns="actor"))
-    counts = FN.run(settings(**ODD_IP_SETTINGS), tmp_path / "history", set(), tmp_path / "clean")
+    counts = FE.run(settings(**ODD_IP_SETTINGS), tmp_path / "history", set(), tmp_path / "clean")
     kept = pq.read_table(tmp_path / "clean").column("event_id").to_pylist()
     actor_of = dict(zip(frame["event_id"], frame["actor"]))
     assert pd.Series([actor_of[e] for e in kept]).value_counts().to_dict() == {
@@ -447,7 +448,7 @@ def test_the_rules_never_raise_on_any_ip_text(texts):
     frame = F.events([str(k % 3) for k in range(n)], [str(k) for k in range(n)],
                      DAY2 + np.arange(n) * 3600 * SEC)
     frame["ip"] = pd.Series(texts, dtype=object)
-    w = FN.window_of(F.to_arrow(frame).cast(FN.WINDOW_SCHEMA))
+    w = FW.window_of(F.to_arrow(frame).cast(FW.WINDOW_SCHEMA))
     cfg = settings(**{**ODD_IP_SETTINGS, "crawler_ua.enabled": False,
                       "shared_ip.max_users_per_day": 1})
     result = FN.apply_rules(w, cfg)
@@ -481,7 +482,7 @@ def random_window(tmp_path_factory):
     root = tmp_path_factory.mktemp("random")
     F.write_history(root, frame)
     cfg = settings()
-    w = FN.read_window(history.select_window(root, cfg.run_date, cfg.window_days, set()).files)
+    w = FW.read_window(history.select_window(root, cfg.run_date, cfg.window_days, set()).files)
     return w, S.to_frame(w.to_table().cast(S.EVENT_SCHEMA))
 
 
@@ -540,7 +541,7 @@ def test_data_clean_is_written_a_day_at_a_time_as_one_write_would(random_window,
     day files are the ones writing the whole kept window at once gives, byte for byte."""
     w, _ = random_window
     keep = np.random.default_rng(5).random(len(w)) < share
-    assert FN.write_clean(w, keep, tmp_path / "streamed") == keep.sum()
+    assert FE.write_clean(w, keep, tmp_path / "streamed") == keep.sum()
     with clean.DayWriter(tmp_path / "whole") as writer:
         writer.add(w.to_table().filter(pa.array(keep)))
     streamed = {p.name: p.read_bytes() for p in (tmp_path / "streamed").iterdir()}
@@ -567,7 +568,7 @@ def test_days_with_arrivals_come_out_in_the_order_of_one_stable_sort(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(F.to_arrow(frame), path)
             files.append(path)
-    got = FN.read_window(files).to_table().column("event_id").to_pylist()
+    got = FW.read_window(files).to_table().column("event_id").to_pylist()
     whole = pa.concat_tables([pq.read_table(p) for p in files])
     order = np.argsort(whole.column("ts").cast(pa.int64()).to_numpy(), kind="stable")
     assert got == whole.column("event_id").take(order).to_pylist()
@@ -597,12 +598,12 @@ def test_window_codes_are_those_of_unifying_day_by_day(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(F.to_arrow(frame), path, row_group_size=70)  # several chunks a day
             files.append(path)
-    w = FN.read_window(files)
+    w = FW.read_window(files)
 
     def day_by_day(name):  # the reference: the values so far in front of each day's chunks
         values, codes = pa.array([], pa.string()), []
         for folder in dict.fromkeys(p.parent for p in files):
-            day = FN._read_day([p for p in files if p.parent == folder], FN.RULE_COLUMNS)
+            day = FW._read_day([p for p in files if p.parent == folder], FW.RULE_COLUMNS)
             head = pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), values)
             column = pa.table({"c": pa.chunked_array([head, *day.column(name).chunks])}) \
                 .unify_dictionaries().column("c")
@@ -612,7 +613,7 @@ def test_window_codes_are_those_of_unifying_day_by_day(tmp_path):
         return values, np.concatenate(codes)
 
     table = w.to_table()
-    for name in FN.DICTIONARY_COLUMNS:
+    for name in FW.DICTIONARY_COLUMNS:
         values, codes = day_by_day(name)
         assert w.coded[name].values.equals(values), name
         np.testing.assert_array_equal(w.coded[name].codes, codes)

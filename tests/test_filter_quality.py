@@ -19,8 +19,9 @@ import sqlalchemy as sa
 
 from dailyrec.ingest import history
 from dailyrec.core import paths
-from dailyrec.quality.validation import expectations as V
+from dailyrec.quality.validation import verdict as VD
 from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality.filtering import window as FW
 from dailyrec.quality import settings as quality
 from tests import dq_factory as F
 from tests.mini_source import fetch
@@ -50,14 +51,14 @@ def test_default_settings_find_the_bots_and_keep_the_humans(simulated, monkeypat
         history.merge(paths.DELTA_EVENTS, paths.HISTORY_DIR, run, params["history"]["days"],
                       params["fetch"]["max_late_days"])
     # An ordinary simulated day passes validation at the default thresholds, volume band included.
-    verdict = V.validate(quality.validate(of(params)), paths.DELTA_EVENTS, paths.DELTA_QUARANTINE,
+    verdict = VD.validate(quality.validate(of(params)), paths.DELTA_EVENTS, paths.DELTA_QUARANTINE,
                          paths.HISTORY_DIR, paths.REJECTIONS, "report.html")
     assert verdict.status == "passed", [o.line() for o in verdict.outcomes if not o.success]
     band = next(o for o in verdict.outcomes if o.name == "delta_day.volume")
     assert not band.note  # enough history: the band was applied
 
     cfg = quality.filter_rules(of(params))
-    window = FN.read_window(history.select_window(paths.HISTORY_DIR, cfg.run_date,
+    window = FW.read_window(history.select_window(paths.HISTORY_DIR, cfg.run_date,
                                                   cfg.window_days, set()).files)
     result = FN.apply_rules(window, cfg)
     removed = result.removed_users(window)

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from dailyrec.ingest import source
 from dailyrec.quality.filtering import ip_texts as T
 from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality.filtering import engine as FE
+from dailyrec.quality.filtering import window as FW
 from tests import test_filter_noise as crafted
 from tests.test_schema import GOOD, MAPPING, WINDOW, table_config
 
@@ -181,11 +183,11 @@ def test_any_value_a_source_sends_as_ip_is_kept_or_quarantined_never_a_crash(val
     table, quarantine, _ = source.normalise_table(raw, table_config(), MAPPING, WINDOW)
     assert set(quarantine["reason"]) <= {"ip:not_utf8"}
     assert table.num_rows + len(quarantine) == len(values)
-    window = FN.window_of(table.cast(FN.WINDOW_SCHEMA))
+    window = FW.window_of(table.cast(FW.WINDOW_SCHEMA))
     cfg = crafted.settings(**{**crafted.ODD_IP_SETTINGS, "crawler_ua.enabled": False})
     result = FN.apply_rules(window, cfg)
     assert result.keep.sum() + sum(m.sum() for m in result.removed_by.values()) == len(window)
-    counts = FN.ip_text_counts(window, 3)
+    counts = FE.ip_text_counts(window, 3)
     ips = table.column("ip").to_pylist()
     assert counts["rows_without_ip"] == sum(ip is None for ip in ips)
     assert counts["rows_not_an_address"] == sum(ip is not None and canonical(ip) is None

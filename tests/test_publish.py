@@ -18,6 +18,7 @@ from dailyrec.model.recommender import ALSRecommender, PopularRecommender
 from dailyrec.publish import settings as publish_settings
 from dailyrec.publish.settings import PublishSettings
 from dailyrec.publish import keys as K
+from dailyrec.publish import lists
 from dailyrec.publish import writer as pub
 from dailyrec.publish.reader import RecommendationStore
 from stages import publish as stage
@@ -418,7 +419,7 @@ def test_histories_are_each_users_most_confident_items_ties_to_the_lower_positio
         np.bincount(coo.row, minlength=300))]), shape=dense.shape)
     matrix.has_sorted_indices = False
     rows = rng.permutation(300)[:200]
-    positions, confidence = pub.histories(matrix, rows, 6)
+    positions, confidence = lists.histories(matrix, rows, 6)
     for r, user in enumerate(rows):  # a loop in the test's reference only
         items = sorted(np.flatnonzero(dense[user]), key=lambda i: (-dense[user, i], i))[:6]
         assert positions[r].tolist() == items + [-1] * (6 - len(items))

@@ -1,4 +1,5 @@
-"""The evaluation metrics against values computed by hand (definitions: stages/ranking.py)."""
+"""The evaluation metrics against values computed by hand (definitions: dailyrec/model/ranking.py),
+and top_k / best_first against plain stable sorts (dailyrec/model/topk.py)."""
 
 import math
 
@@ -8,6 +9,7 @@ import scipy.sparse as sp
 
 from dailyrec.core.arrays import PARALLEL_CELLS
 from dailyrec.model import ranking as R
+from dailyrec.model import topk as T
 
 # Two users, a catalogue of 6 items, K = 3.
 #   user 0: truth {1, 4}, recommended [1, 2, 4]  -> hits [1, 0, 1]
@@ -53,8 +55,8 @@ def test_coverage_counts_distinct_items_over_the_catalogue():
 def test_top_k_skips_excluded_and_unknown_items_and_breaks_ties_by_index():
     scores = np.array([[0.5, np.nan, 0.9, 0.5, -np.inf],
                        [0.1, 0.2, 0.3, 0.4, 0.5]])
-    assert R.top_k(scores, 4).tolist() == [[2, 0, 3, -1], [4, 3, 2, 1]]
-    assert R.top_k(scores, 7).tolist() == [[2, 0, 3, -1, -1, -1, -1], [4, 3, 2, 1, 0, -1, -1]]
+    assert T.top_k(scores, 4).tolist() == [[2, 0, 3, -1], [4, 3, 2, 1]]
+    assert T.top_k(scores, 7).tolist() == [[2, 0, 3, -1, -1, -1, -1], [4, 3, 2, 1, 0, -1, -1]]
 
 
 def test_percentile_ranks_and_expected_percentile_rank():
@@ -94,8 +96,8 @@ def test_a_large_batch_is_ranked_in_slices_with_the_answer_of_one():
     scores[rng.random(scores.shape) < 0.1] = -np.inf
     scores[7] = np.nan  # a row with nothing left
     assert scores.size >= PARALLEL_CELLS
-    sliced = R.top_k(scores, 25)
-    assert np.array_equal(sliced, R._top_k(scores, 25)) and (sliced[7] == -1).all()
+    sliced = T.top_k(scores, 25)
+    assert np.array_equal(sliced, T._top_k(scores, 25)) and (sliced[7] == -1).all()
     assert np.array_equal(sliced, stable_top_k(scores, 25))
 
 
@@ -130,9 +132,9 @@ def test_top_k_is_the_stable_sort_of_each_row_cut_at_k():
         if rng.random() < 0.3:
             scores[rng.integers(0, b, int(rng.integers(1, b + 1)))] = 0.0  # users without factors
         paths["row"] += b == 1
-        paths["sampled"] += b > 1 and n >= R.SAMPLE_FROM * min(k, n)
-        paths["heavy"] += b > 1 and bool(((scores == 0).sum(axis=1) > R.HEAVY * k).any())
-        assert np.array_equal(R.top_k(scores, k), stable_top_k(scores, k)), (b, n, k)
+        paths["sampled"] += b > 1 and n >= T.SAMPLE_FROM * min(k, n)
+        paths["heavy"] += b > 1 and bool(((scores == 0).sum(axis=1) > T.HEAVY * k).any())
+        assert np.array_equal(T.top_k(scores, k), stable_top_k(scores, k)), (b, n, k)
     assert min(paths.values()) > 20, paths
 
 
@@ -150,7 +152,7 @@ def test_most_popular_without_the_excluded_items_is_top_k_of_its_scores():
         scores = popular.score(np.arange(50))
         rows, cols = np.nonzero(exclude >= 0)
         scores[rows, exclude[rows, cols]] = np.nan
-        assert np.array_equal(popular.recommend_excluding(exclude, n), R.top_k(scores, n))
+        assert np.array_equal(popular.recommend_excluding(exclude, n), T.top_k(scores, n))
 
 
 def test_best_first_is_a_stable_sort_by_row_then_value_descending_nan_last():
@@ -165,9 +167,9 @@ def test_best_first_is_a_stable_sort_by_row_then_value_descending_nan_last():
                              special, special[::-1]]).astype(np.float32)
     rng.shuffle(values)
     one_row = np.zeros(len(values), dtype=np.int64)
-    assert R.best_first(one_row, values).tolist() == \
+    assert T.best_first(one_row, values).tolist() == \
         np.argsort(-values, kind="stable").tolist()
     rows = np.sort(rng.integers(0, 7, len(values)))
     want = np.lexsort((np.arange(len(values)), -values, rows)).tolist()
-    assert R.best_first(rows, values).tolist() == want
-    assert R.best_first(rows, values.astype(np.float64)).tolist() == want
+    assert T.best_first(rows, values).tolist() == want
+    assert T.best_first(rows, values.astype(np.float64)).tolist() == want

@@ -15,10 +15,14 @@ import pyarrow as pa
 import pytest
 
 from dailyrec.core import schema as S
+
+from dailyrec.ingest import normalise as N
 from dailyrec.core import settings
+from dailyrec.ingest import database as DB
 from dailyrec.ingest import source as F
 from dailyrec.core.errors import ConfigError
 from dailyrec.ingest import settings as ingest
+from dailyrec.ingest import tables as table_settings
 from tests.mini_source import fetch
 from tests.params import of
 
@@ -47,7 +51,7 @@ def as_list(series: pd.Series) -> list:
     (pd.Series([5, "6", 7.0, " 8 ", "9.0"], dtype=object), ["5", "6", "7", "8", "9"]),
 ])
 def test_ids_of_every_source_type_become_the_same_canonical_text(values, expected):
-    ids, problem = S.canonical_ids(values)
+    ids, problem = N.canonical_ids(values)
     assert as_list(ids) == expected
     assert ids.dtype == "str"
     assert list(ids.index) == list(values.index)
@@ -56,7 +60,7 @@ def test_ids_of_every_source_type_become_the_same_canonical_text(values, expecte
 
 
 def test_the_same_id_written_three_ways_is_one_id():
-    ids, _ = S.canonical_ids(pd.Series([123, "123", "123.0", 123.0, " 123 "], dtype=object))
+    ids, _ = N.canonical_ids(pd.Series([123, "123", "123.0", 123.0, " 123 "], dtype=object))
     assert set(ids) == {"123"}
 
 
@@ -68,22 +72,22 @@ def test_the_same_id_written_three_ways_is_one_id():
     ("-1", "invalid"), ("_x", "invalid"), ("x" * 65, "invalid"), ("1e+20", "invalid"),
 ])
 def test_unusable_ids_are_flagged_missing_or_invalid(raw, problem):
-    ids, problems = S.canonical_ids(pd.Series(["ok-1", raw, "ok-2"], dtype=object))
+    ids, problems = N.canonical_ids(pd.Series(["ok-1", raw, "ok-2"], dtype=object))
     assert as_list(ids) == ["ok-1", None, "ok-2"]
     assert list(problems) == ["", problem, ""]
 
 
 def test_numeric_garbage_ids_are_invalid():
-    ids, problems = S.canonical_ids(pd.Series([5, -1], dtype="Int64"))
+    ids, problems = N.canonical_ids(pd.Series([5, -1], dtype="Int64"))
     assert as_list(ids) == ["5", None]
     assert list(problems) == ["", "invalid"]
-    ids, problems = S.canonical_ids(pd.Series([2.5, 1e20, 3.0]))
+    ids, problems = N.canonical_ids(pd.Series([2.5, 1e20, 3.0]))
     assert as_list(ids) == ["2.5", None, "3"]  # a fractional id keeps its text; 1e20 is not an id
     assert list(problems) == ["", "invalid", ""]
 
 
 def test_longest_allowed_id_is_kept():
-    ids, problems = S.canonical_ids(pd.Series(["x" * S.ID_MAX_LEN]))
+    ids, problems = N.canonical_ids(pd.Series(["x" * S.ID_MAX_LEN]))
     assert as_list(ids) == ["x" * S.ID_MAX_LEN] and list(problems) == [""]
 
 
@@ -116,7 +120,7 @@ NOON_S = int(NOON.timestamp())
      [NOON, NOON, NOON, None]),
 ])
 def test_timestamps_of_every_form_parse_to_utc(values, expected):
-    ts = S.canonical_timestamps(values)
+    ts = N.canonical_timestamps(values)
     assert str(ts.dtype) == "datetime64[us, UTC]"
     assert as_list(ts) == expected
     assert list(ts.index) == list(values.index)
@@ -128,11 +132,11 @@ def test_native_datetimes_are_converted_to_utc():
     aware = pd.Series(pd.to_datetime(["2026-11-15T17:30:00"]).tz_localize(ist))
     objects = pd.Series([dt.datetime(2026, 11, 15, 17, 30, tzinfo=ist),
                          dt.datetime(2026, 11, 15, 12, 0), None], dtype=object)
-    assert as_list(S.canonical_timestamps(naive)) == [NOON, None]
-    assert as_list(S.canonical_timestamps(aware)) == [NOON]
-    assert as_list(S.canonical_timestamps(objects)) == [NOON, NOON, None]
+    assert as_list(N.canonical_timestamps(naive)) == [NOON, None]
+    assert as_list(N.canonical_timestamps(aware)) == [NOON]
+    assert as_list(N.canonical_timestamps(objects)) == [NOON, NOON, None]
     for values in (naive, aware, objects):
-        assert str(S.canonical_timestamps(values).dtype) == "datetime64[us, UTC]"
+        assert str(N.canonical_timestamps(values).dtype) == "datetime64[us, UTC]"
 
 
 @pytest.mark.parametrize("garbage", [
@@ -142,7 +146,7 @@ def test_native_datetimes_are_converted_to_utc():
 ])
 def test_unparseable_timestamps_become_nat_without_spoiling_their_neighbours(garbage):
     values = pd.Series(["2026-11-15T12:00:00Z", garbage, "2026-11-15T17:30:00+05:30"])
-    assert as_list(S.canonical_timestamps(values)) == [NOON, None, NOON]
+    assert as_list(N.canonical_timestamps(values)) == [NOON, None, NOON]
 
 
 def test_impossible_dates_among_many_good_ones_are_the_only_nat():
@@ -150,14 +154,14 @@ def test_impossible_dates_among_many_good_ones_are_the_only_nat():
     good = pd.date_range("2026-11-15", periods=3000, freq="7s", tz="UTC")
     text = pd.Series(good.strftime("%Y-%m-%dT%H:%M:%SZ"))
     text[[5, 1500, 2999]] = ["2026-02-30T00:00:00Z", "2026-11-15T25:00:00Z", "2026-11-31T01:02:03"]
-    ts = S.canonical_timestamps(text)
+    ts = N.canonical_timestamps(text)
     assert ts.isna().sum() == 3 and ts.isna()[[5, 1500, 2999]].all()
     keep = ~ts.isna()
     assert (ts[keep] == pd.Series(good)[keep]).all()
 
 
 def test_non_finite_and_out_of_range_epochs_are_nat():
-    ts = S.canonical_timestamps(pd.Series([np.inf, -np.inf, 1e30, float(NOON_S)]))
+    ts = N.canonical_timestamps(pd.Series([np.inf, -np.inf, 1e30, float(NOON_S)]))
     assert as_list(ts) == [None, None, None, NOON]
 
 
@@ -170,14 +174,14 @@ def test_non_finite_and_out_of_range_epochs_are_nat():
     (["x\ty", "\u00e9t\u00e9"], ["x\ty", "\u00e9t\u00e9"]),  # inner whitespace and non-ASCII kept
 ])
 def test_text_is_trimmed_at_both_ends_only(values, expected):
-    assert S.trimmed_text(pd.Series(values, dtype="str")).to_pylist() == expected
-    assert S.trimmed_text(pd.Series(values, dtype=object)).to_pylist() == expected
+    assert N.trimmed_text(pd.Series(values, dtype="str")).to_pylist() == expected
+    assert N.trimmed_text(pd.Series(values, dtype=object)).to_pylist() == expected
 
 
 def test_trimming_a_slice_of_a_column_sees_only_the_slice():
     column = pd.Series([" a ", "b", "c ", "d"], dtype="str")
-    assert S.trimmed_text(column.iloc[1:3]).to_pylist() == ["b", "c"]
-    assert S.trimmed_text(column.iloc[3:]).to_pylist() == ["d"]
+    assert N.trimmed_text(column.iloc[1:3]).to_pylist() == ["b", "c"]
+    assert N.trimmed_text(column.iloc[3:]).to_pylist() == ["d"]
 
 
 # --- event types -------------------------------------------------------------------------------
@@ -192,13 +196,13 @@ def test_trimming_a_slice_of_a_column_sees_only_the_slice():
     ("BUY", "purchase"), ("checkout", "purchase"),
 ])
 def test_event_type_spellings_and_cases_map_to_the_vocabulary(spelling, canonical):
-    assert as_list(S.canonical_event_types(pd.Series([spelling]))) == [canonical]
+    assert as_list(N.canonical_event_types(pd.Series([spelling]))) == [canonical]
 
 
 def test_unknown_and_missing_event_types_are_na_and_table_aliases_add_spellings():
     values = pd.Series(["hover", "scroll", "???", None, "tap", "Swipe-Right"])
-    assert as_list(S.canonical_event_types(values)) == [None, None, None, None, "click", None]
-    mapped = S.canonical_event_types(values, {"Swipe-Right": "click", "hover": "view"})
+    assert as_list(N.canonical_event_types(values)) == [None, None, None, None, "click", None]
+    mapped = N.canonical_event_types(values, {"Swipe-Right": "click", "hover": "view"})
     assert as_list(mapped) == ["view", None, None, None, "click", "click"]
     assert mapped.dtype == "str"
 
@@ -206,7 +210,7 @@ def test_unknown_and_missing_event_types_are_na_and_table_aliases_add_spellings(
 def test_a_tables_own_spellings_are_folded_like_the_built_in_ones():
     """add-to-basket, Add To Basket and ADD_TO_BASKET are one spelling (issue 11.11)."""
     values = pd.Series(["add-to-basket", "Add To Basket", " ADD_TO_BASKET ", "refund", "Refund"])
-    encoded = S.encode_event_types(values, {"Add To Basket": "add_to_cart"}, ignore=("REFUND",))
+    encoded = N.encode_event_types(values, {"Add To Basket": "add_to_cart"}, ignore=("REFUND",))
     assert encoded.take().to_pylist() == ["add_to_cart"] * 3 + [None, None]
     assert encoded.ignored[encoded.slots].tolist() == [False, False, False, True, True]
     assert encoded.names[encoded.slots].tolist()[3:] == ["refund", "refund"]
@@ -219,15 +223,15 @@ def test_derived_event_ids_are_stable_content_hashes():
         "user_id": pd.Series(["1", "1", "2"], dtype="str"),
         "item_id": pd.Series(["a", "a", "a"], dtype="str"),
         "event_type": pd.Series(["view", "view", "view"], dtype="str"),
-        "ts": S.canonical_timestamps(pd.Series([NOON_S, NOON_S, NOON_S])),
+        "ts": N.canonical_timestamps(pd.Series([NOON_S, NOON_S, NOON_S])),
     })
-    ids = S.derive_event_ids(events)
+    ids = N.derive_event_ids(events)
     assert ids.dtype == "str"
     assert ids[0] == ids[1] != ids[2]  # an exact duplicate gets the same id
     key = events[["user_id", "item_id", "event_type"]].assign(ts=events["ts"].astype("int64"))
     expected = [f"h{h:016x}" for h in pd.util.hash_pandas_object(key, index=False)]
     assert list(ids) == expected  # the documented definition, digit for digit
-    assert list(S.derive_event_ids(events.iloc[:0])) == []
+    assert list(N.derive_event_ids(events.iloc[:0])) == []
 
 
 # --- canonical tables --------------------------------------------------------------------------
@@ -243,9 +247,9 @@ def test_to_table_produces_exactly_the_canonical_schema_and_refuses_missing_colu
 
 # --- column aliases ----------------------------------------------------------------------------
 
-def table_config(**overrides) -> ingest.TableConfig:
+def table_config(**overrides) -> table_settings.TableConfig:
     base = dict(name="events", window_column="written", window_format="epoch_s")
-    return ingest.TableConfig(**{**base, **overrides})
+    return table_settings.TableConfig(**{**base, **overrides})
 
 
 @pytest.mark.parametrize("columns", [
@@ -256,7 +260,7 @@ def table_config(**overrides) -> ingest.TableConfig:
     ["user-id", "sku", "event", "time", "written"],
 ])
 def test_columns_are_matched_by_alias_whatever_their_case_and_separators(columns):
-    mapping = F.resolve_columns(table_config(), columns)
+    mapping = DB.resolve_columns(table_config(), columns)
     assert [mapping[f] for f in ("user_id", "item_id", "event_type", "ts")] == columns[:4]
     assert "user_agent" not in mapping and "ip" not in mapping
 
@@ -264,14 +268,14 @@ def test_columns_are_matched_by_alias_whatever_their_case_and_separators(columns
 def test_configured_mapping_wins_over_aliases():
     cfg = table_config(columns={"user_id": "account", "ts": "occurred"})
     actual = ["account", "user_id", "item", "type", "occurred", "ts", "written"]
-    mapping = F.resolve_columns(cfg, actual)
+    mapping = DB.resolve_columns(cfg, actual)
     assert mapping["user_id"] == "account" and mapping["ts"] == "occurred"
     assert mapping["item_id"] == "item" and mapping["event_type"] == "type"
 
 
 def test_an_unmappable_column_names_the_table_and_the_field():
     with pytest.raises(ConfigError) as err:
-        F.resolve_columns(table_config(name="clicks"), ["who", "item_id", "event_type", "ts"])
+        DB.resolve_columns(table_config(name="clicks"), ["who", "item_id", "event_type", "ts"])
     assert "clicks" in str(err.value) and "user_id" in str(err.value)
     assert "source.tables.clicks.columns" in str(err.value)
 
@@ -279,7 +283,7 @@ def test_an_unmappable_column_names_the_table_and_the_field():
 def test_a_mapped_column_that_does_not_exist_names_it():
     cfg = table_config(name="clicks", columns={"item_id": "product_code"})
     with pytest.raises(ConfigError) as err:
-        F.resolve_columns(cfg, ["user_id", "item_id", "event_type", "ts"])
+        DB.resolve_columns(cfg, ["user_id", "item_id", "event_type", "ts"])
     assert "clicks" in str(err.value) and "product_code" in str(err.value)
 
 
@@ -324,7 +328,7 @@ GOOD_TABLE = {"window_column": "written", "window_format": "epoch_ms"}
 ])
 def test_hostile_or_wrong_table_config_is_refused_naming_the_value(tables, named):
     with pytest.raises(ConfigError) as err:
-        ingest.source(of(params_with(tables)))
+        table_settings.source(of(params_with(tables)))
     message = str(err.value)
     assert named in message
     assert "\n" not in message
@@ -335,7 +339,7 @@ def test_source_timeout_seconds_must_be_a_whole_number_of_seconds(timeout):
     raw = params_with({"events": GOOD_TABLE})
     raw["source"]["timeout_seconds"] = timeout
     with pytest.raises(ConfigError, match=r"source.timeout_seconds must be an integer >= 1"):
-        ingest.source(of(raw))
+        table_settings.source(of(raw))
 
 
 def test_a_hostile_table_name_is_refused_before_any_database_is_touched(tmp_path):
@@ -347,7 +351,7 @@ def test_a_hostile_table_name_is_refused_before_any_database_is_touched(tmp_path
 
 
 def test_the_shipped_params_yaml_tables_are_valid():
-    configs = ingest.source(settings.load(ROOT / "params.yaml")).tables
+    configs = table_settings.source(settings.load(ROOT / "params.yaml")).tables
     assert {c.name for c in configs} == {"web_events", "app_events", "legacy_clicks"}
 
 
@@ -419,13 +423,13 @@ def test_normalise_trims_text_derives_missing_ids_and_nulls_empty_optionals():
     events, _ = F.normalise(raw, table_config(), MAPPING, WINDOW)
     assert events["event_id"][0] == "events:e1"
     assert as_list(events["user_agent"])[0] is None and as_list(events["ip"])[0] is None
-    derived = S.derive_event_ids(events.iloc[1:][["user_id", "item_id", "event_type", "ts"]])
+    derived = N.derive_event_ids(events.iloc[1:][["user_id", "item_id", "event_type", "ts"]])
     assert list(events["event_id"][1:]) == list(derived)
     assert all(e.startswith("h") and len(e) == 17 for e in events["event_id"][1:])
 
 
 def test_normalise_without_optional_columns_or_own_ids():
-    mapping = {k: v for k, v in MAPPING.items() if k in F.REQUIRED_SOURCE_FIELDS}
+    mapping = {k: v for k, v in MAPPING.items() if k in DB.REQUIRED_SOURCE_FIELDS}
     raw = pd.DataFrame([GOOD, GOOD])  # an exact duplicate: same derived id
     events, quarantine = F.normalise(raw, table_config(), mapping, WINDOW)
     assert len(events) == 2 and events["event_id"].nunique() == 1

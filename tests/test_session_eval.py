@@ -15,10 +15,11 @@ from dailyrec.ops import report
 from dailyrec.core import schema as S
 from dailyrec.model import confidence as C
 from dailyrec.model import evaluation as E
+from dailyrec.model import sessions as SES
+from dailyrec.model import split as SPL
 from dailyrec.model import training
 from dailyrec.model.recommender import PopularRecommender
-from dailyrec.model import settings as eval_settings
-from dailyrec.model import settings as model
+from dailyrec.model import settings as model_settings
 from dailyrec.ops.settings import ReportSettings
 from stages import evaluate as eval_stage
 from stages import train as T
@@ -67,10 +68,10 @@ SESSION_EVENTS = [
 
 
 def test_cases_their_context_and_targets_and_the_visitors_skipped():
-    split = E.make_split(S.to_table(frame(SESSION_EVENTS)), CONF, HOLDOUT, END,
+    split = SPL.make_split(S.to_table(frame(SESSION_EVENTS)), CONF, HOLDOUT, END,
                          ("view", "click"))
     assert split.train.item_ids.tolist() == ["i1", "i2", "i3", "i4", "i5"]
-    sessions = E.make_sessions(split, max_context=2)
+    sessions = SES.make_sessions(split, max_context=2)
     assert sessions.visitor_ids.tolist() == ["u1", "v1", "v2", "v6"]
     assert sessions.context.tolist() == [
         [3, -1],  # u1: i4 | i5
@@ -86,17 +87,17 @@ def test_cases_their_context_and_targets_and_the_visitors_skipped():
         "target_items": 7, "context_capped": 1,
         "skipped": {"fewer_than_2_events": 1, "no_new_later_item": 1, "unknown_items": 1}}
     # without the cap, v6's context is its first 3 items
-    uncapped = E.make_sessions(split, max_context=50)
+    uncapped = SES.make_sessions(split, max_context=50)
     assert uncapped.context.tolist()[3] == [4, 3, 2]
     assert uncapped.counts["context_capped"] == 0
 
 
 def test_no_holdout_events_no_cases():
     before = [e for e in SESSION_EVENTS if e[3] < "2026-11-14"]
-    split = E.make_split(S.to_table(frame(before)), CONF, HOLDOUT, END, S.EVENT_TYPES)
-    sessions = E.make_sessions(split, 50)
+    split = SPL.make_split(S.to_table(frame(before)), CONF, HOLDOUT, END, S.EVENT_TYPES)
+    sessions = SES.make_sessions(split, 50)
     assert sessions.m == 0 and sessions.truth.shape == (0, 5)
-    assert sessions.counts["skipped"] == dict.fromkeys(E.SKIP_REASONS, 0)
+    assert sessions.counts["skipped"] == dict.fromkeys(SES.SKIP_REASONS, 0)
 
 
 # --- fold-in against implicit's recalculate_user ----------------------------------------------
@@ -106,26 +107,26 @@ def fitted_split():
     """The simulator's traffic, the train configuration of the test workspace, fitted on the
     split as evaluate does."""
     events = S.to_table(human_events(FIRST_DAY, 14, users=300, items=120, events_per_day=2000))
-    train_config = model.train(of(project_params(RUN_DATE, **{
+    train_config = model_settings.train(of(project_params(RUN_DATE, **{
         "train.factors": 8, "train.iterations": 4, "train.regularization": 0.05,
         "train.alpha": 10.0, "train.confidence": "log"})))  # the test workspace's (make_params)
-    split = E.make_split(events, train_config.confidence, HOLDOUT, END, S.EVENT_TYPES)
+    split = SPL.make_split(events, train_config.confidence, HOLDOUT, END, S.EVENT_TYPES)
     _, fitted = E.fit_on_split(split, train_config, "cpu")
     return split, train_config, fitted
 
 
 def test_fold_in_metrics_equal_implicit_recalculate_user_visitor_by_visitor(fitted_split):
     split, train_config, fitted = fitted_split
-    sessions = E.make_sessions(split, 50)
+    sessions = SES.make_sessions(split, 50)
     # a handful of visitors, with contexts of different lengths
     lengths = (sessions.context >= 0).sum(axis=1)
     picked = np.concatenate([np.flatnonzero(lengths == n)[:2] for n in np.unique(lengths)])[:8]
     assert len(picked) >= 5 and len(np.unique(lengths[picked])) >= 3
-    subset = E.Sessions(visitor_ids=sessions.visitor_ids[picked],
+    subset = SES.Sessions(visitor_ids=sessions.visitor_ids[picked],
                         context=sessions.context[picked], truth=sessions.truth[picked],
                         returning=sessions.returning[picked], counts={})
     weight = C.one_event_confidence(train_config.confidence)
-    scored = E.score_sessions(subset, fitted.model.item_factors, train_config.regularization,
+    scored = SES.score_sessions(subset, fitted.model.item_factors, train_config.regularization,
                               weight, PopularRecommender(split.train.strength), [10, 20])
 
     # the reference: one visitor at a time, through implicit itself
@@ -156,11 +157,11 @@ def test_similar_items_and_most_popular_by_hand(fitted_split):
     """similar_items: the sum of cosines to the context items; most_popular: the split's order;
     neither recommends a context item."""
     split, train_config, fitted = fitted_split
-    sessions = E.make_sessions(split, 50)
-    subset = E.Sessions(visitor_ids=sessions.visitor_ids[:30], context=sessions.context[:30],
+    sessions = SES.make_sessions(split, 50)
+    subset = SES.Sessions(visitor_ids=sessions.visitor_ids[:30], context=sessions.context[:30],
                         truth=sessions.truth[:30], returning=sessions.returning[:30], counts={})
     popular = PopularRecommender(split.train.strength)
-    scored = E.score_sessions(subset, fitted.model.item_factors, train_config.regularization,
+    scored = SES.score_sessions(subset, fitted.model.item_factors, train_config.regularization,
                               1.0, popular, [20], max_batch=7)  # several batches
     y = np.asarray(fitted.model.item_factors, dtype=np.float64)
     unit = y / np.linalg.norm(y, axis=1, keepdims=True)
@@ -269,7 +270,7 @@ def test_too_few_users_and_sessions_fail_naming_both_counts(tmp_path, monkeypatc
     monkeypatch.chdir(root)
     monkeypatch.setenv("DAILYREC_MLFLOW", "off")
     assert T.main([]) == 0
-    out = E.evaluate(model.train(settings.load()), eval_settings.evaluation(settings.load()),
+    out = E.evaluate(model_settings.train(settings.load()), model_settings.evaluation(settings.load()),
                      RUN_DATE, END, training.read_events("data/clean"))
     gate, evaluation = out["gate"], out["report"]
     users = evaluation["counts"]["evaluated_users"]

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dailyrec.core import spark as SP
-from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality.filtering import engine as FE
 from dailyrec.quality.filtering import spark_engine as SE
 from tests import dq_factory as F
 from tests import test_filter_noise as crafted
@@ -42,7 +42,7 @@ def test_the_engine_through_spark_connect_gives_the_local_answer(remote, tmp_pat
     F.write_history(tmp_path / "history", pd.concat(crafted.crafted_window().values(),
                                                     ignore_index=True))
     cfg = crafted_settings(3, **TIGHT)
-    local = FN.run(cfg, tmp_path / "history", set(), tmp_path / "local.parquet")
+    local = FE.run(cfg, tmp_path / "history", set(), tmp_path / "local.parquet")
     sparked = SE.run(cfg, tmp_path / "history", set(), tmp_path / "spark.parquet", remote)
     assert without_timings(sparked) == without_timings(local)
     assert pq.read_table(tmp_path / "spark.parquet").equals(

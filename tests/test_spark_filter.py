@@ -23,6 +23,7 @@ from dailyrec.model import confidence as C
 from dailyrec.model import spark_confidence as SC
 from dailyrec.model.training import read_events
 from dailyrec.quality.filtering import rules as FN
+from dailyrec.quality.filtering import window as FW, engine as FE
 from dailyrec.quality.filtering import spark_engine as SE
 from dailyrec.model import settings as model
 from dailyrec.quality import settings as quality
@@ -37,7 +38,7 @@ SIM_FIRST = dt.date(2026, 11, 14)
 SIM_DAYS = 4
 
 
-def per_rule(window: FN.Window, result: FN.Result) -> dict[str, set[str]]:
+def per_rule(window: FW.Window, result: FN.Result) -> dict[str, set[str]]:
     """The local engine's removed event ids, by rule."""
     ids = np.asarray(window.to_table().column("event_id").to_pylist(), dtype=object)
     return {rule: set(ids[mask]) for rule, mask in result.removed_by.items()}
@@ -62,9 +63,9 @@ def both_engines(spark, root, cfg: quality.FilterSettings, rejected=frozenset())
     local data/clean, Spark's)."""
     selection = history.select_window(root / "history", cfg.run_date, cfg.window_days,
                                       set(rejected))
-    window = FN.read_window(selection.files, selection.days)
+    window = FW.read_window(selection.files, selection.days)
     local_removed = per_rule(window, FN.apply_rules(window, cfg))
-    local = FN.run(cfg, root / "history", set(rejected), root / "local" / "clean")
+    local = FE.run(cfg, root / "history", set(rejected), root / "local" / "clean")
     judged = SE.judge(spark, selection.files, cfg)
     try:
         spark_removed = spark_per_rule(judged)
@@ -72,7 +73,7 @@ def both_engines(spark, root, cfg: quality.FilterSettings, rejected=frozenset())
         SE.write_clean(judged, root / "spark" / "clean")
     finally:
         judged.release()
-    sparked = FN.record(cfg, selection, counted, {"rules": 1.0})
+    sparked = FE.record(cfg, selection, counted, {"rules": 1.0})
     return (local_removed, spark_removed, without_timings(local), without_timings(sparked),
             clean_files(root / "local" / "clean"), clean_files(root / "spark" / "clean"))
 

@@ -16,6 +16,8 @@ import pytest
 
 from dailyrec.model import als, artifacts, spark_als
 from dailyrec.model import evaluation as E
+from dailyrec.model import scoring as SCO
+from dailyrec.model import split as SPL
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
 from dailyrec.model import settings as model
 from stages import train as T
@@ -92,15 +94,15 @@ def test_recommendations_as_good_as_implicits_on_a_held_out_day(spark):
     config = model.train(raw_params.of(params))
     end = dt.datetime.combine(QUALITY_FIRST + dt.timedelta(days=QUALITY_DAYS), dt.time(),
                               dt.timezone.utc)
-    split = E.make_split(events, config.confidence, end - dt.timedelta(days=1), end,
+    split = SPL.make_split(events, config.confidence, end - dt.timedelta(days=1), end,
                          ("view", "click", "add_to_cart", "purchase"))
     assert len(split.users) > 100
     recall = {}
     for engine in ("local", "spark"):
         _, fitted = E.fit_on_split(split, config.replace(engine=engine, device="cpu"), "cpu")
         assert fitted.device == ("spark" if engine == "spark" else "cpu")
-        recall[engine] = E.score(ALSRecommender(fitted.model), split, [10]).metrics["recall_at_10"]
-    popular = E.score(PopularRecommender(split.train.strength), split, [10]
+        recall[engine] = SCO.score(ALSRecommender(fitted.model), split, [10]).metrics["recall_at_10"]
+    popular = SCO.score(PopularRecommender(split.train.strength), split, [10]
                       ).metrics["recall_at_10"]
     print(f"recall@10: implicit {recall['local']:.4f}, MLlib {recall['spark']:.4f}, "
           f"most-popular {popular:.4f}")

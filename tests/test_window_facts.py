@@ -25,6 +25,7 @@ from dailyrec.core import schema as S
 from dailyrec.core.errors import DataError
 from dailyrec.ingest.history import partition_path, select_window
 from dailyrec.quality.validation import expectations as V
+from dailyrec.quality.validation import verdict as VD
 from dailyrec.quality.validation import window_facts as WF
 from dailyrec.quality import settings as quality
 from tests import dq_factory as F
@@ -77,7 +78,7 @@ def facts_outcomes(cfg, history, facts_dir):
 def gx_outcomes(cfg, history):
     first = cfg.run_date - dt.timedelta(days=cfg.window_days)
     files = select_window(history, cfg.run_date, cfg.window_days, set()).files
-    return V.run_suites(V.window_suites(cfg, V.read_window(files), first), cfg)
+    return V.run_suites(V.window_suites(cfg, VD.read_window(files), first), cfg)
 
 
 def as_rows(outcomes):
@@ -124,7 +125,7 @@ def test_validate_falls_back_to_great_expectations_with_examples(tmp_path):
     write_days(history, days)
     F.write_delta(tmp_path / "data/delta", F.day_events(DAYS[-1], n=400))
     cfg = settings(strict=True)
-    verdict = V.validate(cfg, tmp_path / "data/delta/events.parquet",
+    verdict = VD.validate(cfg, tmp_path / "data/delta/events.parquet",
                          tmp_path / "data/delta/quarantine.parquet", history,
                          tmp_path / "rejections.json", "report.html", facts_dir=tmp_path / "f")
     failed = [o for o in verdict.outcomes if o.name == "window.event_types"][0]

@@ -31,10 +31,11 @@ from dailyrec.core.errors import ConfigError
 from dailyrec.core.files import write_text
 from dailyrec.model import als
 from dailyrec.model import evaluation as E
+from dailyrec.model import scoring as SCO
+from dailyrec.model import split as SPL
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
 from dailyrec.model.training import read_events
-from dailyrec.model import settings as eval_settings
-from dailyrec.model import settings as model
+from dailyrec.model import settings as model_settings
 from dailyrec.ops import settings as ops
 from dailyrec.model.settings import TRANSFORMS, TrainConfig
 
@@ -91,19 +92,19 @@ def tune(params: settings.Params, trials: int, seed: int | None = None,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from dailyrec.ops import tracking
 
-    base = model.train(params)
-    config = eval_settings.evaluation(params)
+    base = model_settings.train(params)
+    config = model_settings.evaluation(params)
     window_end = settings.window_end(params)
     holdout_start = window_end - dt.timedelta(days=config.holdout_days)
     device = als.resolve_device(base.device)
-    split = E.make_split(read_events(data_path), base.confidence, holdout_start, window_end,
+    split = SPL.make_split(read_events(data_path), base.confidence, holdout_start, window_end,
                          config.relevant_event_types)
     if split.train.strength.nnz == 0 or len(split.users) < config.min_test_users:
         raise ConfigError(f"not enough data to tune: {len(split.users)} held-out users with new "
                             f"items before {window_end.date()} (eval.min_test_users="
                             f"{config.min_test_users}); run the pipeline for more days first")
     metric = config.gate_metric
-    popular = E.score(PopularRecommender(split.train.strength), split, config.cutoffs).metrics
+    popular = SCO.score(PopularRecommender(split.train.strength), split, config.cutoffs).metrics
     print(f"tune: {trials} trials on {split.counts['evaluated_users']} held-out users "
           f"({holdout_start.date()}), metric {metric}; most-popular scores {popular[metric]:.4f}",
           file=out, flush=True)
@@ -119,7 +120,7 @@ def tune(params: settings.Params, trials: int, seed: int | None = None,
         trial_config = to_config(base, values)
         start = time.perf_counter()
         _, fitted = E.fit_on_split(split, trial_config, device)
-        scored = E.score(ALSRecommender(fitted.model), split, config.cutoffs)
+        scored = SCO.score(ALSRecommender(fitted.model), split, config.cutoffs)
         seconds = time.perf_counter() - start
         value = scored.metrics[metric]
         trial.set_user_attr("values", values)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from dailyrec.core import paths
+from dailyrec.core import noise_rules, paths
 from dailyrec.core.files import write_json
 
 NUMBER = (int, float)
@@ -164,9 +164,7 @@ def _validation_summary(p: dict) -> dict[str, dict]:
                            "events": p["window_events"]}}
 
 
-# dailyrec.quality.filtering.rules.RULES, in its order (tests/test_metrics_summary.py checks they agree;
-# importing the rules here would make every stage depend on them).
-FILTER_RULES = ("crawler_ua", "internal", "repeated", "behaviour", "shared_ip", "min_support")
+FILTER_RULES = noise_rules.NAMES  # each a row of its own: rule_<name>
 
 
 def _filter_summary(p: dict) -> dict[str, dict]:

@@ -27,8 +27,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from dailyrec.core import paths
-from dailyrec.core.errors import ConfigError
+from dailyrec.core.errors import ConfigError, DataError
 from dailyrec.core.files import replace_dir, tmp_path, write_text
+from dailyrec.model.settings import TrainConfig, train_from_dict
 
 MODELS_DIR = paths.MODELS_DIR
 MODEL_FILE = "als.npz"
@@ -48,6 +49,29 @@ class ModelBundle:
 
     def user_index(self) -> dict[str, int]:
         return dict(zip(self.user_ids.tolist(), range(len(self.user_ids))))
+
+    def train_config(self, fallback: dict | None = None) -> TrainConfig:
+        """The train settings this model was fitted with (train_config(meta))."""
+        return train_config(self.meta, fallback)
+
+
+def read_meta(directory: Path | str = MODELS_DIR) -> dict:
+    """models/meta.json, the one reader of it: what made the model."""
+    path = Path(directory) / META_FILE
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run train first")
+    return json.loads(path.read_text())
+
+
+def train_config(meta: dict, fallback: dict | None = None) -> TrainConfig:
+    """The train section a model's meta.json holds, checked like params.yaml's. Keys a model saved
+    before they existed take their values from `fallback` (today's section); without one, a
+    meta.json with no train params is an error."""
+    params = meta.get("params")
+    if not params and fallback is None:
+        raise DataError(f"{MODELS_DIR}/{META_FILE} has no train params: rebuild the model with "
+                        "train")
+    return train_from_dict(params or {}, fallback)
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -109,6 +133,6 @@ def load(directory: Path | str = MODELS_DIR) -> ModelBundle:
     with np.load(directory / USER_ITEMS_FILE, allow_pickle=False) as m:
         user_items = sp.csr_matrix((m["data"], m["indices"], m["indptr"]),
                                    shape=tuple(m["shape"]))
-    meta = json.loads((directory / META_FILE).read_text())
+    meta = read_meta(directory)
     return ModelBundle(model=model, user_ids=user_ids, item_ids=item_ids, user_items=user_items,
                        meta=meta)

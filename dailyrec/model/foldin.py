@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dailyrec.model.ranking import top_k
+from dailyrec.model.topk import top_k
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from dailyrec.model import ranking
+from dailyrec.model.topk import top_k
 from dailyrec.model.artifacts import ModelBundle
 
 COLUMNS = ["user_id", "rank", "item_id", "score", "source"]
@@ -45,7 +45,7 @@ class Recommender(ABC):
         if filter_liked and liked is not None:
             had = sp.csr_matrix(liked).tocoo()
             scores[had.row, had.col] = np.nan
-        ids = ranking.top_k(scores, n)
+        ids = top_k(scores, n)
         picked = np.take_along_axis(scores, np.maximum(ids, 0), axis=1)
         return ids, np.where(ids >= 0, picked, 0).astype(np.float32)
 

@@ -1,12 +1,12 @@
 """train.engine: spark: Spark MLlib's implicit ALS on the confidence matrix, returned as implicit's
 CPU model, so models/ has one format whoever fitted it (pip install '.[spark]').
 
-    fit(matrix, config) -> als.FitResult     matrix: the users x items confidence matrix (float32
-                                             CSR) that implicit would be given
+    fit(matrix, config) -> fitting.FitResult    matrix: the users x items confidence matrix
+                                                (float32 CSR) that implicit would be given
 
 The same objective as implicit's, up to the regularisation (docs/scaling.md):
 
-- Confidence. implicit (given alpha=1, as dailyrec.model.als always does) takes the matrix values
+- Confidence. implicit (given alpha=1, as dailyrec.model.fitting always does) takes the matrix values
   as the confidences c_ui (p_ui = 1 where a value is stored, c = 1 elsewhere). MLlib builds
   c_ui = 1 + alpha * |r_ui| from a rating r_ui, with p_ui = 1 when r_ui > 0. So MLlib is given
   r_ui = c_ui - 1 and alpha = 1: exactly our confidences (c - 1 of a float32 c >= 1 is exact in
@@ -45,7 +45,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from dailyrec.core.errors import ConfigError
-from dailyrec.model import als
+from dailyrec.model import fitting
 from dailyrec.model.settings import TrainConfig
 
 PYSPARK_MISSING = ("train.engine is 'spark' but PySpark is not installed: pip install '.[spark]' "
@@ -95,7 +95,7 @@ def factors_of(frame, rows: int, rank: int) -> np.ndarray:
     return out
 
 
-def fit(matrix: sp.csr_matrix, config: TrainConfig, spark=None) -> als.FitResult:
+def fit(matrix: sp.csr_matrix, config: TrainConfig, spark=None) -> fitting.FitResult:
     """Fit MLlib ALS (implicitPrefs) on the confidence matrix; an implicit CPU model back."""
     require_pyspark()
     from dailyrec.core import spark as SP
@@ -109,9 +109,9 @@ def fit(matrix: sp.csr_matrix, config: TrainConfig, spark=None) -> als.FitResult
     user_factors = factors_of(fitted.userFactors, users, config.factors)
     item_factors = factors_of(fitted.itemFactors, items, config.factors)
     seconds = time.perf_counter() - start
-    model = als.make_model(config, "cpu")
+    model = fitting.make_model(config, "cpu")
     model.user_factors, model.item_factors = user_factors, item_factors
-    result = als.FitResult(model=model, device="spark", seconds=seconds)
+    result = fitting.FitResult(model=model, device="spark", seconds=seconds)
     if config.track_loss:
         result.losses.append(loss(matrix, model, config.regularization))
     return result

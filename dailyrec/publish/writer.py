@@ -30,124 +30,30 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
 import sys
-import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from dailyrec.core.errors import Busy, ConfigError, DataError, NotPublished, ServiceUnavailable
+from dailyrec.core.errors import ConfigError, DataError, NotPublished
 from dailyrec.model import artifacts
-from dailyrec.model.confidence import one_event_confidence
-from dailyrec.model.ranking import best_first
 from dailyrec.model.recommender import ALSRecommender, PopularRecommender
-from dailyrec.model.settings import train_from_dict
 from dailyrec.publish.settings import PublishSettings
 from dailyrec.publish import keys as K
+from dailyrec.publish.lock import PublishLock, RedisLost, as_text, now
+from dailyrec.publish.lists import fold_in_confidence, histories, similar_items
 
-LOCK_TTL_S = 60  # renewed every LOCK_TTL_S/4 by a heartbeat thread while publish runs
 COMMANDS_PER_ROUND_TRIP = 1024
 
 
 # --- the publish lock ---------------------------------------------------------------------------
 
-class PublishLock:
-    """One publish or rollback at a time, per Redis keyspace.
-
-    The lock is a key holding who took it (host, pid, token) with a TTL that a heartbeat thread
-    renews. A holder that died frees it when the TTL runs out; one that died on this host (a killed
-    publish) is noticed at once and taken over, so a rerun need not wait.
-    """
-
-    _RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-              "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
-    _RELEASE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                "return redis.call('DEL', KEYS[1]) else return 0 end")
-    _TAKEOVER = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                 "return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return nil end")
-
-    def __init__(self, client, key: str, purpose: str, ttl_s: float = LOCK_TTL_S):
-        self.client, self.key, self.ttl_ms = client, key, int(ttl_s * 1000)
-        self.value = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                 "token": uuid.uuid4().hex, "purpose": purpose, "since": _now()})
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "PublishLock":
-        if not self.client.set(self.key, self.value, nx=True, px=self.ttl_ms):
-            held = self.client.get(self.key)
-            if held is None or not self._take_over_from_dead(held):
-                raise Busy(f"{self.key} is held by {_text(held)}: another publish or rollback "
-                              f"is running (a dead holder's lock expires within "
-                              f"{self.ttl_ms // 1000} s); nothing changed")
-        self._thread = threading.Thread(target=self._heartbeat, name="publish-lock", daemon=True)
-        self._thread.start()
-        return self
-
-    def _take_over_from_dead(self, held: bytes) -> bool:
-        try:
-            holder = json.loads(held)
-            pid = int(holder["pid"])
-            if holder.get("host") != socket.gethostname():
-                return False
-            os.kill(pid, 0)
-            return False  # alive
-        except ProcessLookupError:
-            pass
-        except (ValueError, KeyError, TypeError, PermissionError):
-            return False
-        taken = self.client.eval(self._TAKEOVER, 1, self.key, held, self.value, self.ttl_ms)
-        if taken:
-            print(f"publish: took over {self.key} from pid {pid}, which is no longer running",
-                  file=sys.stderr)
-        return bool(taken)
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 4000):
-            try:
-                if not self.client.eval(self._RENEW, 1, self.key, self.value, self.ttl_ms):
-                    self.lost.set()
-                    return
-            except Exception:  # Redis unreachable for a moment: the next beat tries again
-                pass
-
-    _SWITCH = ("if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
-               "if #ARGV > 2 then redis.call('HSET', KEYS[3], unpack(ARGV, 3)) end "
-               "redis.call('SET', KEYS[2], ARGV[2]) return 1")
-
-    def switch(self, layout: K.Layout, version: str, meta: dict | None = None) -> None:
-        """THE switch: one atomic script checks we still hold the lock, marks the version
-        (complete), and points `current` at it. Readers go from one whole version to another."""
-        fields = [str(x) for kv in (meta or {}).items() for x in kv]
-        if not self.client.eval(self._SWITCH, 3, self.key, layout.current, layout.meta(version),
-                                self.value, version, *fields):
-            raise RedisLost(f"lost {self.key} before switching to {version} (Redis emptied or "
-                            "restarted?); nothing switched")
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise RedisLost(f"lost {self.key} (expired while Redis was unreachable, or Redis was "
-                            "emptied); stopping before serving anything")
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        try:
-            self.client.eval(self._RELEASE, 1, self.key, self.value)
-        except Exception:  # the TTL frees it anyway
-            pass
 
 # --- writing a version --------------------------------------------------------------------------
 
@@ -228,42 +134,34 @@ def new_version(client, layout: K.Layout, run_date: dt.date, meta: dict) -> str:
     pipe = client.pipeline(transaction=True)
     pipe.zadd(layout.versions, {version: seq})
     pipe.hset(layout.meta(version), mapping={**meta, "status": "writing", "seq": seq,
-                                             "format": K.FORMAT, "created_at": _now()})
+                                             "format": K.FORMAT, "created_at": now()})
     pipe.execute()
     return version
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _text(value) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def version_table(client, layout: K.Layout) -> list[dict]:
     """Registered versions, oldest first, with their meta and whether they are served."""
-    current = _text(client.get(layout.current))
-    versions = [_text(v) for v in client.zrange(layout.versions, 0, -1)]
+    current = as_text(client.get(layout.current))
+    versions = [as_text(v) for v in client.zrange(layout.versions, 0, -1)]
     pipe = client.pipeline(transaction=False)
     for v in versions:
         pipe.hgetall(layout.meta(v))
     rows = []
     for v, meta in zip(versions, pipe.execute()):
-        meta = {_text(k): _text(x) for k, x in meta.items()}
+        meta = {as_text(k): as_text(x) for k, x in meta.items()}
         rows.append({"version": v, "served": v == current, **meta})
     return rows
 
 
 def version_meta(client, layout: K.Layout, version: str) -> dict[str, str]:
     """A version's meta hash, decoded."""
-    return {_text(k): _text(v) for k, v in client.hgetall(layout.meta(version)).items()}
+    return {as_text(k): as_text(v) for k, v in client.hgetall(layout.meta(version)).items()}
 
 
 def remove_version(client, layout: K.Layout, version: str) -> None:
     """UNLINK a version's keys (freed off Redis's main thread), then unregister it.
     Never the served one."""
-    if _text(client.get(layout.current)) == version:
+    if as_text(client.get(layout.current)) == version:
         raise RuntimeError(f"refusing to remove the served version {version}")
     buckets, item_buckets = client.hmget(layout.meta(version), "buckets", "item_buckets")
     if buckets is not None:
@@ -293,15 +191,10 @@ def tidy(client, layout: K.Layout, keep: int) -> list[str]:
     return removed
 
 
-class RedisLost(ServiceUnavailable):
-    """Redis lost what this publish wrote or the lock it held (emptied, restarted without
-    persistence, evicting): nothing was switched; the next run publishes again."""
-
-
 def newer_served(client, layout: K.Layout, run_date: dt.date) -> tuple[str, str] | None:
     """(version, its run.date) when the served version was built from a later run.date."""
-    current = _text(client.get(layout.current))
-    served_day = _text(client.hget(layout.meta(current), "run_date")) if current else None
+    current = as_text(client.get(layout.current))
+    served_day = as_text(client.hget(layout.meta(current), "run_date")) if current else None
     if served_day and served_day > run_date.isoformat():
         return current, served_day
     return None
@@ -326,7 +219,7 @@ def publish(bundle: artifacts.ModelBundle, client, cfg: PublishSettings, *, run_
                                "rebuilding a past day leaves the newer lists served "
                                "(`python -m stages.publish --force` replaces them)")
         removed = tidy(client, layout, cfg.keep_versions)
-        previous = _text(client.get(layout.current))
+        previous = as_text(client.get(layout.current))
         n_buckets = K.bucket_count(n_users)
         n_item_buckets = K.bucket_count(n_items) if cfg.similar_items else 0
         version = new_version(client, layout, run_date, {
@@ -351,7 +244,7 @@ def publish(bundle: artifacts.ModelBundle, client, cfg: PublishSettings, *, run_
                                                  n_item_buckets) != similar:
                 raise RedisLost(f"version {version}: Redis holds fewer similar-item lists "
                                 f"than the {similar} written; not served")
-            lock.switch(layout, version, {"status": "complete", "completed_at": _now(),
+            lock.switch(layout, version, {"status": "complete", "completed_at": now(),
                                           "users_written": written,
                                           "items_with_similar": similar})
         except BaseException:
@@ -395,7 +288,7 @@ def publish_popular(bundle: artifacts.ModelBundle, client, cfg: PublishSettings,
             "model_run": "{}"})
         try:
             _write_items_table(bundle, client, layout, version, cfg)
-            lock.switch(layout, version, {"status": "complete", "completed_at": _now(),
+            lock.switch(layout, version, {"status": "complete", "completed_at": now(),
                                           "users_written": 0})
         except BaseException:
             try:
@@ -406,16 +299,6 @@ def publish_popular(bundle: artifacts.ModelBundle, client, cfg: PublishSettings,
         return version
 
 
-def fold_in_confidence(bundle: artifacts.ModelBundle) -> float:
-    """What one recent item of a visitor counts for at request time: one fresh view under the
-    model's own confidence settings (its meta.json)."""
-    params = bundle.meta.get("params")
-    if not params:
-        raise DataError(f"{artifacts.MODELS_DIR}/{artifacts.META_FILE} has no train params: "
-                        "rebuild the model with train")
-    return one_event_confidence(train_from_dict(params).confidence)
-
-
 def _write_items_table(bundle, client, layout: K.Layout, version: str,
                        cfg: PublishSettings) -> None:
     """The item ids (records refer to items by position) and the most-popular list."""
@@ -424,25 +307,6 @@ def _write_items_table(bundle, client, layout: K.Layout, version: str,
     pipe.set(layout.items(version), json.dumps(bundle.item_ids.tolist()))
     pipe.set(layout.fallback(version), fallback[0].tobytes())
     pipe.execute()
-
-
-def histories(user_items: sp.csr_matrix, rows: np.ndarray, k: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's k most confident items ((n, k) positions, -1 padded) and their confidences,
-    most confident first (ties: lower position first). Vectorised over the users' CSR rows."""
-    sub = user_items[rows]
-    sub.sort_indices()
-    row_of = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(sub.indptr))
-    # (row, confidence descending), ties in their order: positions are in order within each row,
-    # so this is the lexsort (row, -confidence, position), in one packed sort for float32
-    order = best_first(row_of, sub.data)
-    rank = np.arange(sub.nnz) - sub.indptr[row_of[order]]
-    keep = rank < k
-    positions = np.full((len(rows), k), -1, dtype=np.int64)
-    confidence = np.zeros((len(rows), k), dtype=np.float32)
-    positions[row_of[order][keep], rank[keep]] = sub.indices[order][keep]
-    confidence[row_of[order][keep], rank[keep]] = sub.data[order][keep]
-    return positions, confidence
 
 
 def _write_users(bundle, client, layout: K.Layout, version: str, cfg: PublishSettings,
@@ -495,25 +359,6 @@ def _write_users(bundle, client, layout: K.Layout, version: str, cfg: PublishSet
             t_wait += time.perf_counter() - t
     bar.close()
     return written, empty, t_score, t_wait
-
-
-def similar_items(model, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, scores) of each item's n most similar items (cosine of the item factors,
-    implicit's similar_items), the item itself left out; -1 where fewer exist."""
-    n_items = model.item_factors.shape[0]
-    ids, scores = model.similar_items(rows, N=min(n + 1, n_items))
-    ids, scores = np.atleast_2d(ids).astype(np.int64), np.atleast_2d(scores)
-    # The item itself is usually first, but ties can place it anywhere: move it last, drop it.
-    order = np.argsort(ids == rows[:, None], axis=1, kind="stable")
-    ids = np.take_along_axis(ids, order, axis=1)[:, :n]
-    scores = np.take_along_axis(scores, order, axis=1)[:, :n]
-    missing = (ids == rows[:, None]) | (ids < 0) | ~np.isfinite(scores)
-    if ids.shape[1] < n:
-        pad = n - ids.shape[1]
-        ids = np.hstack([ids, np.full((len(rows), pad), -1)])
-        scores = np.hstack([scores, np.zeros((len(rows), pad))])
-        missing = np.hstack([missing, np.ones((len(rows), pad), dtype=bool)])
-    return np.where(missing, -1, ids), np.where(missing, 0.0, scores)
 
 
 def _write_items(bundle, client, layout: K.Layout, version: str, cfg: PublishSettings,

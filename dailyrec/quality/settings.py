@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from dailyrec.core import noise_rules
 from dailyrec.core.settings import ConfigError, Params, run_date
 from dailyrec.ingest.settings import clock_skew, max_late
 
@@ -85,16 +86,7 @@ def validate(params: Params) -> ValidateSettings:
 
 # --- filter --------------------------------------------------------------------------------------
 
-FILTER_KEYS: dict[str, tuple[str, ...]] = {
-    "crawler_ua": ("enabled", "extra_patterns"),
-    "behaviour": ("enabled", "max_events_per_minute", "max_events_per_day",
-                  "max_distinct_items_per_day", "max_active_hours_per_day", "bot_days"),
-    "shared_ip": ("enabled", "max_events_per_minute", "max_events_per_day", "max_users_per_day",
-                  "exempt_cidrs"),
-    "internal": ("enabled", "user_ids", "user_id_ranges", "ip_cidrs"),
-    "repeated": ("enabled", "dedupe_seconds"),
-    "min_support": ("min_user_events", "min_item_events"),
-}
+FILTER_KEYS: dict[str, tuple[str, ...]] = {rule.name: rule.keys for rule in noise_rules.RULES}
 
 
 @dataclass(frozen=True)

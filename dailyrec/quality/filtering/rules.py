@@ -1,9 +1,8 @@
 """The noise rules: only trusted, human interactions reach training (what filter_noise does).
 
-    run(cfg, history, rejected, out) -> counts    the window's days (the filter.window_days days
-                                                   before run.date, rejected days left out) ->
-                                                   the events that survive every rule, written
-                                                   to out in history order
+    apply_rules(window, cfg) -> Result    which events each rule removes, in the rules' order
+                                          (dailyrec.quality.filtering.engine runs them on the
+                                          window and writes data/clean)
 
 The rules run in this order (RULES); each removes rows the earlier ones left, and counts them:
     crawler_ua   events whose user agent matches the `crawler-user-agents` pattern list (plus
@@ -29,267 +28,44 @@ counted in metrics/filter.json's ip_texts).
 
 Everything is vectorised: strings are handled once per distinct value (dictionary codes), events
 are grouped with a stable O(n) counting sort (SciPy's COO -> CSR conversion), never a Python loop
-over events. The window in memory is codes and times (read_window); the rules that group events
-work a UTC day at a time, with the seconds before its midnight that its first events are judged
-against (day_spans), and data/clean is written a day at a time: the memory a stage needs beyond
-the codes follows the day, not the window. So does the work: what repeated, behaviour and
-shared_ip decide about a day is kept per day by content hash and reused by later runs
-(dailyrec.quality.filtering.day_verdicts says why that is safe); the window's own decisions (bots over
-several days, min_support) are made every run. data/clean is a file per day (dailyrec.quality.filtering.clean),
-the same bytes while the day's kept events are, and a day an earlier run wrote is linked.
+over events. The rules that group events work a UTC day at a time, with the seconds before its
+midnight that its first events are judged against (day_spans): the memory they need beyond the
+window's codes follows the day. What repeated, behaviour and shared_ip decide about a day is kept
+per day by content hash and reused by later runs, under the salts below
+(dailyrec.quality.filtering.day_verdicts says why that is safe); the window's own decisions (bots
+over several days, min_support) are made every run.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Container, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import scipy
 import scipy.sparse as sp
 
-from dailyrec.quality.filtering import clean
-from dailyrec.core import env
+from dailyrec.core import noise_rules
 from dailyrec.core import schema as S
 from dailyrec.core.arrays import distinct
-from dailyrec.core.errors import DataError
-from dailyrec.ingest.history import Selection, partition_day, select_window
-from dailyrec.quality.filtering import ip_texts
-from dailyrec.quality.filtering.day_verdicts import DayVerdicts, Days, default_dir, file_hashes
+from dailyrec.quality.filtering import clean, ip_texts
+from dailyrec.quality.filtering.day_verdicts import Days
+from dailyrec.quality.filtering.window import Window
 from dailyrec.quality.settings import FilterSettings
 
-# Repeats go before behaviour: a client that fires each action twice is not twice as fast.
-RULES = ("crawler_ua", "internal", "repeated", "behaviour", "shared_ip", "min_support")
-# the rules that say "not a human customer"
-BOT_RULES = ("crawler_ua", "internal", "behaviour", "shared_ip")
+RULES = noise_rules.NAMES  # in the order they run (dailyrec.core.noise_rules)
+BOT_RULES = noise_rules.BOT_RULES  # the rules that say "not a human customer"
 DICTIONARY_COLUMNS = clean.DICTIONARY_COLUMNS  # the text columns but event_id
 PATTERNS_PER_REGEX = 200  # RE2 handles a few hundred alternatives per regex quickly, not 1,500
-
-
-# ---------------------------------------------------------------------------------------------
-# The window as integer codes: what the rules work on.
-
-@dataclass
-class Coded:
-    """A dictionary-coded column: codes index values; -1 is NULL."""
-    codes: np.ndarray
-    values: pa.Array
-
-    def lookup(self, flags: np.ndarray) -> np.ndarray:
-        """Per-value booleans -> per-event booleans (NULL -> False)."""
-        return np.append(flags, False)[self.codes]
-
-    def array(self, start: int, stop: int) -> pa.DictionaryArray:
-        """Rows start:stop as an Arrow dictionary array over all the values."""
-        codes = self.codes[start:stop]
-        nulls = codes < 0
-        return pa.DictionaryArray.from_arrays(codes, self.values,
-                                              mask=nulls if nulls.any() else None)
-
-
-# The window's columns as the rules read them: strings dictionary-encoded (handled once per
-# distinct value), everything else as in the canonical schema. The rules need the dictionary
-# columns and ts; the others (event_id, quantity) are read only to write data/clean, a day at a
-# time, so the window in memory is codes and times: about 36 bytes an event. The schema is
-# data/clean's files' (dailyrec.quality.filtering.clean), which the kept events are written in.
-WINDOW_SCHEMA = clean.FILE_SCHEMA
-RULE_COLUMNS = [*DICTIONARY_COLUMNS, "ts"]
-PLAIN_COLUMNS = [name for name in S.COLUMNS if name not in DICTIONARY_COLUMNS]  # with ts
-
-
-@dataclass
-class Window:
-    coded: dict[str, Coded]  # per dictionary column, codes into the window's distinct values
-    ts_us: np.ndarray  # int64 microseconds since the epoch, non-decreasing
-    sec: np.ndarray  # int32 seconds since the window's first midnight (UTC)
-    plain: Callable[[], Iterable[pa.Table]]  # the PLAIN_COLUMNS, piece by piece, window order
-    days: list[dt.date] = field(default_factory=list)
-    left_out: list[dt.date] = field(default_factory=list)
-    # per history day read: its date, its files and its rows (start, stop), in order
-    spans: list[tuple[dt.date, list[Path], int, int]] = field(default_factory=list)
-
-    user = property(lambda self: self.coded["user_id"])
-    item = property(lambda self: self.coded["item_id"])
-    event_type = property(lambda self: self.coded["event_type"])
-    user_agent = property(lambda self: self.coded["user_agent"])
-    ip = property(lambda self: self.coded["ip"])
-
-    @functools.cached_property
-    def addresses(self) -> pa.Array:
-        """Per distinct IP text (ip.values): its canonical address, null where it is no address
-        (dailyrec.quality.filtering.ip_texts decides); computed once for the rules and the counters."""
-        return ip_texts.canonical_ips(self.ip.values)
-
-    def __len__(self) -> int:
-        return len(self.ts_us)
-
-    def pieces(self) -> Iterator[pa.Table]:
-        """The events in WINDOW_SCHEMA, a piece (a day of history) at a time, in window order:
-        the plain columns as read, the dictionary columns rebuilt from the codes, chunked as
-        the plain ones are (so a table of the pieces is the one reading everything at once
-        gives)."""
-        start = 0
-        for plain in self.plain():
-            stop = start + plain.num_rows
-            if stop > len(self):
-                break
-            yield self._piece(plain, start)
-            start = stop
-        if start != len(self):
-            raise DataError("the window's history changed while filter_noise read it: "
-                            f"{len(self):,} events when the rules ran, {start:,} when writing")
-
-    def piece(self, span: int) -> pa.Table:
-        """The events of one of the spans (a history day), as pieces() gives them."""
-        _, files, start, stop = self.spans[span]
-        plain = _read_day(files, PLAIN_COLUMNS)
-        if plain.num_rows != stop - start:
-            raise DataError(f"{files[0].parent}: changed while filter_noise read it: "
-                            f"{stop - start:,} events when the rules ran, {plain.num_rows:,} now")
-        return self._piece(plain, start)
-
-    def _piece(self, plain: pa.Table, start: int) -> pa.Table:
-        bounds = np.cumsum([start, *(len(c) for c in plain.column(0).chunks)])
-        return pa.Table.from_arrays(
-            [pa.chunked_array([self.coded[f.name].array(a, b) for a, b in
-                               zip(bounds[:-1], bounds[1:])], f.type)
-             if f.name in DICTIONARY_COLUMNS else plain.column(f.name)
-             for f in WINDOW_SCHEMA], schema=WINDOW_SCHEMA)
-
-    def to_table(self) -> pa.Table:
-        """All the events as one table (tests, small windows: the whole window in memory)."""
-        pieces = list(self.pieces())
-        return pa.concat_tables(pieces) if pieces else WINDOW_SCHEMA.empty_table()
-
-
-def read_window(files: list[Path], days: list[dt.date] = ()) -> Window:
-    """The window's events from its history files, as codes and times, in time order.
-
-    A day's partition is its own file (sorted) and the arrivals other runs wrote into it, whose
-    events interleave with it: each day with arrivals is put in time order on its own (stable, in
-    file order); a partition holds its own day's events only, so the days concatenated are in
-    time order, the order a stable sort of the whole window gives. The codes are written into
-    arrays sized from the files' footers, a day at a time, and each day's values are added to the
-    window's in the order Arrow's dictionary unification gives: the codes are the ones unifying
-    the whole window at once gives, without holding it."""
-    by_day = [[path for path in files if path.parent == folder]
-              for folder in dict.fromkeys(path.parent for path in files)]  # days, in order
-    n = sum(_footer(path).num_rows for path in files)
-    codes = {name: np.empty(n, np.int32) for name in DICTIONARY_COLUMNS}
-    values = {name: pa.array([], pa.string()) for name in DICTIONARY_COLUMNS}
-    ts = np.empty(n, np.int64)
-    start, spans = 0, []
-    for day_files in by_day:  # a loop over days
-        day = _read_day(day_files, RULE_COLUMNS)
-        stop = start + day.num_rows
-        if stop > n:
-            raise DataError(f"{day_files[0].parent}: more rows than its files' footers say")
-        for name in DICTIONARY_COLUMNS:
-            coded = _coded(_unified(values[name], day.column(name)))
-            codes[name][start:stop], values[name] = coded.codes, coded.values
-        ts[start:stop] = S.ts_micros(day)
-        if start and stop > start and ts[start] < ts[start - 1]:
-            raise DataError(f"{day_files[0].parent}: holds events earlier than the day before "
-                            "it (a partition holds its own UTC day's events only)")
-        spans.append((_folder_day(day_files[0]), day_files, start, stop))
-        start = stop
-    if start != n:
-        raise DataError(f"the window's files hold {start:,} rows, their footers say {n:,}")
-    w = _window({name: Coded(codes[name], values[name]) for name in DICTIONARY_COLUMNS}, ts,
-                lambda: (_read_day(day_files, PLAIN_COLUMNS) for day_files in by_day), days)
-    w.spans = spans
-    return w
-
-
-def _folder_day(path: Path) -> dt.date | None:
-    """The history day a file belongs to; None for a file outside a day=YYYY-MM-DD folder."""
-    try:
-        return partition_day(path)
-    except ValueError:
-        return None
-
-
-def _footer(path: Path) -> pq.FileMetaData:
-    try:
-        return pq.read_metadata(path)
-    except (OSError, pa.ArrowInvalid) as err:
-        raise DataError(f"{path}: not a Parquet file ({err})") from None
-
-
-def _read_day(files: list[Path], columns: list[str]) -> pa.Table:
-    tables = [_read_history_file(path, columns) for path in files]
-    return tables[0] if len(tables) == 1 else _in_time_order(pa.concat_tables(tables))
-
-
-def _read_history_file(path: Path, columns: list[str]) -> pa.Table:
-    try:
-        present = set(pq.read_schema(path).names)
-        t = pq.read_table(path, columns=[c for c in columns if c in present],
-                          read_dictionary=[c for c in DICTIONARY_COLUMNS if c in present])
-        for f in S.EVENT_SCHEMA:  # files written before a nullable column existed
-            if f.name in columns and f.nullable and f.name not in present:
-                t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
-        return t.select(columns).cast(pa.schema([WINDOW_SCHEMA.field(c) for c in columns]))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as err:
-        raise DataError(f"{path}: not canonical events ({err})") from None
-
-
-def _unified(values: pa.Array, column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """The column with one dictionary: the values so far, then its new ones in the order Arrow's
-    unifier adds them (a chunk with no rows carries the values so far in front)."""
-    head = pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), values)
-    return pa.table({"c": pa.chunked_array([head, *column.chunks], column.type)}) \
-        .unify_dictionaries().column("c")
-
-
-def _in_time_order(table: pa.Table) -> pa.Table:
-    """The table sorted by ts, ties in their order (stable); as it is when already sorted."""
-    ts = S.ts_micros(table)
-    if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
-        return table.unify_dictionaries().take(np.argsort(ts, kind="stable"))
-    return table
-
-
-def window_of(table: pa.Table, days: list[dt.date] = ()) -> Window:
-    """A Window over events already in memory, in WINDOW_SCHEMA, in history order (the order ties
-    in ts keep): the Spark engine's group of users or addresses, a test's events."""
-    table = table.unify_dictionaries()
-    ts = S.ts_micros(table)
-    if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
-        table = table.take(np.argsort(ts, kind="stable")).unify_dictionaries()
-        ts = S.ts_micros(table)
-    plain = table.select(PLAIN_COLUMNS)
-    return _window({name: _coded(table.column(name)) for name in DICTIONARY_COLUMNS}, ts,
-                   lambda: [plain], days)
-
-
-def _window(coded: dict[str, Coded], ts: np.ndarray, plain: Callable[[], Iterable[pa.Table]],
-            days) -> Window:
-    origin = int(ts[0]) // S.MICROS_PER_DAY * 86_400 if len(ts) else 0
-    sec = (ts // 1_000_000 - origin).astype(np.int32)
-    return Window(coded=coded, ts_us=ts, sec=sec, plain=plain, days=list(days))
-
-
-def _coded(column: pa.ChunkedArray) -> Coded:
-    """Codes of a dictionary column whose chunks share one dictionary (after unify)."""
-    if column.num_chunks == 0:
-        return Coded(np.empty(0, np.int32), pa.array([], pa.string()))
-    values = column.chunk(0).dictionary
-    codes = [(pc.fill_null(c.indices, -1) if c.null_count else c.indices)
-             .to_numpy(zero_copy_only=False) for c in column.chunks]
-    return Coded(np.concatenate(codes).astype(np.int32, copy=False) if codes else
-                 np.empty(0, np.int32), values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +93,7 @@ def rule_crawler_ua(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[
     flags = crawler_user_agents(w.user_agent.values, crawler_patterns(cfg.extra_patterns))
     removed = w.user_agent.lookup(flags) & alive
     detail = {"distinct_user_agents": int(flags.sum()),
-              "top_user_agents": _top(w.user_agent.codes[removed], w.user_agent.values,
+              "top_user_agents": top_values(w.user_agent.codes[removed], w.user_agent.values,
                                       cfg.top_offenders, "user_agent")}
     return removed, detail
 
@@ -466,7 +242,7 @@ def rule_behaviour(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days
                          "max_distinct_items_per_day": cfg.max_distinct_items_per_day,
                          "max_active_hours_per_day": cfg.max_active_hours_per_day,
                          "bot_days": cfg.bot_days}}
-    top = _top(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")
+    top = top_values(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")
     # Peak figures for the few top offenders only: their alive events, in time order.
     codes = _codes_of(w.user.values, [t["user_id"] for t in top])
     is_top = np.zeros(n_users, dtype=bool)
@@ -534,7 +310,7 @@ def rule_shared_ip(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days
               "limits": {"max_events_per_minute": cfg.shared_ip_max_events_per_minute,
                          "max_events_per_day": cfg.shared_ip_max_events_per_day,
                          "max_users_per_day": cfg.shared_ip_max_users_per_day},
-              "top_ips": _top(w.ip.codes[removed], w.ip.values, cfg.top_offenders, "ip")}
+              "top_ips": top_values(w.ip.codes[removed], w.ip.values, cfg.top_offenders, "ip")}
     return removed, detail
 
 
@@ -552,7 +328,7 @@ def rule_internal(w: Window, alive: np.ndarray, cfg: FilterSettings) -> tuple[np
     removed = user_hit | ip_hit
     # keys named after the settings: a key "user_id" would be pseudonymised in metrics/filter.json
     detail = {"rows_by_marker": {"user_ids": int(user_hit.sum()), "ip_cidrs": int(ip_hit.sum())},
-              "top_ips": _top(w.ip.codes[removed], w.ip.values, cfg.top_offenders, "ip")}
+              "top_ips": top_values(w.ip.codes[removed], w.ip.values, cfg.top_offenders, "ip")}
     return removed, detail
 
 
@@ -584,7 +360,7 @@ def rule_repeated(w: Window, alive: np.ndarray, cfg: FilterSettings, days: Days 
         if days is not None:
             days.judged(start, stop).repeated = hit - start
     detail = {"dedupe_seconds": cfg.dedupe_seconds,
-              "top_users": _top(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")}
+              "top_users": top_values(w.user.codes[removed], w.user.values, cfg.top_offenders, "user_id")}
     return removed, detail
 
 
@@ -607,7 +383,7 @@ def low_support(events: np.ndarray, minimum: int) -> np.ndarray:
     return (events > 0) & (events < minimum)
 
 
-def _top(codes: np.ndarray, values: pa.Array, n: int, label: str) -> list[dict]:
+def top_values(codes: np.ndarray, values: pa.Array, n: int, label: str) -> list[dict]:
     """The n most frequent values among the removed rows, with their row counts."""
     codes = codes[codes >= 0]
     if n == 0 or len(codes) == 0:
@@ -619,18 +395,7 @@ def _top(codes: np.ndarray, values: pa.Array, n: int, label: str) -> list[dict]:
     return [{label: name, "rows": int(counts[c])} for name, c in zip(names, top)]
 
 
-def ip_text_counts(w: Window, top_n: int) -> dict:
-    """metrics/filter.json's ip_texts: the window's events without an IP, and those whose IP text
-    is no address (kept: the rules treat them as events without one), with the commonest such
-    texts (most rows; ties in dictionary order, as _top ranks)."""
-    unusable = w.ip.lookup(ip_texts.not_an_address(w.ip.values, w.addresses))
-    return {"rows_without_ip": int(np.count_nonzero(w.ip.codes < 0)),
-            "rows_not_an_address": int(np.count_nonzero(unusable)),
-            "values_not_an_address": _distinct(w.ip.codes[unusable]),
-            "top_not_an_address": _top(w.ip.codes[unusable], w.ip.values, top_n, "ip")}
-
-
-def _distinct(codes: np.ndarray) -> int:
+def distinct_count(codes: np.ndarray) -> int:
     return int(np.count_nonzero(np.bincount(codes[codes >= 0]))) if len(codes) else 0
 
 
@@ -657,60 +422,6 @@ class Result:
         codes = np.flatnonzero(np.bincount(window.user.codes[mask],
                                            minlength=len(window.user.values)))
         return set(window.user.values.take(pa.array(codes, pa.int32())).to_pylist())
-
-
-# The rules whose verdicts on a day are kept and reused (dailyrec.quality.filtering.day_verdicts says why
-# that is safe). crawler_ua and internal, which they build on, judge distinct values: they run on
-# the whole window every time, as do the window's own decisions (bots over several days,
-# min_support).
-DAY_REUSED = ("repeated", "behaviour", "shared_ip")
-
-
-def shared_ip_salt(cfg: FilterSettings) -> str:
-    """What shared_ip's verdicts on a day depend on besides the day's key and the events left
-    alive: its settings."""
-    return json.dumps([cfg.shared_ip_max_events_per_minute, cfg.shared_ip_max_events_per_day,
-                       cfg.shared_ip_max_users_per_day, [str(n) for n in cfg.shared_ip_exempt]])
-
-
-def day_local_salt(cfg: FilterSettings) -> str:
-    """What the day-local verdicts depend on besides the days' bytes: the settings crawler_ua,
-    internal, repeated and behaviour read, the crawler pattern list, and the code that judges
-    (this module, the ones it judges with, the libraries' versions). Empty when they may not be
-    reused: a dedupe window that, with behaviour's minute, reaches past the day before."""
-    if cfg.repeated_enabled and cfg.dedupe_seconds + 60 > 86_400:
-        return ""
-    settings = {
-        "crawler_ua": [cfg.crawler_enabled,
-                       crawler_patterns(cfg.extra_patterns) if cfg.crawler_enabled else []],
-        "internal": [cfg.internal_enabled, list(cfg.internal_user_ids),
-                     [list(r) for r in cfg.internal_user_id_ranges],
-                     [str(n) for n in cfg.internal_networks]],
-        "repeated": [cfg.repeated_enabled, cfg.dedupe_seconds],
-        "behaviour": [cfg.behaviour_enabled, *(getattr(cfg, n) for n in BEHAVIOUR_LIMITS)]}
-    return hashlib.md5(json.dumps([_code_version(), settings]).encode()).hexdigest()
-
-
-def kept_days_salt() -> str:
-    """What a day file depends on besides the day's files and which events were kept: the code
-    that reads the files and writes the day (this module, dailyrec.quality.filtering.clean, the schema) and the
-    libraries' versions."""
-    code = hashlib.md5(_code_version().encode())
-    for module in (clean, S):
-        code.update(Path(module.__file__).read_bytes())
-    return code.hexdigest()
-
-
-@functools.cache
-def _code_version() -> str:
-    from dailyrec.core import arrays
-    from dailyrec.quality.filtering import day_verdicts
-
-    code = hashlib.md5()
-    for module in (sys.modules[__name__], arrays, day_verdicts, ip_texts):
-        code.update(Path(module.__file__).read_bytes())
-    versions = [np.__version__, pa.__version__, pd.__version__, scipy.__version__]
-    return code.hexdigest() + "|" + "|".join(versions)
 
 
 def apply_rules(w: Window, cfg: FilterSettings, rules: tuple[str, ...] = RULES,
@@ -742,111 +453,47 @@ def apply_rules(w: Window, cfg: FilterSettings, rules: tuple[str, ...] = RULES,
         seconds[rule] = round(time.perf_counter() - started, 3)
     return Result(keep=alive, removed_by=removed_by, details=details, seconds=seconds)
 
-
-# Rules whose own detail names no users: metrics/filter.json adds their top users.
-TOP_USERS_ADDED = ("crawler_ua", "internal", "shared_ip")
-
-
-def rule_metrics(w: Window, result: Result, cfg: FilterSettings) -> dict:
-    rules = {}
-    for rule in RULES:
-        removed = result.removed_by[rule]
-        entry = {"rows": int(removed.sum()), "users": _distinct(w.user.codes[removed]),
-                 **result.details[rule]}
-        if rule in TOP_USERS_ADDED and "top_users" not in entry:
-            entry["top_users"] = _top(w.user.codes[removed], w.user.values, cfg.top_offenders,
-                                      "user_id")
-        if rule == "min_support":
-            entry["items"] = _distinct(w.item.codes[removed])
-        rules[rule] = entry
-    return rules
+# The rules whose verdicts on a day are kept and reused (dailyrec.quality.filtering.day_verdicts says why
+# that is safe). crawler_ua and internal, which they build on, judge distinct values: they run on
+# the whole window every time, as do the window's own decisions (bots over several days,
+# min_support).
+DAY_REUSED = ("repeated", "behaviour", "shared_ip")
 
 
-def write_clean(w: Window, keep: np.ndarray, out: Path, kept: clean.KeptDays | None = None,
-                hashes: dict[dt.date, list[str]] | None = None) -> int:
-    """The kept events as data/clean's day files (dailyrec.quality.filtering.clean), a day of the window at a time:
-    the dictionary columns go from the window's codes to each day's own sorted values without
-    decoding them to Python strings. With kept and hashes (the spans' files' MD5s,
-    day_verdicts.file_hashes: only where each history day holds its own UTC day's events, so that
-    a day file is made of one day's files), a day whose files and kept events an earlier run wrote
-    is that run's file, linked: not read again nor written."""
-    if kept is None or hashes is None:
-        start = 0
-        with clean.DayWriter(out) as writer:
-            for piece in w.pieces():  # a loop over days
-                writer.add(piece.filter(pa.array(keep[start:start + piece.num_rows])))
-                start += piece.num_rows
-        return writer.rows
-    keys = {}  # file name -> key, for the days written here
-    with clean.DayWriter(out) as writer:
-        for span, (day, files, start, stop) in enumerate(w.spans):  # a loop over days
-            mask = keep[start:stop]
-            rows = int(mask.sum())
-            if not rows:
-                continue
-            key = kept.key(hashes[day], mask)
-            found = kept.find(key, rows)
-            if found is not None and writer.add_file(day, found, rows):
-                continue
-            writer.add(w.piece(span).filter(pa.array(mask)))
-            keys[clean.day_name(day)] = key
-    kept.keep({keys[name]: out / name for name in writer.written})
-    return writer.rows
+def shared_ip_salt(cfg: FilterSettings) -> str:
+    """What shared_ip's verdicts on a day depend on besides the day's key and the events left
+    alive: its settings."""
+    return json.dumps([cfg.shared_ip_max_events_per_minute, cfg.shared_ip_max_events_per_day,
+                       cfg.shared_ip_max_users_per_day, [str(n) for n in cfg.shared_ip_exempt]])
 
 
-def run(cfg: FilterSettings, history: Path, rejected: set[dt.date], out: Path) -> dict:
-    """Read the window (rejected days left out), apply the rules, write the kept events to out;
-    returns the counts (filter_noise writes them as metrics/filter.json)."""
-    started = time.perf_counter()
-    chosen = select_window(history, cfg.run_date, cfg.window_days, rejected)
-    w = read_window(chosen.files, chosen.days)
-    w.left_out = chosen.left_out
-    read_s = time.perf_counter() - started
-    # the day-local rules' verdicts on days judged before are reused (day_verdicts: why it is safe)
-    verdicts = DayVerdicts(default_dir())
-    hashes = file_hashes(w.spans, w.ts_us)  # None: a day holds another day's events
-    days = verdicts.days(w.spans, hashes, day_local_salt(cfg))
-    result = apply_rules(w, cfg, days=days)
-    verdicts.keep(days)
-    rules_s = time.perf_counter() - started - read_s
-    kept_days = clean.KeptDays(env.state_dir() / clean.KEPT_FOLDER, kept_days_salt())
-    kept = write_clean(w, result.keep, out, kept_days, hashes)
-    write_s = time.perf_counter() - started - read_s - rules_s
-    counted = {"input": {"rows": len(w), "users": _distinct(w.user.codes),
-                         "items": _distinct(w.item.codes)},
-               "output": {"rows": kept, "users": _distinct(w.user.codes[result.keep]),
-                          "items": _distinct(w.item.codes[result.keep])},
-               "bot_or_internal_users": len(result.removed_users(w)),
-               "ip_texts": ip_text_counts(w, cfg.top_offenders),
-               "rules": rule_metrics(w, result, cfg)}
-    total = time.perf_counter() - started
-    return record(cfg, chosen, counted, {"read": round(read_s, 3), "rules": round(rules_s, 3),
-                                         "write": round(write_s, 3), "total": round(total, 3),
-                                         "by_rule": result.seconds},
-                  {**days.counts(), "day_files_reused": kept_days.reused})
+def day_local_salt(cfg: FilterSettings) -> str:
+    """What the day-local verdicts depend on besides the days' bytes: the settings crawler_ua,
+    internal, repeated and behaviour read, the crawler pattern list, and the code that judges
+    (this module and the window's, the ones they judge with, the libraries' versions). Empty when they may not be
+    reused: a dedupe window that, with behaviour's minute, reaches past the day before."""
+    if cfg.repeated_enabled and cfg.dedupe_seconds + 60 > 86_400:
+        return ""
+    settings = {
+        "crawler_ua": [cfg.crawler_enabled,
+                       crawler_patterns(cfg.extra_patterns) if cfg.crawler_enabled else []],
+        "internal": [cfg.internal_enabled, list(cfg.internal_user_ids),
+                     [list(r) for r in cfg.internal_user_id_ranges],
+                     [str(n) for n in cfg.internal_networks]],
+        "repeated": [cfg.repeated_enabled, cfg.dedupe_seconds],
+        "behaviour": [cfg.behaviour_enabled, *(getattr(cfg, n) for n in BEHAVIOUR_LIMITS)]}
+    return hashlib.md5(json.dumps([code_version(), settings]).encode()).hexdigest()
 
 
-def record(cfg: FilterSettings, chosen: Selection, counted: dict, seconds: dict,
-           day_verdicts: dict | None = None) -> dict:
-    """metrics/filter.json from what an engine counted (input, output, bot_or_internal_users,
-    ip_texts, rules) and how long it took (seconds: read, rules, write, total, and the engine's
-    own breakdown); the same for both engines. The local engine adds day_verdicts: the days whose
-    day-local verdicts it reused and the days it judged."""
-    used, n, kept = chosen.days, counted["input"]["rows"], counted["output"]["rows"]
-    extra = {"day_verdicts": day_verdicts} if day_verdicts is not None else {}
-    return {
-        "run_date": cfg.run_date.isoformat(),
-        "window": {"days": len(used), "first_day": used[0].isoformat() if used else None,
-                   "last_day": used[-1].isoformat() if used else None,
-                   "window_days": cfg.window_days,
-                   "rejected_days_left_out": [d.isoformat() for d in chosen.left_out]},
-        "input": counted["input"],
-        "output": counted["output"],
-        "removed": {"rows": n - kept, "share": round((n - kept) / n, 6) if n else 0.0,
-                    "bot_or_internal_users": counted["bot_or_internal_users"]},
-        "ip_texts": counted["ip_texts"],
-        "rules": counted["rules"],
-        "seconds": seconds,
-        "events_per_second": round(n / seconds["rules"]) if seconds["rules"] > 0 else None,
-        **extra,
-    }
+@functools.cache
+def code_version() -> str:
+    from dailyrec.core import arrays
+    from dailyrec.quality.filtering import day_verdicts
+
+    from dailyrec.quality.filtering import window
+
+    code = hashlib.md5()
+    for module in (sys.modules[__name__], window, arrays, day_verdicts, ip_texts):
+        code.update(Path(module.__file__).read_bytes())
+    versions = [np.__version__, pa.__version__, pd.__version__, scipy.__version__]
+    return code.hexdigest() + "|" + "|".join(versions)

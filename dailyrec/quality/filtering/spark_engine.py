@@ -2,13 +2,13 @@
 events and the same counters as the local engine, dailyrec.quality.filtering.rules, for windows past one
 machine (docs/scaling.md).
 
-    run(cfg, history, rejected, out, spark=None) -> counts     as rules.run
+    run(cfg, history, rejected, out, spark=None) -> counts     as engine.run
 
 One definition per rule: Spark moves and counts events; every decision is the local engine's code.
   1. read        history.select_window's files (the same selection), each event with its place
                  in history order (dailyrec.core.spark.read_events)
   2. by user     events hashed into groups of users; each group, in history order, becomes a
-                 Window (rules.window_of) that rules.apply_rules runs crawler_ua, internal,
+                 Window (window.window_of) that rules.apply_rules runs crawler_ua, internal,
                  repeated and behaviour on. These rules look at one event or at one user's events,
                  never across users, and all of a user's events (all days: bot_days) are in one
                  group, so each group's answer is the whole window's answer for its users.
@@ -18,7 +18,7 @@ One definition per rule: Spark moves and counts events; every decision is the lo
   5. counters    rows and users per rule by Spark aggregates; a rule's own counters (users over
                  each limit, flagged user-days, ...) summed over the groups, since each user or
                  address is in exactly one; top offenders ranked over the whole window as
-                 rules._top ranks them: most rows, ties by first appearance in history order.
+                 rules.top_values ranks them: most rows, ties by first appearance in history order.
                  The events whose IP text is no address (step 2 gave no canonical one) likewise.
   6. write       the kept events, sorted in history order by Spark, streamed by this process into
                  data/clean's day files by the local engine's writer (dailyrec.quality.filtering.clean).
@@ -47,7 +47,9 @@ from dailyrec.quality.filtering import clean
 from dailyrec.core import schema as S
 from dailyrec.core import spark as SP
 from dailyrec.ingest.history import select_window
+from dailyrec.quality.filtering import engine as E
 from dailyrec.quality.filtering import rules as R
+from dailyrec.quality.filtering import window as W
 from dailyrec.quality.settings import FilterSettings
 
 BY_USER = ("crawler_ua", "internal", "repeated", "behaviour")
@@ -84,7 +86,7 @@ class Judged:
 def run(cfg: FilterSettings, history: Path | str, rejected: set[dt.date], out: Path,
         spark=None) -> dict:
     """Read the window (rejected days left out), apply the rules, write the kept events to out;
-    returns the counts, as rules.run does (filter_noise writes them as metrics/filter.json)."""
+    returns the counts, as engine.run does (filter_noise writes them as metrics/filter.json)."""
     spark = SP.configured(spark or SP.session())
     started = time.perf_counter()
     chosen = select_window(SP.location(history), cfg.run_date, cfg.window_days, rejected)
@@ -100,7 +102,7 @@ def run(cfg: FilterSettings, history: Path | str, rejected: set[dt.date], out: P
         judged.release()
     steps = {**judged.seconds, "counters": counters_s}
     rules_s = sum(s for step, s in judged.seconds.items() if step != "read")  # the scan included
-    return R.record(cfg, chosen, counted, {
+    return E.record(cfg, chosen, counted, {
         "read": round(steps["read"], 3), "rules": round(rules_s, 3),
         "write": round(write_s, 3), "total": round(time.perf_counter() - started, 3),
         "by_step": {k: round(v, 3) for k, v in steps.items()}})
@@ -114,7 +116,7 @@ def judge(spark, files: list, cfg: FilterSettings) -> Judged:
     steps["read"] = time.perf_counter() - t  # the plan: the scan itself is inside by_user
     # What each rule's detail is when it does not run (disabled, or nothing left): the local
     # engine's own answer on an empty window.
-    idle = R.apply_rules(R.window_of(R.WINDOW_SCHEMA.empty_table()), cfg).details
+    idle = R.apply_rules(W.window_of(W.WINDOW_SCHEMA.empty_table()), cfg).details
     t = time.perf_counter()
     by_user = _materialised(judge_by_user(events, cfg, spark))
     steps["by_user"] = time.perf_counter() - t
@@ -157,7 +159,7 @@ def judge_by_user(events, cfg: FilterSettings, spark):
     each group's rule details on the group's first row."""
     def judge(group: pa.Table) -> pa.Table:
         group = SP.in_history_order(group)
-        w = R.window_of(group.select(list(S.COLUMNS)).cast(R.WINDOW_SCHEMA))
+        w = W.window_of(group.select(list(S.COLUMNS)).cast(W.WINDOW_SCHEMA))
         result = R.apply_rules(w, cfg, BY_USER)
         removed_by = np.full(len(w), KEPT, np.int8)
         for rule, removed in result.removed_by.items():  # four rules
@@ -183,7 +185,7 @@ def judge_by_address(judged, cfg: FilterSettings, spark):
         if not alive.any():
             return group.append_column("address_detail", pa.nulls(group.num_rows, pa.string()))
         rows = group.filter(pa.array(alive))
-        w = R.window_of(rows.select(list(S.COLUMNS)).cast(R.WINDOW_SCHEMA))
+        w = W.window_of(rows.select(list(S.COLUMNS)).cast(W.WINDOW_SCHEMA))
         result = R.apply_rules(w, cfg, BY_ADDRESS)
         removed_by = group.column("removed_by").to_numpy().copy()
         removed_by[np.flatnonzero(alive)[result.removed_by["shared_ip"]]] = shared_ip
@@ -239,7 +241,7 @@ def min_support(judged, cfg: FilterSettings, idle: dict):
 
 
 def count(judgement: Judged, cfg: FilterSettings) -> dict:
-    """Step 5: what rules.run counts, in the same shape (input, output, bot_or_internal_users,
+    """Step 5: what engine.run counts, in the same shape (input, output, bot_or_internal_users,
     ip_texts, rules)."""
     from pyspark.sql import functions as F
 
@@ -268,7 +270,7 @@ def count(judgement: Judged, cfg: FilterSettings) -> dict:
             k = RULE_INDEX[rule]
             rules[rule] = {"rows": of("user_id", k, "rows"), "users": of("user_id", k, "values"),
                            **details[rule]}
-            if rule in R.TOP_USERS_ADDED and "top_users" not in rules[rule]:
+            if rule in E.TOP_USERS_ADDED and "top_users" not in rules[rule]:
                 rules[rule]["top_users"] = []
             if rule == "min_support":
                 rules[rule]["items"] = of("item_id", k, "values")
@@ -310,7 +312,7 @@ def _tally(judged):
 
 
 def _ip_texts(judged, tally, n: int) -> dict:
-    """rules.ip_text_counts over the whole window: the events without an IP, those whose IP text
+    """engine.ip_text_counts over the whole window: the events without an IP, those whose IP text
     is no address (no canonical address in step 2), and the commonest such texts, ranked as
     _rank_top_offenders ranks (most rows, ties by first appearance in history order)."""
     from pyspark.sql import functions as F
@@ -361,7 +363,7 @@ def _sum(values: list):
 
 
 def _rank_top_offenders(tally, rules: dict, n: int) -> None:
-    """Every top list in `rules`, ranked over the whole window as rules._top ranks: most rows
+    """Every top list in `rules`, ranked over the whole window as rules.top_values ranks: most rows
     among the rule's removed events, ties by first appearance in history order (the local
     engine's dictionary order)."""
     from pyspark.sql import Window

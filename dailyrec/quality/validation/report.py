@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dailyrec.core import privacy
 from dailyrec.core.files import write_text
-from dailyrec.quality.validation.expectations import Verdict
+from dailyrec.quality.validation.verdict import Verdict
 from dailyrec.core.render import render
 from dailyrec.quality.settings import ValidateSettings
 
