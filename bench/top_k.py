@@ -39,7 +39,7 @@ def baseline_ranking(rev: str):
     else:
         raise SystemExit(f"{rev} has neither dailyrec/model/topk.py nor ranking.py")
     source = found.stdout
-    sys.modules.setdefault("dailyrec.arrays", arrays)  # where arrays lived before core/
+    sys.modules.setdefault("dailyrec.core.arrays", arrays)  # where arrays lived before core/
     path = Path(tempfile.mkdtemp()) / f"{name}_{rev}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
