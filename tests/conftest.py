@@ -21,6 +21,16 @@ def private_state_dir(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def no_alert_outlives_its_test():
+    """Alerts a test queued (the API mails them off the request thread) are sent before the next
+    test starts, so none lands in another test's mailbox, whatever the order."""
+    yield
+    notify = sys.modules.get("dailyrec.ops.notify")
+    if notify is not None:
+        notify.wait_for_alerts()
+
+
+@pytest.fixture(autouse=True)
 def no_machine_redis(monkeypatch):
     """Tests never reach the machine's own Redis (where `make demo` publishes): a test that needs
     one starts its own and says so in REDIS_URL; one that does not gets a port nothing listens

@@ -19,7 +19,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from dailyrec.ops import notify
+from dailyrec.ops import notify, scrub
 from tests.mailbox import Mailbox, raw_of, text_of
 from tests.servers import free_port
 
@@ -97,19 +97,19 @@ def test_alert_mails_exception_traceback_and_context_without_secrets(alert_env, 
     ("?sv=2024&sig=AbCdEf%2B123&se=2026", "AbCdEf%2B123", "sv=2024"),
 ])
 def test_scrub_removes_credentials_and_keeps_the_rest(text, secret, kept):
-    cleaned = notify.scrub(text, secrets=[])
+    cleaned = scrub.scrub(text, secrets=[])
     assert secret not in cleaned
     assert kept in cleaned
-    assert notify.scrub(cleaned, secrets=[]) == cleaned  # mail is scrubbed again on its way out
+    assert scrub.scrub(cleaned, secrets=[]) == cleaned  # mail is scrubbed again on its way out
 
 
 def test_scrub_removes_values_of_secret_environment_variables():
-    secrets = notify.secret_values({
+    secrets = scrub.secret_values({
         "SMTP_PASSWORD": "plainvalue-1", "BROKER_URL": "amqp://u:brokerpw%21@mq/",
         "STRIPE_KEY": "sk_live_123456", "DB_PWD": "dbpw-7788",
         # not secrets, and common enough that scrubbing them would wreck every mail
         "HOME": "/root", "PWD": "/srv/dailyrec", "XDG_SESSION_CLASS": "user"})
-    cleaned = notify.scrub("got plainvalue-1, brokerpw!, sk_live_123456 and dbpw-7788 from user "
+    cleaned = scrub.scrub("got plainvalue-1, brokerpw!, sk_live_123456 and dbpw-7788 from user "
                            "/root in /srv/dailyrec/stages/train.py", secrets)
     for secret in ("plainvalue-1", "brokerpw!", "sk_live_123456", "dbpw-7788"):
         assert secret not in cleaned
@@ -196,8 +196,8 @@ def test_scrubbing_covers_pass_variables_spaced_url_passwords_and_subject_newlin
         alert_env, mailbox, monkeypatch):
     monkeypatch.setenv("DB_PASS", "s3cret-db-pass")
     monkeypatch.setenv("CACHE_URL", "redis://:pass with space@cache:6379/0")
-    assert "s3cret-db-pass" in notify.secret_values() and "pass with space" in \
-        notify.secret_values()
+    assert "s3cret-db-pass" in scrub.secret_values() and "pass with space" in \
+        scrub.secret_values()
     try:
         raise ConnectionError("login s3cret-db-pass refused; cache pass with space down")
     except ConnectionError as err:
@@ -304,6 +304,38 @@ def test_smtp_down_does_not_break_the_api(alert_env, monkeypatch):
     # And the API goes on answering.
     assert client.get("/boom/2").status_code == 500
     notify.wait_for_alerts()  # not sent later, into the next test's mailbox
+
+
+def test_a_queued_alert_goes_where_it_was_raised(tmp_path, monkeypatch):
+    """alert_later reads where an alert goes when it is raised, not when its thread sends it: an
+    alert queued while an earlier one waits on a slow SMTP server is mailed to the server it was
+    raised for, and never to the one set up after it (a later test's, in the suite)."""
+    import socket
+
+    slow = socket.create_server(("127.0.0.1", 0))  # accepts, never greets: the sender waits
+    monkeypatch.setenv("DAILYREC_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("DAILYREC_SMTP_TLS", "none")
+    monkeypatch.setenv("DAILYREC_ALERT_TO", "oncall@example.test")
+    monkeypatch.setenv("DAILYREC_SMTP_TIMEOUT", "3")
+    monkeypatch.setenv("DAILYREC_SMTP_PORT", str(slow.getsockname()[1]))
+    try:
+        with Mailbox() as raised_for, Mailbox() as later:
+            assert notify.alert_later("first, to the slow server", throttle_minutes=0)
+            for name, value in raised_for.env().items():
+                monkeypatch.setenv(name, value)
+            monkeypatch.setenv("DAILYREC_STATE_DIR", str(tmp_path / "raised"))
+            assert notify.alert_later("second, raised for its mailbox", throttle_minutes=0)
+            for name, value in later.env().items():  # a later test's SMTP server
+                monkeypatch.setenv(name, value)
+            monkeypatch.setenv("DAILYREC_STATE_DIR", str(tmp_path / "later"))
+            notify.wait_for_alerts()
+            assert [" ".join(m["Subject"].split()) for m in raised_for.messages] == [
+                "[dailyrec] ALERT: second, raised for its mailbox"]
+            assert later.messages == []
+    finally:
+        slow.close()
+    assert (tmp_path / "raised" / "alerts.sqlite").exists()
+    assert not (tmp_path / "later").exists()
 
 
 # --- everything that leaves is scrubbed: every secret the process knows, however it is written --
