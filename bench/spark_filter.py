@@ -165,7 +165,7 @@ def peak_memory(clean: Path, history: Path, factors: int = 64) -> dict:
                   "            return int(line.split()[1]) * 1024\n"
                   "from pathlib import Path\nfrom threadpoolctl import threadpool_limits\n"
                   "threadpool_limits(1, 'blas')\nfrom bench import filter as FB\n"
-                  "from dailyrec import settings\nfrom dailyrec.core.settings import model, quality\n"
+                  "from dailyrec.core import settings\nfrom dailyrec.model import settings as model\nfrom dailyrec.quality import settings as quality\n"
                   f"HISTORY, OUT, FACTORS = Path({str(history)!r}), Path({str(clean)!r}), "
                   f"{factors}\nbase = peak()\n"
                   + code + "print(json.dumps({'base': base, 'peak': peak()}))\n")

@@ -48,7 +48,7 @@ def test_without_huge_pages_turns_numpys_request_off_unless_the_environment_says
     import subprocess
     import sys
 
-    code = ("from dailyrec import arrays; arrays.without_huge_pages(); "
+    code = ("from dailyrec.core import arrays; arrays.without_huge_pages(); "
             "from numpy._core.multiarray import _set_madvise_hugepage as setting; "
             "print(setting(True))")  # returns the setting it replaces
     environ = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}

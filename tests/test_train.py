@@ -113,7 +113,7 @@ def test_decay_is_measured_from_run_date(workspace):
     """Moving run.date later ages every event: with decay, confidences drop; ids stay the same."""
     assert T.main([]) == 0
     early = artifacts.load(workspace / "models").user_items
-    set_run_date(workspace, settings.run_date(settings.load()) + __import__("datetime").timedelta(days=30))
+    set_run_date(workspace, settings.run_date(settings.load()) + __import__("datetime").timedelta(days=7))
     assert T.main([]) == 0
     late = artifacts.load(workspace / "models").user_items
     assert early.nnz == late.nnz and np.all(late.data < early.data)

@@ -82,7 +82,7 @@ class Workspace:
         return Workspace(path=dest, env={**self.env, **(env or {})})
 
     def set_run_date(self, day: dt.date) -> None:
-        self.python("-c", "import datetime, sys; from dailyrec import settings; "
+        self.python("-c", "import datetime, sys; from dailyrec.core import settings; "
                     f"settings.set_run_date(datetime.date.fromisoformat('{day.isoformat()}'))")
 
     def set_params(self, **dotted) -> None:
