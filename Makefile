@@ -8,9 +8,12 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: install demo test clean-demo reproduce
+.PHONY: install demo test test-fast clean-demo reproduce
 
+# The commit-msg hook (.githooks/: a subject of at most 72 characters, CONTRIBUTING.md) is turned
+# on for a git checkout.
 install: $(STAMP)
+	@git rev-parse --is-inside-work-tree >/dev/null 2>&1 && git config core.hooksPath .githooks || true
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -50,8 +53,14 @@ $(CHECKOV): deploy/terraform/checkov.lock
 .PHONY: checkov
 checkov: $(CHECKOV)
 
+# The whole suite, in a random order (pytest-randomly prints the seed; --randomly-seed=N replays).
 test: install $(AZURITE) $(CHROMIUM) $(CHECKOV)
 	python -m pytest -q
+
+# The edit loop: no Spark, no browser, no demo, none of the slow end-to-end runs (markers in
+# pyproject.toml); a few minutes here. CI runs `make test`.
+test-fast: install
+	python -m pytest -q -m "not spark and not browser and not demo and not slow"
 
 # Rebuild a past model from its commit and check it is byte-identical (docs/reproducibility.md).
 reproduce: install

@@ -12,6 +12,27 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from tests import servers  # noqa: E402
 
 
+_STARTED = pytest.StashKey[float]()
+
+
+def pytest_runtest_setup(item):
+    import time
+
+    item.stash[_STARTED] = time.time()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test prints the end of every server log written while it ran (tests/servers.py
+    writes each server's output to a file of its own)."""
+    report = yield
+    if report.failed and _STARTED in item.stash:
+        for path in servers.logs_written_since(item.stash[_STARTED]):
+            lines = path.read_text(errors="replace").splitlines()[-40:]
+            report.sections.append((f"server log {path}", "\n".join(lines)))
+    return report
+
+
 @pytest.fixture(autouse=True)
 def private_state_dir(tmp_path_factory, monkeypatch):
     """Every test gets its own state directory (alert throttle, mail outbox, the runner's

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import free_port, wait_for_port
+from tests.servers import free_port, log_output, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_BLOB = ROOT / "node_modules" / ".bin" / "azurite-blob"
@@ -79,9 +79,10 @@ def start_gcs(bucket: str = "dailyrec-dvc") -> GcsEmulator:
     if not exe.exists():
         raise RuntimeError(f"{exe} not found: install the dev extras (make install)")
     port = free_port()
-    proc = subprocess.Popen([str(exe), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory",
-                             f"--default-bucket={bucket}", "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log_output("gcs-emulator") as log:
+        proc = subprocess.Popen([str(exe), "start", "--host=127.0.0.1", f"--port={port}",
+                                 "--in-memory", f"--default-bucket={bucket}", "--quiet"],
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc=proc)
     except Exception:
@@ -131,10 +132,11 @@ def start_azurite(container: str = "dailyrec-dvc") -> Azurite:
             f"`npm install --prefix {ROOT} --no-save --no-package-lock azurite@{AZURITE_VERSION}`")
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="dailyrec-azurite-"))
-    proc = subprocess.Popen([str(AZURITE_BLOB), "--silent", "--skipApiVersionCheck",
-                             "--inMemoryPersistence", "--disableTelemetry", "--blobHost",
-                             "127.0.0.1", "--blobPort", str(port)],
-                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log_output("azurite") as log:
+        proc = subprocess.Popen([str(AZURITE_BLOB), "--silent", "--skipApiVersionCheck",
+                                 "--inMemoryPersistence", "--disableTelemetry", "--blobHost",
+                                 "127.0.0.1", "--blobPort", str(port)],
+                                cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     server = Azurite(port=port, container=container, workdir=workdir, proc=proc)
     try:
         wait_for_port(port, proc=proc)

@@ -2,6 +2,10 @@
 
 No mocks: PostgreSQL, Redis (and, in their own tests, SMTP and the cloud emulators) are the real
 programs. Each helper returns an object with the URL and a stop() that cleans up after itself.
+
+Each server writes its output to a log file of its own (log_file(); the folder is
+$DAILYREC_TEST_LOGS, else a temporary one), and a failing test prints the end of every server log
+written while it ran (tests/conftest.py), instead of the output going to /dev/null.
 """
 
 from __future__ import annotations
@@ -15,6 +19,33 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+LOG_DIR = Path(os.environ.get("DAILYREC_TEST_LOGS") or
+               tempfile.mkdtemp(prefix="dailyrec-test-logs-"))
+_LOGS: list[Path] = []
+
+
+def log_file(name: str, owner: str | None = None) -> Path:
+    """A new log file for a server of the tests (owner: the user the server runs as)."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    LOG_DIR.chmod(0o755)  # a server run as another user (PostgreSQL) reaches its own file
+    path = LOG_DIR / f"{name}-{os.getpid()}-{len(_LOGS)}.log"
+    path.touch()
+    if owner:
+        shutil.chown(path, owner)
+    _LOGS.append(path)
+    return path
+
+
+def logs_written_since(moment: float) -> list[Path]:
+    """The server logs that changed after moment (time.time())."""
+    return [p for p in _LOGS if p.exists() and p.stat().st_mtime >= moment]
+
+
+def log_output(name: str):
+    """An open file for a server's stdout and stderr (closed by the server process's end)."""
+    return log_file(name).open("ab")
 
 
 def free_port() -> int:
@@ -71,8 +102,9 @@ def start_postgres() -> Postgres:
     port = free_port()
     subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(datadir), "-U", "postgres",
                     "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+    log = log_file("postgres", owner="postgres" if as_user else None)
     subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(datadir), "-w", "-l",
-                    str(base / "log"), "-o", f"-p {port} -h 127.0.0.1 -k {base} -F", "start"],
+                    str(log), "-o", f"-p {port} -h 127.0.0.1 -k {base} -F", "start"],
                    check=True, capture_output=True)
     return Postgres(port=port, datadir=datadir, _as_user=as_user)
 
@@ -93,7 +125,8 @@ class Redis:
                 "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
         if self.password:
             args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with log_output("redis") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, proc=self.proc)
         return self
 
@@ -148,9 +181,10 @@ def start_api(env: dict[str, str], metrics_dir: Path, workers: int = 1,
     full = {**os.environ, "DAILYREC_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
             "DAILYREC_THREADS": "2", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **env}
     full.pop("REDIS_PASSWORD", None)
-    proc = subprocess.Popen([sys.executable, "-m", "serving.server"],
-                            cwd=Path(__file__).resolve().parents[1], env=full,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log_output("api") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "serving.server"],
+                                cwd=Path(__file__).resolve().parents[1], env=full,
+                                stdout=log, stderr=subprocess.STDOUT)
     server = ApiServer(proc, port)
     if wait:
         try:

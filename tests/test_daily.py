@@ -24,6 +24,8 @@ import yaml
 from tests.mailbox import Mailbox, text_of
 from tests.servers import free_port
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 TOY = Path(__file__).with_name("daily_toy.py")

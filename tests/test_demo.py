@@ -21,6 +21,8 @@ from dailyrec.publish import keys as K
 from tests import workspace
 from tests.servers import free_port
 
+pytestmark = pytest.mark.demo
+
 VENV = Path(sys.executable).resolve().parent.parent
 PREFIX = "demo-test"
 MAKE = ["make", "--no-print-directory", "-o", ".venv/.installed-stamp"]  # never reinstall

@@ -13,6 +13,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
+
+pytestmark = pytest.mark.slow
 from tools import deploy
 
 ROOT = Path(__file__).resolve().parents[1]

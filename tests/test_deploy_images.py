@@ -30,6 +30,8 @@ from packaging.utils import canonicalize_name
 from tests.mailbox import Mailbox
 from tests.servers import free_port
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "deploy" / "docker"
 TRAIN, SERVE = DOCKER / "train.Dockerfile", DOCKER / "serve.Dockerfile"

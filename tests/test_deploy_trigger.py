@@ -426,6 +426,7 @@ def test_deploy_tool_sends_a_job_cloud_run_accepts(cloud, monkeypatch):
 
 # --------------------------------------------------------------------------- the package
 
+@pytest.mark.slow
 def test_packaged_app_runs_with_only_its_requirements(cloud, mailbox, tmp_path):
     """The zip `python -m tools.deploy azure-package` builds, installed as the Functions build
     installs it (requirements.txt, nothing else), starts the job."""

@@ -19,6 +19,8 @@ from dailyrec.ops import pipeline
 from tests import workspace
 from tools.code_deps import PACKAGES, ROOT, closure, direct_imports, relative
 
+pytestmark = pytest.mark.slow
+
 FIRST_DAY = dt.date(2026, 11, 14)
 
 
@@ -109,6 +111,31 @@ def test_no_module_imports_a_stage_module_and_the_layers_hold():
                     problems.append(f"{rel} (the library) imports {target}")
                 if package == "serving" and top not in ("dailyrec", "serving"):
                     problems.append(f"{rel} (the API) imports {target}")
+    assert problems == []
+
+
+# The library's packages in the order data flows through them: each may import those before it
+# (and itself), never one after it. core imports nothing above it.
+LAYERS = ("core", "ingest", "quality", "model", "publish", "ops")
+
+
+def test_the_library_layers_follow_the_data_flow():
+    """dailyrec/core imports only core; ingest core and itself; ... ops anything in the library.
+    The dailyrec/ root holds no module but its __init__."""
+    library = ROOT / "dailyrec"
+    problems = []
+    for path in sorted(library.rglob("*.py")):
+        parts = path.relative_to(library).parts
+        if len(parts) == 1:
+            if parts[0] != "__init__.py":
+                problems.append(f"dailyrec/{parts[0]} sits at the library's root")
+            continue
+        layer = LAYERS.index(parts[0])
+        for target in direct_imports(path):
+            inner = target.relative_to(library).parts if target.is_relative_to(library) else ()
+            if len(inner) > 1 and inner[0] in LAYERS and LAYERS.index(inner[0]) > layer:
+                problems.append(f"{path.relative_to(ROOT)} ({parts[0]}) imports "
+                                f"{target.relative_to(ROOT)} ({inner[0]}), a later layer")
     assert problems == []
 
 

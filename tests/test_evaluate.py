@@ -18,7 +18,7 @@ from dailyrec.model import evaluation as E
 from dailyrec.model import gate as GATE
 from dailyrec.model import scoring as SCO
 from dailyrec.model import split as SPL
-from dailyrec.model.recommender import PopularRecommender
+from dailyrec.model.recommender import PopularRecommender, Recommender
 from dailyrec.model import settings as model_settings
 from dailyrec.model.settings import ConfidenceConfig
 from stages import evaluate as eval_stage
@@ -243,7 +243,7 @@ def test_most_popular_ranked_from_the_history_alone_equals_the_dense_ranking(see
     split = SPL.make_split(S.to_table(frame(rows)), CONF, HOLDOUT, END, S.EVENT_TYPES)
     popular = PopularRecommender(split.train.strength)
     assert len(set(popular.counts.tolist())) < n_items  # ties in popularity
-    dense_class = type("Dense", (E.Recommender,), {
+    dense_class = type("Dense", (Recommender,), {
         "score": lambda self, r: popular.score(r)})
     cutoffs = [1, 5, 20]
     for cells in (8_000_000, 64):  # one batch; many tiny batches

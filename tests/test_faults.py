@@ -26,6 +26,8 @@ from tests.mailbox import Mailbox
 from tests.mini_source import fetch
 from tests.servers import free_port
 
+pytestmark = pytest.mark.slow
+
 FIRST = dt.date(2026, 11, 14)
 DAYS = [FIRST + dt.timedelta(days=k) for k in range(1, 6)]  # run dates 11-15 .. 11-19
 

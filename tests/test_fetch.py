@@ -229,6 +229,7 @@ def assert_same_quarantine(left, right):
                                   sorted_rows(right / "quarantine.parquet"))
 
 
+@pytest.mark.slow
 def test_postgres_read_in_many_small_batches_gives_what_sqlite_gives(postgres, tmp_path,
                                                                      monkeypatch):
     """With Arrow batches of a few rows from PostgreSQL (many chunks: ids repeated across them)

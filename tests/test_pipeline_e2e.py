@@ -12,10 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import pyarrow.parquet as pq
 
 from dailyrec.core import env as E
 from dailyrec.core import settings
+
+pytestmark = pytest.mark.slow
 from tests.workspace import project_files
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,6 +18,8 @@ from fsspec.implementations.local import LocalFileSystem
 from tests import emulators, workspace
 from tools.reproduce import dir_manifest, file_md5
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_EVENT_DAY = dt.date(2026, 11, 14)
 RUN_DATES = [FIRST_EVENT_DAY + dt.timedelta(days=i) for i in (1, 2, 3, 4)]

@@ -19,6 +19,8 @@ import yaml
 from tests import workspace
 from tools import reproduce
 
+pytestmark = pytest.mark.slow
+
 FIRST_EVENT_DAY = dt.date(2026, 11, 14)
 RUN_DATES = [dt.date(2026, 11, 15), dt.date(2026, 11, 16)]
 

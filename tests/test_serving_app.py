@@ -301,11 +301,12 @@ def test_tls_redis_with_rediss_url(model, tmp_path):
                     "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
     port = servers.free_port()
-    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind",
-                             "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                             "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
-                             "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with servers.log_output("redis-tls") as log:
+        proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port),
+                                 "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
+                                 "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                                 "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"],
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
         servers.wait_for_port(port, proc=proc)
         settings = {"REDIS_URL": f"rediss://127.0.0.1:{port}/0", "REDIS_TLS_CA_CERTS": str(cert)}

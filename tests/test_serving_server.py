@@ -50,6 +50,7 @@ def _until(condition, seconds: float = 30.0):
     raise AssertionError(f"not within {seconds} s")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_the_counts_add_up(redis_server, redis_client, tmp_path):
     model = tm.bundle(seed=11)
     pub.publish(model, redis_client, SETTINGS, run_date=DAY, progress=False)

@@ -18,6 +18,8 @@ from tests import dq_factory as F
 from tests import test_filter_noise as crafted
 from tests.test_spark_filter import TIGHT, crafted_settings, without_timings
 
+pytestmark = pytest.mark.spark
+
 
 @pytest.fixture(scope="module")
 def remote():

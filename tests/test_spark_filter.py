@@ -34,6 +34,8 @@ from tests.mini_source import fetch
 from tests.params import of
 from tools import simulate
 
+pytestmark = pytest.mark.spark
+
 SIM_FIRST = dt.date(2026, 11, 14)
 SIM_DAYS = 4
 

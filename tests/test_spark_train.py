@@ -25,6 +25,8 @@ from tests import params as raw_params
 from tests.clean_events import human_events
 from tests.modeling_workspace import digests
 
+pytestmark = pytest.mark.spark
+
 
 def with_engine(engine: str, path: str) -> str:
     params = raw_params.read()

@@ -29,6 +29,8 @@ from tools import tune
 from tests.clean_events import write_clean
 from tests.modeling_workspace import ROOT, make_workspace, set_run_date
 
+pytestmark = pytest.mark.slow
+
 DAY1, DAY2 = dt.date(2026, 11, 15), dt.date(2026, 11, 16)
 
 
@@ -231,15 +233,16 @@ def test_runs_record_their_training_window_and_holdout_as_mlflow_datasets(days, 
 
     import mlflow
 
-    from tests.servers import free_port, wait_for_port
+    from tests.servers import free_port, log_output, wait_for_port
 
     port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-         f"sqlite:///{days['root'] / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    with log_output("mlflow") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+             f"sqlite:///{days['root'] / 'mlflow.db'}", "--host", "127.0.0.1", "--port",
+             str(port), "--workers", "1"],
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     try:
         wait_for_port(port, timeout=90, proc=server)
         client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")

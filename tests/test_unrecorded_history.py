@@ -11,6 +11,10 @@ import datetime as dt
 import json
 import sys
 
+import pytest
+
+
+pytestmark = pytest.mark.slow
 from tests import workspace
 
 FIRST = dt.date(2026, 11, 14)

@@ -22,6 +22,8 @@ from dailyrec.core.files import dvc_md5
 from tools import simulate
 from tests import workspace
 
+pytestmark = pytest.mark.slow
+
 FIRST = dt.date(2026, 11, 14)
 BAD_DAY = dt.date(2026, 11, 16)  # the day the feed breaks: run.date 2026-11-17 fetches it
 STOP = "2026-11-16 06:00:00"
