@@ -17,6 +17,7 @@ import time
 import urllib.request
 
 import psutil
+import pytest
 
 from dailyrec.publish.settings import PublishSettings
 from dailyrec.publish import keys as K
