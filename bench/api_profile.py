@@ -1,4 +1,4 @@
-"""The API's cost per request (issue 14): where a known user's request spends its time, and the
+"""The API's cost per request: where a known user's request spends its time, and the
 API under load before and after, against Redis GETs at the same concurrency.
 
     flock /tmp/dailyrec-bench.lock .venv/bin/python bench/api_profile.py [--baseline HEAD]

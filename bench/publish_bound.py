@@ -1,4 +1,4 @@
-"""Benchmark: how close publish's scoring is to the machine's bound (issue 14: publish >= 100k users/s).
+"""Benchmark: how close publish's scoring is to the machine's bound (target: >= 100k users/s).
 
     flock /tmp/dailyrec-bench.lock .venv/bin/python bench/publish_bound.py [--items 50000]
 

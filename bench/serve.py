@@ -12,15 +12,15 @@ Everything runs on this machine, against a private redis-server on a free loopba
   4. the API (python -m serving.server, as `make serve` runs it) under wrk from a separate
      process at several concurrencies, against redis-benchmark GET at the same concurrencies as
      the ceiling;
-  5. request-time work at --fold-in-items items x --factors factors (issue 13): a second model
-     (implicit ALS fitted on synthetic interactions) published twice, explanations' user histories
-     off and on (publish's extra seconds for similar items + item factors; Redis bytes per user and
-     per item, key by key), then, against the same API server and Redis, wrk at 1 and 4 connections
-     for a cached list (known user: the baseline), a similar-items lookup, a fold-in (an unknown
-     visitor with 5-20 random known recent items) and a fold-in with explain=1; each row's p99 as
-     a multiple of the cached list's, and the 1-minute load average beside it; the one-off cost of
-     a worker's first requests after the version switch (item table, then item factors); and
-     where an in-process fold-in request's time goes.
+  5. request-time work (fold-in, similar items, explanations) at --fold-in-items items x --factors
+     factors: a second model (implicit ALS fitted on synthetic interactions) published twice,
+     explanations' user histories off and on (publish's extra seconds for similar items + item
+     factors; Redis bytes per user and per item, key by key), then, against the same API server and
+     Redis, wrk at 1 and 4 connections for a cached list (known user: the baseline), a similar-items
+     lookup, a fold-in (an unknown visitor with 5-20 random known recent items) and a fold-in with
+     explain=1; each row's p99 as a multiple of the cached list's, and the 1-minute load average
+     beside it; the one-off cost of a worker's first requests after the version switch (item table,
+     then item factors); and where an in-process fold-in request's time goes.
 A synthetic model stands in for a trained one (random factors, Zipf-like interactions): publish and
 serving speed do not depend on how good the factors are.
 """
@@ -382,7 +382,7 @@ def bench_api(base: str, redis_server, n_users: int, concurrencies: list[int],
     return rows
 
 
-# --- request-time work: similar items, fold-in, explanations (issue 13) ---------------------------
+# --- request-time work: similar items, fold-in, explanations --------------------------------------
 
 def _recent_ids(rng, n_items: int) -> list[str]:
     return [f"i{j}" for j in rng.integers(0, n_items, int(rng.integers(5, 21)))]
@@ -723,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "current, HGET the user).\n\n"
         + markdown_table(["connections", "API req/s", "p50 ms", "p99 ms", "errors",
                           "Redis GET req/s", "p50 ms", "p99 ms", "API / Redis", "load avg"], api),
-        f"**Request-time work at {fold_items:,} items and {args.factors} factors** (issue 13). "
+        f"**Request-time work at {fold_items:,} items and {args.factors} factors**. "
         f"implicit ALS fitted on {fold_users:,} synthetic users x ~{args.fold_in_items_per_user}"
         f" Zipf-distributed items ({fold.user_items.nnz:,} interactions, "
         f"{args.fit_iterations} iterations, {fit_seconds:.0f} s), published on top of the "

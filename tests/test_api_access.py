@@ -1,5 +1,6 @@
-"""Who may read the lists, and whether they are fresh (issue 18.4, 18.5): bearer tokens and the
-served version's age, on the Flask app and under its HTTP server (granian), against a real Redis."""
+"""Who may read the lists (they reveal what people looked at), and whether they are fresh (stale
+lists must show): bearer tokens and the served version's age, on the Flask app and under its HTTP
+server (granian), against a real Redis."""
 
 from __future__ import annotations
 

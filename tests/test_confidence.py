@@ -100,7 +100,7 @@ def test_bad_settings_name_the_key(section, message):
 
 def test_a_quantity_scales_the_weight_capped_and_log_scaled():
     """Play counts: 1 play counts 1, 3 plays 2, 1,000 plays are capped (at 7 here: 3); no
-    quantity counts 1, a quantity of 0 nothing (issue 11.9)."""
+    quantity counts 1, a quantity of 0 nothing: a bot's plays must not swamp a row."""
     rows = [("u1", "a", "view", "2026-11-15T00:00:00Z"), ("u1", "b", "view", "2026-11-15T00:00:00Z"),
             ("u1", "c", "view", "2026-11-15T00:00:00Z"), ("u1", "d", "view", "2026-11-15T00:00:00Z"),
             ("u2", "a", "view", "2026-11-15T00:00:00Z")]

@@ -343,7 +343,7 @@ def test_bad_arguments_are_refused_with_a_clear_message(repo):
     assert proc.returncode == 2 and "'2026-13-01' is not a date" in proc.stderr
 
 
-# --- faults heal by the next run (issue 12) ---------------------------------------------------------
+# --- faults heal by the next run: nobody watches the nightly run ----------------------------------
 
 def _remote_objects(repo) -> set[str]:
     return {p.parent.name + p.name for p in repo.remote.rglob("*") if p.is_file()}
@@ -408,7 +408,8 @@ def test_killing_the_runner_keeps_the_lock_until_its_stage_ends(repo):
 
 def test_an_unreachable_remote_neither_fails_the_day_nor_loses_its_data(repo, mailbox):
     """Pull: the workspace already holds what dvc.lock records, so the day runs on it. Push: what
-    was served is committed anyway, and the next run pushes that commit's data (issue 12.2)."""
+    was served is committed anyway, and the next run pushes that commit's data, so `make
+    reproduce` finds the day."""
     day1, day2, day3 = (dt.date(2026, 11, 20) + dt.timedelta(days=k) for k in range(3))
     assert repo.daily("--date", str(day1), "--commit").returncode == 0
     store = str(repo.remote)
@@ -445,7 +446,7 @@ def test_stale_served_lists_are_alerted_even_when_the_day_fails(repo, mailbox, r
                                                                  redis_client):
     """The API still serves a version built from 2026-11-01's data (published with
     serving.max_age_hours 36): every daily run mails an alert that the lists are stale, and the
-    report says how old they are (issue 18.5)."""
+    report says how old they are: a week of held-back days must not go unnoticed."""
     from dailyrec.publish.settings import PublishSettings
     from dailyrec.publish import writer
     from tests import tiny_models

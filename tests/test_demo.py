@@ -1,6 +1,6 @@
-"""make demo walks every way the project is used (issue 17): a short demo in a copy of the
-project, then every command its "next steps" print, run as printed (make's install step held
-back: the copy borrows the test run's virtualenv), each checked for what it promises."""
+"""make demo walks every way the project is used, so a newcomer's first commands work: a short demo
+in a copy of the project, then every command its "next steps" print, run as printed (make's install
+step held back: the copy borrows the test run's virtualenv), each checked for what it promises."""
 
 from __future__ import annotations
 

@@ -232,7 +232,8 @@ def test_a_rerun_on_unchanged_data_runs_nothing_after_fetch_delta(traced):
 
 def test_files_committed_to_git_name_no_person(traced):
     """What --commit puts in git (the cache: false outputs) holds counts and salted hashes, no user
-    id, IP or user agent; the DVC-cached offenders report holds them (issue 11.12)."""
+    id, IP or user agent (personal data stays out of git); the DVC-cached offenders report holds
+    them."""
     import re
 
     ws = traced["ws"]
@@ -267,7 +268,7 @@ def _named_people(data, key=None):
         yield key, data
 
 
-# --- DVC metrics: headline numbers a person can read (issue 18.1) ---------------------------------
+# --- DVC metrics: headline numbers a person can read --------------------------------------------
 
 def test_dvc_metrics_are_flat_numbers_and_dvc_metrics_show_is_a_readable_table(traced):
     """Every declared metrics file of a real run holds numbers and booleans only, no nested object
@@ -298,7 +299,7 @@ def test_dvc_metrics_are_flat_numbers_and_dvc_metrics_show_is_a_readable_table(t
         assert column in header, column
 
 
-# --- dvc plots show draws offline (issue 18.2) ------------------------------------------------------
+# --- dvc plots show draws offline: the scheduler's machine may have no internet ----------------
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it
 

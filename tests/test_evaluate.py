@@ -228,9 +228,10 @@ def test_recall_curve_is_monotone_and_matches_the_cutoffs(workspace):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_most_popular_ranked_from_the_history_alone_equals_the_dense_ranking(seed, monkeypatch):
-    """score() ranks most-popular without a users x catalogue matrix (issue 14): the lists, every
-    metric and the percentile ranks are exactly those of the dense path, heavy users (more items
-    than a batch row is wide), users who had nearly everything and ties in popularity included."""
+    """score() ranks most-popular without a users x catalogue matrix (at scale it would not fit in
+    memory): the lists, every metric and the percentile ranks are exactly those of the dense path,
+    heavy users (more items than a batch row is wide), users who had nearly everything and ties in
+    popularity included."""
     rng = np.random.default_rng(seed)
     n_users, n_items = 300, 60
     rows = []

@@ -1,6 +1,6 @@
 """Unattended for a year: faults of the services the daily run needs, on the real pipeline. Each
 fault fails its night with the error kind's exit status and an alert; the next night's run heals
-it by itself, makes up the failed days, and no event is lost or counted twice (issue 12).
+it by itself, makes up the failed days, and no event is lost or counted twice.
 
 The chain, in one copy of the project (`python -m stages.daily --commit`, a local DVC remote,
 MLflow on SQLite, a Redis server and an SMTP server started by the test):

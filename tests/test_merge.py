@@ -191,7 +191,7 @@ def test_another_runs_rows_win_over_a_changed_copy_of_the_same_event(tmp_path):
 
 def test_a_rerun_replaces_what_the_run_wrote(tmp_path):
     """A day rejected with 1,000 bot-inflated events, re-fetched after the source was fixed with
-    100: none of the 1,000 stay in the history (issue 11.5)."""
+    100: none of the 1,000 stay in the history, or training would see the bots."""
     day = dt.date(2026, 11, 15)
     history = tmp_path / "history"
     run = day + dt.timedelta(days=1)
@@ -207,7 +207,7 @@ def test_a_rerun_replaces_what_the_run_wrote(tmp_path):
 
 def test_an_event_resent_on_a_later_day_is_quarantined_once(tmp_path):
     """A producer's retry with a new timestamp: the first copy stays, the re-send is quarantined
-    as event_id:resent, so the window never holds one event id twice (issue 11.4)."""
+    as event_id:resent, so the window never holds one event id twice."""
     history = tmp_path / "history"
     day1, day2 = dt.date(2026, 11, 14), dt.date(2026, 11, 15)
     first = canonical_day(day1, 3, "e")

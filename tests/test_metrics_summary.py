@@ -1,4 +1,5 @@
-"""The DVC metrics are headline numbers: flat, numeric, one narrow row per file (issue 18.1).
+"""The DVC metrics are headline numbers: flat, numeric, one narrow row per file, so that `dvc
+metrics show` is a table a person can read.
 
 tests/test_dvc_yaml.py checks the same on the files a real `dvc repro` wrote, and runs
 `dvc metrics show` on them."""

@@ -1,6 +1,6 @@
-"""The API contract (issue 13): serving/openapi.json documents every route, the API serves it at
-/openapi.json, and schemathesis fuzzes the real API server + Redis from it: no 500, and no status,
-content type, header or body the document does not describe.
+"""The API contract, which clients code against: serving/openapi.json documents every route, the API
+serves it at /openapi.json, and schemathesis fuzzes the real API server + Redis from it: no 500, and
+no status, content type, header or body the document does not describe.
 
 The fuzzing runs every phase schemathesis has for single requests: the document's examples, the
 coverage phase (boundary values: 128- and 129-character ids, n=0, 51 recent items, every other

@@ -269,7 +269,7 @@ def test_command_line_gate_force_metrics_rollback_and_mlflow_alias(redis_server,
 def test_a_gate_that_judged_another_model_does_not_let_it_through(redis_server, redis_client,
                                                                   tmp_path):
     """Run by hand after a retrain, publish must not ship the new models/ on an older gate's
-    "passed": the gate names the model it judged, by hash (issue 12.5)."""
+    "passed": the gate names the model it judged, by hash."""
     from dailyrec.model import artifacts
 
     work = tm.workdir(tmp_path, tm.bundle(n_users=50, seed=1), gate={"passed": True})

@@ -1,7 +1,7 @@
-"""Real feeds on real databases (issue 11): exact 64-bit ids, bytes that are not UTF-8, conflicting
-duplicates, row-level quarantine, and the three worked examples of docs/ingestion.md, each created
-in PostgreSQL under exactly its own names and types and run through fetch_delta -> merge_history ->
-validate -> filter_noise -> train."""
+"""Real feeds on real databases, as production sends them: exact 64-bit ids, bytes that are not
+UTF-8, conflicting duplicates, row-level quarantine, and the three worked examples of
+docs/ingestion.md, each created in PostgreSQL under exactly its own names and types and run through
+fetch_delta -> merge_history -> validate -> filter_noise -> train."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_unknown_and_missing_event_types_are_na_and_table_aliases_add_spellings(
 
 
 def test_a_tables_own_spellings_are_folded_like_the_built_in_ones():
-    """add-to-basket, Add To Basket and ADD_TO_BASKET are one spelling (issue 11.11)."""
+    """add-to-basket, Add To Basket and ADD_TO_BASKET are one spelling, as the built-in ones are."""
     values = pd.Series(["add-to-basket", "Add To Basket", " ADD_TO_BASKET ", "refund", "Refund"])
     encoded = N.encode_event_types(values, {"Add To Basket": "add_to_cart"}, ignore=("REFUND",))
     assert encoded.take().to_pylist() == ["add_to_cart"] * 3 + [None, None]

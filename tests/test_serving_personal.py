@@ -1,6 +1,7 @@
-"""Every visitor gets a personal list (issue 13), against a real Redis: similar items, fold-in of
-unknown visitors from ?recent=, explanations, and the most-popular version of a new deployment.
-Reference answers come from implicit itself (similar_items, recalculate_user, explain)."""
+"""Every visitor gets a personal list (most visitors are new or anonymous), against a real Redis:
+similar items, fold-in of unknown visitors from ?recent=, explanations, and the most-popular version
+of a new deployment. Reference answers come from implicit itself (similar_items, recalculate_user,
+explain)."""
 
 from __future__ import annotations
 

@@ -150,7 +150,8 @@ def test_quarantine_share_fails_above_threshold(cfg, good_delta):
 
 
 def test_row_level_checks_reject_a_share_of_bad_rows_never_one(cfg, good_delta):
-    """One bad row in 400 passes at the default tolerance (mostly 0.99); 2% fail (issue 11.7)."""
+    """One bad row in 400 passes at the default tolerance (mostly 0.99); 2% fail: one bad row must
+    never reject a day."""
     one = delta_outcomes(cfg, _with(good_delta, item_id=(9, "item 12")), only="delta")
     assert one["delta.id_format.item_id"].success
     assert one["delta.id_format.item_id"].unexpected_count == 1

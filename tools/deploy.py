@@ -125,7 +125,7 @@ GPUS = {
     "nvidia-rtx-pro-6000": Gpu(cpu="20", memory="80Gi", launch_stage="BETA"),
     "nvidia-l4": Gpu(cpu="8", memory="32Gi", launch_stage="GA"),
 }
-# A run without a GPU (train.device: cpu): sized for the 20M-event window (docs/deploy.md).
+# A run without a GPU (train.device: cpu): sized for the 20M-event window of docs/benchmarks.md.
 CPU_ONLY = Gpu(cpu="8", memory="32Gi", launch_stage="GA")
 GPU_TASK_TIMEOUT_LIMIT_MINUTES = 60
 CPU_TASK_TIMEOUT_LIMIT_MINUTES = 24 * 60
