@@ -412,7 +412,7 @@ def _frame(columns: dict[str, object], id_columns: set[str]) -> pd.DataFrame:
     (mixed types, bytes that are not UTF-8) stays as Python objects for sanitise()."""
     out = {}
     for name, values in columns.items():
-        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else typed(values)
+        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else as_arrow(values)
         if array is None:
             out[name] = pd.Series(np.asarray(values, dtype=object), dtype=object)
             continue
@@ -430,14 +430,14 @@ def _frame(columns: dict[str, object], id_columns: set[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def typed(values) -> pa.Array | None:
+def as_arrow(values) -> pa.Array | None:
     try:
         return pa.array(values, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, UnicodeEncodeError, OverflowError):
         return None
 
 
-def escaped(value) -> str | None:
+def escaped_text(value) -> str | None:
     """Text a value that is not UTF-8 is shown as (its bad bytes as \\xNN), or None if it is."""
     if isinstance(value, (bytes, bytearray)):
         try:

@@ -35,7 +35,7 @@ from dailyrec.core import schema as S
 from dailyrec.ingest import normalise as N
 from dailyrec.ingest.tables import TS_OFFSET, TS_OFFSET_UNITS, SourceSettings, TableConfig
 from dailyrec.ingest.settings import Window
-from dailyrec.ingest.database import escaped, read_table, source_engine, typed
+from dailyrec.ingest.database import as_arrow, escaped_text, read_table, source_engine
 from dailyrec.ingest.streams import prefetched
 
 
@@ -55,10 +55,10 @@ def sanitise(raw: pd.DataFrame, mapping: dict[str, str]) -> tuple[pd.DataFrame, 
             continue
         codes, uniques = pd.factorize(raw[column], use_na_sentinel=True)
         kind = pd.api.types.infer_dtype(uniques, skipna=True)
-        if kind == "string" and typed(list(uniques)) is not None:
+        if kind == "string" and as_arrow(list(uniques)) is not None:
             continue  # plain text after all: the common case costs one Arrow conversion
         # distinct values only (a few per chunk)
-        escaped = np.array([escaped(v) for v in uniques], dtype=object)
+        escaped = np.array([escaped_text(v) for v in uniques], dtype=object)
         decoded = np.array([bytes(v).decode("utf-8") if isinstance(v, (bytes, bytearray))
                             and e is None else v for v, e in zip(uniques, escaped)],
                            dtype=object)
