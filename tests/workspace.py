@@ -131,6 +131,9 @@ def create(dest: Path, extra_env: dict | None = None) -> Workspace:
         "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}",
         "GIT_AUTHOR_NAME": "dailyrec tests", "GIT_AUTHOR_EMAIL": "tests@dailyrec.invalid",
         "GIT_COMMITTER_NAME": "dailyrec tests", "GIT_COMMITTER_EMAIL": "tests@dailyrec.invalid",
+        # Each copy publishes under a key prefix of its own: the tests share one Redis server,
+        # and a version another test left there must not be taken for this copy's.
+        "REDIS_KEY_PREFIX": f"ws-{dest.name}-{os.getpid()}-{id(dest)}",
         **(extra_env or {}),
     }
     # Variables of the developer's own shell that would leak into the copy.
