@@ -61,7 +61,7 @@ def handle_error(err: Exception):
     _count("internal")
     # Named by the route's template and the request id, never the path or query: they hold user
     # and item ids (PII); the request id is the one the client was told to quote. Keyed by where
-    # it failed (the route, the exception type and the code location: notify.fingerprint), so a
+    # it failed (the route, the exception type and the code location: throttle.fingerprint), so a
     # storm over many users is one alert; mailed off the request thread, from a bounded queue.
     route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
     method = method_label(request.method)

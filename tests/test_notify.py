@@ -163,7 +163,7 @@ def test_a_storm_of_one_error_across_processes_sends_one_mail_then_counts_it(
 RACE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from dailyrec.ops.notify import Throttle
+    from dailyrec.ops.throttle import Throttle
 
     path, start = Path(sys.argv[1]), float(sys.argv[2])
     while time.time() < start:  # every process asks at the same instant

@@ -11,7 +11,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Any, Callable, Protocol, TextIO
 
 from dailyrec.core import errors
 from dailyrec.ops import settings as ops
@@ -174,3 +174,29 @@ def no_space_message() -> str:
     free = shutil.disk_usage(Path.cwd()).free / 2**20
     return (f"no space left on the device of {Path.cwd()} ({free:,.1f} MiB free there): free "
             "some space; the next run retries")
+
+
+class DayContext(Protocol):
+    """What a step of the day (recovery, pull, a stage, retention...) needs from the day's run
+    (runner.day.DayRun implements it): the day, its options, environment and log, its notes for
+    the report, and one voice for progress lines, alerts and commands."""
+
+    day: Any  # datetime.date
+    opts: Any  # runner.day.Options
+    env: dict
+    log: TextIO
+    notes: list[str]
+
+    def progress(self, step: str, what: str) -> None: ...
+
+    def context(self, **extra) -> dict: ...
+
+    def alert(self, subject: str, **kwargs) -> None: ...
+
+    def alert_failure(self, subject: str, failure: StepFailed) -> None: ...
+
+    def execute(self, name: str, argv: list[str], extra_env: dict | None = None,
+                quiet: bool = False) -> Finished: ...
+
+    def step(self, name: str, argv: list[str], say: bool = True) -> Finished: ...
+

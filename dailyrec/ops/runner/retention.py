@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dailyrec.core import env, errors, settings
 from dailyrec.ops import pipeline
 from dailyrec.ops import settings as ops
-from dailyrec.ops.runner.commands import StepFailed
+from dailyrec.ops.runner.commands import DayContext, StepFailed
 from dailyrec.ops.runner.state import load_state
-
-if TYPE_CHECKING:
-    from dailyrec.ops.runner.day import DayRun
 
 # Where DVC keeps its cache by default: what `dvc gc`'s progress line measures (a cache moved
 # elsewhere reads 0 there; it is collected all the same).
 DVC_CACHE = Path(".dvc/cache")
 
 
-def retain(run: "DayRun", remote: str | None, pushed: bool) -> list[str]:
+def retain(run: DayContext, remote: str | None, pushed: bool) -> list[str]:
     """Collect the local cache (only while the remote holds every day: today's push succeeded and
     no earlier one is pending; without a remote the cache is the only copy) and prune MLflow's
     model versions. Returns the report's notes."""
@@ -50,7 +46,7 @@ def retain(run: "DayRun", remote: str | None, pushed: bool) -> list[str]:
     return notes
 
 
-def collect_cache(run: "DayRun") -> list[str]:
+def collect_cache(run: DayContext) -> list[str]:
     before, started = tree_bytes(DVC_CACHE), time.monotonic()
     try:
         # --all-experiments: an engineer's `dvc exp run` on this machine keeps its outputs
@@ -69,7 +65,7 @@ def collect_cache(run: "DayRun") -> list[str]:
     return []
 
 
-def prune_mlflow(run: "DayRun", registry: ops.MlflowSettings, keep: int) -> list[str]:
+def prune_mlflow(run: DayContext, registry: ops.MlflowSettings, keep: int) -> list[str]:
     started = time.monotonic()
     try:
         from dailyrec.ops import tracking

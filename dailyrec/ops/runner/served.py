@@ -4,15 +4,12 @@ week of failed or held-back runs never goes unnoticed."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from dailyrec.core import errors, settings
-
-if TYPE_CHECKING:
-    from dailyrec.ops.runner.day import DayRun
+from dailyrec.ops.runner.commands import DayContext
 
 
-def check_served(run: "DayRun", alert_stale: bool = True) -> dict:
+def check_served(run: DayContext, alert_stale: bool = True) -> dict:
     """How old the lists the API serves now are (dailyrec.publish.reader.Freshness), against
     params.yaml's serving.max_age_hours; alerts when they are stale, whatever today's run did,
     unless alert_stale is False (a backfill of past days, whose lists are old by design).

@@ -12,15 +12,12 @@ import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dailyrec.core import errors
 from dailyrec.core.env import STAGE_STATUS_FILE
 from dailyrec.ops import pipeline
 from dailyrec.ops.runner.state import lock_entry
-
-if TYPE_CHECKING:
-    from dailyrec.ops.runner.day import DayRun
+from dailyrec.ops.runner.commands import DayContext
 
 
 @dataclass
@@ -43,7 +40,7 @@ class StageOutcome:
                 "restored": f"restored from the run-cache in {self.seconds:.1f} s"}[self.how]
 
 
-def run_stage(run: "DayRun", stage: str) -> StageOutcome:
+def run_stage(run: DayContext, stage: str) -> StageOutcome:
     """`dvc repro --single-item STAGE`: DVC runs it if its deps, params or outs changed."""
     fd, status_path = tempfile.mkstemp(prefix=f"dailyrec-{stage}-", suffix=".json")
     os.close(fd)

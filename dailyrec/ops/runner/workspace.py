@@ -10,17 +10,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from dailyrec.core import paths
 from dailyrec.core.files import dvc_md5
 from dailyrec.ops import pipeline
-from dailyrec.ops.runner.commands import Finished, StepFailed
+from dailyrec.ops.runner.commands import DayContext, Finished, StepFailed
 from dailyrec.ops.runner.state import (last_completed, load_state, recorded_hash,
                                        recorded_outputs, save_state)
-
-if TYPE_CHECKING:
-    from dailyrec.ops.runner.day import DayRun
 
 
 def default_remote(env: dict) -> str | None:
@@ -65,7 +62,7 @@ def interrupted_outputs(env: dict) -> tuple[dict[str, list[str]], dict[str, list
     return changed, damaged
 
 
-def recover(run: "DayRun", remote: str | None) -> list[str]:
+def recover(run: DayContext, remote: str | None) -> list[str]:
     """Bring the workspace and the local DVC cache back to what dvc.lock records before the day
     runs, so an earlier fault cannot wedge this run (`dvc pull` refuses to overwrite unsaved
     outputs) nor a damaged cache object go unnoticed. Returns what was done, in words (empty
@@ -75,7 +72,7 @@ def recover(run: "DayRun", remote: str | None) -> list[str]:
     return done + (restore(run, remote, changed) if changed else [])
 
 
-def repair_cache(run: "DayRun", remote: str | None, damaged: dict[str, list[str]]) -> list[str]:
+def repair_cache(run: DayContext, remote: str | None, damaged: dict[str, list[str]]) -> list[str]:
     """The workspace holds these outputs rightly (checked by hash) but the local cache's copy is
     damaged or gone: fetch it again from the remote, or say plainly that it cannot be."""
     stages = sorted(damaged)
@@ -90,7 +87,7 @@ def repair_cache(run: "DayRun", remote: str | None, damaged: dict[str, list[str]
             "it saves a new copy when it next runs"]
 
 
-def restore(run: "DayRun", remote: str | None, changed: dict[str, list[str]]) -> list[str]:
+def restore(run: DayContext, remote: str | None, changed: dict[str, list[str]]) -> list[str]:
     """Outputs that differ from dvc.lock: checked out from the cache, else pulled from the
     remote, else removed so the pipeline rebuilds them."""
     stages = sorted(changed)
@@ -121,7 +118,7 @@ def restore(run: "DayRun", remote: str | None, changed: dict[str, list[str]]) ->
 
 # --------------------------------------------------------------------------- the remote
 
-def pull(run: "DayRun") -> list[str]:
+def pull(run: DayContext) -> list[str]:
     """`dvc pull`. A remote that does not answer is not fatal when the workspace already holds
     what dvc.lock records (the usual case on the machine that ran yesterday): the day runs on it,
     with an alert; on a fresh machine it is (exit 69, the next run retries).
@@ -155,7 +152,7 @@ def pull(run: "DayRun") -> list[str]:
                 "workspace"]
 
 
-def push_pending(run: "DayRun") -> list[str]:
+def push_pending(run: DayContext) -> list[str]:
     """Push the data of earlier commits whose `dvc push` failed; returns what it did, in words."""
     pending = load_state().get("pending_push") or []
     if not pending:
@@ -168,7 +165,7 @@ def push_pending(run: "DayRun") -> list[str]:
             "(will retry)"]
 
 
-def push(run: "DayRun", remote: str | None) -> bool:
+def push(run: DayContext, remote: str | None) -> bool:
     """`dvc push` of the day; False when the remote did not take it (what was served stays
     served and is committed; the next run pushes it)."""
     if not remote:
@@ -187,7 +184,7 @@ def push(run: "DayRun", remote: str | None) -> bool:
 
 # --------------------------------------------------------------------------- git
 
-def commit(run: "DayRun", pushed: bool) -> None:
+def commit(run: DayContext, pushed: bool) -> None:
     """Commit the day (params.yaml, dvc.lock, git-tracked outputs); a commit whose data the
     remote did not take is remembered, for the next run to push."""
     started = time.monotonic()
@@ -206,7 +203,7 @@ def commit_paths() -> list[str]:
     return [p for p in dict.fromkeys(candidates) if Path(p).exists()]
 
 
-def git_commit(run: "DayRun") -> tuple[str, str | None]:
+def git_commit(run: DayContext) -> tuple[str, str | None]:
     """Commit the day's record; returns (what was done, in words; the commit, or None).
 
     With --branch, the commit goes onto that branch (created from HEAD if it does not exist)
